@@ -1,0 +1,365 @@
+"""Pydantic models for every payload of the topic contract.
+
+Every JSON payload carries ``v`` (the payload format version).  Models that
+arrive from outside (nodes, operators, apps) forbid unknown fields, so a typo
+or a payload from a newer, incompatible format is rejected instead of being
+half-understood.  Times are Unix epoch seconds (UTC); durations are seconds.
+
+``status`` is not JSON: it is the plain ``online``/``offline`` string that
+openHAB's availability binding expects.  ``set/switch`` also accepts plain
+``ON``/``OFF``/``TOGGLE`` (see :func:`parse_switch`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from .topics import NODE_NAME_PATTERN
+
+__all__ = [
+    "Payload",
+    "Info",
+    "State",
+    "Telemetry",
+    "Log",
+    "Ack",
+    "SwitchCommand",
+    "LogicCommand",
+    "StopCommand",
+    "RestartCommand",
+    "TimeCommand",
+    "Outputs",
+    "Inputs",
+    "Pins",
+    "Offset",
+    "Config",
+    "Rule",
+    "Schedule",
+    "FleetRequest",
+    "FleetReply",
+    "ErrorEvent",
+    "parse_switch",
+    "NODE_PAYLOADS",
+    "COMMAND_PAYLOADS",
+    "MAX_PAYLOAD_BYTES",
+    "PAYLOAD_VERSION",
+    "WEEKDAYS",
+]
+
+PAYLOAD_VERSION = 1
+MAX_PAYLOAD_BYTES = 16 * 1024
+"""Largest node payload any service accepts; larger ones are rejected unread."""
+
+ShortText = Annotated[str, StringConstraints(max_length=64)]
+Text = Annotated[str, StringConstraints(max_length=1024)]
+LongText = Annotated[str, StringConstraints(max_length=8192)]
+Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+NodeName = Annotated[str, StringConstraints(pattern=f"^{NODE_NAME_PATTERN}$")]
+Seq = Annotated[int, Field(ge=0, lt=2**63)]
+Epoch = Annotated[float, Field(ge=0, lt=2**33)]
+Seconds = Annotated[int, Field(ge=0, le=7 * 86400)]
+ReadingName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+HHMM = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class Part(BaseModel):
+    """Base of nested parts of a payload: strict and immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Payload(Part):
+    """Base of every JSON payload: a Part that carries its format version."""
+
+    v: Literal[1] = PAYLOAD_VERSION
+
+
+# -- node -> everyone ------------------------------------------------------
+
+
+class Info(Payload):
+    """``home/N/info`` (retained): what the node is."""
+
+    chip_id: Identifier
+    fw: ShortText
+    caps: list[ShortText] = Field(default_factory=list, max_length=32)
+    boot_reason: ShortText = "unknown"
+    boot_count: Annotated[int, Field(ge=0)] = 0
+    ip: ShortText | None = None
+    mac: ShortText | None = None
+
+
+Mode = Literal["auto", "manual", "logic_disabled", "stopped"]
+
+
+class State(Payload):
+    """``home/N/state`` (retained): relay, mode and the rule in force."""
+
+    seq: Seq
+    relay: Literal["ON", "OFF"]
+    mode: Mode
+    rule: Identifier | None = None
+    run_id: Identifier | None = None
+    until: Epoch | None = None
+    time_valid: bool = True
+    ts: Epoch | None = None
+
+
+class Telemetry(Payload):
+    """``home/N/telemetry``: periodic readings.
+
+    ``seq`` never repeats for a node (it survives reboots); with ``ts`` (the
+    device's clock, absent while the node has no valid time) it makes each row
+    unique, so a redelivered message is stored once.
+    """
+
+    seq: Seq
+    ts: Epoch | None = None
+    uptime: Annotated[int, Field(ge=0)] = 0
+    readings: dict[ReadingName, float | int | bool | None] = Field(default_factory=dict, max_length=32)
+
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class Log(Payload):
+    """``home/N/log``: one device error or crash report, kept on flash until sent."""
+
+    seq: Seq
+    ts: Epoch | None = None
+    level: LogLevel = "error"
+    code: Identifier
+    msg: Text
+    reset_cause: ShortText | None = None
+    trace: LongText | None = None
+
+
+class Ack(Payload):
+    """``home/N/ack``: the answer to a command that carried an ``id``."""
+
+    id: Identifier
+    status: Literal["ok", "error"]
+    error: Text | None = None
+    state_seq: Seq | None = None
+
+    @model_validator(mode="after")
+    def _error_needs_reason(self) -> Ack:
+        if self.status == "error" and not self.error:
+            raise ValueError("an error ack needs an error reason")
+        return self
+
+
+# -- anyone -> node: commands (never retained) -----------------------------
+
+
+class SwitchCommand(Payload):
+    """``home/N/set/switch``: ``{"state": "ON", "for": 600, "id": "..."}``.
+
+    A backup run from the scheduler carries ``run_id`` and ``until`` (a target
+    state with an end time, never a toggle) so a node that already executed
+    the run treats it as a no-op.
+    """
+
+    state: Literal["ON", "OFF", "TOGGLE"]
+    for_: Seconds | None = Field(default=None, alias="for")
+    until: Epoch | None = None
+    id: Identifier | None = None
+    run_id: Identifier | None = None
+
+    @model_validator(mode="after")
+    def _run_is_a_target(self) -> SwitchCommand:
+        if self.run_id is not None and self.state == "TOGGLE":
+            raise ValueError("a run must name a target state, never TOGGLE")
+        return self
+
+
+class LogicCommand(Payload):
+    """``home/N/set/logic``: enable or disable NodeLogic (disabled = plain switch)."""
+
+    enabled: bool
+    id: Identifier | None = None
+
+
+class StopCommand(Payload):
+    """``home/N/set/stop``: failsafe. Relay off, logic paused until ``resume``."""
+
+    resume: bool = False
+    id: Identifier | None = None
+
+
+class RestartCommand(Payload):
+    """``home/N/set/restart``."""
+
+    id: Identifier | None = None
+
+
+class TimeCommand(Payload):
+    """``home/N/set/time``: backend time, the fallback when NTP is unreachable."""
+
+    ts: Epoch
+
+
+def parse_switch(raw: bytes | str) -> SwitchCommand:
+    """Accept plain ``ON``/``OFF``/``TOGGLE`` (openHAB, mosquitto_pub) or the JSON form."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    plain = text.strip().upper()
+    if plain in ("ON", "OFF", "TOGGLE"):
+        return SwitchCommand(state=plain)
+    return SwitchCommand.model_validate_json(text)
+
+
+# -- provisioner / operator -> node (retained) -----------------------------
+
+
+class Outputs(Part):
+    relay: Annotated[int, Field(ge=0, le=48)] = 26
+    led: Annotated[int, Field(ge=0, le=48)] | None = 2
+    relay_active_low: bool = False
+
+
+class Inputs(Part):
+    button: Annotated[int, Field(ge=0, le=48)] | None = 22
+    dht: Annotated[int, Field(ge=0, le=48)] | None = None
+    dht_type: Literal["dht11", "dht22"] = "dht11"
+
+
+class Pins(Part):
+    outputs: Outputs = Field(default_factory=Outputs)
+    inputs: Inputs = Field(default_factory=Inputs)
+
+
+class Offset(Part):
+    """From ``from_`` (UTC epoch) on, local time is UTC plus ``offset`` seconds."""
+
+    from_: Epoch = Field(alias="from")
+    offset: Annotated[int, Field(ge=-14 * 3600, le=14 * 3600)]
+
+
+class Config(Payload):
+    """``home/N/config`` (retained): the versioned device configuration.
+
+    ``tz`` lists UTC-offset changes computed by the backend from the home's
+    IANA zone (MicroPython has no zoneinfo), sorted by ``from``.
+    """
+
+    version: Annotated[int, Field(ge=1)]
+    pins: Pins = Field(default_factory=Pins)
+    telemetry_period: Annotated[int, Field(ge=1, le=86400)] = 60
+    power_on: Literal["off", "last", "schedule"] = "off"
+    tz: list[Offset] = Field(default_factory=list, max_length=64)
+    tz_name: ShortText | None = None
+    web_password: ShortText | None = None
+    ap_after: Annotated[int, Field(ge=0, le=86400)] = 300
+
+    @field_validator("tz")
+    @classmethod
+    def _sorted(cls, tz: list[Offset]) -> list[Offset]:
+        if any(a.from_ >= b.from_ for a, b in zip(tz, tz[1:])):
+            raise ValueError("tz offsets must be sorted by 'from', without repeats")
+        return tz
+
+
+class Rule(Part):
+    """One NodeLogic rule: every listed day at ``at`` (node-local), ``action`` for ``duration``."""
+
+    id: Identifier
+    at: HHMM
+    duration: Annotated[int, Field(ge=1, le=86400)]
+    days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS), min_length=1, max_length=7)
+    action: Literal["on", "off"] = "on"
+    enabled: bool = True
+
+    @field_validator("days")
+    @classmethod
+    def _unique_days(cls, days: list[Weekday]) -> list[Weekday]:
+        if len(set(days)) != len(days):
+            raise ValueError("days repeat")
+        return days
+
+
+class Schedule(Payload):
+    """``home/N/schedule`` (retained): the node's versioned NodeLogic rules."""
+
+    version: Annotated[int, Field(ge=1)]
+    rules: list[Rule] = Field(default_factory=list, max_length=32)
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_ids(cls, rules: list[Rule]) -> list[Rule]:
+        ids = [r.id for r in rules]
+        if len(set(ids)) != len(ids):
+            raise ValueError("rule ids repeat")
+        return rules
+
+
+# -- fleet: requests, replies, events --------------------------------------
+
+_REPLY_TOPIC = re.compile(r"^[A-Za-z0-9_/-]{1,200}$")
+
+
+class FleetRequest(Payload):
+    """A request on ``fleet/<service>/request/<action>``; answered on ``reply_to``."""
+
+    transaction: Identifier
+    reply_to: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("reply_to")
+    @classmethod
+    def _plain_topic(cls, reply_to: str) -> str:
+        if not _REPLY_TOPIC.fullmatch(reply_to):
+            raise ValueError("reply_to must be a plain topic without wildcards")
+        return reply_to
+
+
+class FleetReply(Payload):
+    """The answer to a FleetRequest: ``{status, data, error, transaction}``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    transaction: Identifier
+    status: Literal["ok", "error"]
+    data: Any = None
+    error: Text | None = None
+
+
+class ErrorEvent(Payload):
+    """``fleet/errors``: something was rejected or failed.
+
+    Services rate-limit these; ``suppressed`` counts the events of the same
+    ``code`` left out since the previous one that was published.
+    """
+
+    ts: Epoch
+    service: ShortText
+    code: Identifier
+    detail: Text
+    topic: Annotated[str, StringConstraints(max_length=256)] | None = None
+    node: NodeName | None = None
+    suppressed: Annotated[int, Field(ge=0)] = 0
+
+
+NODE_PAYLOADS: dict[str, type[Payload]] = {
+    "info": Info,
+    "state": State,
+    "telemetry": Telemetry,
+    "log": Log,
+    "ack": Ack,
+    "config": Config,
+    "schedule": Schedule,
+}
+"""Model of each JSON node topic kind (``status`` is plain text)."""
+
+COMMAND_PAYLOADS: dict[str, type[Payload]] = {
+    "switch": SwitchCommand,
+    "logic": LogicCommand,
+    "stop": StopCommand,
+    "restart": RestartCommand,
+    "time": TimeCommand,
+}
+"""Model of each ``set/<what>`` command."""

@@ -1,0 +1,178 @@
+"""Every MQTT topic string of nodefleet, written once.
+
+Everything about node ``N`` lives under ``<root>/N/``; requests between the
+CLI, apps and services live under ``<fleet>/``.  A test fails if a topic
+literal appears anywhere else in ``services/`` or ``nodefleet/``.
+
+Commands (``set/...``) are never retained: a retained command would replay on
+every reconnect and switch the relay at boot.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+NODE_NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,62}"
+_NODE_NAME = re.compile(NODE_NAME_PATTERN)
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+ONLINE = "online"
+OFFLINE = "offline"
+
+
+class TopicError(ValueError):
+    """A topic that does not belong to the nodefleet contract."""
+
+
+class NodeTopic(StrEnum):
+    """The kinds of topic directly under a node's prefix."""
+
+    STATUS = "status"
+    INFO = "info"
+    STATE = "state"
+    TELEMETRY = "telemetry"
+    LOG = "log"
+    ACK = "ack"
+    CONFIG = "config"
+    SCHEDULE = "schedule"
+
+
+class Command(StrEnum):
+    """What may follow ``<root>/N/set/``."""
+
+    SWITCH = "switch"
+    LOGIC = "logic"
+    STOP = "stop"
+    RESTART = "restart"
+    TIME = "time"
+
+
+def validate_node_name(node: str) -> str:
+    """Return ``node`` if it is a valid node slug, else raise TopicError."""
+    if not _NODE_NAME.fullmatch(node):
+        raise TopicError(
+            f"invalid node name {node!r}: use 1-63 of a-z, 0-9, '-' and '_', starting with a letter or digit"
+        )
+    return node
+
+
+def _validate_segment(value: str, what: str) -> str:
+    if not _SEGMENT.fullmatch(value):
+        raise TopicError(f"invalid {what} {value!r}: use 1-64 of A-Z, a-z, 0-9, '-' and '_'")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedTopic:
+    node: str
+    kind: NodeTopic | None
+    command: Command | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Builders and filters for one deployment's topic roots.
+
+    Tests give each test its own ``root`` and ``fleet`` so they never see each
+    other's messages.
+    """
+
+    root: str = "home"
+    fleet: str = "fleet"
+
+    def __post_init__(self) -> None:
+        for value in (self.root, self.fleet):
+            if not value or any(c in value for c in "+#") or value.startswith("/") or value.endswith("/"):
+                raise TopicError(f"invalid topic root {value!r}")
+
+    # -- one node ----------------------------------------------------------
+    def node(self, node: str, kind: NodeTopic) -> str:
+        return f"{self.root}/{validate_node_name(node)}/{kind.value}"
+
+    def status(self, node: str) -> str:
+        return self.node(node, NodeTopic.STATUS)
+
+    def info(self, node: str) -> str:
+        return self.node(node, NodeTopic.INFO)
+
+    def state(self, node: str) -> str:
+        return self.node(node, NodeTopic.STATE)
+
+    def telemetry(self, node: str) -> str:
+        return self.node(node, NodeTopic.TELEMETRY)
+
+    def log(self, node: str) -> str:
+        return self.node(node, NodeTopic.LOG)
+
+    def ack(self, node: str) -> str:
+        return self.node(node, NodeTopic.ACK)
+
+    def config(self, node: str) -> str:
+        return self.node(node, NodeTopic.CONFIG)
+
+    def schedule(self, node: str) -> str:
+        return self.node(node, NodeTopic.SCHEDULE)
+
+    def set(self, node: str, command: Command) -> str:
+        return f"{self.root}/{validate_node_name(node)}/set/{command.value}"
+
+    def prefix(self, node: str) -> str:
+        """The prefix a node owns (``home/N``), as handed out at provisioning."""
+        return f"{self.root}/{validate_node_name(node)}"
+
+    # -- filters -----------------------------------------------------------
+    def all_nodes(self, kind: NodeTopic) -> str:
+        """Filter matching ``kind`` for every node, e.g. ``home/+/telemetry``."""
+        return f"{self.root}/+/{kind.value}"
+
+    def node_or_all(self, kind: NodeTopic, node: str | None) -> str:
+        return self.node(node, kind) if node else self.all_nodes(kind)
+
+    def node_inbox(self, node: str) -> list[str]:
+        """What a node subscribes to: only what is addressed to it."""
+        prefix = self.prefix(node)
+        return [f"{prefix}/set/#", f"{prefix}/config", f"{prefix}/schedule", f"{prefix}/ota/#"]
+
+    def parse(self, topic: str) -> ParsedTopic:
+        """Split a node topic into node and kind; raise TopicError if it does not parse."""
+        parts = topic.split("/")
+        root_parts = self.root.split("/")
+        n = len(root_parts)
+        if parts[:n] != root_parts or len(parts) < n + 2:
+            raise TopicError(f"topic {topic!r} is not under {self.root}/<node>/")
+        node = validate_node_name(parts[n])
+        rest = parts[n + 1 :]
+        try:
+            if len(rest) == 1:
+                return ParsedTopic(node, NodeTopic(rest[0]))
+            if len(rest) == 2 and rest[0] == "set":
+                return ParsedTopic(node, None, Command(rest[1]))
+        except ValueError:
+            pass
+        raise TopicError(f"topic {topic!r} has an unknown kind {'/'.join(rest)!r}")
+
+    # -- fleet: requests, replies, events ----------------------------------
+    def request(self, service: str, action: str) -> str:
+        """Where ``service`` takes requests named ``action`` ({transaction, reply_to})."""
+        return f"{self.fleet}/{_validate_segment(service, 'service')}/request/{_validate_segment(action, 'action')}"
+
+    def requests(self, service: str) -> str:
+        return f"{self.fleet}/{_validate_segment(service, 'service')}/request/+"
+
+    def request_action(self, topic: str) -> str:
+        """The action named by a request topic."""
+        return topic.rsplit("/", 1)[-1]
+
+    def reply(self, client_id: str) -> str:
+        """A requester's private reply topic; its id goes in ``reply_to``."""
+        return f"{self.fleet}/reply/{_validate_segment(client_id, 'client id')}"
+
+    def errors(self) -> str:
+        """Error events (bad input, failures), rate-limited by each service."""
+        return f"{self.fleet}/errors"
+
+    def service_status(self, service: str, instance: str) -> str:
+        """Retained ``online``/``offline`` (last will) of one running service instance."""
+        return f"{self.fleet}/services/{_validate_segment(service, 'service')}/{_validate_segment(instance, 'instance')}"

@@ -1,0 +1,1 @@
+"""In-process stand-ins for the production parts: an MQTT broker and PostgreSQL."""

@@ -1,0 +1,99 @@
+"""Run the system's Mosquitto as a child process on a loopback port.
+
+Used by tests and benchmarks (the reference broker beside the embedded
+amqtt).  The config raises two limits that matter for services holding QoS 1
+acknowledgements until their work is committed: ``max_inflight_messages``
+(default 20 per client) and ``max_queued_messages`` (default 1000 per
+persistent session, beyond which Mosquitto drops messages for an offline
+client).  ``deploy/mosquitto/mosquitto.conf`` sets the same.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+INFLIGHT = 10_000
+QUEUED = 1_000_000
+
+
+class MosquittoError(RuntimeError):
+    """Mosquitto is missing or did not start."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+class Mosquitto:
+    def __init__(self, *, port: int | None = None, host: str = "127.0.0.1", extra_config: str = "") -> None:
+        binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        if binary is None:
+            raise MosquittoError("mosquitto is not installed: apt-get install -y mosquitto")
+        self.binary = binary
+        self.host = host
+        self.port = port or free_port(host)
+        self.extra_config = extra_config
+        self._dir = Path(tempfile.mkdtemp(prefix="nodefleet-mosquitto-"))
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self._dir / "mosquitto.log"
+
+    def config(self) -> str:
+        return (
+            f"listener {self.port} {self.host}\n"
+            "allow_anonymous true\n"
+            f"max_inflight_messages {INFLIGHT}\n"
+            f"max_queued_messages {QUEUED}\n"
+            "max_queued_bytes 0\n"
+            "persistence false\n"
+            "log_dest stderr\n"
+            "log_type error\nlog_type warning\n"
+            + self.extra_config
+        )
+
+    def start(self, timeout: float = 10.0) -> None:
+        conf = self._dir / "mosquitto.conf"
+        conf.write_text(self.config())
+        with open(self.log_file, "ab") as log:
+            self._process = subprocess.Popen([self.binary, "-c", str(conf)], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise MosquittoError(f"mosquitto exited at start: {self.log_file.read_text()[-2000:]}")
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise MosquittoError(f"mosquitto did not listen on {self.host}:{self.port} within {timeout:g} s")
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+    def __enter__(self) -> Mosquitto:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,152 @@
+"""The fleet request/reply envelope and rate-limited error events, over aiomqtt.
+
+Requests go to ``Topics.request(service, action)`` as a FleetRequest carrying
+``transaction`` and ``reply_to``; the service answers on ``reply_to`` with a
+FleetReply.  Error events go to ``Topics.errors()``, at most ``burst`` per
+code each ``window`` seconds, with the count of those left out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+from pydantic import BaseModel, ValidationError
+
+from .contracts import ErrorEvent, FleetReply, FleetRequest, Topics
+from .logging import get_logger
+
+log = get_logger(__name__)
+
+
+class RequestError(RuntimeError):
+    """A fleet request was answered with an error, or not answered in time."""
+
+
+class Requester:
+    """Sends fleet requests from one connected client and waits for their replies."""
+
+    def __init__(self, client: aiomqtt.Client, topics: Topics, *, client_id: str) -> None:
+        self._client = client
+        self._topics = topics
+        self.reply_topic = topics.reply(client_id)
+        self._waiting: dict[str, asyncio.Future[FleetReply]] = {}
+
+    async def start(self) -> None:
+        await self._client.subscribe(self.reply_topic, qos=1)
+
+    def feed(self, message: aiomqtt.Message) -> bool:
+        """Route a received message to its waiting request; True if it was a reply."""
+        if str(message.topic) != self.reply_topic:
+            return False
+        try:
+            reply = FleetReply.model_validate_json(message.payload)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            log.warning("bad_reply", error=str(exc))
+            return True
+        future = self._waiting.pop(reply.transaction, None)
+        if future is not None and not future.done():
+            future.set_result(reply)
+        return True
+
+    async def request(self, service: str, action: str, data: BaseModel | dict[str, Any], *, timeout: float = 5.0) -> Any:
+        """Send one request and return the reply's ``data``; raise RequestError on error or timeout."""
+        transaction = uuid.uuid4().hex[:16]
+        body = data.model_dump(mode="json", by_alias=True) if isinstance(data, BaseModel) else data
+        envelope = FleetRequest(transaction=transaction, reply_to=self.reply_topic, data=body)
+        future: asyncio.Future[FleetReply] = asyncio.get_running_loop().create_future()
+        self._waiting[transaction] = future
+        await self._client.publish(self._topics.request(service, action), envelope.model_dump_json(by_alias=True), qos=1)
+        try:
+            reply = await asyncio.wait_for(future, timeout)
+        except TimeoutError as exc:
+            raise RequestError(
+                f"no answer from the {service} service within {timeout:g} s: is it running on this broker?"
+            ) from exc
+        finally:
+            self._waiting.pop(transaction, None)
+        if reply.status != "ok":
+            raise RequestError(reply.error or "the service answered with an error")
+        return reply.data
+
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+async def answer(client: aiomqtt.Client, payload: bytes, handlers: dict[str, Handler], action: str, errors: ErrorReporter) -> None:
+    """Answer one fleet request with ``handlers[action]``; every failure becomes an error reply."""
+    try:
+        request = FleetRequest.model_validate_json(payload)
+    except ValidationError as exc:
+        errors.report("bad_request", f"request is not a valid envelope: {exc.errors()[0]['msg']}")
+        return
+    handler = handlers.get(action)
+    try:
+        if handler is None:
+            raise LookupError(f"unknown action {action!r}; known: {', '.join(sorted(handlers))}")
+        reply = FleetReply(transaction=request.transaction, status="ok", data=await handler(request.data))
+    except (ValidationError, LookupError, ValueError) as exc:
+        errors.report("bad_request", f"{action}: {exc}")
+        reply = FleetReply(transaction=request.transaction, status="error", error=str(exc)[:1024])
+    except Exception as exc:  # an unexpected failure still gets an answer
+        log.exception("request_failed", action=action)
+        reply = FleetReply(transaction=request.transaction, status="error", error=f"internal error: {exc}"[:1024])
+    await client.publish(request.reply_to, reply.model_dump_json(), qos=1)
+
+
+@dataclass
+class _Bucket:
+    window_start: float
+    sent: int = 0
+    suppressed: int = 0
+
+
+@dataclass
+class ErrorReporter:
+    """Counts every rejection, logs it, and publishes rate-limited ErrorEvents.
+
+    ``report`` never blocks and never raises: events wait in a bounded queue
+    drained by ``run``; when it is full the event is counted as suppressed.
+    """
+
+    service: str
+    topics: Topics
+    burst: int = 10
+    window: float = 10.0
+    counts: dict[str, int] = field(default_factory=dict)
+    _buckets: dict[str, _Bucket] = field(default_factory=dict)
+    _queue: asyncio.Queue[ErrorEvent] = field(default_factory=lambda: asyncio.Queue(maxsize=100))
+
+    def report(self, code: str, detail: str, *, topic: str | None = None, node: str | None = None) -> None:
+        self.counts[code] = self.counts.get(code, 0) + 1
+        log.warning("rejected", code=code, detail=detail, topic=topic, node=node)
+        now = time.time()
+        bucket = self._buckets.setdefault(code, _Bucket(now))
+        if now - bucket.window_start >= self.window:
+            bucket.window_start, bucket.sent = now, 0
+        if bucket.sent >= self.burst:
+            bucket.suppressed += 1
+            return
+        event = ErrorEvent(
+            ts=now, service=self.service, code=code, detail=detail[:1024],
+            topic=topic[:256] if topic else None, node=node, suppressed=bucket.suppressed,
+        )
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            bucket.suppressed += 1
+            return
+        bucket.sent += 1
+        bucket.suppressed = 0
+
+    async def run(self, client: aiomqtt.Client) -> None:
+        """Publish queued events until cancelled."""
+        topic = self.topics.errors()
+        while True:
+            event = await self._queue.get()
+            await client.publish(topic, event.model_dump_json(), qos=0)

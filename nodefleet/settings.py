@@ -1,0 +1,42 @@
+"""Settings shared by every service, read once from ``NODEFLEET_*`` variables.
+
+Each service subclasses :class:`CommonSettings` with its own fields; the object
+is built in ``__main__`` and passed down, never fetched from a global.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .contracts import Topics
+
+LogFormat = Literal["auto", "console", "json"]
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NODEFLEET_", extra="ignore", frozen=True)
+
+    mqtt_url: str = Field(
+        default="mqtt://127.0.0.1:1883",
+        description="Broker as mqtt://[user:password@]host[:port]",
+    )
+    database_url: str = Field(
+        default="postgresql://postgres@127.0.0.1:5432/nodefleet",
+        description="PostgreSQL DSN (asyncpg)",
+    )
+    topic_root: str = Field(default="home", description="Root of node topics")
+    fleet_root: str = Field(default="fleet", description="Root of fleet request and event topics")
+    instance: str = Field(
+        default_factory=lambda: f"{os.uname().nodename[:40]}-{os.getpid()}".replace(".", "-"),
+        description="Name of this running instance (client ids, service status)",
+    )
+    log_format: LogFormat = "auto"
+    log_level: str = "info"
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(root=self.topic_root, fleet=self.fleet_root)

@@ -1,0 +1,77 @@
+"""Real parts for every test: Mosquitto, the embedded amqtt, PostgreSQL.
+
+Brokers and the database start once per session on free loopback ports; each
+test gets its own topic roots (and, where it asks, its own database), so
+tests never see each other's messages or rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from nodefleet.contracts import Topics
+from nodefleet.embedded.mosquitto import Mosquitto, free_port
+from nodefleet.embedded.postgres import EmbeddedPostgres
+
+
+@pytest.fixture(scope="session")
+def mosquitto() -> Iterator[Mosquitto]:
+    with Mosquitto() as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(
+        Path(tempfile.mkdtemp(prefix="nodefleet-pg-")) / "data",
+        port=free_port(),
+        # Tests do not need crash durability of the database itself; this saves seconds.
+        settings={"fsync": "off", "full_page_writes": "off"},
+    )
+    server.start()
+    yield server
+    server.stop("immediate")
+
+
+@pytest.fixture
+def topics() -> Topics:
+    tag = uuid.uuid4().hex[:8]
+    return Topics(root=f"t{tag}/home", fleet=f"t{tag}/fleet")
+
+
+@pytest.fixture
+async def database(postgres: EmbeddedPostgres) -> AsyncIterator[str]:
+    """A fresh, empty database for one test; its DSN."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres.dsn())
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield postgres.dsn(name)
+    admin = await asyncpg.connect(postgres.dsn())
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
+    """Poll an async or sync predicate until it returns something truthy."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
