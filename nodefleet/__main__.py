@@ -1,0 +1,5 @@
+"""``python -m nodefleet`` is the ``nodefleet`` command."""
+
+from .cli import main
+
+main()
