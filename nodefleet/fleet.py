@@ -132,10 +132,13 @@ class ErrorReporter:
         if bucket.sent >= self.burst:
             bucket.suppressed += 1
             return
-        event = ErrorEvent(
-            ts=now, service=self.service, code=code, detail=detail[:1024],
-            topic=topic[:256] if topic else None, node=node, suppressed=bucket.suppressed,
-        )
+        try:
+            event = ErrorEvent(
+                ts=now, service=self.service, code=code, detail=detail[:1024],
+                topic=topic[:256] if topic else None, node=node, suppressed=bucket.suppressed,
+            )
+        except ValidationError:  # a node name that is itself the bad input
+            event = ErrorEvent(ts=now, service=self.service, code=code, detail=detail[:1024], suppressed=bucket.suppressed)
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
