@@ -1,0 +1,1 @@
+"""Telemetry service: persists what nodes report to PostgreSQL and answers fleet queries."""

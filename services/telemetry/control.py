@@ -1,0 +1,70 @@
+"""The control-plane MQTT client: fleet requests, error events and the retained service status.
+
+Separate from the ingest session (which holds acknowledgements back) so that
+queries are answered and errors reported even while ingest waits for the
+database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiomqtt
+
+from nodefleet.contracts import OFFLINE, ONLINE
+from nodefleet.contracts.queries import TELEMETRY_SERVICE
+from nodefleet.fleet import ErrorReporter, Handler, answer
+from nodefleet.logging import get_logger
+from nodefleet.mqtt import BrokerAddress, client
+
+from .settings import TelemetrySettings
+
+log = get_logger(__name__)
+
+
+class ControlPlane:
+    def __init__(self, settings: TelemetrySettings, handlers: dict[str, Handler], errors: ErrorReporter) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.handlers = handlers
+        self.errors = errors
+        self.address = BrokerAddress.parse(settings.mqtt_url)
+        self.status_topic = self.topics.service_status(TELEMETRY_SERVICE, settings.instance)
+        self.ready = asyncio.Event()
+        self._requests: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        """Stay connected (reconnect with backoff) until cancelled."""
+        delay = 0.2
+        while True:
+            try:
+                await self._session()
+            except aiomqtt.MqttError as exc:
+                log.warning("control_connection_lost", broker=self.address.url, error=str(exc), retry_in=round(delay, 2))
+            self.ready.clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _session(self) -> None:
+        will = aiomqtt.Will(self.status_topic, OFFLINE, qos=1, retain=True)
+        control_id = f"{self.settings.client_id}-control-{self.settings.instance}"[:64]
+        async with client(self.address, client_id=control_id, clean_session=True, will=will) as mqtt:
+            await mqtt.subscribe(self.topics.requests(TELEMETRY_SERVICE), qos=1)
+            await mqtt.publish(self.status_topic, ONLINE, qos=1, retain=True)
+            reporter = asyncio.create_task(self.errors.run(mqtt))
+            self.ready.set()
+            try:
+                async for message in mqtt.messages:
+                    action = self.topics.request_action(str(message.topic))
+                    task = asyncio.create_task(answer(mqtt, message.payload, self.handlers, action, self.errors))  # type: ignore[arg-type]
+                    self._requests.add(task)
+                    task.add_done_callback(self._requests.discard)
+            except asyncio.CancelledError:
+                # Say goodbye properly: the last will covers only a crash.
+                try:
+                    await asyncio.wait_for(mqtt.publish(self.status_topic, OFFLINE, qos=1, retain=True), 1.0)
+                except (aiomqtt.MqttError, TimeoutError):
+                    pass
+                raise
+            finally:
+                reporter.cancel()

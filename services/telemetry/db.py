@@ -1,0 +1,75 @@
+"""Connections to PostgreSQL: codecs, retry with backoff, and which errors are passing.
+
+Exception tree at this seam::
+
+    StorageUnavailable   the database cannot be reached now; retry later
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import asyncpg
+
+from nodefleet.logging import get_logger
+
+log = get_logger(__name__)
+
+TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,  # includes a connection closed under us
+    asyncpg.PostgresConnectionError,  # class 08
+    asyncpg.OperatorInterventionError,  # class 57: shutdown, cannot connect now
+    asyncpg.InsufficientResourcesError,  # class 53: disk full, too many connections
+    asyncpg.TransactionRollbackError,  # class 40: deadlock, serialization failure
+)
+"""Errors after which the same work can simply be retried later."""
+
+
+class StorageUnavailable(RuntimeError):
+    """PostgreSQL cannot be reached or refused the work for a passing reason."""
+
+
+def _encode_jsonb(value: str | dict | list) -> bytes:
+    # Binary jsonb is a version byte (1) followed by the JSON text.
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return b"\x01" + text.encode()
+
+
+def _decode_jsonb(data: bytes) -> object:
+    return json.loads(data[1:])
+
+
+async def setup_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", schema="pg_catalog", encoder=_encode_jsonb, decoder=_decode_jsonb, format="binary")
+
+
+async def connect(dsn: str, *, timeout: float = 10.0) -> asyncpg.Connection:
+    """One connection with our codecs; StorageUnavailable if the server cannot be reached."""
+    try:
+        conn = await asyncpg.connect(dsn, timeout=timeout)
+    except TRANSIENT as exc:
+        raise StorageUnavailable(f"cannot reach PostgreSQL: {exc or type(exc).__name__}") from exc
+    await setup_connection(conn)
+    return conn
+
+
+async def create_pool(dsn: str, *, size: int = 3) -> asyncpg.Pool:
+    try:
+        return await asyncpg.create_pool(dsn, min_size=1, max_size=size, init=setup_connection, timeout=10)
+    except TRANSIENT as exc:
+        raise StorageUnavailable(f"cannot reach PostgreSQL: {exc or type(exc).__name__}") from exc
+
+
+async def retry_forever(what: str, attempt, *, max_delay: float = 10.0):
+    """Await ``attempt()`` until it succeeds, logging each failure and backing off."""
+    delay = 0.2
+    while True:
+        try:
+            return await attempt()
+        except (StorageUnavailable, *TRANSIENT) as exc:
+            log.warning("database_unavailable", doing=what, error=str(exc) or type(exc).__name__, retry_in=round(delay, 2))
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_delay)

@@ -1,0 +1,137 @@
+"""Turn received MQTT messages into rows to store, or into rejections.
+
+Pure functions over bytes and the clock: no I/O here, so every kind of bad
+input is testable in memory.  A rejection names a stable ``code`` that is
+counted and reported on the errors topic.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from nodefleet.contracts import ONLINE, OFFLINE, Ack, Info, Log, NodeTopic, State, Telemetry, TopicError, Topics
+from nodefleet.contracts.payloads import MAX_PAYLOAD_BYTES
+from nodefleet.ingest import Inbound
+
+DAY = 86_400
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    code: str
+    detail: str
+    topic: str
+    node: str | None = None
+
+
+@dataclass(slots=True)
+class TelemetryRow:
+    node: str
+    ts: float | None
+    received: float
+    seq: int
+    readings: str
+
+
+@dataclass(slots=True)
+class Decoded:
+    """Everything one batch holds, grouped by what it becomes in the database."""
+
+    telemetry: list[TelemetryRow] = field(default_factory=list)
+    states: list[tuple[str, State, float]] = field(default_factory=list)
+    infos: list[tuple[str, Info, float]] = field(default_factory=list)
+    logs: list[tuple[str, Log, float]] = field(default_factory=list)
+    acks: list[tuple[str, Ack, float]] = field(default_factory=list)
+    statuses: list[tuple[str, bool, float]] = field(default_factory=list)
+    seen: dict[str, tuple[float, float]] = field(default_factory=dict)
+    rejected: list[Rejected] = field(default_factory=list)
+
+    def see(self, node: str, received: float) -> None:
+        first, last = self.seen.get(node, (received, received))
+        self.seen[node] = (min(first, received), max(last, received))
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in error["loc"]) or "payload"
+    return f"{where}: {error['msg']}"
+
+
+class Decoder:
+    """Decodes the node topics under ``topics.root``; caches parsed topics."""
+
+    def __init__(self, topics: Topics, *, retention_days: int, max_clock_ahead: float) -> None:
+        self.topics = topics
+        self.retention = retention_days * DAY
+        self.max_clock_ahead = max_clock_ahead
+        self._parsed: dict[str, tuple[str, NodeTopic]] = {}
+
+    def _parse_topic(self, topic: str) -> tuple[str, NodeTopic]:
+        hit = self._parsed.get(topic)
+        if hit is not None:
+            return hit
+        parsed = self.topics.parse(topic)
+        if parsed.kind is None:
+            raise TopicError(f"topic {topic!r} is a command, not something a node reports")
+        if len(self._parsed) > 100_000:
+            self._parsed.clear()
+        self._parsed[topic] = hit = (parsed.node, parsed.kind)
+        return hit
+
+    def decode(self, batch: list[Inbound], *, now: float | None = None) -> Decoded:
+        now = time.time() if now is None else now
+        out = Decoded()
+        for message in batch:
+            rejection = self._one(message, out, now)
+            if rejection is not None:
+                out.rejected.append(rejection)
+        return out
+
+    def _one(self, message: Inbound, out: Decoded, now: float) -> Rejected | None:
+        topic = message.topic
+        try:
+            node, kind = self._parse_topic(topic)
+        except TopicError as exc:
+            return Rejected("bad_topic", str(exc), topic)
+        payload = message.payload
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            return Rejected("too_large", f"{len(payload)} bytes, the limit is {MAX_PAYLOAD_BYTES}", topic, node)
+        received = message.received
+        try:
+            if kind is NodeTopic.TELEMETRY:
+                reading = Telemetry.model_validate_json(payload)
+                if reading.ts is not None:
+                    if reading.ts < now - self.retention:
+                        return Rejected("too_old", f"device time {reading.ts:.0f} is older than the retention", topic, node)
+                    if reading.ts > now + self.max_clock_ahead:
+                        return Rejected("clock_ahead", f"device time {reading.ts:.0f} is in the future", topic, node)
+                out.telemetry.append(
+                    TelemetryRow(node, reading.ts, received, reading.seq, _JSON.encode(reading.readings))
+                )
+            elif kind is NodeTopic.STATUS:
+                text = payload.strip()
+                if text not in (ONLINE.encode(), OFFLINE.encode()):
+                    return Rejected("bad_payload", f"status must be {ONLINE!r} or {OFFLINE!r}", topic, node)
+                out.statuses.append((node, text == ONLINE.encode(), received))
+            elif kind is NodeTopic.STATE:
+                out.states.append((node, State.model_validate_json(payload), received))
+            elif kind is NodeTopic.INFO:
+                out.infos.append((node, Info.model_validate_json(payload), received))
+            elif kind is NodeTopic.LOG:
+                out.logs.append((node, Log.model_validate_json(payload), received))
+            elif kind is NodeTopic.ACK:
+                out.acks.append((node, Ack.model_validate_json(payload), received))
+            else:
+                return Rejected("bad_topic", f"the telemetry service does not store {kind.value!r}", topic, node)
+        except ValidationError as exc:
+            code = "bad_json" if exc.errors()[0]["type"] == "json_invalid" else "bad_payload"
+            return Rejected(code, _first_error(exc), topic, node)
+        except ValueError as exc:  # readings that JSON cannot carry (NaN, infinity)
+            return Rejected("bad_payload", str(exc), topic, node)
+        out.see(node, received)
+        return None

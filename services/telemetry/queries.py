@@ -1,0 +1,68 @@
+"""Answers to the fleet requests the CLI sends (``devices``, ``telemetry``, ``logs``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from nodefleet.contracts.queries import DeviceRow, DevicesQuery, LogRow, LogsQuery, TelemetryQuery, TelemetryRow
+from nodefleet.fleet import Handler
+
+from .db import TRANSIENT, StorageUnavailable
+
+_DEVICES = """
+SELECT n.node, n.online,
+       extract(epoch FROM n.availability_changed)::float8 AS availability_changed,
+       extract(epoch FROM n.last_seen)::float8 AS last_seen,
+       s.relay, s.mode, s.seq AS state_seq, i.fw, i.chip_id
+FROM nodes n LEFT JOIN node_state s USING (node) LEFT JOIN node_info i USING (node)
+ORDER BY n.node
+"""
+
+_TELEMETRY = """
+SELECT node, extract(epoch FROM time)::float8 AS time, extract(epoch FROM received)::float8 AS received, seq, readings
+FROM telemetry
+WHERE node = $1 AND time >= to_timestamp($2) AND time < to_timestamp(coalesce($3, 'infinity'::float8))
+ORDER BY time, seq
+LIMIT $4
+"""
+
+_LOGS = """
+SELECT node, extract(epoch FROM received)::float8 AS received, extract(epoch FROM time)::float8 AS time,
+       seq, level, code, msg, reset_cause, trace
+FROM device_logs WHERE node = $1
+ORDER BY received DESC, seq DESC
+LIMIT $2
+"""
+
+
+class Queries:
+    """Read side over a connection pool; every answer is a list of JSON-ready row dicts."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        try:
+            async with self.pool.acquire() as conn:
+                return await conn.fetch(sql, *args)
+        except TRANSIENT as exc:
+            raise StorageUnavailable(f"the telemetry database is unavailable right now ({exc}); try again shortly") from exc
+
+    async def devices(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        DevicesQuery.model_validate(data)
+        return [DeviceRow(**dict(row)).model_dump(mode="json") for row in await self._fetch(_DEVICES)]
+
+    async def telemetry(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        query = TelemetryQuery.model_validate(data)
+        rows = await self._fetch(_TELEMETRY, query.node, query.since, query.until, query.limit)
+        return [TelemetryRow(**dict(row)).model_dump(mode="json") for row in rows]
+
+    async def logs(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        query = LogsQuery.model_validate(data)
+        rows = await self._fetch(_LOGS, query.node, query.limit)
+        return [LogRow(**dict(row)).model_dump(mode="json") for row in rows]
+
+    def handlers(self) -> dict[str, Handler]:
+        return {"devices": self.devices, "telemetry": self.telemetry, "logs": self.logs}

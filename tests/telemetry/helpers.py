@@ -1,0 +1,51 @@
+"""Helpers of the telemetry tests: build settings, start and stop the service in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+from nodefleet.contracts import Topics
+from services.telemetry.app import serve
+from services.telemetry.settings import TelemetrySettings
+
+
+@dataclass
+class Running:
+    settings: TelemetrySettings
+    task: asyncio.Task[None]
+    db: asyncpg.Connection
+
+
+def make_settings(mosquitto, database: str, topics: Topics, **overrides) -> TelemetrySettings:
+    values = dict(
+        mqtt_url=mosquitto.url, database_url=database, topic_root=topics.root, fleet_root=topics.fleet,
+        client_id=f"telemetry-{uuid.uuid4().hex[:8]}", instance="test", flush_interval=0.02,
+        maintenance_interval=3600, log_format="console",
+    )
+    values.update(overrides)
+    return TelemetrySettings(**values)
+
+
+async def start(settings: TelemetrySettings, timeout: float = 20.0) -> asyncio.Task[None]:
+    ready = asyncio.Event()
+    task = asyncio.create_task(serve(settings, ready=ready))
+    waiter = asyncio.create_task(ready.wait())
+    done, _ = await asyncio.wait({task, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    if waiter not in done:
+        waiter.cancel()
+        task.cancel()
+        if task.done():
+            task.result()
+        raise AssertionError("telemetry service did not become ready")
+    return task
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
