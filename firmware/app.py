@@ -1,0 +1,58 @@
+# Boot: count the boot, note an abnormal reset, then provisioning or normal mode.
+import asyncio
+import sys
+
+import hal
+import settings
+import store
+from errlog import ErrLog
+
+FW = "0.1.0"
+_ABNORMAL = ("watchdog", "panic", "brownout", "crash")
+
+
+def _on_task_error(loop, context):
+    # One global handler: an uncaught task exception is logged to flash, then the node restarts.
+    exc = context.get("exception")
+    crash_report(exc if exc is not None else Exception(context.get("message")))
+    hal.restart()
+
+
+def crash_report(exc):
+    import io
+
+    buf = io.StringIO()
+    sys.print_exception(exc, buf)
+    ErrLog().add("crash", repr(exc)[:200], "critical", trace=buf.getvalue())
+
+
+async def _main():
+    asyncio.get_event_loop().set_exception_handler(_on_task_error)
+    hal.start()
+    boot = store.load("boot.json", None) or {}
+    count = boot.get("count", 0) + 1
+    store.save("boot.json", {"count": count})
+    cause = hal.reset_cause()
+    log = ErrLog()
+    if cause in _ABNORMAL:
+        log.add("reset", "restarted after " + cause, "error", reset_cause=cause)
+    cfg = settings.merged(store.load("config.json", None))
+    hal.init(cfg.get("pins", {}))
+    wifi = store.load("wifi.json", None)
+    mq = store.load("mqtt.json", None)
+    perr = store.load("prov_err.json", None) or {}
+    if not wifi or not mq or hal.button() or perr.get("enter"):
+        if perr.get("enter"):
+            perr["enter"] = False
+            store.save("prov_err.json", perr)
+        import provision
+
+        await provision.run(FW, ["switch", "temperature", "humidity", "schedule"])
+    else:
+        import normal
+
+        await normal.run(fw=FW, boot_count=count, cause=cause, errlog=log, cfg=cfg, wifi=wifi, mq=mq)
+
+
+def main():
+    asyncio.run(_main())

@@ -1,0 +1,114 @@
+# Commands on set/<what>: parse, check types, apply, answer with an ack when they carry an id.
+import json
+
+import clock
+import logic
+
+_HELP = "unknown command %s: use switch, logic, stop, restart or time"
+
+
+class BadCommand(Exception):
+    pass
+
+
+def _only(cmd, keys):
+    for k in cmd:
+        if k not in keys:
+            raise BadCommand("unknown field %s" % k)
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_num(x):
+    return (isinstance(x, (int, float))) and not isinstance(x, bool)
+
+
+def _switch(app, c):
+    _only(c, ("v", "state", "for", "until", "id", "run_id"))
+    state = c.get("state")
+    if state not in ("ON", "OFF", "TOGGLE"):
+        raise BadCommand("state must be ON, OFF or TOGGLE")
+    f = c.get("for")
+    if f is not None and not (_is_int(f) and 0 <= f <= 604800):
+        raise BadCommand("for must be whole seconds, 0-604800")
+    until = c.get("until")
+    if until is not None and not (_is_num(until) and 0 <= until < 2 ** 33):
+        raise BadCommand("until must be epoch seconds")
+    run_id = c.get("run_id")
+    if run_id is not None:
+        if not logic._ident(run_id):
+            raise BadCommand("run_id must be 1-64 of A-Z a-z 0-9 _ . : -")
+        if state == "TOGGLE":
+            raise BadCommand("a run must name a target state, never TOGGLE")
+    return app.node.switch(state, f, until, run_id)
+
+
+def _logic(app, c):
+    _only(c, ("v", "enabled", "id"))
+    if not isinstance(c.get("enabled"), bool):
+        raise BadCommand("enabled must be true or false")
+    app.node.set_logic(c["enabled"])
+
+
+def _stop(app, c):
+    _only(c, ("v", "resume", "id"))
+    if not isinstance(c.get("resume", False), bool):
+        raise BadCommand("resume must be true or false")
+    app.node.stop(c.get("resume", False))
+
+
+def _restart(app, c):
+    _only(c, ("v", "id"))
+    app.restart_soon()
+
+
+def _time(app, c):
+    _only(c, ("v", "ts", "id"))
+    ts = c.get("ts")
+    if not (_is_num(ts) and 1600000000 <= ts < 2 ** 33):
+        raise BadCommand("ts must be epoch seconds")
+    was_valid = clock.valid()
+    delta = clock.set_backend(ts)
+    if not was_valid:
+        app.node.shift(delta)
+    app.node.changed()
+
+
+_HANDLERS = {"switch": _switch, "logic": _logic, "stop": _stop, "restart": _restart, "time": _time}
+
+
+def decode(what, raw):
+    """The command as a dict; plain ON/OFF/TOGGLE is accepted for switch."""
+    text = raw.decode().strip()
+    if what == "switch" and text.upper() in ("ON", "OFF", "TOGGLE"):
+        return {"state": text.upper()}
+    try:
+        cmd = json.loads(text)
+    except ValueError:
+        raise BadCommand("malformed JSON: send an object such as {\"state\": \"ON\"}")
+    if not isinstance(cmd, dict):
+        raise BadCommand("payload must be a JSON object")
+    return cmd
+
+
+def handle(app, what, raw):
+    """Returns (id or None, error or None)."""
+    cid = None
+    try:
+        cmd = decode(what, raw)
+        cid = cmd.get("id")
+        if cid is not None and not logic._ident(cid):
+            cid = None
+            raise BadCommand("id must be 1-64 of A-Z a-z 0-9 _ . : -")
+        if cmd.get("v", 1) != 1:
+            raise BadCommand("unsupported payload version: v must be 1")
+        fn = _HANDLERS.get(what)
+        if fn is None:
+            raise BadCommand(_HELP % what)
+        return cid, fn(app, cmd)
+    except BadCommand as exc:
+        return cid, str(exc)
+    except UnicodeError:
+        return cid, "payload is not UTF-8 text"

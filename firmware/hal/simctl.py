@@ -1,0 +1,55 @@
+# Control channel of the simulated board: one text command per line, one JSON line back.
+import asyncio
+import gc
+import json
+
+from hal import sim
+
+
+def _state():
+    return {
+        "relay": sim.relay_on,
+        "led": sim.led_pattern,
+        "wifi": sim.wifi_ok(),
+        "ap": sim.ap_on,
+        "time": sim.time_s(),
+        "time_valid": sim.rtc_valid(),
+        "heap_free": gc.mem_free(),
+        "heap_peak": sim.heap_peak,
+        "heap_live_peak": sim.heap_live_peak,
+    }
+
+
+def _handle(words):
+    cmd = words[0] if words else ""
+    arg = words[1] if len(words) > 1 else ""
+    if cmd == "wifi":
+        sim.set_wifi(arg == "1")
+    elif cmd == "button":
+        sim.button_held = arg == "1"
+    elif cmd == "clock":
+        sim.set_time(int(arg))
+    elif cmd != "get":
+        return {"error": "unknown control command %s: use get, wifi, button or clock" % cmd}
+    return _state()
+
+
+async def _client(reader, writer):
+    try:
+        while True:
+            line = await reader.readline()
+            if not line:
+                break
+            try:
+                out = _handle(line.decode().split())
+            except Exception as exc:
+                out = {"error": repr(exc)}
+            writer.write(json.dumps(out).encode() + b"\n")
+            await writer.drain()
+    except OSError:
+        pass
+    writer.close()
+
+
+async def serve(port):
+    await asyncio.start_server(_client, "127.0.0.1", port)

@@ -1,0 +1,163 @@
+# Connectivity over mqtt.Proto: reconnect with backoff and jitter, resubscribe, a bounded queue.
+import asyncio
+import random
+import time
+
+import hal
+from mqtt import PINGRESP, PUBACK, PUBLISH, SUBACK, MQTTError, Proto, parse_publish
+
+
+class Link:
+    def __init__(self, *, host, port, client_id, subs, will, on_msg, on_up, on_down,
+                 user=None, password=None, keepalive=60, max_queue=24, max_in=4096, max_backoff=60):
+        self.host = host
+        self.port = port
+        self.client_id = client_id
+        self.subs = subs
+        self.will = will
+        self.on_msg = on_msg
+        self.on_up = on_up
+        self.on_down = on_down
+        self.user = user
+        self.password = password
+        self.keepalive = keepalive
+        self.max_queue = max_queue
+        self.max_in = max_in
+        self.max_backoff = max_backoff
+        self.queue = []  # [topic, payload, retain, qos, key, on_acked]
+        self.inflight = {}
+        self.dropped = 0
+        self.up = False
+        self.connects = 0
+        self._pid = 0
+        self._ev = asyncio.Event()
+        self._err = None
+        self._proto = None
+
+    def publish(self, topic, payload, retain=False, qos=0, key=None, on_acked=None):
+        if key is not None:
+            # Only the newest message of a key matters (e.g. retained state).
+            for i, m in enumerate(self.queue):
+                if m[4] == key:
+                    self.queue.pop(i)
+                    break
+        if len(self.queue) >= self.max_queue:
+            self.queue.pop(0)
+            self.dropped += 1
+        self.queue.append([topic, payload, retain, qos, key, on_acked])
+        self._ev.set()
+
+    async def run(self):
+        backoff = 1
+        while True:
+            if not hal.wifi_ok():
+                await asyncio.sleep_ms(200)
+                continue
+            reason = None
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except (OSError, MQTTError, asyncio.TimeoutError, EOFError) as exc:
+                reason = repr(exc)
+            if self.up:
+                backoff = 1
+            self.up = False
+            self.on_down(reason)
+            await asyncio.sleep_ms(int(backoff * 1000 * (0.5 + random.getrandbits(8) / 256)))
+            backoff = min(backoff * 2, self.max_backoff)
+
+    def _next_pid(self):
+        self._pid = self._pid % 65535 + 1
+        return self._pid
+
+    async def _session(self):
+        reader, writer = await asyncio.wait_for(hal.open_connection(self.host, self.port), 5)
+        proto = Proto(reader, writer)
+        task = None
+        try:
+            await asyncio.wait_for(proto.connect(self.client_id, self.keepalive, self.user, self.password, self.will), 5)
+            self._proto = proto
+            self._err = None
+            self._last_rx = time.ticks_ms()
+            await proto.subscribe(self._next_pid(), self.subs)
+            # Unacknowledged QoS 1 messages go out again first, marked DUP.
+            for pid in sorted(self.inflight):
+                m = self.inflight.pop(pid)
+                self.queue.insert(0, m)
+            task = asyncio.create_task(self._reader(proto))
+            self.up = True
+            self.connects += 1
+            self.on_up()
+            await self._writer(proto)
+        finally:
+            self._proto = None
+            if task is not None:
+                task.cancel()
+            try:
+                writer.close()
+            except OSError:
+                pass
+
+    async def _writer(self, proto):
+        last_tx = time.ticks_ms()
+        ping_ms = self.keepalive * 250
+        while True:
+            self._ev.clear()
+            if self._err is not None:
+                raise self._err
+            if not hal.wifi_ok():
+                raise MQTTError("wifi lost")
+            while self.queue and len(self.inflight) < 8:
+                m = self.queue.pop(0)
+                pid = 0
+                if m[3]:
+                    pid = self._next_pid()
+                    self.inflight[pid] = m
+                await proto.publish(m[0], m[1], m[2], m[3], pid, len(m) > 6)
+                if m[3] and len(m) == 6:
+                    m.append(True)  # any resend of this message carries DUP
+                last_tx = time.ticks_ms()
+            now = time.ticks_ms()
+            if time.ticks_diff(now, self._last_rx) > self.keepalive * 1500:
+                raise MQTTError("keepalive timeout: no answer from broker")
+            if time.ticks_diff(now, last_tx) >= ping_ms:
+                await proto.ping()
+                last_tx = now
+            if not self.queue or len(self.inflight) >= 8:
+                try:
+                    await asyncio.wait_for_ms(self._ev.wait(), 250)
+                except asyncio.TimeoutError:
+                    pass
+
+    async def _reader(self, proto):
+        try:
+            while True:
+                head, body = await proto.read(self.max_in)
+                self._last_rx = time.ticks_ms()
+                kind = head & 0xF0
+                if kind == PUBLISH:
+                    if isinstance(body, tuple):
+                        topic, size, pid = body
+                        payload = None
+                        qos = (head >> 1) & 3
+                    else:
+                        topic, payload, qos, pid = parse_publish(head, body)
+                        size = len(payload)
+                    if qos:
+                        await proto.puback(pid)
+                    self.on_msg(topic, payload, size)
+                elif kind == PUBACK:
+                    m = self.inflight.pop((body[0] << 8) | body[1], None)
+                    if m is not None and m[5] is not None:
+                        m[5]()
+                elif kind == SUBACK:
+                    if b"\x80" in body[2:]:
+                        raise MQTTError("subscription refused by broker")
+                elif kind != PINGRESP:
+                    raise MQTTError("unexpected packet 0x%02x" % head)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any failure ends this session; run() reconnects
+            self._err = exc if isinstance(exc, (OSError, MQTTError, EOFError)) else MQTTError(repr(exc))
+            self._ev.set()

@@ -1,0 +1,255 @@
+# Normal mode: WiFi, MQTT link, commands, NodeLogic ticks, telemetry, local web page.
+import asyncio
+import gc
+import json
+import random
+import time
+
+import clock
+import commands
+import hal
+import led
+import logic
+import settings
+import store
+from counter import Counter
+from link import Link
+
+MAX_IN = 4096
+CAPS = ["switch", "temperature", "humidity", "schedule"]
+
+
+class App:
+    def __init__(self, *, fw, boot_count, cause, errlog, cfg, wifi, mq):
+        self.fw = fw
+        self.boot_count = boot_count
+        self.cause = cause
+        self.errlog = errlog
+        self.cfg = settings.merged(cfg)
+        self.wifi = wifi
+        self.mq = mq
+        self.prefix = mq["topic_prefix"]
+        self.started = time.ticks_ms()
+        self.bad_input = 0
+        self.ap_open = False
+        self.wifi_seen = False
+        self.schedule = store.load("schedule.json", None) or {"v": 1, "version": 1, "rules": []}
+        self.telemetry_seq = Counter("telemetry")
+        clock.set_tz(self.cfg.get("tz", []))
+        import node
+
+        self.node = node.Node(self.cfg.get("power_on", "off"), self.publish_state)
+        self.node.rules = self.schedule.get("rules", [])
+        self.node.state_seq = self.node.seq.next()
+        p = self.prefix
+        self.link = Link(
+            host=mq["broker"], port=mq.get("port", 1883), client_id=mq.get("node_name") or hal.chip_id(),
+            user=mq.get("username"), password=mq.get("password"), keepalive=mq.get("keepalive", 30),
+            subs=[p + "/set/#", p + "/config", p + "/schedule", p + "/ota/#"],
+            will=(p + "/status", b"offline", True, 1), on_msg=self.on_msg, on_up=self.on_up,
+            on_down=self.on_down, max_in=MAX_IN, max_backoff=mq.get("max_backoff", 30))
+        errlog.publish = self.publish_log
+
+    # -- publishing --------------------------------------------------------
+    def topic(self, kind):
+        return self.prefix + "/" + kind
+
+    def send(self, kind, obj, retain=False, qos=0, key=None, on_acked=None):
+        self.link.publish(self.topic(kind), json.dumps(obj).encode(), retain, qos, key, on_acked)
+
+    def publish_state(self):
+        self.send("state", self.node.payload(), True, 1, "state")
+
+    def publish_log(self, item):
+        seq = item["seq"]
+        self.send("log", item, False, 1, None, lambda: self.errlog.mark_sent(seq))
+
+    def ack(self, cid, err):
+        a = {"v": 1, "id": cid, "status": "error" if err else "ok"}
+        if err:
+            a["error"] = err
+        else:
+            a["state_seq"] = self.node.state_seq
+        self.send("ack", a, False, 1)
+
+    def uptime(self):
+        return time.ticks_diff(time.ticks_ms(), self.started) // 1000
+
+    def info(self):
+        i = {"v": 1, "chip_id": hal.chip_id(), "fw": self.fw, "caps": CAPS, "boot_reason": self.cause,
+             "boot_count": self.boot_count, "mac": hal.mac()}
+        if hal.ip():
+            i["ip"] = hal.ip()
+        return i
+
+    # -- link events -------------------------------------------------------
+    def on_up(self):
+        self.link.publish(self.topic("status"), b"online", True, 1, "status")
+        self.send("info", self.info(), True, 1, "info")
+        self.publish_state()
+        for item in self.errlog.unsent():
+            self.publish_log(item)
+        hal.mark_healthy()
+
+    def on_down(self, reason):
+        if reason and self.wifi_seen and hal.wifi_ok():
+            self.errlog.add("mqtt_lost", "broker connection lost: " + reason, "warning", self.ts())
+
+    def ts(self):
+        return clock.now() if clock.valid() else None
+
+    def bad(self, code, msg):
+        self.bad_input += 1
+        self.errlog.add(code, msg, "warning", self.ts())
+
+    def on_msg(self, topic, payload, size):
+        try:
+            self._dispatch(topic.decode(), payload, size)
+        except Exception as exc:  # a handler bug must not end the session
+            self.bad("handler_error", repr(exc))
+
+    def _dispatch(self, topic, payload, size):
+        if not topic.startswith(self.prefix + "/"):
+            return
+        kind = topic[len(self.prefix) + 1:]
+        if payload is None:
+            self.bad("payload_too_large", "%s payload of %d bytes is over the %d-byte limit: dropped" % (kind, size, MAX_IN))
+            return
+        if kind.startswith("set/"):
+            cid, err = commands.handle(self, kind[4:], payload)
+            if err:
+                self.bad_input += 1
+            if cid is not None:
+                self.ack(cid, err)
+            elif err:
+                self.errlog.add("bad_command", "%s: %s" % (kind, err), "warning", self.ts())
+        elif kind == "config":
+            self.apply_config(payload)
+        elif kind == "schedule":
+            self.apply_schedule(payload)
+
+    def _json(self, kind, payload):
+        if not payload:
+            return None  # a retained message was cleared
+        try:
+            return json.loads(payload)
+        except ValueError:
+            self.bad("bad_" + kind, kind + " is not valid JSON: keep the previous one")
+            return None
+
+    def apply_config(self, payload):
+        c = self._json("config", payload)
+        if c is None:
+            return
+        err = settings.check_config(c)
+        if err:
+            self.bad("bad_config", err)
+            return
+        store.save("config.json", c)
+        self.cfg = settings.merged(c)
+        clock.set_tz(self.cfg["tz"])
+        if "pins" in c:
+            hal.init(c["pins"])
+            hal.relay(self.node.relay)
+
+    def apply_schedule(self, payload):
+        s = self._json("schedule", payload)
+        if s is None:
+            return
+        err = logic.check_schedule(s)
+        if err:
+            self.bad("bad_schedule", err)
+            return
+        store.save("schedule.json", s)
+        self.schedule = s
+        self.node.rules = s.get("rules", [])
+        self.node.tick()
+
+    def restart_soon(self):
+        asyncio.create_task(self._restart())
+
+    async def _restart(self):
+        # Let acks and state go out first.
+        for _ in range(20):
+            if not self.link.queue and not self.link.inflight:
+                break
+            await asyncio.sleep_ms(50)
+        await asyncio.sleep_ms(100)
+        hal.restart()
+
+    def led_pattern(self):
+        if not hal.wifi_ok():
+            return "ap" if self.ap_open else "no_wifi"
+        if not self.link.up:
+            return "no_broker"
+        return "ok" if clock.valid() else "no_time"
+
+    # -- tasks -------------------------------------------------------------
+    async def wifi_loop(self):
+        w = self.wifi
+        failures = 0
+        backoff = 1
+        down_since = time.ticks_ms()
+        while True:
+            if hal.wifi_ok():
+                if self.ap_open:
+                    hal.ap(False)
+                    self.ap_open = False
+                down_since = None
+                backoff = 1
+                await asyncio.sleep_ms(300)
+                continue
+            if down_since is None:
+                down_since = time.ticks_ms()
+            err = await hal.wifi_connect(w["ssid"], w.get("password", ""), w.get("ip"), w.get("gateway"))
+            if err is None:
+                if not self.wifi_seen:
+                    store.remove("prov_err.json")
+                self.wifi_seen = True
+                if not clock.valid() and await hal.ntp():
+                    self.node.changed()
+                continue
+            failures += 1
+            if not self.wifi_seen and failures >= 3:
+                # Stored credentials never worked: back to provisioning, keeping them and saying why.
+                store.save("prov_err.json", {"error": "wifi: " + err, "enter": True})
+                hal.restart()
+            if not self.ap_open and time.ticks_diff(time.ticks_ms(), down_since) >= self.cfg["ap_after"] * 1000:
+                hal.ap(True, "nodefleet-" + hal.chip_id()[-4:])
+                self.ap_open = True
+            await asyncio.sleep_ms(int(backoff * 1000 * (0.5 + random.getrandbits(8) / 256)))
+            backoff = min(backoff * 2, self.mq.get("max_backoff", 30))
+
+    async def logic_loop(self):
+        valid = clock.valid()
+        while True:
+            self.node.tick()
+            if clock.valid() != valid:
+                valid = clock.valid()
+                self.node.changed()
+            await asyncio.sleep_ms(250)
+
+    async def telemetry_loop(self):
+        while True:
+            await asyncio.sleep(self.cfg["telemetry_period"])
+            readings = hal.sensors()
+            readings["rssi"] = hal.rssi()
+            readings["heap_free"] = gc.mem_free()
+            readings["mqtt_dropped"] = self.link.dropped
+            readings["bad_input"] = self.bad_input
+            t = {"v": 1, "seq": self.telemetry_seq.next(), "uptime": self.uptime(), "readings": readings}
+            if clock.valid():
+                t["ts"] = clock.now()
+            self.send("telemetry", t)
+
+
+async def run(**kw):
+    app = App(**kw)
+    asyncio.create_task(led.run(app.led_pattern))
+    asyncio.create_task(app.wifi_loop())
+    asyncio.create_task(app.logic_loop())
+    asyncio.create_task(app.telemetry_loop())
+    import web
+
+    await web.start(app)
+    await app.link.run()

@@ -1,0 +1,26 @@
+# JSON files on flash, written atomically: a new file is renamed over the old one.
+import json
+import os
+
+
+def load(name, default=None):
+    try:
+        with open(name) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        # Missing or corrupt: the caller's default; a half-written file is never renamed in.
+        return default
+
+
+def save(name, obj):
+    tmp = name + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.rename(tmp, name)
+
+
+def remove(name):
+    try:
+        os.remove(name)
+    except OSError:
+        pass

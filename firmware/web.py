@@ -1,0 +1,75 @@
+# Local web page in normal mode: state, schedule, errors, buttons; a JSON API beside it.
+import binascii
+
+import hal
+import httpd
+
+_PAGE = """<!doctype html><meta name=viewport content="width=device-width"><title>%s</title>
+<h1>%s</h1><p>relay <b>%s</b>, mode <b>%s</b>, uptime %d s, time %s</p>
+<p><button onclick="go('switch',{state:'ON'})">ON</button> <button onclick="go('switch',{state:'OFF'})">OFF</button>
+<button onclick="go('stop',{})">STOP</button> <button onclick="go('stop',{resume:true})">RESUME</button>
+<button onclick="go('logic',{enabled:true})">NodeLogic on</button> <button onclick="go('logic',{enabled:false})">NodeLogic off</button></p>
+<h2>Schedule</h2><pre>%s</pre><h2>Recent errors</h2><pre>%s</pre>
+<script>function go(p,b){fetch('/api/'+p,{method:'POST',body:JSON.stringify(b)}).then(()=>location.reload())}</script>"""
+
+
+def _esc(text):
+    return text.replace("&", "&amp;").replace("<", "&lt;")
+
+
+def _authorized(app, auth):
+    pw = app.cfg.get("web_password")
+    if not pw:
+        return True
+    if not auth or not auth.startswith("Basic "):
+        return False
+    try:
+        user_pw = binascii.a2b_base64(auth[6:]).decode()
+    except (ValueError, UnicodeError):
+        return False
+    return user_pw.partition(":")[2] == pw
+
+
+def _page(app):
+    n = app.node
+    rules = "\n".join("%s %s %ds %s %s" % (r["id"], r["at"], r["duration"], ",".join(r.get("days", ["every day"])),
+                                          r.get("action", "on")) for r in n.rules) or "no rules"
+    errors = "\n".join("#%d %s %s" % (e["seq"], e["code"], e["msg"]) for e in app.errlog.items[-5:]) or "none"
+    return _PAGE % (app.prefix, app.prefix, "ON" if n.relay else "OFF", n.mode(), app.uptime(),
+                    "valid" if n.payload()["time_valid"] else "not set", _esc(rules), _esc(errors))
+
+
+def _route(app, method, path, data, auth):
+    if not _authorized(app, auth):
+        return 401, {"error": "password required: log in with any user name and the node's web password"}
+    if method == "GET" and path == "/":
+        return 200, _page(app)
+    if method == "GET" and path == "/api/state":
+        s = app.node.payload()
+        s["uptime"] = app.uptime()
+        s["rules"] = app.node.rules
+        s["errors"] = app.errlog.items[-5:]
+        return 200, s
+    if method == "DELETE" and path == "/api/restart":
+        import store
+
+        store.remove("wifi.json")
+        app.restart_soon()
+        return 200, {"ok": True, "next": "provisioning mode"}
+    if method != "POST" or path not in ("/api/switch", "/api/stop", "/api/logic", "/api/restart"):
+        return 404, {"error": "use GET /, GET /api/state, POST /api/switch|stop|logic|restart"}
+    import commands
+
+    try:
+        httpd.body_json(data or b"{}")
+    except ValueError as exc:
+        return 400, {"error": str(exc)}
+    cid, err = commands.handle(app, path[5:], data or b"{}")
+    if err:
+        app.bad_input += 1
+        return 400, {"error": err}
+    return 200, app.node.payload()
+
+
+async def start(app):
+    return await httpd.serve(hal.http_addr(False), lambda m, p, d, a: _route(app, m, p, d, a))

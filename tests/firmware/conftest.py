@@ -1,0 +1,146 @@
+"""Fixtures for the firmware tests: simulated nodes on the real interpreter and a watching client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiomqtt
+import pytest
+from pydantic import ValidationError
+
+from nodefleet import mqtt
+from nodefleet.contracts import NODE_PAYLOADS, Topics
+from nodefleet.contracts.topics import Command, NodeTopic
+from nodefleet.embedded.mosquitto import Mosquitto
+from nodefleet.sim import SimNode
+
+# Short periods so each test takes seconds: the same knobs a real deployment sets through config.
+FAST_CONFIG = {"v": 1, "version": 1, "telemetry_period": 1, "ap_after": 1}
+
+
+class Watch:
+    """Subscribes to one node's topics; validates every JSON payload the node publishes with the contract models."""
+
+    def __init__(self, client: aiomqtt.Client, topics: Topics, node: str) -> None:
+        self.client = client
+        self.topics = topics
+        self.node = node
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.invalid: list[str] = []
+        self._arrived = asyncio.Event()
+
+    def kind(self, topic: str) -> str:
+        return topic.removeprefix(self.topics.prefix(self.node) + "/")
+
+    async def feed(self) -> None:
+        async for message in self.client.messages:
+            topic, payload = str(message.topic), bytes(message.payload)
+            kind = self.kind(topic)
+            model = NODE_PAYLOADS.get(kind)
+            if model is not None and kind not in ("config", "schedule") and payload:
+                try:
+                    model.model_validate_json(payload)
+                except ValidationError as exc:
+                    self.invalid.append(f"{kind}: {payload[:300]!r}: {exc}")
+            self.messages.append((kind, payload, message.retain))
+            self._arrived.set()
+
+    def mark(self) -> int:
+        return len(self.messages)
+
+    def found(self, kind: str, match: Callable[[Any], bool] | None = None, since: int = 0) -> list[Any]:
+        out = []
+        for k, payload, _ in self.messages[since:]:
+            if k != kind:
+                continue
+            value: Any = payload.decode() if kind == "status" else json.loads(payload)
+            if match is None or match(value):
+                out.append(value)
+        return out
+
+    async def wait(self, kind: str, match: Callable[[Any], bool] | None = None, *, since: int = 0,
+                   timeout: float = 10.0) -> Any:
+        """The first message of ``kind`` (after index ``since``) that matches."""
+        async with asyncio.timeout(timeout):
+            while True:
+                hits = self.found(kind, match, since)
+                if hits:
+                    return hits[0]
+                self._arrived.clear()
+                await self._arrived.wait()
+
+    async def send(self, command: Command | str, payload: Any, *, qos: int = 1) -> None:
+        topic = (self.topics.set(self.node, Command(command)) if command in set(Command)
+                 else f"{self.topics.prefix(self.node)}/set/{command}")
+        body = payload if isinstance(payload, (bytes, str)) else json.dumps(payload)
+        await self.client.publish(topic, body, qos=qos)
+
+    async def retain(self, kind: NodeTopic, payload: Any) -> None:
+        await self.client.publish(self.topics.node(self.node, kind), json.dumps(payload), qos=1, retain=True)
+
+    async def command(self, command: str, payload: dict[str, Any], *, timeout: float = 10.0) -> dict[str, Any]:
+        """Send a command with a fresh id and return its ack."""
+        cid = payload.get("id") or f"c{uuid.uuid4().hex[:10]}"
+        mark = self.mark()
+        await self.send(command, {**payload, "id": cid})
+        return await self.wait("ack", lambda a: a["id"] == cid, since=mark, timeout=timeout)
+
+
+@contextlib.asynccontextmanager
+async def watching(broker: Mosquitto, topics: Topics, node: str) -> AsyncIterator[Watch]:
+    client = mqtt.client(mqtt.BrokerAddress.parse(broker.url), client_id=f"watch-{uuid.uuid4().hex[:8]}")
+    async with client:
+        watch = Watch(client, topics, node)
+        await client.subscribe(f"{topics.prefix(node)}/#", qos=1)
+        task = asyncio.create_task(watch.feed())
+        try:
+            yield watch
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await task
+
+
+@pytest.fixture
+async def make_node(tmp_path, mosquitto: Mosquitto, topics: Topics):
+    """Factory: a provisioned simulated node (not started) with fast settings; every node is stopped at the end."""
+    nodes: list[SimNode] = []
+
+    def make(name: str = "node-1", *, config: dict[str, Any] | None = None, provisioned: bool = True,
+             env: dict[str, str] | None = None, keepalive: int = 5) -> SimNode:
+        node = SimNode(tmp_path / name, name=name, env=env)
+        if provisioned:
+            node.provision(broker=mosquitto.url, topic_prefix=topics.prefix(name), keepalive=keepalive, max_backoff=1)
+        node.write("config.json", {**FAST_CONFIG, **(config or {})})
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        await node.stop()
+
+
+@pytest.fixture
+async def watch(mosquitto: Mosquitto, topics: Topics) -> AsyncIterator[Watch]:
+    """A watcher of node ``node-1``; fails the test if the node published anything the contract rejects."""
+    async with watching(mosquitto, topics, "node-1") as w:
+        yield w
+        assert not w.invalid, "the node published payloads the contract models reject:\n" + "\n".join(w.invalid)
+
+
+@pytest.fixture
+async def node(make_node, watch: Watch) -> AsyncIterator[SimNode]:
+    """node-1 started and online (status, info and state seen)."""
+    n = make_node()
+    await n.start()
+    try:
+        await watch.wait("state", timeout=15)
+    except TimeoutError:
+        raise AssertionError(f"node did not come online; its output:\n{n.output()}") from None
+    yield n
+    assert "Traceback" not in n.output(), n.output()
