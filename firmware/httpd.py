@@ -31,6 +31,15 @@ async def _answer(w, status, content):
     await w.drain()
 
 
+async def _discard(r, n):
+    # Read what the client sends so closing does not reset the connection before it sees the answer.
+    while n > 0:
+        chunk = await asyncio.wait_for(r.read(min(n, 512)), 5)
+        if not chunk:
+            break
+        n -= len(chunk)
+
+
 async def _conn(r, w, route):
     try:
         status, content = 400, {"error": "bad request line"}
@@ -49,6 +58,7 @@ async def _conn(r, w, route):
         if len(parts) >= 2:
             if length > MAX_BODY or length < 0:
                 status, content = 413, {"error": "body over %d bytes" % MAX_BODY}
+                await _discard(r, min(length, 32768))
             else:
                 data = await asyncio.wait_for(r.readexactly(length), 5) if length else b""
                 status, content = route(parts[0], parts[1].split("?")[0], data, auth)

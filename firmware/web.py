@@ -1,5 +1,6 @@
 # Local web page in normal mode: state, schedule, errors, buttons; a JSON API beside it.
 import binascii
+import gc
 
 import hal
 import httpd
@@ -44,6 +45,11 @@ def _route(app, method, path, data, auth):
         return 401, {"error": "password required: log in with any user name and the node's web password"}
     if method == "GET" and path == "/":
         return 200, _page(app)
+    if method == "GET" and path == "/api/info":
+        i = app.info()
+        i["mode"] = "normal"
+        i["heap_free"] = gc.mem_free()
+        return 200, i
     if method == "GET" and path == "/api/state":
         s = app.node.payload()
         s["uptime"] = app.uptime()

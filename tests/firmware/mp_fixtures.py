@@ -1,0 +1,52 @@
+# Runs on MicroPython: decode every contract fixture with the firmware's own code; one JSON line per file.
+import json
+import os
+import sys
+
+fixtures, firmware = sys.argv[1], sys.argv[2]
+sys.path.insert(0, firmware)
+
+import commands  # noqa: E402
+import logic  # noqa: E402
+import node  # noqa: E402
+import settings  # noqa: E402
+import store  # noqa: E402
+
+
+class App:
+    restarted = False
+
+    def __init__(self):
+        self.node = node.Node("off", lambda: None)
+
+    def restart_soon(self):
+        App.restarted = True
+
+
+for name in sorted(os.listdir(fixtures)):
+    if not name.endswith(".json"):
+        continue
+    with open(fixtures + "/" + name, "rb") as f:
+        raw = f.read()
+    stem = name[:-5]
+    err = None
+    try:
+        obj = json.loads(raw)
+        if stem.startswith("set_"):
+            # Each command meets a fresh node (set_stop would refuse the switch fixtures after it).
+            store.remove("state.json")
+            app = App()
+            what = stem[4:].split("_")[0]
+            cid, err = commands.handle(app, what, raw)
+            if err is None and "id" in obj and cid != obj["id"]:
+                err = "id not kept"
+        elif stem == "config":
+            err = settings.check_config(obj)
+        elif stem == "schedule":
+            err = logic.check_schedule(obj)
+        elif not isinstance(obj, dict) or obj.get("v") != 1:
+            err = "not a v1 object"
+    except Exception as exc:
+        err = repr(exc)
+    print(json.dumps({"name": stem, "error": err}))
+print(json.dumps({"restart_requested": App.restarted}))
