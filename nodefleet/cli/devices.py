@@ -1,0 +1,51 @@
+"""``nodefleet devices``: every node the telemetry service knows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..contracts.queries import DeviceRow, DevicesQuery
+from ..settings import CommonSettings
+from . import main
+from .common import Column, emit, fleet_options, fleet_request, format_option, iso_time, note, parse_rows, relative, run, timeout_option
+
+
+def _availability(online: Any) -> str:
+    return {True: "online", False: "offline"}.get(online, "unknown")
+
+
+COLUMNS = (
+    Column(key="node", title="node"),
+    Column(key="online", title="availability", human=_availability, machine=_availability),
+    Column(key="availability_changed", title="since", human=relative, machine=iso_time),
+    Column(key="last_seen", title="last seen", human=relative, machine=iso_time),
+    Column(key="relay", title="relay"),
+    Column(key="mode", title="mode"),
+    Column(key="fw", title="firmware"),
+    Column(key="chip_id", title="chip id"),
+)
+
+
+@main.command()
+@fleet_options
+@format_option
+@timeout_option
+def devices(settings: CommonSettings, fmt: str, timeout: float) -> None:
+    """List every node: availability, last seen, relay and mode (latest state), firmware.
+
+    Asks the telemetry service over MQTT, so a system must be running
+    (`nodefleet up`, or the services against your own broker).
+
+    \b
+    Examples:
+      nodefleet devices
+      nodefleet devices --format json
+      nodefleet devices --broker mqtt://192.168.1.10:1883 --format csv > nodes.csv
+    """
+    data = run(fleet_request(settings, DevicesQuery(), timeout=timeout))
+    rows = [row.model_dump(mode="json") for row in parse_rows(data, DeviceRow, "devices")]
+    rows.sort(key=lambda row: row["node"])
+    emit(rows, COLUMNS, fmt, title=f"{len(rows)} node(s) under {settings.topic_root}/" if fmt == "table" else None)
+    if not rows:
+        note(f"no nodes known under {settings.topic_root}/ yet: a node appears once it publishes "
+             f"(check --topic-root if yours differs)")

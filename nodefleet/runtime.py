@@ -1,0 +1,409 @@
+"""``nodefleet up`` in one process: embedded PostgreSQL, embedded broker, every service.
+
+Start order is database, broker, services (each its own MQTT client), then
+extra units such as the demo nodes; stop order is the reverse.  Both ports
+are checked before anything starts, and whatever did start is stopped again
+if a later step fails, so a failed start leaves nothing behind.
+
+Errors: :class:`StartupError` (with the exit code the CLI should use) for
+anything that prevents the system from coming up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import aiomqtt
+import asyncpg
+
+from . import mqtt
+from .embedded.postgres import EmbeddedPostgres, PostgresError, port_is_free
+from .logging import get_logger
+from .runtime_services import (
+    SERVICE_NAMES,
+    ServiceSpec,
+    ServiceStartError,
+    Supervised,
+    Unit,
+    discover_services,
+)
+from .settings import LogFormat
+
+__all__ = [
+    "SERVICE_NAMES",
+    "DATABASE_NAME",
+    "DEFAULT_DB_PORT",
+    "DEFAULT_MQTT_PORT",
+    "Runtime",
+    "RuntimeInfo",
+    "RuntimeOptions",
+    "ServiceSpec",
+    "StartupError",
+    "StartupInterrupted",
+    "Unit",
+    "discover_services",
+    "run",
+]
+
+log = get_logger(__name__)
+
+DEFAULT_MQTT_PORT = 1883
+DEFAULT_DB_PORT = 15432
+DATABASE_NAME = "nodefleet"
+LOCK_FILE = "nodefleet-up.lock"
+PROBE_TIMEOUT = 5.0
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+EXIT_FORCED = 130
+
+
+class StartupError(RuntimeError):
+    """The system could not come up; the message says what to do next."""
+
+    def __init__(self, message: str, *, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class StartupInterrupted(Exception):
+    """A stop was requested while starting; everything started has been stopped."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeOptions:
+    data_dir: Path
+    host: str = "127.0.0.1"
+    # The embedded broker may listen wider than loopback so devices on the network reach it.
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = DEFAULT_MQTT_PORT
+    db_port: int = DEFAULT_DB_PORT
+    broker_url: str | None = None
+    database_url: str | None = None
+    log_format: LogFormat = "auto"
+    log_level: str = "info"
+    service_timeout: float = 30.0
+    # Extra settings every service gets (e.g. topic roots in tests).
+    service_overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url is None
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeInfo:
+    """Where things are once the system is up (for the banner and for tests)."""
+
+    broker_url: str
+    database_url: str
+    data_dir: Path
+    embedded_broker: bool
+    embedded_database: bool
+    services: list[str]
+    extras: list[str]
+    startup_seconds: float
+
+
+class Runtime:
+    """Starts and stops the whole system; ``services`` defaults to those that exist."""
+
+    def __init__(
+        self,
+        options: RuntimeOptions,
+        *,
+        services: Sequence[ServiceSpec] | None = None,
+        extras: Sequence[Callable[[str, str], Unit]] = (),
+    ) -> None:
+        self.options = options
+        self._services = services
+        # Each extra is built from (broker URL, database URL) once both are known.
+        self._extras = extras
+        self._stack = contextlib.AsyncExitStack()
+        self._abort = asyncio.Event()
+        self._postgres: EmbeddedPostgres | None = None
+        self._lock: IO[str] | None = None
+        self._force = False
+
+    # -- start ---------------------------------------------------------------
+    async def start(self) -> RuntimeInfo:
+        """Bring everything up; on failure stop what started and raise StartupError."""
+        began = time.monotonic()
+        self._check_ports()
+        specs = list(self._services) if self._services is not None else _discover()
+        try:
+            database_url = await self._start_database()
+            self._checkpoint()
+            broker_url = await self._start_broker()
+            self._checkpoint()
+            overrides = {
+                "mqtt_url": broker_url,
+                "database_url": database_url,
+                "log_format": self.options.log_format,
+                "log_level": self.options.log_level,
+                **self.options.service_overrides,
+            }
+            units = [spec.unit(overrides) for spec in specs]
+            units += [make(broker_url, database_url) for make in self._extras]
+            for unit in units:
+                await self._start_unit(unit)
+                self._checkpoint()
+        except BaseException:
+            await self.stop()
+            raise
+        info = RuntimeInfo(
+            broker_url=broker_url,
+            database_url=database_url,
+            data_dir=self.options.data_dir,
+            embedded_broker=self.options.embedded_broker,
+            embedded_database=self.options.embedded_database,
+            services=[spec.name for spec in specs],
+            extras=[unit.name for unit in units[len(specs):]],
+            startup_seconds=round(time.monotonic() - began, 3),
+        )
+        log.info("up_ready", broker=info.broker_url, database=info.database_url, data_dir=str(info.data_dir),
+                 services=info.services, extras=info.extras, startup_seconds=info.startup_seconds)
+        return info
+
+    def _checkpoint(self) -> None:
+        if self._abort.is_set():
+            raise StartupInterrupted
+
+    def _check_ports(self) -> None:
+        """Refuse to start anything if a port we would listen on is taken."""
+        host, mqtt_host = self.options.host, self.options.mqtt_host
+        if self.options.embedded_broker and not port_is_free(mqtt_host, self.options.mqtt_port):
+            raise StartupError(
+                f"MQTT port {self.options.mqtt_port} on {mqtt_host} is already taken (another broker, or another "
+                f"`nodefleet up`?): choose another with --mqtt-port, or use that broker with "
+                f"--broker mqtt://{mqtt_host}:{self.options.mqtt_port}",
+                exit_code=EXIT_USAGE,
+            )
+        if self.options.embedded_database and not port_is_free(host, self.options.db_port):
+            raise StartupError(
+                f"database port {self.options.db_port} on {host} is already taken: choose another with "
+                f"--db-port, or use an existing server with --database postgresql://...",
+                exit_code=EXIT_USAGE,
+            )
+
+    async def _start_database(self) -> str:
+        if not self.options.embedded_database:
+            assert self.options.database_url is not None
+            await _probe_database(self.options.database_url)
+            return self.options.database_url
+        self._lock_data_dir()
+        server = EmbeddedPostgres(self.options.data_dir / "postgres", port=self.options.db_port, host=self.options.host)
+        try:
+            if await asyncio.to_thread(lambda: server.running):
+                # We hold the data directory's lock, so this server was left by an `up` that was killed.
+                log.warning("stopping_orphan_postgres", data_dir=str(server.data_dir))
+                await asyncio.to_thread(server.stop, "fast")
+            self._postgres = server
+            self._stack.push_async_callback(self._stop_postgres)
+            await asyncio.to_thread(server.start)
+            await asyncio.to_thread(server.create_database, DATABASE_NAME)
+        except PostgresError as exc:
+            raise StartupError(f"the embedded PostgreSQL did not start: {exc} (its log: {server.log_file})") from exc
+        log.info("postgres_started", dsn=server.dsn(DATABASE_NAME), data_dir=str(server.data_dir))
+        return server.dsn(DATABASE_NAME)
+
+    def _lock_data_dir(self) -> None:
+        """One `nodefleet up` per data directory; the lock dies with the process."""
+        data_dir = self.options.data_dir
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            lock = open(data_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held for the life of the runtime
+        except OSError as exc:
+            raise StartupError(f"cannot use data directory {data_dir}: {exc}; choose another with --data-dir",
+                               exit_code=EXIT_USAGE) from exc
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            lock.close()
+            raise StartupError(
+                f"another `nodefleet up` (pid {holder}) is using the data directory {data_dir}: "
+                f"stop it, or choose another directory with --data-dir",
+                exit_code=EXIT_USAGE,
+            ) from exc
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        self._lock = lock
+        self._stack.callback(self._unlock_data_dir)
+
+    def _unlock_data_dir(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    async def _stop_postgres(self) -> None:
+        server, self._postgres = self._postgres, None
+        if server is None:
+            return
+        mode = "immediate" if self._force else "fast"
+        try:
+            await asyncio.to_thread(server.stop, mode)
+        except PostgresError as exc:
+            log.error("postgres_stop_failed", error=str(exc), log_file=str(server.log_file))
+            return
+        log.info("postgres_stopped", mode=mode)
+
+    async def _start_broker(self) -> str:
+        if not self.options.embedded_broker:
+            assert self.options.broker_url is not None
+            await _probe_broker(self.options.broker_url)
+            return self.options.broker_url
+        try:
+            from .embedded.broker import BrokerPortInUse, EmbeddedBroker
+        except ImportError as exc:
+            raise StartupError(
+                f"the embedded MQTT broker is not available ({exc}): use an existing broker with --broker mqtt://host:port"
+            ) from exc
+        broker = EmbeddedBroker(host=self.options.mqtt_host, port=self.options.mqtt_port)
+        try:
+            await broker.start()
+        except BrokerPortInUse as exc:
+            raise StartupError(str(exc), exit_code=EXIT_USAGE) from exc
+        except Exception as exc:
+            raise StartupError(f"the embedded MQTT broker did not start: {exc}; or use --broker mqtt://host:port") from exc
+        self._stack.push_async_callback(self._stop_broker, broker)
+        log.info("broker_started", url=broker.url)
+        return broker.url
+
+    async def _stop_broker(self, broker: Any) -> None:
+        try:
+            await asyncio.wait_for(broker.stop(), 10)
+        except Exception as exc:  # stopping must go on to the database
+            log.error("broker_stop_failed", error=repr(exc))
+            return
+        log.info("broker_stopped")
+
+    async def _start_unit(self, unit: Unit) -> None:
+        supervised = Supervised(unit)
+        self._stack.push_async_callback(self._stop_unit, supervised)
+        try:
+            await supervised.start(timeout=self.options.service_timeout, abort=self._abort)
+        except ServiceStartError as exc:
+            raise StartupError(f"{exc}; see the log above") from exc
+        log.info("service_started", service=unit.name)
+
+    async def _stop_unit(self, supervised: Supervised) -> None:
+        await supervised.stop(timeout=0.5 if self._force else 10.0)
+        log.info("service_stopped", service=supervised.unit.name)
+
+    # -- stop ----------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Ask a running or starting system to stop (from a signal handler)."""
+        self._abort.set()
+
+    async def stop(self) -> None:
+        """Stop everything that started, in reverse order; safe to call twice."""
+        self._abort.set()
+        await self._stack.aclose()
+
+    def force_stop(self) -> None:
+        """Second Ctrl-C: stop PostgreSQL at once and leave the process without further cleanup."""
+        self._force = True
+        server = self._postgres
+        if server is not None:
+            with contextlib.suppress(Exception):
+                server.stop("immediate")
+        log.warning("forced_exit")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_FORCED)
+
+    async def wait_for_stop_request(self) -> None:
+        await self._abort.wait()
+
+
+def _discover() -> list[ServiceSpec]:
+    try:
+        return discover_services()
+    except Exception as exc:
+        raise StartupError(f"a service could not be loaded: {type(exc).__name__}: {exc}") from exc
+
+
+async def _probe_broker(url: str) -> None:
+    try:
+        address = mqtt.BrokerAddress.parse(url)
+    except mqtt.BrokerUrlError as exc:
+        raise StartupError(str(exc), exit_code=EXIT_USAGE) from exc
+    probe = mqtt.client(address, client_id=f"nodefleet-up-probe-{os.getpid()}")
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            async with probe:
+                pass
+    except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
+        raise StartupError(f"cannot reach the broker at {address.url} ({exc}): check --broker, or leave it out "
+                           f"to run the embedded one") from exc
+
+
+async def _probe_database(dsn: str) -> None:
+    try:
+        connection = await asyncpg.connect(dsn, timeout=PROBE_TIMEOUT)
+    except Exception as exc:
+        raise StartupError(f"cannot reach the database {_without_password(dsn)} ({exc}): check --database, or "
+                           f"leave it out to run the embedded PostgreSQL") from exc
+    await connection.close()
+
+
+def _without_password(dsn: str) -> str:
+    scheme, sep, rest = dsn.partition("://")
+    if "@" not in rest or ":" not in rest.split("@", 1)[0]:
+        return dsn
+    credentials, host = rest.split("@", 1)
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
+
+
+async def run(runtime: Runtime, *, on_ready: Callable[[RuntimeInfo], None], handle_signals: bool = True) -> int:
+    """Start, report ready, wait for SIGINT/SIGTERM, stop; return the exit code.
+
+    A second signal forces: PostgreSQL stops immediately and the process exits 130.
+    """
+    loop = asyncio.get_running_loop()
+    signals_seen = 0
+
+    def on_signal(name: str) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if signals_seen == 1:
+            log.info("stopping", signal=name, hint="press Ctrl-C again to force")
+            runtime.request_stop()
+        else:
+            runtime.force_stop()
+
+    if handle_signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig.name)
+    try:
+        try:
+            info = await runtime.start()
+        except StartupInterrupted:
+            log.info("stopped_while_starting")
+            return 0
+        on_ready(info)
+        await runtime.wait_for_stop_request()
+        await runtime.stop()
+        log.info("stopped")
+        return 0
+    finally:
+        if handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)

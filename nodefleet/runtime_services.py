@@ -1,0 +1,212 @@
+"""Finding the services that exist and running each one in this process.
+
+A service is found through the seam of ``services/README.md``: the package
+``services.<name>`` with ``app.serve(settings)`` and a settings class in
+``settings.py``.  Only packages that exist are imported, so ``nodefleet up``
+runs whatever has been built so far.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import inspect
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from .logging import get_logger
+from .settings import CommonSettings
+
+log = get_logger(__name__)
+
+SERVICE_NAMES = ("telemetry", "provisioner", "scheduler", "ota")
+"""Every service ``nodefleet up`` knows, in start order."""
+
+SERVICES_PACKAGE = "services"
+
+# A crashed service is restarted after this many seconds, doubling up to the cap.
+RESTART_BACKOFF = 1.0
+RESTART_BACKOFF_CAP = 30.0
+# A service that ran this long before failing starts over at the shortest backoff.
+HEALTHY_RUN = 60.0
+# Without a ``ready`` parameter, a service counts as started once it survived this long.
+NO_READY_GRACE = 0.2
+
+
+class ServiceLoadError(RuntimeError):
+    """A service package exists but does not follow the service seam."""
+
+
+class ServiceStartError(RuntimeError):
+    """A service failed, or did not report ready in time, while starting."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceSpec:
+    """One service as ``nodefleet up`` runs it: its ``serve`` and its settings class."""
+
+    name: str
+    serve: Callable[..., Awaitable[None]]
+    settings_class: type[CommonSettings]
+
+    @property
+    def reports_ready(self) -> bool:
+        return "ready" in inspect.signature(self.serve).parameters
+
+    def unit(self, overrides: dict[str, Any]) -> Unit:
+        """A runnable unit with settings built from the environment plus ``overrides``."""
+        settings = self.settings_class(**overrides)
+        if self.reports_ready:
+            return Unit(name=self.name, run=lambda ready: self.serve(settings, ready=ready), reports_ready=True)
+        return Unit(name=self.name, run=lambda ready: self.serve(settings), reports_ready=False)
+
+
+def _settings_class(module: ModuleType, service: str) -> type[CommonSettings]:
+    """The CommonSettings subclass defined in ``module`` (``<Name>Settings`` if several)."""
+    found = [
+        value for value in vars(module).values()
+        if isinstance(value, type) and issubclass(value, CommonSettings) and value.__module__ == module.__name__
+    ]
+    if len(found) > 1:
+        found = [cls for cls in found if cls.__name__.lower() == f"{service}settings"]
+    if len(found) != 1:
+        raise ServiceLoadError(
+            f"{module.__name__} must define one settings class subclassing CommonSettings (found {len(found)})"
+        )
+    return found[0]
+
+
+def _exists(module_name: str) -> bool:
+    try:
+        return importlib.util.find_spec(module_name) is not None
+    except ModuleNotFoundError:  # the parent package itself is missing
+        return False
+
+
+def discover_services(names: Iterable[str] = SERVICE_NAMES, *, package: str = SERVICES_PACKAGE) -> list[ServiceSpec]:
+    """Import every listed service whose package exists; skip the others."""
+    specs = []
+    for name in names:
+        if not _exists(f"{package}.{name}"):
+            continue
+        app = importlib.import_module(f"{package}.{name}.app")
+        serve = getattr(app, "serve", None)
+        if not inspect.iscoroutinefunction(serve):
+            raise ServiceLoadError(f"{package}.{name}.app must define `async def serve(settings)`")
+        settings_module = importlib.import_module(f"{package}.{name}.settings")
+        specs.append(ServiceSpec(name=name, serve=serve, settings_class=_settings_class(settings_module, name)))
+    return specs
+
+
+@dataclass(frozen=True, kw_only=True)
+class Unit:
+    """Something run as a task until cancelled; ``run(ready)`` sets ``ready`` once it works."""
+
+    name: str
+    run: Callable[[asyncio.Event], Awaitable[None]]
+    reports_ready: bool = True
+
+
+class Supervised:
+    """Runs one unit as a task: waits for its start, restarts it with backoff if it crashes later."""
+
+    def __init__(self, unit: Unit) -> None:
+        self.unit = unit
+        self.restarts = 0
+        self._task: asyncio.Task[None] | None = None
+        self._started: asyncio.Future[None] | None = None
+
+    async def start(self, *, timeout: float, abort: asyncio.Event) -> None:
+        """Start the unit; raise ServiceStartError if it fails or is not ready within ``timeout``.
+
+        Returns early without error if ``abort`` is set meanwhile (the caller checks it).
+        """
+        loop = asyncio.get_running_loop()
+        self._started = loop.create_future()
+        self._task = asyncio.create_task(self._loop(), name=f"service:{self.unit.name}")
+        aborted = asyncio.ensure_future(abort.wait())
+        try:
+            done, _ = await asyncio.wait({self._started, aborted}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            aborted.cancel()
+        if self._started in done:
+            self._started.result()  # raises ServiceStartError if it failed before ready
+        elif abort.is_set():
+            return
+        else:
+            raise ServiceStartError(f"service {self.unit.name} did not report ready within {timeout:g} s")
+
+    async def _loop(self) -> None:
+        assert self._started is not None
+        backoff = RESTART_BACKOFF
+        loop = asyncio.get_running_loop()
+        while True:
+            ready = asyncio.Event()
+            began = loop.time()
+            attempt = asyncio.create_task(self.unit.run(ready), name=f"serve:{self.unit.name}")
+            try:
+                if not self._started.done():
+                    failure = await self._first_start(attempt, ready)
+                    if failure is not None:
+                        self._started.set_exception(failure)
+                        return
+                    self._started.set_result(None)
+                await attempt
+                log.error("service_returned", service=self.unit.name, hint="serve() should run until cancelled")
+            except asyncio.CancelledError:
+                await _cancel_and_wait(attempt, self.unit.name)
+                raise
+            except Exception:
+                log.exception("service_failed", service=self.unit.name)
+            if loop.time() - began >= HEALTHY_RUN:
+                backoff = RESTART_BACKOFF
+            log.warning("service_restarting", service=self.unit.name, in_seconds=backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, RESTART_BACKOFF_CAP)
+            self.restarts += 1
+
+    async def _first_start(self, attempt: asyncio.Task[None], ready: asyncio.Event) -> ServiceStartError | None:
+        """Wait until the first attempt is ready (None) or has ended (its failure)."""
+        if self.unit.reports_ready:
+            signal = asyncio.ensure_future(ready.wait())
+        else:
+            signal = asyncio.ensure_future(asyncio.sleep(NO_READY_GRACE))
+        try:
+            await asyncio.wait({attempt, signal}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            signal.cancel()
+        if not attempt.done():
+            return None
+        if attempt.cancelled():
+            return ServiceStartError(f"service {self.unit.name} was cancelled while starting")
+        error = attempt.exception()
+        if error is None:
+            return ServiceStartError(f"service {self.unit.name} returned while starting: serve() should run until cancelled")
+        log.error("service_start_failed", service=self.unit.name, exc_info=error)
+        return ServiceStartError(f"service {self.unit.name} failed while starting: {type(error).__name__}: {error}")
+
+    async def stop(self, *, timeout: float = 10.0) -> None:
+        """Cancel the unit and wait (bounded) for it to finish its cleanup."""
+        task, self._task = self._task, None
+        if task is None or task.done():
+            return
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            log.warning("service_stop_timeout", service=self.unit.name, timeout=timeout)
+        elif not task.cancelled() and task.exception() is not None:
+            log.warning("service_stop_error", service=self.unit.name, error=repr(task.exception()))
+
+
+async def _cancel_and_wait(task: asyncio.Task[None], name: str) -> None:
+    """Cancel ``task`` and let its cleanup run to the end."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception as exc:
+        log.warning("service_stop_error", service=name, error=repr(exc))

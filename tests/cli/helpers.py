@@ -1,0 +1,179 @@
+"""Helpers of the CLI tests: run ``nodefleet`` as a subprocess, answer fleet requests in-test."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nodefleet.contracts import Topics
+from nodefleet.contracts.queries import TELEMETRY_SERVICE
+from nodefleet.fleet import ErrorReporter, Handler, answer
+from nodefleet.mqtt import BrokerAddress, client
+
+
+def cli_env(topics: Topics | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a ``nodefleet`` subprocess: no NODEFLEET_* leaking in from outside."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("NODEFLEET_")}
+    if topics is not None:
+        env["NODEFLEET_TOPIC_ROOT"] = topics.root
+        env["NODEFLEET_FLEET_ROOT"] = topics.fleet
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+
+async def nodefleet(*args: str, env: dict[str, str], timeout: float = 20.0) -> Result:
+    """Run one ``nodefleet`` command to completion."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nodefleet", *args, env=env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    return Result(process.returncode or 0, stdout.decode(), stderr.decode())
+
+
+@contextlib.asynccontextmanager
+async def responder(broker_url: str, topics: Topics, handlers: dict[str, Handler]) -> AsyncIterator[None]:
+    """Answers telemetry fleet requests with ``handlers``, over a real broker (stands in for the service)."""
+    errors = ErrorReporter(TELEMETRY_SERVICE, topics)
+    async with client(BrokerAddress.parse(broker_url), client_id=f"responder-{uuid.uuid4().hex[:8]}") as mqtt:
+        await mqtt.subscribe(topics.requests(TELEMETRY_SERVICE), qos=1)
+
+        async def serve() -> None:
+            async for message in mqtt.messages:
+                action = topics.request_action(str(message.topic))
+                await answer(mqtt, message.payload, handlers, action, errors)  # type: ignore[arg-type]
+
+        task = asyncio.create_task(serve())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def process_alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid``, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def postmaster_pid(data_dir: Path) -> int | None:
+    """The PostgreSQL server pid written in its data directory, if it runs."""
+    try:
+        return int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+
+
+class UpProcess:
+    """``nodefleet up`` as a child process; output goes to files so no pipe can fill up."""
+
+    def __init__(self, args: list[str], *, env: dict[str, str], workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        tag = uuid.uuid4().hex[:6]
+        self.stdout_path = workdir / f"up-{tag}.out"
+        self.stderr_path = workdir / f"up-{tag}.err"
+        self.launched = time.monotonic()
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "nodefleet", "up", *args], env=env,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            )
+        self.ready_after: float | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    async def wait_ready(self, timeout: float = 60.0) -> dict[str, str]:
+        """Wait for the banner; return its ``broker``/``database``/``services`` lines and the time to ready."""
+        deadline = time.monotonic() + timeout
+        while "Ctrl-C stops" not in self.stdout:
+            if self.process.poll() is not None:
+                raise AssertionError(f"nodefleet up exited with {self.process.returncode}:\n{self.stderr[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nodefleet up not ready within {timeout} s:\n{self.stderr[-3000:]}")
+            await asyncio.sleep(0.05)
+        self.ready_after = time.monotonic() - self.launched
+        banner = {}
+        for line in self.stdout.splitlines():
+            match = re.match(r"\s+(broker|database|data|services)\s+(\S.*)$", line)
+            if match:
+                banner[match.group(1)] = match.group(2)
+        return banner
+
+    async def stop(self, sig: int = signal.SIGINT, timeout: float = 30.0) -> int:
+        self.process.send_signal(sig)
+        return await self.wait(timeout)
+
+    async def wait(self, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None:
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"nodefleet up did not exit within {timeout} s:\n{self.stderr[-3000:]}")
+            await asyncio.sleep(0.05)
+        return self.process.returncode
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def first_word(text: str) -> str:
+    return text.split()[0] if text.split() else ""
+
+
+def as_dicts(rows: list[Any]) -> list[dict[str, Any]]:
+    return [row.model_dump(mode="json") for row in rows]

@@ -1,0 +1,144 @@
+"""``nodefleet up`` as a real subprocess: start, reach it, stop it, restart it, refuse taken ports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from nodefleet.contracts import Topics
+from nodefleet.embedded.mosquitto import Mosquitto, free_port
+from nodefleet.embedded.postgres import port_is_free
+from nodefleet.mqtt import BrokerAddress, client
+from nodefleet.runtime_services import discover_services
+
+from .helpers import children_of, cli_env, nodefleet, postmaster_pid, process_alive
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _module_exists(name: str) -> bool:
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True
+
+
+HAS_EMBEDDED_BROKER = _module_exists("nodefleet.embedded.broker")
+HAS_TELEMETRY = any(spec.name == "telemetry" for spec in discover_services())
+
+
+def up_env(topics: Topics) -> dict[str, str]:
+    """Own topic roots and client id, so the services inside never meet other tests' sessions."""
+    return cli_env(topics, NODEFLEET_TELEMETRY_CLIENT_ID=f"telemetry-{uuid.uuid4().hex[:8]}")
+
+
+async def mqtt_round_trip(broker_url: str, topic: str) -> bytes:
+    async with client(BrokerAddress.parse(broker_url), client_id=f"up-test-{uuid.uuid4().hex[:8]}") as mqtt:
+        await mqtt.subscribe(topic, qos=1)
+        await mqtt.publish(topic, b"round trip", qos=1)
+        async with asyncio.timeout(5):
+            message = await anext(aiter(mqtt.messages))
+    return message.payload  # type: ignore[return-value]
+
+
+@pytest.mark.skipif(not HAS_EMBEDDED_BROKER, reason="the embedded broker (nodefleet/embedded/broker.py) is not in this tree")
+async def test_up_starts_stops_cleanly_and_keeps_data(launch_up, data_dir: Path, topics: Topics) -> None:
+    mqtt_port, db_port = free_port(), free_port()
+    ports = ("--mqtt-port", str(mqtt_port), "--db-port", str(db_port), "--log-format", "json")
+    up = launch_up(*ports, data_dir=data_dir, env=up_env(topics))
+    banner = await up.wait_ready()
+    print(f"nodefleet up ready after {up.ready_after:.2f} s (fresh data directory, from launch)")
+    broker_url = f"mqtt://127.0.0.1:{mqtt_port}"
+    assert banner["broker"].startswith(broker_url) and "embedded" in banner["broker"]
+    assert f":{db_port}/nodefleet" in banner["database"] and banner["data"] == str(data_dir)
+    assert banner["services"] == ("telemetry" if HAS_TELEMETRY else banner["services"])
+    assert await mqtt_round_trip(broker_url, f"{topics.root}/probe") == b"round trip"
+    dsn = f"postgresql://postgres@127.0.0.1:{db_port}/nodefleet"
+    connection = await asyncpg.connect(dsn)
+    await connection.execute("CREATE TABLE kept (note text); INSERT INTO kept VALUES ('written in the first run')")
+    await connection.close()
+
+    # One `up` per data directory: a second one is refused before it starts anything.
+    second = await nodefleet("up", "--mqtt-port", str(free_port()), "--db-port", str(free_port()),
+                             "--data-dir", str(data_dir), env=up_env(topics))
+    assert second.code == 2 and f"pid {up.pid}" in second.stderr and "--data-dir" in second.stderr
+
+    server_pid = postmaster_pid(data_dir)
+    children = children_of(up.pid)
+    assert server_pid is not None and process_alive(server_pid)
+    assert await up.stop(signal.SIGINT) == 0, up.stderr[-3000:]
+    assert not process_alive(server_pid) and not any(process_alive(pid) for pid in children)
+    assert port_is_free("127.0.0.1", mqtt_port) and port_is_free("127.0.0.1", db_port)
+    events = [json.loads(line)["event"] for line in up.stderr.splitlines() if line.startswith("{")]
+    stop_order = [event for event in events if event in ("service_stopped", "broker_stopped", "postgres_stopped")]
+    assert stop_order[-2:] == ["broker_stopped", "postgres_stopped"] and events[-1] == "stopped"
+    assert "Traceback" not in up.stderr
+
+    again = launch_up(*ports, data_dir=data_dir, env=up_env(topics))
+    await again.wait_ready()
+    print(f"nodefleet up ready after {again.ready_after:.2f} s (existing data directory, from launch)")
+    connection = await asyncpg.connect(dsn)
+    assert await connection.fetchval("SELECT note FROM kept") == "written in the first run"
+    await connection.close()
+    assert await again.stop(signal.SIGTERM) == 0, again.stderr[-3000:]
+    assert postmaster_pid(data_dir) is None
+
+
+@pytest.mark.skipif(not HAS_TELEMETRY, reason="services/telemetry is not in this tree")
+async def test_up_with_external_broker_end_to_end(launch_up, data_dir: Path, topics: Topics) -> None:
+    with Mosquitto() as broker:
+        env = up_env(topics)
+        up = launch_up("--broker", broker.url, "--db-port", str(free_port()), data_dir=data_dir, env=env)
+        banner = await up.wait_ready()
+        assert banner["broker"] == f"{broker.url}  (external)" and banner["services"] == "telemetry"
+        async with client(BrokerAddress.parse(broker.url), client_id="e2e-node") as node:
+            await node.publish(topics.status("porch"), b"online", qos=1, retain=True)
+            await node.publish(topics.state("porch"), b'{"v":1,"seq":4,"relay":"ON","mode":"manual"}', qos=1, retain=True)
+            for seq in (1, 2, 3):
+                payload = json.dumps({"v": 1, "seq": seq, "readings": {"temperature": 20 + seq}})
+                await node.publish(topics.telemetry("porch"), payload, qos=1)
+            await node.publish(topics.log("porch"), b'{"v":1,"seq":1,"code":"dht_timeout","msg":"no answer"}', qos=1)
+        cli = cli_env(topics)
+        for _ in range(100):  # the service commits in batches: wait until all three rows are there
+            query = await nodefleet("telemetry", "query", "porch", "--since", "5m", "--format", "json",
+                                    "--broker", broker.url, env=cli)
+            if query.code == 0 and len(json.loads(query.stdout)) == 3:
+                break
+            await asyncio.sleep(0.1)
+        assert query.code == 0, query.stderr
+        assert [row["readings"]["temperature"] for row in json.loads(query.stdout)] == [21, 22, 23]
+        devices = await nodefleet("devices", "--broker", broker.url, env=cli)
+        porch = next(line for line in devices.stdout.splitlines() if "porch" in line)
+        assert "online" in porch and "ON" in porch and "manual" in porch
+        logs = await nodefleet("logs", "porch", "--format", "json", "--broker", broker.url, env=cli)
+        assert [row["code"] for row in json.loads(logs.stdout)] == ["dht_timeout"]
+        assert await up.stop() == 0, up.stderr[-3000:]
+
+
+@pytest.mark.parametrize("taken", ["--mqtt-port", "--db-port"])
+async def test_a_taken_port_is_named_and_nothing_starts(taken: str, data_dir: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        ports = {"--mqtt-port": str(free_port()), "--db-port": str(free_port()), taken: str(busy)}
+        result = await nodefleet("up", *[item for pair in ports.items() for item in pair], "--data-dir", str(data_dir),
+                                 env=cli_env())
+    assert result.code == 2, result.stderr
+    assert f"port {busy}" in result.stderr and taken in result.stderr
+    assert not (data_dir / "postgres").exists()  # checked before anything was started
+
+
+async def test_an_unreachable_broker_stops_the_database_again(data_dir: Path) -> None:
+    result = await nodefleet("up", "--broker", f"mqtt://127.0.0.1:{free_port()}", "--db-port", str(free_port()),
+                             "--data-dir", str(data_dir), env=cli_env())
+    assert result.code == 1 and "cannot reach the broker" in result.stderr and "--broker" in result.stderr
+    assert (data_dir / "postgres" / "PG_VERSION").exists() and postmaster_pid(data_dir) is None
