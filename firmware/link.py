@@ -95,7 +95,9 @@ class Link:
             if task is not None:
                 task.cancel()
             try:
+                # On MicroPython only wait_closed() closes the socket.
                 writer.close()
+                await writer.wait_closed()
             except OSError:
                 pass
 

@@ -29,9 +29,17 @@ def _handle(words):
         sim.button_held = arg == "1"
     elif cmd == "clock":
         sim.set_time(int(arg))
+    elif cmd == "crash":
+        # Fault injection: an uncaught exception in a task, as a firmware bug would raise.
+        asyncio.create_task(_fault(arg or "injected fault"))
     elif cmd != "get":
-        return {"error": "unknown control command %s: use get, wifi, button or clock" % cmd}
+        return {"error": "unknown control command %s: use get, wifi, button, clock or crash" % cmd}
     return _state()
+
+
+async def _fault(text):
+    await asyncio.sleep_ms(50)
+    raise RuntimeError(text)
 
 
 async def _client(reader, writer):

@@ -1,0 +1,47 @@
+"""The error log: a ring on flash with crash reports, published once connected, surviving reboots."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nodefleet.contracts import Log
+
+
+async def test_a_crash_report_survives_the_reboot_and_is_published(node, watch):
+    await node.ctl("wifi 0")  # offline: the report can only reach the broker after the reboot
+    mark = watch.mark()
+    await node.ctl("crash injected-by-test")
+    for _ in range(100):
+        if node.restarts:
+            break
+        await asyncio.sleep(0.05)
+    assert node.restarts == 1
+    entry = await watch.wait("log", lambda e: e["code"] == "crash", since=mark, timeout=15)
+    log = Log.model_validate(entry)
+    assert log.level == "critical" and "injected-by-test" in (log.trace or "") and "RuntimeError" in log.msg
+    info = await watch.wait("info", since=mark)
+    assert info["boot_reason"] == "soft" and info["boot_count"] == 2
+    # Published entries stay in the ring for the local page, marked as sent.
+    for _ in range(50):
+        saved = node.read("errlog.json")
+        if saved["sent"] > entry["seq"]:
+            break
+        await asyncio.sleep(0.1)
+    assert saved["sent"] == entry["seq"] + 1 and saved["items"][-1]["code"] == "crash"
+
+    # After another reboot nothing already sent is published again.
+    mark = watch.mark()
+    await node.stop()
+    await node.start()
+    await watch.wait("state", since=mark)
+    await watch.command("logic", {"enabled": True})
+    assert not watch.found("log", lambda e: e["code"] == "crash", since=mark)
+
+
+async def test_the_ring_is_bounded(node, watch):
+    mark = watch.mark()
+    for i in range(20):
+        await watch.send("switch", f"bad-{i}")
+    await watch.wait("log", lambda e: "bad-19" not in e["msg"] and e["seq"] >= 19, since=mark, timeout=10)
+    saved = node.read("errlog.json")
+    assert len(saved["items"]) == 16 and saved["next"] >= 20

@@ -1,0 +1,75 @@
+"""Outages: WiFi lost (schedule keeps running, access point opens, reconnect) and a broker restart."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from nodefleet.contracts import Schedule
+from nodefleet.contracts.topics import NodeTopic
+from nodefleet.embedded.mosquitto import Mosquitto
+
+from .conftest import watching
+from .test_logic import MONDAY_0600_UTC
+
+
+async def _until(node, check, timeout: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        board = await node.ctl()
+        if check(board):
+            return board
+        if time.monotonic() > deadline:
+            raise AssertionError(f"board never reached the condition: {board}")
+        await asyncio.sleep(0.1)
+
+
+async def test_wifi_lost_keeps_the_schedule_opens_the_ap_and_reconnects(node, watch):
+    await watch.retain(NodeTopic.SCHEDULE, Schedule.model_validate({"v": 1, "version": 1, "rules": [
+        {"id": "offline", "at": "06:00", "duration": 120}]}).model_dump(by_alias=True))
+    await watch.command("logic", {"enabled": True})  # the schedule has been applied when this is acked
+    await node.ctl("wifi 0")
+    mark = watch.mark()
+    assert await watch.wait("status", lambda s: s == "offline", since=mark) == "offline"
+    await _until(node, lambda b: b["led"] in ("no_wifi", "ap"))
+    # ap_after is 1 s in the test config.
+    await _until(node, lambda b: b["ap"] and b["led"] == "ap")
+
+    # The rule comes due while offline: it runs on the local clock.
+    await node.ctl(f"clock {MONDAY_0600_UTC - 2}")
+    await _until(node, lambda b: b["relay"] == 1)
+    await asyncio.sleep(1.5)  # telemetry keeps being taken, buffered on the node
+
+    mark = watch.mark()
+    back = (await node.ctl("wifi 1"))["time"]
+    assert await watch.wait("status", lambda s: s == "online", since=mark, timeout=15) == "online"
+    state = await watch.wait("state", since=mark)
+    assert state["relay"] == "ON" and state["rule"] == "offline" and state["run_id"] == "offline-20261123"
+    await _until(node, lambda b: not b["ap"] and b["led"] == "ok")
+    buffered = await watch.wait("telemetry", since=mark)
+    assert buffered["ts"] <= back - 1
+    ack = await watch.command("switch", {"state": "OFF"})
+    assert ack["status"] == "ok"
+
+
+async def test_broker_restart_reconnects_and_resubscribes(make_node, topics):
+    broker = Mosquitto()
+    broker.start()
+    try:
+        node = make_node("node-2")
+        node.provision(broker=broker.url, topic_prefix=topics.prefix("node-2"), keepalive=2, max_backoff=1)
+        async with watching(broker, topics, "node-2") as watch:
+            await node.start()
+            await watch.wait("state", timeout=15)
+        broker.stop()
+        await _until(node, lambda b: b["led"] == "no_broker")
+        broker.start()
+        async with watching(broker, topics, "node-2") as watch:
+            assert await watch.wait("status", lambda s: s == "online", timeout=15) == "online"
+            ack = await watch.command("switch", {"state": "ON"})
+            assert ack["status"] == "ok" and (await node.ctl())["relay"] == 1
+            lost = await watch.wait("log", lambda e: e["code"] == "mqtt_lost")
+            assert lost["level"] == "warning" and "broker connection lost" in lost["msg"]
+            assert not watch.invalid, watch.invalid
+    finally:
+        broker.stop()
