@@ -73,12 +73,13 @@ def tail(settings: CommonSettings, node: str | None, count: int | None, fmt: str
 async def _tail(settings: CommonSettings, *, node: str | None, count: int | None, fmt: str) -> None:
     topics = settings.topics
     topic_filter = topics.node_or_all(NodeTopic.TELEMETRY, node)
-    async with connect(settings) as connection:
-        client = connection.client
-        await client.subscribe(topic_filter, qos=0)
-        note(f"listening on {topic_filter} (Ctrl-C stops)")
-        stop = asyncio.Event()
-        with stop_on_signals(stop):
+    stop = asyncio.Event()
+    # Handlers first: a Ctrl-C right after "listening" must still end cleanly.
+    with stop_on_signals(stop):
+        async with connect(settings) as connection:
+            client = connection.client
+            await client.subscribe(topic_filter, qos=0)
+            note(f"listening on {topic_filter} (Ctrl-C stops)")
             reader = asyncio.create_task(_print_messages(client, topics, count=count, fmt=fmt))
             stopper = asyncio.create_task(stop.wait())
             await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -86,10 +87,10 @@ async def _tail(settings: CommonSettings, *, node: str | None, count: int | None
             if not reader.done():
                 reader.cancel()
                 return
-        try:
-            reader.result()
-        except aiomqtt.MqttError as exc:
-            raise CliError(f"lost the broker connection ({exc}): {NOT_RUNNING_HINT}") from exc
+    try:
+        reader.result()
+    except aiomqtt.MqttError as exc:
+        raise CliError(f"lost the broker connection ({exc}): {NOT_RUNNING_HINT}") from exc
 
 
 async def _print_messages(client: aiomqtt.Client, topics: Topics, *, count: int | None, fmt: str) -> None:

@@ -12,6 +12,7 @@ import click
 
 from .. import logging as nodefleet_logging
 from ..paths import default_data_dir
+from ..settings import CommonSettings
 from ..runtime import DEFAULT_DB_PORT, DEFAULT_MQTT_PORT, Runtime, RuntimeInfo, RuntimeOptions, StartupError, Unit, run
 from . import main
 
@@ -106,14 +107,17 @@ def up(*, mqtt_port: int, mqtt_host: str, db_port: int, data_dir: Path | None, b
 
 
 def _demo_unit(count: int) -> Any:
-    """The hook for simulated nodes: ``nodefleet.sim.run_demo(count=, mqtt_url=, ready=)``."""
+    """The hook for simulated nodes: ``nodefleet.sim.run_demo(count=, mqtt_url=, ready=, topic_root=)``."""
     sim = importlib.import_module("nodefleet.sim")
     run_demo = getattr(sim, "run_demo", None)
     if run_demo is None:
         raise click.UsageError("--demo needs nodefleet.sim.run_demo, which this build lacks")
 
+    # The nodes publish under the same root as the services read (NODEFLEET_TOPIC_ROOT).
+    topic_root = CommonSettings().topic_root
+
     def make(broker_url: str, database_url: str) -> Unit:
         return Unit(name=f"demo ({count} simulated nodes)",
-                    run=lambda ready: run_demo(count=count, mqtt_url=broker_url, ready=ready))
+                    run=lambda ready: run_demo(count=count, mqtt_url=broker_url, ready=ready, topic_root=topic_root))
 
     return make

@@ -6,15 +6,18 @@ import asyncio
 import json
 import signal
 import socket
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import asyncpg
 import pytest
 
+from conftest import wait_for
 from nodefleet.contracts import Topics
 from nodefleet.embedded.mosquitto import Mosquitto, free_port
-from nodefleet.embedded.postgres import port_is_free
+from nodefleet.embedded.postgres import EmbeddedPostgres, port_is_free
 from nodefleet.mqtt import BrokerAddress, client
 from nodefleet.runtime_services import discover_services
 
@@ -32,6 +35,7 @@ def _module_exists(name: str) -> bool:
 
 
 HAS_EMBEDDED_BROKER = _module_exists("nodefleet.embedded.broker")
+HAS_DEMO = _module_exists("nodefleet.sim")
 HAS_TELEMETRY = any(spec.name == "telemetry" for spec in discover_services())
 
 
@@ -82,14 +86,25 @@ async def test_up_starts_stops_cleanly_and_keeps_data(launch_up, data_dir: Path,
     assert stop_order[-2:] == ["broker_stopped", "postgres_stopped"] and events[-1] == "stopped"
     assert "Traceback" not in up.stderr
 
-    again = launch_up(*ports, data_dir=data_dir, env=up_env(topics))
+    # The second run also brings demo nodes when the simulator exists: they must stop with it.
+    demo = ("--demo", "2") if HAS_DEMO else ()
+    again = launch_up(*ports, *demo, data_dir=data_dir, env=up_env(topics))
     await again.wait_ready()
     print(f"nodefleet up ready after {again.ready_after:.2f} s (existing data directory, from launch)")
     connection = await asyncpg.connect(dsn)
     assert await connection.fetchval("SELECT note FROM kept") == "written in the first run"
     await connection.close()
+    if HAS_DEMO and HAS_TELEMETRY:
+        await wait_for(lambda: _demo_nodes_online(broker_url, topics), timeout=20, interval=0.3)
+    children = children_of(again.pid)
     assert await again.stop(signal.SIGTERM) == 0, again.stderr[-3000:]
-    assert postmaster_pid(data_dir) is None
+    assert postmaster_pid(data_dir) is None and not any(process_alive(pid) for pid in children)
+
+
+async def _demo_nodes_online(broker_url: str, topics: Topics) -> bool:
+    result = await nodefleet("devices", "--format", "json", "--broker", broker_url, env=cli_env(topics))
+    online = {row["node"] for row in json.loads(result.stdout or "[]") if row["online"]}
+    return {"demo-000", "demo-001"} <= online
 
 
 @pytest.mark.skipif(not HAS_TELEMETRY, reason="services/telemetry is not in this tree")
@@ -142,3 +157,26 @@ async def test_an_unreachable_broker_stops_the_database_again(data_dir: Path) ->
                              "--data-dir", str(data_dir), env=cli_env())
     assert result.code == 1 and "cannot reach the broker" in result.stderr and "--broker" in result.stderr
     assert (data_dir / "postgres" / "PG_VERSION").exists() and postmaster_pid(data_dir) is None
+
+
+async def test_a_second_ctrl_c_forces(data_dir: Path, mosquitto, tmp_path: Path) -> None:
+    script = Path(__file__).with_name("stubborn_up.py")
+    output = tmp_path / "stubborn.out"
+    with open(output, "wb") as out:
+        process = subprocess.Popen([sys.executable, str(script), str(data_dir), str(free_port()), mosquitto.url],
+                                   stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        await wait_for(lambda: "READY" in output.read_text(), timeout=30)
+        server_pid = postmaster_pid(data_dir)
+        process.send_signal(signal.SIGINT)
+        await wait_for(lambda: "stopping slowly" in output.read_text(), timeout=10)
+        process.send_signal(signal.SIGINT)
+        await wait_for(lambda: process.poll() is not None, timeout=10)
+        assert process.returncode == 130, output.read_text()[-3000:]
+        assert server_pid is not None and not process_alive(server_pid)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if postmaster_pid(data_dir) is not None:
+            EmbeddedPostgres(data_dir / "postgres", port=0).stop("immediate")
