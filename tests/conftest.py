@@ -20,11 +20,46 @@ from nodefleet.contracts import Topics
 from nodefleet.embedded.mosquitto import Mosquitto, free_port
 from nodefleet.embedded.postgres import EmbeddedPostgres
 
+import broker_security
+from broker_thread import BrokerThread
+
 
 @pytest.fixture(scope="session")
 def mosquitto() -> Iterator[Mosquitto]:
     with Mosquitto() as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def amqtt_broker() -> Iterator[BrokerThread]:
+    """The embedded amqtt broker (our embedding of it), open to anonymous clients."""
+    with BrokerThread() as broker:
+        yield broker
+
+
+@pytest.fixture(params=["mosquitto", "amqtt"])
+def broker(request: pytest.FixtureRequest):
+    """Each broker in turn: a test using this runs once against Mosquitto, once against amqtt."""
+    return request.getfixturevalue("mosquitto" if request.param == "mosquitto" else "amqtt_broker")
+
+
+@pytest.fixture(scope="session")
+def secured_mosquitto() -> Iterator[Mosquitto]:
+    """Mosquitto with passwords and the topic ACL of tests/broker_security.py."""
+    with Mosquitto(extra_config=broker_security.mosquitto_config()) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def secured_amqtt() -> Iterator[BrokerThread]:
+    """The embedded amqtt with the same users and ACL as secured_mosquitto."""
+    with BrokerThread(users=broker_security.users(), acl=broker_security.acl(), allow_anonymous=False) as broker:
+        yield broker
+
+
+@pytest.fixture(params=["mosquitto", "amqtt"])
+def secured_broker(request: pytest.FixtureRequest):
+    return request.getfixturevalue(f"secured_{request.param}")
 
 
 @pytest.fixture(scope="session")

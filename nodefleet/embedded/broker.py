@@ -1,0 +1,143 @@
+"""The embedded MQTT broker of ``nodefleet up``: amqtt in-process, with our fixes and access control.
+
+    broker = EmbeddedBroker(port=1883, users={"telemetry": "s3cret"}, allow_anonymous=False)
+    await broker.start()          # BrokerPortInUse if the port is taken
+    broker.set_client("ro-1", "pw", publish=["home/ro-1/#"], subscribe=["home/ro-1/set/#"])
+    ...
+    await broker.stop()
+
+What differs from amqtt 0.12.1 and why is in docs/embedded-broker.md.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Iterable, Mapping
+
+from amqtt.errors import BrokerError
+
+from nodefleet.embedded.amqtt_access import AccessList, TopicAccess
+from nodefleet.embedded.amqtt_broker import NodefleetBroker
+from nodefleet.logging import get_logger
+
+__all__ = ["BrokerPortInUse", "EmbeddedBroker", "EmbeddedBrokerError", "TopicAccess"]
+
+log = get_logger(__name__)
+
+
+class EmbeddedBrokerError(RuntimeError):
+    """The embedded broker could not start."""
+
+
+class BrokerPortInUse(EmbeddedBrokerError):
+    """Something already listens on the broker's address."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(
+            f"cannot start the MQTT broker: {host}:{port} is already in use; "
+            f"stop whatever listens there or choose another port with --mqtt-port"
+        )
+        self.host = host
+        self.port = port
+
+
+def _bind_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # Same option as the real listener, so a port in TIME_WAIT counts as free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise EmbeddedBrokerError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    return True
+
+
+class EmbeddedBroker:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 1883,
+        users: Mapping[str, str] | None = None,
+        acl: Mapping[str, TopicAccess] | None = None,
+        allow_anonymous: bool = True,
+    ) -> None:
+        """``users`` maps username to password; ``acl`` limits some of them (the rest get every topic)."""
+        self.host = host
+        self.port = port
+        self.access = AccessList(users=users, acl=acl, allow_anonymous=allow_anonymous)
+        self._broker: NodefleetBroker | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._broker is not None
+
+    async def start(self) -> None:
+        if self._broker is not None:
+            return
+        if not _port_is_free(self.host, self.port):
+            raise BrokerPortInUse(self.host, self.port)
+        # amqtt logs every connection at INFO; ours are enough.
+        logging.getLogger("amqtt").setLevel(logging.WARNING)
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": _bind_address(self.host, self.port)}},
+            "plugins": {},  # access control is ours; no $SYS or entry-point plugins
+        }
+        broker = NodefleetBroker(config, access=self.access)
+        try:
+            await broker.start()
+        except BrokerError as exc:
+            await self._discard(broker)
+            cause = exc.__cause__
+            if isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE:
+                raise BrokerPortInUse(self.host, self.port) from exc
+            raise EmbeddedBrokerError(f"the embedded MQTT broker did not start on {self.host}:{self.port}: {exc}") from exc
+        self._broker = broker
+        log.info("embedded mqtt broker started", url=self.url, users=len(self.access.usernames()),
+                 allow_anonymous=self.access.allow_anonymous)
+
+    @staticmethod
+    async def _discard(broker: NodefleetBroker) -> None:
+        for server in broker._servers.values():
+            await server.close_instance()
+        await broker.plugins_manager.close()
+
+    async def stop(self) -> None:
+        broker, self._broker = self._broker, None
+        if broker is None:
+            return
+        await broker.shutdown()
+        log.info("embedded mqtt broker stopped", url=self.url)
+
+    # -- run-time access control (the provisioner's seam) -------------------
+
+    def set_client(self, username: str, password: str, *, publish: Iterable[str], subscribe: Iterable[str]) -> None:
+        """Add or replace a client's credentials and the topic filters it may publish to and subscribe to."""
+        self.access.set_client(username, password, publish=publish, subscribe=subscribe)
+
+    def remove_client(self, username: str) -> bool:
+        """Forget a client and close its open connections; False if it was unknown."""
+        known = self.access.remove_client(username)
+        if self._broker is not None:
+            self._broker.disconnect_user(username)
+        return known
+
+    async def __aenter__(self) -> EmbeddedBroker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

@@ -1,0 +1,52 @@
+"""The users and topic ACL of the secured brokers the contract tests start (Mosquitto and amqtt alike).
+
+A service user may use every topic; each node user may publish only under
+``secure/<node>/`` and subscribe only to ``secure/<node>/set/#``, the shape the
+provisioner gives real nodes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+from nodefleet.embedded.broker import TopicAccess
+
+PREFIX = "secure"
+SERVICE = ("service", "service-pw")
+NODES = {"node-a": "node-a-pw", "node-b": "node-b-pw"}
+
+
+def node_access(node: str) -> TopicAccess:
+    return TopicAccess(publish=(f"{PREFIX}/{node}/#",), subscribe=(f"{PREFIX}/{node}/set/#",))
+
+
+def users() -> dict[str, str]:
+    return {SERVICE[0]: SERVICE[1], **NODES}
+
+
+def acl() -> dict[str, TopicAccess]:
+    return {node: node_access(node) for node in NODES}
+
+
+def mosquitto_config() -> str:
+    """Extra Mosquitto config lines: a password file made by mosquitto_passwd and the same ACL."""
+    folder = Path(tempfile.mkdtemp(prefix="nodefleet-mosquitto-auth-"))
+    # Mosquitto started as root reads these after dropping to its own user.
+    folder.chmod(0o755)
+    password_file = folder / "passwords"
+    for index, (username, password) in enumerate(users().items()):
+        create = ["-c"] if index == 0 else []
+        subprocess.run(["mosquitto_passwd", *create, "-b", str(password_file), username, password], check=True)
+    lines = [f"user {SERVICE[0]}", "topic readwrite #", ""]
+    for node, access in acl().items():
+        lines.append(f"user {node}")
+        lines += [f"topic write {f}" for f in access.publish]
+        lines += [f"topic read {f}" for f in access.subscribe]
+        lines.append("")
+    acl_file = folder / "acl"
+    acl_file.write_text("\n".join(lines))
+    for path in (password_file, acl_file):
+        path.chmod(0o644)
+    return f"allow_anonymous false\npassword_file {password_file}\nacl_file {acl_file}\n"
