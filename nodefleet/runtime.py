@@ -5,15 +5,14 @@ extra units such as the demo nodes; stop order is the reverse.  Both ports
 are checked before anything starts, and whatever did start is stopped again
 if a later step fails, so a failed start leaves nothing behind.
 
-Errors: :class:`StartupError` (with the exit code the CLI should use) for
-anything that prevents the system from coming up.
+Errors (see ``runtime_checks``): :class:`StartupError`, with the exit code
+the CLI should use, for anything that prevents the system from coming up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import signal
 import sys
@@ -21,14 +20,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import aiomqtt
-import asyncpg
-
-from . import mqtt
 from .embedded.postgres import EmbeddedPostgres, PostgresError, port_is_free
 from .logging import get_logger
+from .runtime_checks import (
+    EXIT_FORCED,
+    EXIT_USAGE,
+    LOCK_FILE,
+    DataDirLock,
+    StartupError,
+    StartupInterrupted,
+    probe_broker,
+    probe_database,
+)
 from .runtime_services import (
     SERVICE_NAMES,
     ServiceSpec,
@@ -44,6 +49,7 @@ __all__ = [
     "DATABASE_NAME",
     "DEFAULT_DB_PORT",
     "DEFAULT_MQTT_PORT",
+    "LOCK_FILE",
     "Runtime",
     "RuntimeInfo",
     "RuntimeOptions",
@@ -60,23 +66,6 @@ log = get_logger(__name__)
 DEFAULT_MQTT_PORT = 1883
 DEFAULT_DB_PORT = 15432
 DATABASE_NAME = "nodefleet"
-LOCK_FILE = "nodefleet-up.lock"
-PROBE_TIMEOUT = 5.0
-EXIT_USAGE = 2
-EXIT_FAILED = 1
-EXIT_FORCED = 130
-
-
-class StartupError(RuntimeError):
-    """The system could not come up; the message says what to do next."""
-
-    def __init__(self, message: str, *, exit_code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class StartupInterrupted(Exception):
-    """A stop was requested while starting; everything started has been stopped."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,7 +124,7 @@ class Runtime:
         self._stack = contextlib.AsyncExitStack()
         self._abort = asyncio.Event()
         self._postgres: EmbeddedPostgres | None = None
-        self._lock: IO[str] | None = None
+        self._lock: DataDirLock | None = None
         self._force = False
 
     # -- start ---------------------------------------------------------------
@@ -202,7 +191,7 @@ class Runtime:
     async def _start_database(self) -> str:
         if not self.options.embedded_database:
             assert self.options.database_url is not None
-            await _probe_database(self.options.database_url)
+            await probe_database(self.options.database_url)
             return self.options.database_url
         self._lock_data_dir()
         server = EmbeddedPostgres(self.options.data_dir / "postgres", port=self.options.db_port, host=self.options.host)
@@ -221,36 +210,8 @@ class Runtime:
         return server.dsn(DATABASE_NAME)
 
     def _lock_data_dir(self) -> None:
-        """One `nodefleet up` per data directory; the lock dies with the process."""
-        data_dir = self.options.data_dir
-        try:
-            data_dir.mkdir(parents=True, exist_ok=True)
-            lock = open(data_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held for the life of the runtime
-        except OSError as exc:
-            raise StartupError(f"cannot use data directory {data_dir}: {exc}; choose another with --data-dir",
-                               exit_code=EXIT_USAGE) from exc
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            lock.seek(0)
-            holder = lock.read().strip() or "?"
-            lock.close()
-            raise StartupError(
-                f"another `nodefleet up` (pid {holder}) is using the data directory {data_dir}: "
-                f"stop it, or choose another directory with --data-dir",
-                exit_code=EXIT_USAGE,
-            ) from exc
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"{os.getpid()}\n")
-        lock.flush()
-        self._lock = lock
-        self._stack.callback(self._unlock_data_dir)
-
-    def _unlock_data_dir(self) -> None:
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
+        self._lock = DataDirLock.acquire(self.options.data_dir)
+        self._stack.callback(self._lock.release)
 
     async def _stop_postgres(self) -> None:
         server, self._postgres = self._postgres, None
@@ -267,7 +228,7 @@ class Runtime:
     async def _start_broker(self) -> str:
         if not self.options.embedded_broker:
             assert self.options.broker_url is not None
-            await _probe_broker(self.options.broker_url)
+            await probe_broker(self.options.broker_url)
             return self.options.broker_url
         try:
             from .embedded.broker import BrokerPortInUse, EmbeddedBroker
@@ -338,38 +299,6 @@ def _discover() -> list[ServiceSpec]:
         return discover_services()
     except Exception as exc:
         raise StartupError(f"a service could not be loaded: {type(exc).__name__}: {exc}") from exc
-
-
-async def _probe_broker(url: str) -> None:
-    try:
-        address = mqtt.BrokerAddress.parse(url)
-    except mqtt.BrokerUrlError as exc:
-        raise StartupError(str(exc), exit_code=EXIT_USAGE) from exc
-    probe = mqtt.client(address, client_id=f"nodefleet-up-probe-{os.getpid()}")
-    try:
-        async with asyncio.timeout(PROBE_TIMEOUT):
-            async with probe:
-                pass
-    except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
-        raise StartupError(f"cannot reach the broker at {address.url} ({exc}): check --broker, or leave it out "
-                           f"to run the embedded one") from exc
-
-
-async def _probe_database(dsn: str) -> None:
-    try:
-        connection = await asyncpg.connect(dsn, timeout=PROBE_TIMEOUT)
-    except Exception as exc:
-        raise StartupError(f"cannot reach the database {_without_password(dsn)} ({exc}): check --database, or "
-                           f"leave it out to run the embedded PostgreSQL") from exc
-    await connection.close()
-
-
-def _without_password(dsn: str) -> str:
-    scheme, sep, rest = dsn.partition("://")
-    if "@" not in rest or ":" not in rest.split("@", 1)[0]:
-        return dsn
-    credentials, host = rest.split("@", 1)
-    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
 
 
 async def run(runtime: Runtime, *, on_ready: Callable[[RuntimeInfo], None], handle_signals: bool = True) -> int:

@@ -171,9 +171,5 @@ class UpProcess:
             self.process.wait()
 
 
-def first_word(text: str) -> str:
-    return text.split()[0] if text.split() else ""
-
-
 def as_dicts(rows: list[Any]) -> list[dict[str, Any]]:
     return [row.model_dump(mode="json") for row in rows]
