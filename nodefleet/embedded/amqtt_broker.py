@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 from amqtt.broker import Broker, RetainedApplicationMessage
@@ -49,6 +49,8 @@ class NodefleetBroker(Broker):
         self.access = access
         self._deliveries: set[asyncio.Task[Any]] = set()
         self._share_turn: dict[str, int] = {}
+        # What was refused or dropped, by reason, for `EmbeddedBroker.stats()` and the logs.
+        self.counters: Counter[str] = Counter()
 
     # -- connecting ---------------------------------------------------------
 
@@ -71,7 +73,8 @@ class NodefleetBroker(Broker):
             handler.attach(incoming, reader, writer)
             await handler.mqtt_connack_authorize(False)
             await writer.close()
-            log.info("mqtt client refused", client_id=incoming.client_id, username=incoming.username,
+            self.counters["connect_refused"] += 1
+            log.info("mqtt_client_refused", client_id=incoming.client_id, username=incoming.username,
                      remote=f"{remote_address}:{remote_port}")
             raise AMQTTError(f"client {incoming.client_id!r} not authorised")
         return handler, incoming
@@ -127,10 +130,12 @@ class NodefleetBroker(Broker):
             return True
         topic = message.topic
         if not topic or "#" in topic or "+" in topic or topic.startswith("$"):
-            log.warning("mqtt publish to an invalid topic, closing", client_id=client_session.client_id, topic=topic)
+            self.counters["publish_invalid_topic"] += 1
+            log.warning("mqtt_publish_invalid_topic", client_id=client_session.client_id, topic=topic)
             return False
         if not await self._topic_filtering(client_session, topic=topic, action=Action.PUBLISH):
-            log.info("mqtt publish denied by ACL", client_id=client_session.client_id,
+            self.counters["publish_denied"] += 1
+            log.info("mqtt_publish_denied", client_id=client_session.client_id,
                      username=client_session.username, topic=topic)
             return True
         await self._broadcast_message(client_session, topic, message.data, message.qos or QOS_0)
@@ -169,6 +174,7 @@ class NodefleetBroker(Broker):
     async def _deliver(self, broadcast: dict[str, Any], session: Session, qos: int) -> None:
         topic = broadcast["topic"]
         if not await self._topic_filtering(session, topic=topic, action=Action.RECEIVE):
+            self.counters["delivery_denied"] += 1
             return
         connected = session.transitions.state == "connected"
         if qos == QOS_0:
@@ -201,6 +207,7 @@ class NodefleetBroker(Broker):
         try:
             split_shared(topic_filter)
         except AccessError:
+            self.counters["subscribe_invalid"] += 1
             return 0x80
         # QoS 2 is granted as QoS 1: nothing here uses it, and amqtt's QoS 2 flow forgets messages after 5 s.
         return await super().add_subscription((topic_filter, min(qos, QOS_1)), session)
@@ -214,7 +221,9 @@ class NodefleetBroker(Broker):
         if action == Action.PUBLISH:
             return access.may_publish(topic)
         if action == Action.SUBSCRIBE:
-            return access.may_subscribe(split_shared(topic)[1])
+            allowed = access.may_subscribe(split_shared(topic)[1])
+            self.counters["subscribe_denied"] += not allowed
+            return allowed
         return access.may_receive(topic)
 
     # -- bookkeeping --------------------------------------------------------
@@ -227,7 +236,7 @@ class NodefleetBroker(Broker):
     def _delivery_done(self, task: asyncio.Task[Any]) -> None:
         self._deliveries.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.warning("mqtt delivery failed", error=repr(task.exception()))
+            log.warning("mqtt_delivery_failed", error=repr(task.exception()))
 
     async def shutdown(self) -> None:
         await super().shutdown()

@@ -46,7 +46,7 @@ class DeliveryHandler(BrokerProtocolHandler):
     def _side_task_done(self, task: asyncio.Task[None]) -> None:
         self._side_tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.warning("mqtt delivery failed", client_id=self.session.client_id if self.session else None,
+            log.warning("mqtt_delivery_failed", client_id=self.session.client_id if self.session else None,
                         error=repr(task.exception()))
 
     async def stop(self) -> None:
@@ -58,7 +58,7 @@ class DeliveryHandler(BrokerProtocolHandler):
     def handle_read_timeout(self) -> None:
         # Nothing heard for 1.5 x keepalive: the client is gone (power cut, WiFi lost); publish its will.
         if not self._stopped:
-            log.info("mqtt keepalive expired", client_id=self.session.client_id if self.session else None)
+            log.info("mqtt_keepalive_expired", client_id=self.session.client_id if self.session else None)
             self._spawn(self.handle_connection_closed())
 
     def start_delivery(self, topic: str, data: bytes | bytearray, qos: int) -> None:

@@ -106,7 +106,7 @@ class EmbeddedBroker:
                 raise BrokerPortInUse(self.host, self.port) from exc
             raise EmbeddedBrokerError(f"the embedded MQTT broker did not start on {self.host}:{self.port}: {exc}") from exc
         self._broker = broker
-        log.info("embedded mqtt broker started", url=self.url, users=len(self.access.usernames()),
+        log.info("embedded_broker_started", url=self.url, users=len(self.access.usernames()),
                  allow_anonymous=self.access.allow_anonymous)
 
     @staticmethod
@@ -120,7 +120,21 @@ class EmbeddedBroker:
         if broker is None:
             return
         await broker.shutdown()
-        log.info("embedded mqtt broker stopped", url=self.url)
+        log.info("embedded_broker_stopped", url=self.url)
+
+    def stats(self) -> dict[str, int]:
+        """Counts of refused connections, denied publishes and deliveries, and sessions."""
+        if self._broker is None:
+            return {}
+        sessions = [session for session, _ in self._broker.sessions.values()]
+        return {
+            **self._broker.counters,
+            "sessions": len(sessions),
+            "connected": sum(1 for session in sessions if session.transitions.is_connected()),
+            "inflight": sum(len(session.inflight_out) for session in sessions),
+            "queued": sum(session.retained_messages.qsize() for session in sessions),
+            "retained": len(self._broker.retained_messages),
+        }
 
     # -- run-time access control (the provisioner's seam) -------------------
 
