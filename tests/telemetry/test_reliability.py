@@ -94,11 +94,16 @@ def private_postgres():
     server.stop("immediate")
 
 
-async def test_database_outage_under_load_loses_nothing_and_recovers(mosquitto, private_postgres, topics: Topics):
+async def test_database_down_at_start_then_an_outage_under_load_loses_nothing(mosquitto, private_postgres, topics: Topics):
     database = private_postgres.dsn("telemetry")
     service = ServiceProcess(_env(mosquitto.url, database, topics, NODEFLEET_TELEMETRY_BUFFER_LIMIT="5000"))
+    await asyncio.to_thread(private_postgres.stop, "fast")
     service.start()
     try:
+        # PostgreSQL down at start: the service waits for it, saying so, and comes up once it is there.
+        await wait_for(lambda: "database_unavailable" in service.events(), timeout=20)
+        assert service.process.poll() is None and "telemetry_ready" not in service.events()
+        await asyncio.to_thread(private_postgres.start)
         await service.wait_ready()
         load = Load(mosquitto.url, topics, nodes=20)
         stream = asyncio.create_task(load.run(1500, rate=1000))  # 30,000 messages over about 30 s

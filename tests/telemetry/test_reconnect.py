@@ -1,0 +1,58 @@
+"""The service rides out a broker restart, and its subscriber parses packets split anywhere."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import asyncpg
+
+from conftest import wait_for
+from nodefleet.contracts import Topics
+from nodefleet.embedded.mosquitto import Mosquitto
+from nodefleet.ingest import packets
+from nodefleet.mqtt import BrokerAddress, client
+
+from .helpers import make_settings, start, stop
+from .test_queries_and_schema import _ask
+
+
+def test_packet_reader_handles_any_split():
+    stream = b"".join([
+        bytes((packets.PUBLISH | 0x02,)) + bytes((2 + 5 + 2 + 3,)) + b"\x00\x05a/b/c\x00\x07abc",
+        bytes((packets.PUBLISH,)) + b"\x82\x01" + b"\x00\x01t" + b"x" * 127,  # two-byte remaining length (130)
+        packets.PINGREQ_PACKET,
+    ])
+    for cut in range(1, len(stream)):
+        reader = packets.PacketReader()
+        got = list(reader.feed(stream[:cut])) + list(reader.feed(stream[cut:]))
+        assert [first & 0xF0 for first, _ in got] == [packets.PUBLISH, packets.PUBLISH, packets.PINGREQ]
+        assert packets.parse_publish(*got[0]) == ("a/b/c", b"abc", 1, 7)
+        assert packets.parse_publish(*got[1]) == ("t", b"x" * 127, 0, 0)
+
+
+async def test_broker_restart_is_ridden_out(database, topics: Topics):
+    broker = Mosquitto()
+    broker.start()
+    settings = make_settings(broker, database, topics)
+    task = await start(settings)
+    db = await asyncpg.connect(database)
+    try:
+        broker.stop()
+        await wait_for(lambda: not task.done(), timeout=1)
+        broker = Mosquitto(port=broker.port)
+        broker.start()
+        # This broker keeps no sessions across a restart: the service must subscribe again by itself.
+        async def stored() -> bool:
+            async with client(BrokerAddress.parse(broker.url), client_id="restart-pub") as mqtt:
+                body = {"v": 1, "seq": int(time.time() * 1000), "ts": time.time(), "readings": {"t": 1}}
+                await mqtt.publish(topics.telemetry("r1"), json.dumps(body), qos=1)
+            return await db.fetchval("SELECT count(*) FROM telemetry") > 0
+
+        await wait_for(stored, timeout=20, interval=0.5)
+        devices = await wait_for(lambda: _ask(broker, topics, "devices", {}), timeout=20)
+        assert [d["node"] for d in devices] == ["r1"]
+    finally:
+        await db.close()
+        await stop(task)
+        broker.stop()
