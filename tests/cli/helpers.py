@@ -120,6 +120,7 @@ class UpProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "nodefleet", "up", *args], env=env,
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True,  # its own process group, as in a terminal
             )
         self.ready_after: float | None = None
 
@@ -152,8 +153,12 @@ class UpProcess:
                 banner[match.group(1)] = match.group(2)
         return banner
 
-    async def stop(self, sig: int = signal.SIGINT, timeout: float = 30.0) -> int:
-        self.process.send_signal(sig)
+    async def stop(self, sig: int = signal.SIGINT, *, group: bool = False, timeout: float = 30.0) -> int:
+        """Signal the process, or its whole process group as Ctrl-C in a terminal does."""
+        if group:
+            os.killpg(self.process.pid, sig)
+        else:
+            self.process.send_signal(sig)
         return await self.wait(timeout)
 
     async def wait(self, timeout: float = 30.0) -> int:

@@ -1,0 +1,85 @@
+"""Pure parts of the CLI: times, durations, output formats, the data directory."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+import pytest
+
+from nodefleet.cli.common import Column, build_settings, emit, iso_time, parse_duration, parse_time, relative
+from nodefleet.paths import default_data_dir
+
+NOW = 1_800_000_000.0
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("30s", 30), ("15m", 900), ("1h", 3600), ("7d", 604800), ("2w", 1209600), ("1h30m", 5400), ("1.5h", 5400),
+    ("500ms", 0.5), (" 10 m ", 600),
+])
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+    assert parse_time(text, now=NOW) == NOW - seconds
+
+
+@pytest.mark.parametrize("text", ["", "1", "1x", "h", "1h-2m", "yesterday"])
+def test_not_durations(text: str) -> None:
+    assert parse_duration(text) is None
+
+
+def test_times() -> None:
+    assert parse_time("now", now=NOW) == NOW
+    assert parse_time("2026-01-01T00:00:00Z") == datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    assert parse_time("2026-01-01T01:00:00+01:00") == datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+    assert parse_time("2026-01-01T00:00") == datetime(2026, 1, 1).timestamp()  # naive means local time
+    with pytest.raises(ValueError, match="30s, 15m, 1h, 7d"):
+        parse_time("last tuesday")
+
+
+def test_relative_times() -> None:
+    assert relative(None) == "never"
+    assert relative(NOW - 0.4, now=NOW) == "just now"
+    assert relative(NOW - 12, now=NOW) == "12 s ago"
+    assert relative(NOW - 125, now=NOW) == "2 min ago"
+    assert relative(NOW - 3 * 3600 - 5, now=NOW) == "3 h ago"
+    assert relative(NOW - 2 * 86400, now=NOW) == "2 d ago"
+    assert relative(NOW + 30, now=NOW) == "30 s from now"
+    assert iso_time(0) == "1970-01-01T00:00:00.000Z" and iso_time(None) == ""
+
+
+def test_output_formats(capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [{"node": "a", "seen": 0.0, "note": None}, {"node": "b,c", "seen": 1.5, "note": "x"}]
+    columns = [Column(key="node", title="node"), Column(key="seen", title="seen", human=lambda v: "human",
+                                                         machine=iso_time), Column(key="note", title="note")]
+    emit(rows, columns, "csv")
+    assert capsys.readouterr().out == 'node,seen,note\na,1970-01-01T00:00:00.000Z,\n"b,c",1970-01-01T00:00:01.500Z,x\n'
+    emit(rows, columns, "json")
+    assert json.loads(capsys.readouterr().out) == rows
+    emit(rows, columns, "table", title="2 rows")
+    table = capsys.readouterr().out
+    assert "2 rows" in table and "human" in table and "b,c" in table
+    emit([], columns, "table")
+    assert capsys.readouterr().out == ""
+
+
+def test_settings_from_options_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NODEFLEET_MQTT_URL", "mqtt://broker.lan:1884")
+    monkeypatch.setenv("NODEFLEET_TOPIC_ROOT", "house")
+    from_env = build_settings(broker=None, topic_root=None, fleet_root=None)
+    assert from_env.mqtt_url == "mqtt://broker.lan:1884" and from_env.topic_root == "house" and from_env.fleet_root == "fleet"
+    given = build_settings(broker="mqtt://127.0.0.1:1", topic_root="flat", fleet_root="ops")
+    assert (given.mqtt_url, given.topic_root, given.fleet_root) == ("mqtt://127.0.0.1:1", "flat", "ops")
+    with pytest.raises(click.UsageError, match="mqtt://host:port"):
+        build_settings(broker="http://x", topic_root=None, fleet_root=None)
+    with pytest.raises(click.UsageError, match="invalid topic root"):
+        build_settings(broker=None, topic_root="home/#", fleet_root=None)
+
+
+def test_data_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert default_data_dir() == tmp_path / "nodefleet"
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/dir")  # not absolute: ignored, as the XDG spec says
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert default_data_dir() == tmp_path / ".local" / "share" / "nodefleet"
