@@ -56,7 +56,8 @@ async def _maintenance_loop(pool: asyncpg.Pool, settings: TelemetrySettings) -> 
         await asyncio.sleep(settings.maintenance_interval)
         try:
             await maintain(pool, settings)
-        except TRANSIENT as exc:
+        except (*TRANSIENT, asyncpg.PostgresError) as exc:
+            # Partitions are created ahead and on demand, so a missed run is retried at the next one.
             log.warning("maintenance_failed", error=str(exc) or type(exc).__name__)
 
 

@@ -8,6 +8,7 @@ database.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiomqtt
 
@@ -37,11 +38,14 @@ class ControlPlane:
         """Stay connected (reconnect with backoff) until cancelled."""
         delay = 0.2
         while True:
+            started = time.monotonic()
             try:
                 await self._session()
             except aiomqtt.MqttError as exc:
                 log.warning("control_connection_lost", broker=self.address.url, error=str(exc), retry_in=round(delay, 2))
             self.ready.clear()
+            if time.monotonic() - started > 10:
+                delay = 0.2
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 

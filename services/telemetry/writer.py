@@ -118,7 +118,7 @@ class BatchWriter:
     async def write(self, batch: Decoded) -> list[Rejected]:
         """Commit ``batch``, retrying passing failures forever; return rows refused by the database."""
         delay = 0.2
-        one_by_one = False
+        one_by_one = refreshed = False
         while True:
             try:
                 conn = await self._connection()
@@ -137,6 +137,14 @@ class BatchWriter:
                 await self.close()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_delay)
+            except asyncpg.CheckViolationError as exc:
+                if refreshed:
+                    log.warning("batch_refused", error=str(exc))
+                    one_by_one = True
+                else:
+                    # A partition we believed in was dropped by retention elsewhere: look again, create it.
+                    refreshed = True
+                    self._partitions = await schema.existing_partitions(conn)
             except asyncpg.PostgresError as exc:
                 # Some value the database refuses (e.g. a NUL in a text): find it, keep the rest.
                 log.warning("batch_refused", error=str(exc))

@@ -11,6 +11,7 @@ from conftest import wait_for
 from nodefleet.contracts import MAX_PAYLOAD_BYTES, ErrorEvent, Topics
 from nodefleet.ingest import Inbound
 from nodefleet.mqtt import BrokerAddress, client
+from services.telemetry import schema
 from services.telemetry.decode import Decoder
 
 from .helpers import start, stop
@@ -74,3 +75,25 @@ async def test_bad_input_is_counted_reported_and_survived(service, publisher, mo
                 await stop(again)
         finally:
             collector.cancel()
+
+
+async def test_a_value_the_database_refuses_costs_only_its_own_message(service, publisher, topics: Topics):
+    # JSON allows a NUL character; PostgreSQL text does not.
+    refused = {"v": 1, "seq": 1, "code": "crash", "msg": "bad \u0000 byte"}
+    good_log = {"v": 1, "seq": 2, "code": "crash", "msg": "fine"}
+    await publisher.publish(topics.log("n2"), json.dumps(refused), qos=1)
+    await publisher.publish(topics.log("n2"), json.dumps(good_log), qos=1)
+    await publisher.publish(topics.telemetry("n2"), json.dumps({"v": 1, "seq": 1, "readings": {}}), qos=1)
+    await wait_for(lambda: service.db.fetchval("SELECT count(*) FROM telemetry"), timeout=10)
+    await wait_for(lambda: service.db.fetchval("SELECT count(*) FROM device_logs"), timeout=10)
+    assert [r["seq"] for r in await service.db.fetch("SELECT seq FROM device_logs")] == [2]
+
+
+async def test_a_partition_dropped_behind_the_service_is_created_again(service, publisher, topics: Topics):
+    now = time.time()
+    await publisher.publish(topics.telemetry("p1"), json.dumps({"v": 1, "seq": 1, "ts": now, "readings": {}}), qos=1)
+    await wait_for(lambda: service.db.fetchval("SELECT count(*) FROM telemetry"), timeout=10)
+    await service.db.execute(f"DROP TABLE {schema.partition_name(schema.day_of(now))}")
+    await publisher.publish(topics.telemetry("p1"), json.dumps({"v": 1, "seq": 2, "ts": now, "readings": {}}), qos=1)
+    await wait_for(lambda: service.db.fetchval("SELECT count(*) FROM telemetry"), timeout=10)
+    assert [r["seq"] for r in await service.db.fetch("SELECT seq FROM telemetry")] == [2]

@@ -19,6 +19,7 @@ from nodefleet.contracts import Topics
 from nodefleet.embedded.mosquitto import free_port
 from nodefleet.embedded.postgres import EmbeddedPostgres
 
+from .helpers import make_settings, start, stop
 from .process import Load, ServiceProcess
 
 
@@ -131,3 +132,17 @@ async def test_database_down_at_start_then_an_outage_under_load_loses_nothing(mo
     assert len(load.acked) == load.sent == 30_000
     # Back-pressure holds messages in the broker, not in the service.
     assert rss_during < rss_before + 40, f"RSS grew from {rss_before:.1f} to {rss_during:.1f} MB"
+
+
+async def test_two_instances_share_the_load_without_duplicates(mosquitto, database, topics: Topics):
+    first = make_settings(mosquitto, database, topics, shared_group="telemetry", instance="one")
+    second = make_settings(mosquitto, database, topics, shared_group="telemetry", instance="two")
+    tasks = [await start(first), await start(second)]
+    try:
+        load = Load(mosquitto.url, topics, nodes=20)
+        await load.run(100, rate=4000)
+        count, keys = await _all_stored(database, load, timeout=30)
+    finally:
+        for task in tasks:
+            await stop(task)
+    assert load.acked <= keys and count == len(keys) == 2000
