@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from .embedded.postgres import EmbeddedPostgres, PostgresError, port_is_free
 from .logging import get_logger
 from .runtime_checks import (
@@ -131,9 +133,12 @@ class Runtime:
     async def start(self) -> RuntimeInfo:
         """Bring everything up; on failure stop what started and raise StartupError."""
         began = time.monotonic()
-        self._check_ports()
-        specs = list(self._services) if self._services is not None else _discover()
         try:
+            if self.options.embedded_database:
+                self._lock_data_dir()
+                await self._stop_orphan_postgres()
+            self._check_ports()
+            specs = list(self._services) if self._services is not None else _discover()
             database_url = await self._start_database()
             self._checkpoint()
             broker_url = await self._start_broker()
@@ -145,7 +150,7 @@ class Runtime:
                 "log_level": self.options.log_level,
                 **self.options.service_overrides,
             }
-            units = [spec.unit(overrides) for spec in specs]
+            units = [_unit(spec, overrides) for spec in specs]
             units += [make(broker_url, database_url) for make in self._extras]
             for unit in units:
                 await self._start_unit(unit)
@@ -193,13 +198,8 @@ class Runtime:
             assert self.options.database_url is not None
             await probe_database(self.options.database_url)
             return self.options.database_url
-        self._lock_data_dir()
-        server = EmbeddedPostgres(self.options.data_dir / "postgres", port=self.options.db_port, host=self.options.host)
+        server = self._embedded_postgres()
         try:
-            if await asyncio.to_thread(lambda: server.running):
-                # We hold the data directory's lock, so this server was left by an `up` that was killed.
-                log.warning("stopping_orphan_postgres", data_dir=str(server.data_dir))
-                await asyncio.to_thread(server.stop, "fast")
             self._postgres = server
             self._stack.push_async_callback(self._stop_postgres)
             await asyncio.to_thread(server.start)
@@ -208,6 +208,21 @@ class Runtime:
             raise StartupError(f"the embedded PostgreSQL did not start: {exc} (its log: {server.log_file})") from exc
         log.info("postgres_started", dsn=server.dsn(DATABASE_NAME), data_dir=str(server.data_dir))
         return server.dsn(DATABASE_NAME)
+
+    def _embedded_postgres(self) -> EmbeddedPostgres:
+        return EmbeddedPostgres(self.options.data_dir / "postgres", port=self.options.db_port, host=self.options.host)
+
+    async def _stop_orphan_postgres(self) -> None:
+        """We hold the data directory's lock, so a server running on it was left by an `up` that was killed."""
+        server = self._embedded_postgres()
+        if not await asyncio.to_thread(lambda: server.running):
+            return
+        log.warning("stopping_orphan_postgres", data_dir=str(server.data_dir))
+        try:
+            await asyncio.to_thread(server.stop, "fast")
+        except PostgresError as exc:
+            raise StartupError(f"a PostgreSQL left running on {server.data_dir} did not stop ({exc}); "
+                               f"stop it by hand or choose another --data-dir") from exc
 
     def _lock_data_dir(self) -> None:
         self._lock = DataDirLock.acquire(self.options.data_dir)
@@ -292,6 +307,15 @@ class Runtime:
 
     async def wait_for_stop_request(self) -> None:
         await self._abort.wait()
+
+
+def _unit(spec: ServiceSpec, overrides: dict[str, Any]) -> Unit:
+    try:
+        return spec.unit(overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors())
+        raise StartupError(f"the settings of service {spec.name} are invalid ({problems}): fix the matching "
+                           f"NODEFLEET_* environment variables") from exc
 
 
 def _discover() -> list[ServiceSpec]:

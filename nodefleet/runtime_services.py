@@ -129,9 +129,14 @@ class Supervised:
         self._task = asyncio.create_task(self._loop(), name=f"service:{self.unit.name}")
         aborted = asyncio.ensure_future(abort.wait())
         try:
-            done, _ = await asyncio.wait({self._started, aborted}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {self._started, aborted, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             aborted.cancel()
+        if self._task in done and not self._started.done():  # the supervisor itself broke
+            error = self._task.exception()
+            raise ServiceStartError(f"service {self.unit.name} could not be run: {error!r}")
         if self._started in done:
             self._started.result()  # raises ServiceStartError if it failed before ready
         elif abort.is_set():

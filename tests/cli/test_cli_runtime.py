@@ -182,3 +182,16 @@ def test_discovers_services_through_the_seam(tmp_path: Path, monkeypatch) -> Non
     finally:
         for name in [name for name in sys.modules if name.startswith(package)]:
             del sys.modules[name]
+
+
+class StrictSettings(CommonSettings):
+    volume: int = 3
+
+
+async def test_bad_service_settings_are_a_clear_error(monkeypatch, data_dir: Path, mosquitto, database: str,
+                                                      topics: Topics) -> None:
+    monkeypatch.setenv("NODEFLEET_VOLUME", "loud")
+    spec = ServiceSpec(name="strict", serve=EchoService().serve, settings_class=StrictSettings)
+    runtime = Runtime(options(data_dir, mosquitto, topics, database_url=database), services=[spec])
+    with pytest.raises(StartupError, match="settings of service strict are invalid.*volume"):
+        await runtime.start()

@@ -151,6 +151,7 @@ async def test_a_taken_port_is_named_and_nothing_starts(taken: str, data_dir: Pa
     assert result.code == 2, result.stderr
     assert f"port {busy}" in result.stderr and taken in result.stderr
     assert not (data_dir / "postgres").exists()  # checked before anything was started
+    assert "Traceback" not in result.stderr
 
 
 async def test_an_unreachable_broker_stops_the_database_again(data_dir: Path) -> None:
@@ -181,3 +182,18 @@ async def test_a_second_ctrl_c_forces(data_dir: Path, mosquitto, tmp_path: Path)
             process.wait()
         if postmaster_pid(data_dir) is not None:
             EmbeddedPostgres(data_dir / "postgres", port=0).stop("immediate")
+
+
+async def test_a_killed_up_is_cleaned_up_by_the_next(launch_up, data_dir: Path, mosquitto, topics: Topics) -> None:
+    args = ("--broker", mosquitto.url, "--db-port", str(free_port()))
+    env = up_env(topics)
+    killed = launch_up(*args, data_dir=data_dir, env=env)
+    await killed.wait_ready()
+    orphan = postmaster_pid(data_dir)
+    killed.kill()  # kill -9: no cleanup at all, PostgreSQL (its own session) keeps running
+    assert orphan is not None and process_alive(orphan)
+    following = launch_up(*args, data_dir=data_dir, env=env)
+    await following.wait_ready()
+    assert not process_alive(orphan) and "stopping_orphan_postgres" in following.stderr
+    assert await following.stop(signal.SIGINT, group=True) == 0, following.stderr[-3000:]
+    assert postmaster_pid(data_dir) is None
