@@ -123,6 +123,19 @@ def test_will_published_when_a_client_goes_silent(probes, root) -> None:
     assert watcher.get(timeout=8).payload == b"offline"  # Mosquitto checks keepalives about every 5 s
 
 
+def test_a_new_connection_takes_over_the_client_id_of_a_dead_one(probes, root) -> None:
+    """A node that rebooted reconnects before the broker noticed its old connection was gone."""
+    client_id = f"node-{uuid.uuid4().hex[:8]}"
+    old = probes(client_id=client_id)
+    old.subscribe(f"{root}/n/set/#")
+    old.go_silent()
+    new = probes(client_id=client_id)
+    new.subscribe(f"{root}/n/set/#")
+    probes().publish(f"{root}/n/set/switch", b"ON")
+    assert new.get().payload == b"ON"
+    assert new.nothing_within(QUIET) == []
+
+
 # -- QoS 1 persistent sessions ----------------------------------------------------
 
 

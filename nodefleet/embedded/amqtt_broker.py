@@ -8,7 +8,7 @@ MQTT 3.1.1 (and from Mosquitto) in a way the services rely on:
   nothing for it while it is offline);
 - on connect nothing retained is replayed (amqtt replays retained messages for
   every filter any client ever subscribed); retained messages go out only for
-  a new subscription, at min(retained QoS, subscription QoS), never for ``$share``;
+  a new subscription, at min(retained QoS, subscription QoS);
 - a message is delivered at min(publish QoS, subscription QoS) (amqtt used the
   subscription's QoS);
 - messages queued for an offline session go out with RETAIN=0;
@@ -82,7 +82,11 @@ class NodefleetBroker(Broker):
     async def _handle_client_session(
         self, reader: Any, writer: Any, client_session: Session, handler: Any, server: Any, listener_name: str
     ) -> None:
-        session = await self._claim_session(client_session)
+        try:
+            session = await self._claim_session(client_session)
+        except Exception as exc:
+            await writer.close()
+            raise AMQTTError(f"client {client_session.client_id!r} could not take its session: {exc}") from exc
         handler.attach(session, reader, writer)
         self._sessions[session.client_id] = (session, handler)
         await handler.mqtt_connack_authorize(True)
@@ -120,7 +124,6 @@ class NodefleetBroker(Broker):
             await handler.handle_connection_closed()
             await asyncio.sleep(0.02)
         raise AMQTTError(f"client {client_id!r}: the previous connection did not close")
-
 
     # -- publishing ---------------------------------------------------------
 
@@ -191,9 +194,9 @@ class NodefleetBroker(Broker):
             handler.send_backlog()
 
     async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int], session: Session) -> None:
-        topic_filter, sub_qos = subscription
-        if topic_filter.startswith("$share/"):
-            return
+        shared_filter, sub_qos = subscription
+        # As Mosquitto 2.0 does, a $share subscription gets the retained messages of its filter too.
+        topic_filter = split_shared(shared_filter)[1]
         handler = self._get_handler(session)
         if handler is None:
             return
