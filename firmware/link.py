@@ -26,6 +26,7 @@ class Link:
         self.max_backoff = max_backoff
         self.queue = []  # [topic, payload, retain, qos, key, on_acked]
         self.inflight = {}
+        self._pubacks = []
         self.dropped = 0
         self.up = False
         self.connects = 0
@@ -79,6 +80,7 @@ class Link:
             await asyncio.wait_for(proto.connect(self.client_id, self.keepalive, self.user, self.password, self.will), 5)
             self._proto = proto
             self._err = None
+            self._pubacks = []
             self._last_rx = time.ticks_ms()
             await proto.subscribe(self._next_pid(), self.subs)
             # Unacknowledged QoS 1 messages go out again first, marked DUP.
@@ -110,15 +112,22 @@ class Link:
                 raise self._err
             if not hal.wifi_ok():
                 raise MQTTError("wifi lost")
+            wrote = False
+            while self._pubacks:
+                proto.put_puback(self._pubacks.pop(0))
+                wrote = True
             while self.queue and len(self.inflight) < 8:
                 m = self.queue.pop(0)
                 pid = 0
                 if m[3]:
                     pid = self._next_pid()
                     self.inflight[pid] = m
-                await proto.publish(m[0], m[1], m[2], m[3], pid, len(m) > 6)
+                proto.put_publish(m[0], m[1], m[2], m[3], pid, len(m) > 6)
                 if m[3] and len(m) == 6:
                     m.append(True)  # any resend of this message carries DUP
+                wrote = True
+            if wrote:
+                await proto.drain()
                 last_tx = time.ticks_ms()
             now = time.ticks_ms()
             if time.ticks_diff(now, self._last_rx) > self.keepalive * 1500:
@@ -146,9 +155,11 @@ class Link:
                     else:
                         topic, payload, qos, pid = parse_publish(head, body)
                         size = len(payload)
-                    if qos:
-                        await proto.puback(pid)
                     self.on_msg(topic, payload, size)
+                    if qos:
+                        # Sent by the writer together with what the handler published.
+                        self._pubacks.append(pid)
+                        self._ev.set()
                 elif kind == PUBACK:
                     m = self.inflight.pop((body[0] << 8) | body[1], None)
                     if m is not None and m[5] is not None:

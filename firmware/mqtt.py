@@ -37,11 +37,20 @@ class Proto:
     def __init__(self, reader, writer):
         self.r = reader
         self.w = writer
+        try:
+            # TCP_NODELAY: an ack must not wait for the broker's delayed ACK of the previous segment.
+            writer.s.setsockopt(6, 1, 1)
+        except (AttributeError, OSError):
+            pass
 
-    async def send(self, head, *parts):
+    def put(self, head, *parts):
+        # Buffered only: the caller drains once per batch, so small packets share one TCP segment.
         self.w.write(bytes([head]) + _varlen(sum(len(p) for p in parts)))
         for p in parts:
             self.w.write(p)
+
+    async def send(self, head, *parts):
+        self.put(head, *parts)
         await self.w.drain()
 
     async def connect(self, client_id, keepalive, user=None, password=None, will=None):
@@ -64,21 +73,24 @@ class Proto:
             code = data[1]
             raise MQTTError("broker refused: %s" % (_REFUSED[code] if code < len(_REFUSED) else code))
 
-    async def publish(self, topic, payload, retain=False, qos=0, pid=0, dup=False):
+    def put_publish(self, topic, payload, retain=False, qos=0, pid=0, dup=False):
         head = PUBLISH | (qos << 1) | (0x01 if retain else 0) | (0x08 if dup else 0)
         t = _s(topic)
         if qos:
             t += struct.pack("!H", pid)
-        await self.send(head, t, payload)
+        self.put(head, t, payload)
+
+    def put_puback(self, pid):
+        self.put(PUBACK, struct.pack("!H", pid))
+
+    async def drain(self):
+        await self.w.drain()
 
     async def subscribe(self, pid, filters, qos=1):
         body = bytearray(struct.pack("!H", pid))
         for f in filters:
             body += _s(f) + bytes([qos])
         await self.send(SUBSCRIBE, body)
-
-    async def puback(self, pid):
-        await self.send(PUBACK, struct.pack("!H", pid))
 
     async def ping(self):
         await self.send(PINGREQ)
