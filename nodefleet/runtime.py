@@ -127,7 +127,6 @@ class Runtime:
         self._abort = asyncio.Event()
         self._postgres: EmbeddedPostgres | None = None
         self._lock: DataDirLock | None = None
-        self._force = False
 
     # -- start ---------------------------------------------------------------
     async def start(self) -> RuntimeInfo:
@@ -232,13 +231,12 @@ class Runtime:
         server, self._postgres = self._postgres, None
         if server is None:
             return
-        mode = "immediate" if self._force else "fast"
         try:
-            await asyncio.to_thread(server.stop, mode)
+            await asyncio.to_thread(server.stop, "fast")  # rolls back open transactions, then a clean shutdown
         except PostgresError as exc:
             log.error("postgres_stop_failed", error=str(exc), log_file=str(server.log_file))
             return
-        log.info("postgres_stopped", mode=mode)
+        log.info("postgres_stopped", mode="fast")
 
     async def _start_broker(self) -> str:
         if not self.options.embedded_broker:
@@ -280,7 +278,7 @@ class Runtime:
         log.info("service_started", service=unit.name)
 
     async def _stop_unit(self, supervised: Supervised) -> None:
-        await supervised.stop(timeout=0.5 if self._force else 10.0)
+        await supervised.stop(timeout=10.0)
         log.info("service_stopped", service=supervised.unit.name)
 
     # -- stop ----------------------------------------------------------------
@@ -295,7 +293,6 @@ class Runtime:
 
     def force_stop(self) -> None:
         """Second Ctrl-C: stop PostgreSQL at once and leave the process without further cleanup."""
-        self._force = True
         server = self._postgres
         if server is not None:
             with contextlib.suppress(Exception):

@@ -168,10 +168,10 @@ class Supervised:
                 log.exception("service_failed", service=self.unit.name)
             if loop.time() - began >= HEALTHY_RUN:
                 backoff = RESTART_BACKOFF
-            log.warning("service_restarting", service=self.unit.name, in_seconds=backoff)
+            self.restarts += 1
+            log.warning("service_restarting", service=self.unit.name, in_seconds=backoff, restarts=self.restarts)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, RESTART_BACKOFF_CAP)
-            self.restarts += 1
 
     async def _first_start(self, attempt: asyncio.Task[None], ready: asyncio.Event) -> ServiceStartError | None:
         """Wait until the first attempt is ready (None) or has ended (its failure)."""
