@@ -202,8 +202,13 @@ class AckingSubscriber:
                 return
             link.transport.write(packets.PINGREQ_PACKET)  # type: ignore[union-attr]
 
-    async def batch(self, max_items: int, max_wait: float) -> list[Inbound]:
-        """Wait for at least one message, then up to ``max_wait`` s for ``max_items``; return them."""
+    async def batch(self, max_items: int, max_wait: float, *, idle_gap: float = 0.01) -> list[Inbound]:
+        """Wait for at least one message, then up to ``max_wait`` s for ``max_items``; return them.
+
+        The wait also ends when nothing arrived for ``idle_gap`` s: a broker that
+        holds back deliveries until earlier ones are acknowledged (a small
+        in-flight window) would otherwise cost ``max_wait`` per window.
+        """
         buffer = self._buffer
         while not buffer:
             self._data.clear()
@@ -216,7 +221,7 @@ class AckingSubscriber:
                     break
                 self._data.clear()
                 try:
-                    await asyncio.wait_for(self._data.wait(), remaining)
+                    await asyncio.wait_for(self._data.wait(), min(remaining, idle_gap))
                 except TimeoutError:
                     break
         count = min(max_items, len(buffer))
