@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -82,4 +83,7 @@ def test_data_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     assert default_data_dir() == tmp_path / "nodefleet"
     monkeypatch.setenv("XDG_DATA_HOME", "relative/dir")  # not absolute: ignored, as the XDG spec says
     monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert default_data_dir() == tmp_path / ".local" / "share" / "nodefleet"
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert default_data_dir() == Path("/var/lib/nodefleet")
