@@ -126,11 +126,12 @@ def test_will_published_when_a_client_goes_silent(probes, root) -> None:
 def test_a_new_connection_takes_over_the_client_id_of_a_dead_one(probes, root) -> None:
     """A node that rebooted reconnects before the broker noticed its old connection was gone."""
     client_id = f"node-{uuid.uuid4().hex[:8]}"
-    old = probes(client_id=client_id)
+    old = probes(client_id=client_id, clean_session=False)
     old.subscribe(f"{root}/n/set/#")
     old.go_silent()
-    new = probes(client_id=client_id)
-    new.subscribe(f"{root}/n/set/#")
+    new = probes(client_id=client_id, clean_session=False)
+    assert new.session_present
+    time.sleep(QUIET)  # the old connection's end must not mark the new one offline
     probes().publish(f"{root}/n/set/switch", b"ON")
     assert new.get().payload == b"ON"
     assert new.nothing_within(QUIET) == []
@@ -253,6 +254,20 @@ def test_right_password_accepted_wrong_one_refused(secure_probes) -> None:
     assert secure_probes("node-a", connect=False).try_connect() == 0
     assert secure_probes("node-a", "wrong", connect=False).try_connect() != 0
     assert secure_probes("nobody", "pw", connect=False).try_connect() != 0
+
+
+def test_a_refused_connection_leaves_the_session_of_its_client_id_alone(secure_probes) -> None:
+    tag = uuid.uuid4().hex[:8]
+    client_id = f"svc-{tag}"
+    service = secure_probes(SERVICE[0], client_id=client_id, clean_session=False)
+    service.subscribe(f"{PREFIX}/node-a/{tag}/#")
+    service.disconnect()
+    secure_probes("node-a").publish(f"{PREFIX}/node-a/{tag}/telemetry", b"kept")
+    intruder = secure_probes(SERVICE[0], "wrong", client_id=client_id, clean_session=True, connect=False)
+    assert intruder.try_connect() != 0
+    back = secure_probes(SERVICE[0], client_id=client_id, clean_session=False)
+    assert back.session_present
+    assert back.get().payload == b"kept"
 
 
 def test_anonymous_refused_when_secured(secure_probes) -> None:
