@@ -13,11 +13,12 @@ import functools
 import io
 import json
 import re
+import signal
 import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -109,10 +110,8 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: asyncio.Event) -> Any:
+def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
     """Set ``stop`` on Ctrl-C or SIGTERM (only possible in the main thread)."""
-    import signal
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return
