@@ -176,11 +176,11 @@ class AckingSubscriber:
             self.client_id, clean_session=self.clean_session, keepalive=self.keepalive,
             username=self.address.username, password=self.address.password,
         ))
-        session_present, code = await asyncio.wait_for(asyncio.shield(link.connack), self.connect_timeout)
+        session_present, code = await self._answer(link, link.connack, "CONNACK")
         if code:
             raise ConnectionRefused(f"broker refused the connection: {packets.CONNACK_REASONS.get(code, code)}")
         link.transport.write(packets.subscribe(1, [(f, self.qos) for f in self.filters]))  # type: ignore[union-attr]
-        granted = await asyncio.wait_for(asyncio.shield(link.suback), self.connect_timeout)
+        granted = await self._answer(link, link.suback, "SUBACK")
         if any(code == 0x80 for code in granted):
             raise ConnectionRefused(f"broker refused a subscription among {self.filters}")
         log.info("mqtt_subscribed", broker=self.address.url, client_id=self.client_id,
@@ -189,6 +189,15 @@ class AckingSubscriber:
             link.pause()
         self.subscribed.set()
         await self._keep_alive(link)
+
+    async def _answer(self, link: _Link, answer: asyncio.Future, what: str):
+        """The broker's answer, or an error as soon as the connection closes or the time is up."""
+        await asyncio.wait({answer, link.closed}, timeout=self.connect_timeout, return_when=asyncio.FIRST_COMPLETED)
+        if answer.done():
+            return answer.result()
+        if link.closed.done():
+            raise ConnectionError(f"the broker closed the connection before its {what}")
+        raise TimeoutError(f"no {what} from the broker within {self.connect_timeout:g} s")
 
     async def _keep_alive(self, link: _Link) -> None:
         interval = max(self.keepalive / 2, 0.5)

@@ -30,7 +30,7 @@ class Rejected:
 
 
 @dataclass(slots=True)
-class TelemetryRow:
+class TelemetryRecord:
     node: str
     ts: float | None
     received: float
@@ -42,7 +42,7 @@ class TelemetryRow:
 class Decoded:
     """Everything one batch holds, grouped by what it becomes in the database."""
 
-    telemetry: list[TelemetryRow] = field(default_factory=list)
+    telemetry: list[TelemetryRecord] = field(default_factory=list)
     states: list[tuple[str, State, float]] = field(default_factory=list)
     infos: list[tuple[str, Info, float]] = field(default_factory=list)
     logs: list[tuple[str, Log, float]] = field(default_factory=list)
@@ -111,7 +111,7 @@ class Decoder:
                     if reading.ts > now + self.max_clock_ahead:
                         return Rejected("clock_ahead", f"device time {reading.ts:.0f} is in the future", topic, node)
                 out.telemetry.append(
-                    TelemetryRow(node, reading.ts, received, reading.seq, _JSON.encode(reading.readings))
+                    TelemetryRecord(node, reading.ts, received, reading.seq, _JSON.encode(reading.readings))
                 )
             elif kind is NodeTopic.STATUS:
                 text = payload.strip()
