@@ -217,6 +217,7 @@ class SimFleet:
     ) -> None:
         self.mqtt_url = mqtt_url
         self.topics = topics or Topics()
+        self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="nodefleet-sim-"))
         self.nodes: list[SimNode] = []
         for i in range(count):
@@ -237,6 +238,8 @@ class SimFleet:
 
     async def stop(self) -> None:
         await asyncio.gather(*(node.stop() for node in self.nodes), return_exceptions=True)
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def alive(self) -> int:
         return sum(node.running for node in self.nodes)

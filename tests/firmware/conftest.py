@@ -41,8 +41,9 @@ class Watch:
         async for message in self.client.messages:
             topic, payload = str(message.topic), bytes(message.payload)
             kind = self.kind(topic)
-            model = NODE_PAYLOADS.get(kind)
-            if model is not None and kind not in ("config", "schedule") and payload:
+            last = kind.rsplit("/", 1)[-1]
+            model = None if "set/" in kind or "ota/" in kind else NODE_PAYLOADS.get(last)
+            if model is not None and last not in ("config", "schedule") and payload:
                 try:
                     model.model_validate_json(payload)
                 except ValidationError as exc:
@@ -58,7 +59,7 @@ class Watch:
         for k, payload, _ in self.messages[since:]:
             if k != kind:
                 continue
-            value: Any = payload.decode() if kind == "status" else json.loads(payload)
+            value: Any = payload.decode() if kind.endswith("status") else json.loads(payload)
             if match is None or match(value):
                 out.append(value)
         return out

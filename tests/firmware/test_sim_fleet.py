@@ -1,0 +1,50 @@
+"""Several simulated nodes against one broker: the library API and the `nodefleet sim` command."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+
+from nodefleet.contracts import Topics
+from nodefleet.contracts.topics import NodeTopic
+from nodefleet.sim import SimFleet
+
+from .conftest import watching
+
+
+async def test_sim_fleet_comes_online_sends_telemetry_and_stops(mosquitto, topics, tmp_path):
+    fleet = SimFleet(mqtt_url=mosquitto.url, count=4, topics=topics, telemetry_period=1, workdir=tmp_path)
+    names = [n.name for n in fleet.nodes]
+    async with watching(mosquitto, Topics(root=topics.root.rsplit("/", 1)[0], fleet=topics.fleet), "home") as watch:
+        async with fleet:
+            for name in names:
+                await watch.wait(name + "/telemetry", timeout=20)
+                await watch.wait(name + "/status", lambda s: s == "online")
+            assert fleet.alive() == 4
+        for name in names:
+            await watch.wait(name + "/status", lambda s: s == "offline", timeout=10)
+        assert not watch.invalid, watch.invalid
+    assert fleet.alive() == 0
+
+
+async def test_sim_command_runs_nodes_until_its_duration(mosquitto, topics, tmp_path):
+    command = shutil.which("nodefleet")
+    args = [command] if command else [sys.executable, "-c", "from nodefleet.cli import main; main()"]
+    async with watching(mosquitto, Topics(root=topics.root.rsplit("/", 1)[0], fleet=topics.fleet), "home") as watch:
+        process = await asyncio.create_subprocess_exec(
+            *args, "sim", "--nodes", "2", "--duration", "6", "--broker", mosquitto.url, "--topic-root", topics.root,
+            "--workdir", str(tmp_path), env={**os.environ, "NO_COLOR": "1"},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        try:
+            for i in range(2):
+                await watch.wait(f"sim-{i:03d}/{NodeTopic.STATE.value}", timeout=15)
+            output, _ = await asyncio.wait_for(process.communicate(), 20)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        assert not watch.invalid, watch.invalid
+    assert process.returncode == 0, output.decode()
+    assert b"2 simulated nodes running" in output
