@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from amqtt.broker import Broker, RetainedApplicationMessage
@@ -49,14 +50,19 @@ class NodefleetBroker(Broker):
         self.access = access
         self._deliveries: set[asyncio.Task[Any]] = set()
         self._share_turn: dict[str, int] = {}
+        self._password_checks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mqtt-auth")
         # What was refused or dropped, by reason, for `EmbeddedBroker.stats()` and the logs.
         self.counters: Counter[str] = Counter()
 
     # -- connecting ---------------------------------------------------------
 
     async def _authenticate(self, session: Session, _listener: object = None) -> bool:
-        # scrypt takes tens of milliseconds: keep it off the event loop.
-        return await asyncio.to_thread(self.access.verify, session.username, session.password)
+        if session.username is None or not self.access.has_users():
+            return self.access.verify(session.username, session.password)  # no hashing involved
+        # scrypt takes tens of milliseconds: off the event loop, on threads no other code can fill up.
+        return await asyncio.get_running_loop().run_in_executor(
+            self._password_checks, self.access.verify, session.username, session.password
+        )
 
     async def _initialize_client_session(
         self, reader: Any, writer: Any, remote_address: str, remote_port: int
@@ -243,6 +249,7 @@ class NodefleetBroker(Broker):
 
     async def shutdown(self) -> None:
         await super().shutdown()
+        self._password_checks.shutdown(wait=False, cancel_futures=True)
         for task in list(self._deliveries):
             task.cancel()
         await asyncio.gather(*self._deliveries, return_exceptions=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 
+from amqtt.errors import ProtocolHandlerError
 from amqtt.mqtt.constants import QOS_1
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.session import OUTGOING, IncomingApplicationMessage, OutgoingApplicationMessage
@@ -87,7 +88,7 @@ class DeliveryHandler(BrokerProtocolHandler):
         """Resend what the last connection left unacknowledged, without holding up the new connection."""
         if self.session is None:
             return
-        for message in list(self.session.inflight_out.values()):
+        for message in [*self.session.inflight_in.values(), *self.session.inflight_out.values()]:
             self._spawn(self._handle_message_flow(message))
 
     async def _handle_qos1_message_flow(self, app_message: OutgoingApplicationMessage | IncomingApplicationMessage) -> None:
@@ -116,6 +117,10 @@ class DeliveryHandler(BrokerProtocolHandler):
             if task is not None and task.cancelling():
                 raise
             return  # the waiter was cancelled because the connection closed: keep it for redelivery
+        except ProtocolHandlerError:
+            if self._stopped:
+                return  # amqtt's way of saying the send was cancelled by the connection closing
+            raise
         finally:
             if self._puback_waiters.get(packet_id) is waiter:
                 del self._puback_waiters[packet_id]

@@ -90,8 +90,8 @@ class EmbeddedBroker:
             return
         if not _port_is_free(self.host, self.port):
             raise BrokerPortInUse(self.host, self.port)
-        # amqtt logs every connection at INFO; ours are enough.
-        logging.getLogger("amqtt").setLevel(logging.WARNING)
+        # amqtt logs every connection at INFO and benign races (a late PUBACK) as warnings; our events say what matters.
+        logging.getLogger("amqtt").setLevel(logging.ERROR)
         config = {
             "listeners": {"default": {"type": "tcp", "bind": _bind_address(self.host, self.port)}},
             "plugins": {},  # access control is ours; no $SYS or entry-point plugins
