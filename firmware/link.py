@@ -61,10 +61,11 @@ class Link:
                 raise
             except (OSError, MQTTError, asyncio.TimeoutError, EOFError) as exc:
                 reason = repr(exc)
-            if self.up:
+            was_up = self.up
+            if was_up:
                 backoff = 1
             self.up = False
-            self.on_down(reason)
+            self.on_down(reason, was_up)
             await asyncio.sleep_ms(int(backoff * 1000 * (0.5 + random.getrandbits(8) / 256)))
             backoff = min(backoff * 2, self.max_backoff)
 

@@ -33,6 +33,7 @@ class App:
         self.bad_input = 0
         self.ap_open = False
         self.wifi_seen = False
+        self.connect_failed = False
         self.schedule = store.load("schedule.json", None) or {"v": 1, "version": 1, "rules": []}
         self.telemetry_seq = Counter("telemetry")
         clock.set_tz(self.cfg.get("tz", []))
@@ -91,9 +92,16 @@ class App:
             self.publish_log(item)
         hal.mark_healthy()
 
-    def on_down(self, reason):
-        if reason and self.wifi_seen and hal.wifi_ok():
+    def on_down(self, reason, was_up):
+        # One entry per outage: a session that ended, or the first failed connect since the last session.
+        if not reason or not hal.wifi_ok():
+            return
+        if was_up:
             self.errlog.add("mqtt_lost", "broker connection lost: " + reason, "warning", self.ts())
+            self.connect_failed = False
+        elif not self.connect_failed:
+            self.connect_failed = True
+            self.errlog.add("mqtt_connect", "cannot reach the broker: " + reason, "warning", self.ts())
 
     def ts(self):
         return clock.now() if clock.valid() else None
@@ -153,7 +161,8 @@ class App:
             hal.relay(self.node.relay)
 
     def apply_schedule(self, payload):
-        s = self._json("schedule", payload)
+        # An empty retained message deletes the schedule.
+        s = self._json("schedule", payload) if payload else {"v": 1, "version": 1, "rules": []}
         if s is None:
             return
         err = logic.check_schedule(s)

@@ -92,10 +92,14 @@ def sensors():
 
 
 async def wifi_connect(ssid, password, ip=None, gateway=None):
-    _sta.active(True)
-    if ip:
-        _sta.ifconfig((ip, "255.255.255.0", gateway or ip, gateway or "8.8.8.8"))
-    _sta.connect(ssid, password)
+    try:
+        _sta.active(True)
+        _sta.disconnect()
+        if ip:
+            _sta.ifconfig((ip, "255.255.255.0", gateway or ip, gateway or "8.8.8.8"))
+        _sta.connect(ssid, password)
+    except OSError as exc:
+        return "wifi error %r" % exc
     for _ in range(100):
         status = _sta.status()
         if _sta.isconnected():

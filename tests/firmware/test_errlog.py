@@ -45,3 +45,10 @@ async def test_the_ring_is_bounded(node, watch):
     await watch.wait("log", lambda e: "bad-19" not in e["msg"] and e["seq"] >= 19, since=mark, timeout=10)
     saved = node.read("errlog.json")
     assert len(saved["items"]) == 16 and saved["next"] >= 20
+
+    # A flood of bad input is rate-limited before it reaches the flash: 30 warnings a minute at most.
+    for i in range(30):
+        await watch.send("switch", f"worse-{i}")
+    await watch.command("logic", {"enabled": True})  # a round trip: the flood has been handled
+    assert node.read("errlog.json")["next"] == 30
+    assert (await watch.command("switch", {"state": "ON"}))["status"] == "ok"
