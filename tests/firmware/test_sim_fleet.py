@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import sys
@@ -48,3 +49,19 @@ async def test_sim_command_runs_nodes_until_its_duration(mosquitto, topics, tmp_
         assert not watch.invalid, watch.invalid
     assert process.returncode == 0, output.decode()
     assert b"2 simulated nodes running" in output
+
+
+async def test_run_demo_is_ready_with_its_nodes_and_stops_them_when_cancelled(mosquitto, topics):
+    from nodefleet.sim import run_demo
+
+    ready = asyncio.Event()
+    async with watching(mosquitto, Topics(root=topics.root.rsplit("/", 1)[0], fleet=topics.fleet), "home") as watch:
+        task = asyncio.create_task(run_demo(count=2, mqtt_url=mosquitto.url, ready=ready, topic_root=topics.root))
+        await asyncio.wait_for(ready.wait(), 15)
+        for i in range(2):
+            await watch.wait(f"demo-{i:03d}/status", lambda s: s == "online", timeout=15)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        for i in range(2):
+            await watch.wait(f"demo-{i:03d}/status", lambda s: s == "offline", timeout=10)
