@@ -24,6 +24,8 @@ class LoadResult:
     sent: int
     acked: int
     seconds: float
+    ended: float
+    """Wall-clock time when the last PUBACK arrived."""
 
     @property
     def rate(self) -> float:
@@ -99,7 +101,7 @@ async def publish(
     seconds = time.monotonic() - started
     writer.write(packets.DISCONNECT_PACKET)
     writer.close()
-    return LoadResult(sent, acked, seconds)
+    return LoadResult(sent, acked, seconds, time.time())
 
 
 def run_publisher(host: str, port: int, root: str, fleet: str, nodes: list[str], rounds: int, seq_base: int,

@@ -66,7 +66,8 @@ def run_load(broker: Mosquitto, topics: Topics, *, publishers: int, nodes: int, 
     for proc in procs:
         proc.join(10)
     acked = sum(r["acked"] for r in got)
-    return {"sent": sum(r["sent"] for r in got), "acked": acked, "rate": acked / max(r["seconds"] for r in got)}
+    return {"sent": sum(r["sent"] for r in got), "acked": acked, "rate": acked / max(r["seconds"] for r in got),
+            "ended": max(r["ended"] for r in got)}
 
 
 def measure_baseline(broker: Mosquitto, topics: Topics, *, publishers: int, nodes: int, rounds: int) -> tuple[float, dict]:
@@ -133,16 +134,17 @@ async def wait_rows(database: str, *, seq_from: int, expected: int, stall: float
         await conn.close()
 
 
-async def phase_figures(database: str, *, seq_from: int, seq_to: int, expected: int) -> dict:
+async def phase_figures(database: str, *, seq_from: int, seq_to: int, expected: int, published_by: float) -> dict:
     conn = await asyncpg.connect(database)
     try:
         row = await conn.fetchrow(
             """SELECT count(*) AS rows, count(DISTINCT (node, seq)) AS distinct_rows,
                       extract(epoch FROM max(stored) - min(stored))::float8 AS span,
                       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM stored - time)) AS p50,
-                      percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM stored - time)) AS p99
+                      percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM stored - time)) AS p99,
+                      count(*) FILTER (WHERE stored > to_timestamp($3)) AS stored_after_publishing
                FROM telemetry WHERE seq >= $1 AND seq < $2""",
-            seq_from, seq_to,
+            seq_from, seq_to, published_by,
         )
     finally:
         await conn.close()
@@ -150,6 +152,7 @@ async def phase_figures(database: str, *, seq_from: int, seq_to: int, expected: 
         "rows": row["rows"], "rate": row["rows"] / row["span"] if row["span"] else 0.0,
         "lost": expected - row["distinct_rows"], "duplicated": row["rows"] - row["distinct_rows"],
         "p50_ms": (row["p50"] or 0) * 1000, "p99_ms": (row["p99"] or 0) * 1000,
+        "backlog": row["stored_after_publishing"],
     }
 
 
@@ -160,7 +163,7 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=200, help="simulated nodes")
     parser.add_argument("--latency-rate", type=float, default=None, help="paced msg/s of the latency phase")
     args = parser.parse_args()
-    rounds = 300 if args.quick else 1500  # messages per node: 60,000 or 300,000 in all
+    rounds = 500 if args.quick else 1500  # messages per node: 100,000 or 300,000 in all
     latency_rounds = 75 if args.quick else 300
 
     work = Path(tempfile.mkdtemp(prefix="nodefleet-bench-"))
@@ -187,8 +190,10 @@ def main() -> None:
         load = run_load(broker, topics, publishers=args.publishers, nodes=args.nodes, rounds=rounds, seq_base=0)
         _say(f"  publishers {load['rate']:,.0f} msg/s")
         asyncio.run(wait_rows(database, seq_from=0, expected=total))
-        throughput = asyncio.run(phase_figures(database, seq_from=0, seq_to=rounds, expected=total))
-        _say(f"  stored {throughput['rows']} rows at {throughput['rate']:,.0f} rows/s")
+        throughput = asyncio.run(phase_figures(database, seq_from=0, seq_to=rounds, expected=total,
+                                              published_by=load["ended"]))
+        _say(f"  stored {throughput['rows']} rows at {throughput['rate']:,.0f} rows/s; "
+             f"{throughput['backlog']} were still waiting when the publishers finished")
 
         latency_rate = args.latency_rate or min(15_000.0, 0.8 * throughput["rate"])
         latency_total = args.nodes // args.publishers * args.publishers * latency_rounds
@@ -198,7 +203,7 @@ def main() -> None:
                          seq_base=seq_base, rate=latency_rate)
         asyncio.run(wait_rows(database, seq_from=seq_base, expected=latency_total))
         latency = asyncio.run(phase_figures(database, seq_from=seq_base, seq_to=seq_base + latency_rounds,
-                                            expected=latency_total))
+                                            expected=latency_total, published_by=paced["ended"]))
         _say(f"  publishers {paced['rate']:,.0f} msg/s; p50 {latency['p50_ms']:.0f} ms, p99 {latency['p99_ms']:.0f} ms")
     finally:
         if service is not None:
@@ -216,6 +221,7 @@ def main() -> None:
         "p99_ms": round(latency["p99_ms"], 1),
         "lost": throughput["lost"] + latency["lost"],
         "duplicated": throughput["duplicated"] + latency["duplicated"],
+        "backlog_at_publish_end": throughput["backlog"],
         "latency_publish_rate": round(paced["rate"]),
         "cpus": os.cpu_count(),
         "load_average": round(os.getloadavg()[0], 2),
