@@ -16,6 +16,7 @@ from counter import Counter
 from link import Link
 
 MAX_IN = 4096
+NTP_EVERY_MS = 6 * 3600 * 1000
 CAPS = ["switch", "temperature", "humidity", "schedule"]
 
 
@@ -26,6 +27,7 @@ class App:
         self.cause = cause
         self.errlog = errlog
         self.cfg = settings.merged(cfg)
+        self.cfg_raw = store.load("config.json", None)
         self.wifi = wifi
         self.mq = mq
         self.prefix = mq["topic_prefix"]
@@ -153,7 +155,10 @@ class App:
         if err:
             self.bad("bad_config", err)
             return
+        if c == self.cfg_raw:
+            return  # the retained copy again after a reconnect: no flash write
         store.save("config.json", c)
+        self.cfg_raw = c
         self.cfg = settings.merged(c)
         clock.set_tz(self.cfg["tz"])
         if "pins" in c:
@@ -168,6 +173,8 @@ class App:
         err = logic.check_schedule(s)
         if err:
             self.bad("bad_schedule", err)
+            return
+        if s == self.schedule:
             return
         store.save("schedule.json", s)
         self.schedule = s
@@ -187,6 +194,8 @@ class App:
         hal.restart()
 
     def led_pattern(self):
+        if self.node.stopped:
+            return "error"  # failsafe engaged: someone has to resume it
         if not hal.wifi_ok():
             return "ap" if self.ap_open else "no_wifi"
         if not self.link.up:
@@ -199,6 +208,7 @@ class App:
         failures = 0
         backoff = 1
         down_since = time.ticks_ms()
+        synced = time.ticks_ms()
         while True:
             if hal.wifi_ok():
                 if self.ap_open:
@@ -206,6 +216,10 @@ class App:
                     self.ap_open = False
                 down_since = None
                 backoff = 1
+                if time.ticks_diff(time.ticks_ms(), synced) > NTP_EVERY_MS:
+                    # The RTC drifts: NTP again now and then (the first sync happens on joining).
+                    synced = time.ticks_ms()
+                    await hal.ntp()
                 await asyncio.sleep_ms(300)
                 continue
             if down_since is None:

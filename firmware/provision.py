@@ -74,6 +74,7 @@ class Portal:
         self.fw = fw
         self.caps = caps
         self.error = (store.load("prov_err.json", None) or {}).get("error")
+        self.touched = False
 
     def info(self):
         return {"chip_id": hal.chip_id(), "fw": self.fw, "caps": self.caps, "mac": hal.mac(),
@@ -81,6 +82,8 @@ class Portal:
                 "wifi_stored": store.load("wifi.json") is not None, "mqtt_stored": store.load("mqtt.json") is not None}
 
     def route(self, method, path, data, auth):
+        if method != "GET":
+            self.touched = True
         if method == "GET" and path == "/":
             return 200, _PAGE % (hal.chip_id(), self.error or "Enter the WiFi and MQTT settings.")
         if method == "GET" and path == "/api/info":
@@ -113,5 +116,13 @@ async def run(fw, caps):
     hal.ap(True, "nodefleet-" + hal.chip_id()[-4:])
     asyncio.create_task(led.run(lambda: "provisioning"))
     await httpd.serve(hal.http_addr(True), portal.route)
+    # Sent here because stored WiFi failed (a router down at boot, say): try it again now and then,
+    # unless someone is using the portal.
+    retry = portal.error is not None and store.load("wifi.json") is not None and store.load("mqtt.json") is not None
+    waited = 0
     while True:
-        await asyncio.sleep(3600)
+        await asyncio.sleep(1)
+        waited = 0 if portal.touched else waited + 1
+        portal.touched = False
+        if retry and waited >= hal.PROV_RETRY_S:
+            hal.restart()

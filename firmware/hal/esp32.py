@@ -10,6 +10,8 @@ import ntptime
 import ubinascii
 
 PLATFORM = "esp32"
+# Provisioning mode entered because the stored WiFi failed retries it after this long untouched.
+PROV_RETRY_S = 600
 # Seconds between 1970 and this port's epoch (2000 on older firmware).
 _EPOCH = 946684800 if time.gmtime(0)[0] == 2000 else 0
 _relay = None

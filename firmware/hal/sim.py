@@ -22,6 +22,7 @@ _password = _env("NF_PASS") or "simpass"
 heap_peak = 0
 heap_live_peak = 0
 PLATFORM = "sim"
+PROV_RETRY_S = int(_env("NF_PROV_RETRY") or 600)
 
 
 def init(pins):

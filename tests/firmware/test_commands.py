@@ -6,6 +6,8 @@ import asyncio
 
 from nodefleet.contracts import Ack, State
 
+from .test_logic import _led
+
 
 async def test_switch_command_moves_the_relay_and_acks(node, watch):
     ack = await watch.command("switch", {"state": "ON"})
@@ -38,6 +40,7 @@ async def test_stop_is_a_failsafe_until_resumed(node, watch):
     ack = await watch.command("stop", {})
     assert ack["status"] == "ok"
     assert (await node.ctl())["relay"] == 0
+    await _led(node, "error")
     refused = await watch.command("switch", {"state": "ON"})
     assert refused["status"] == "error" and "resume" in refused["error"]
     assert (await watch.command("stop", {"resume": True}))["status"] == "ok"

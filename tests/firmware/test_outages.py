@@ -28,6 +28,7 @@ async def test_wifi_lost_keeps_the_schedule_opens_the_ap_and_reconnects(node, wa
     await watch.retain(NodeTopic.SCHEDULE, Schedule.model_validate({"v": 1, "version": 1, "rules": [
         {"id": "offline", "at": "06:00", "duration": 120}]}).model_dump(by_alias=True))
     await watch.command("logic", {"enabled": True})  # the schedule has been applied when this is acked
+    written = (node.flash_dir / "schedule.json").stat().st_mtime_ns
     await node.ctl("wifi 0")
     mark = watch.mark()
     assert await watch.wait("status", lambda s: s == "offline", since=mark) == "offline"
@@ -50,6 +51,8 @@ async def test_wifi_lost_keeps_the_schedule_opens_the_ap_and_reconnects(node, wa
     assert buffered["ts"] <= back - 1
     ack = await watch.command("switch", {"state": "OFF"})
     assert ack["status"] == "ok"
+    # The retained schedule came again with the reconnect; unchanged, it is not written to flash again.
+    assert (node.flash_dir / "schedule.json").stat().st_mtime_ns == written
 
 
 async def test_broker_restart_reconnects_and_resubscribes(make_node, topics):

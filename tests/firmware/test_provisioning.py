@@ -61,3 +61,13 @@ async def test_button_at_boot_and_delete_restart(make_node, watch):
     assert (await request(node.http_port, "DELETE", "/api/restart"))[0] == 200
     info = await poll(node.http_port, "/api/info", lambda i: node.restarts and not i["wifi_stored"])
     assert info["mode"] == "provisioning" and info["mqtt_stored"]
+
+
+async def test_stored_wifi_that_fails_at_boot_is_retried_later(make_node, watch):
+    # The router is down at boot: provisioning mode says why, then tries the stored WiFi again.
+    node = make_node(env={"NF_WIFI": "0", "NF_PROV_RETRY": "2"})
+    await node.start()
+    info = await poll(node.http_port, "/api/info", lambda i: i.get("mode") == "provisioning")
+    assert info["error"] == "wifi: no network in range" and info["wifi_stored"]
+    node.env["NF_WIFI"] = "1"  # the router is back for the next boot
+    assert await watch.wait("status", lambda s: s == "online", timeout=20) == "online"
