@@ -55,6 +55,9 @@ class _Link(asyncio.Protocol):
         self.suback: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.last_received = time.monotonic()
         self.paused = False
+        # Not paused before SUBACK: a full buffer must not keep us from reading the broker's answer.
+        self.subscribed = False
+        self.leaving = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -71,6 +74,8 @@ class _Link(asyncio.Protocol):
         try:
             for first, body in self.reader.feed(data):
                 kind = first & 0xF0
+                if self.leaving:
+                    continue
                 if kind == packets.PUBLISH:
                     topic, payload, qos, packet_id = parse(first, body)
                     if qos == 2:
@@ -90,7 +95,7 @@ class _Link(asyncio.Protocol):
             return
         if buffer:
             self.owner._data.set()
-            if len(buffer) >= self.owner.buffer_limit:
+            if self.subscribed and len(buffer) >= self.owner.buffer_limit:
                 self.pause()
 
     def pause(self) -> None:
@@ -102,6 +107,8 @@ class _Link(asyncio.Protocol):
     def resume(self) -> None:
         if self.paused and self.transport is not None and not self.transport.is_closing():
             self.paused = False
+            # Silence while paused was ours, not the broker's.
+            self.last_received = time.monotonic()
             self.transport.resume_reading()
 
 
@@ -150,6 +157,9 @@ class AckingSubscriber:
             try:
                 await self._session()
                 log.warning("mqtt_connection_lost", broker=self.address.url)
+            except asyncio.CancelledError:
+                await self.disconnect()
+                raise
             except (OSError, TimeoutError, ProtocolError, ConnectionRefused) as exc:
                 log.warning("mqtt_connect_failed", broker=self.address.url, error=str(exc) or type(exc).__name__,
                             retry_in=round(delay, 2))
@@ -185,6 +195,7 @@ class AckingSubscriber:
             raise ConnectionRefused(f"broker refused a subscription among {self.filters}")
         log.info("mqtt_subscribed", broker=self.address.url, client_id=self.client_id,
                  session_present=session_present, filters=len(self.filters))
+        link.subscribed = True
         if len(self._buffer) >= self.buffer_limit:
             link.pause()
         self.subscribed.set()
@@ -252,9 +263,17 @@ class AckingSubscriber:
             self.acked += len(ids)
         return len(ids)
 
-    async def disconnect(self) -> None:
-        """Say goodbye politely (the session stays on the broker)."""
+    async def disconnect(self, timeout: float = 1.0) -> None:
+        """Say goodbye politely, so the last PUBACKs reach the broker (the session stays there)."""
         link = self._link
-        if link is not None and link.transport is not None and not link.transport.is_closing():
-            link.transport.write(packets.DISCONNECT_PACKET)
-            link.transport.close()
+        if link is None or link.transport is None or link.transport.is_closing():
+            return
+        link.leaving = True
+        link.transport.write(packets.DISCONNECT_PACKET)
+        # Closing with unread input would reset the connection, and the broker would
+        # drop our last PUBACKs unread: half-close, read until the broker closes.
+        link.resume()
+        if link.transport.can_write_eof():
+            link.transport.write_eof()
+        await asyncio.wait([link.closed], timeout=timeout)
+        link.transport.close()
