@@ -60,7 +60,7 @@ class Link:
             except asyncio.CancelledError:
                 raise
             except (OSError, MQTTError, asyncio.TimeoutError, EOFError) as exc:
-                reason = repr(exc)
+                reason = str(exc) or type(exc).__name__
             was_up = self.up
             if was_up:
                 backoff = 1
