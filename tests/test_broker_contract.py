@@ -203,6 +203,15 @@ def test_delivered_qos_is_min_of_publish_and_subscription(probes, root, publish_
     assert reader.get().qos == expected
 
 
+def test_overlapping_subscriptions_deliver_one_copy_at_the_highest_qos(probes, root) -> None:
+    reader = probes()
+    reader.subscribe(f"{root}/#", qos=0)
+    reader.subscribe(f"{root}/n/telemetry", qos=1)
+    probes().publish(f"{root}/n/telemetry", b"x", qos=1)
+    assert [m.qos for m in reader.get_many(1)] == [1]
+    assert reader.nothing_within(QUIET) == [], "a second copy"
+
+
 def test_retained_delivered_at_min_qos(probes, root) -> None:
     probes().publish(f"{root}/r", b"x", qos=0, retain=True)
     reader = probes()

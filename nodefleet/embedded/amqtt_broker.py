@@ -9,8 +9,9 @@ MQTT 3.1.1 (and from Mosquitto) in a way the services rely on:
 - on connect nothing retained is replayed (amqtt replays retained messages for
   every filter any client ever subscribed); retained messages go out only for
   a new subscription, at min(retained QoS, subscription QoS);
-- a message is delivered at min(publish QoS, subscription QoS) (amqtt used the
-  subscription's QoS);
+- a message is delivered once per client, at min(publish QoS, highest QoS of
+  the client's matching subscriptions) (amqtt used the subscription's QoS, and
+  sent one copy per matching filter);
 - messages queued for an offline session go out with RETAIN=0;
 - ``$share/<group>/<filter>`` subscriptions get each message once per group,
   round-robin over the connected members;
@@ -160,6 +161,8 @@ class NodefleetBroker(Broker):
     async def _run_broadcast(self, running_tasks: deque) -> None:
         broadcast = await self._broadcast_queue.get()
         topic = broadcast["topic"]
+        # One copy per client at the highest QoS of its matching subscriptions, as Mosquitto does.
+        once: dict[str, tuple[Session, int]] = {}
         for topic_filter, subscribers in list(self._subscriptions.items()):
             try:
                 group, real_filter = split_shared(topic_filter)
@@ -167,9 +170,15 @@ class NodefleetBroker(Broker):
                 continue
             if not subscribers or not topic_matches(topic, real_filter):
                 continue
-            targets = subscribers if group is None else self._next_share_member(topic_filter, subscribers)
-            for session, sub_qos in targets:
-                await self._deliver(broadcast, session, min(broadcast["qos"], sub_qos))
+            if group is not None:
+                for session, sub_qos in self._next_share_member(topic_filter, subscribers):
+                    await self._deliver(broadcast, session, min(broadcast["qos"], sub_qos))
+                continue
+            for session, sub_qos in subscribers:
+                _, best = once.get(session.client_id, (session, -1))
+                once[session.client_id] = (session, max(best, sub_qos))
+        for session, sub_qos in once.values():
+            await self._deliver(broadcast, session, min(broadcast["qos"], sub_qos))
 
     def _next_share_member(self, topic_filter: str, subscribers: list[tuple[Session, int]]) -> list[tuple[Session, int]]:
         connected = [s for s in subscribers if s[0].transitions.state == "connected"]
