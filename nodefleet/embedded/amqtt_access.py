@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 SHARE_PREFIX = "$share/"
 
-# scrypt cost: about 30 ms and 8 MiB per check, so a stolen dump is slow to crack.
+# scrypt cost: about 20 ms and 8 MiB per check here, so a stolen dump is slow to crack.
 _SCRYPT = {"n": 2**13, "r": 8, "p": 1}
 _SALT_BYTES = 16
 

@@ -268,6 +268,6 @@ class NodefleetBroker(Broker):
         closed = 0
         for session, handler in list(self._sessions.values()):
             if session.username == username and session.transitions.is_connected():
-                asyncio.ensure_future(handler.handle_connection_closed())
+                self._track(handler.handle_connection_closed())
                 closed += 1
         return closed
