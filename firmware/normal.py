@@ -162,6 +162,7 @@ class App:
         self.cfg = settings.merged(c)
         clock.set_tz(self.cfg["tz"])
         if "pins" in c:
+            hal.relay(False)  # the old relay pin must not stay on when the relay moves
             hal.init(c["pins"])
             hal.relay(self.node.relay)
 
@@ -253,8 +254,13 @@ class App:
             await asyncio.sleep_ms(250)
 
     async def telemetry_loop(self):
+        last = time.ticks_ms()
         while True:
-            await asyncio.sleep(self.cfg["telemetry_period"])
+            # Short steps, so a new period from the config takes effect at once.
+            await asyncio.sleep_ms(250)
+            if time.ticks_diff(time.ticks_ms(), last) < self.cfg["telemetry_period"] * 1000:
+                continue
+            last = time.ticks_ms()
             readings = hal.sensors()
             readings["rssi"] = hal.rssi()
             readings["heap_free"] = gc.mem_free()

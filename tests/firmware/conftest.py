@@ -82,7 +82,8 @@ class Watch:
         await self.client.publish(topic, body, qos=qos)
 
     async def retain(self, kind: NodeTopic, payload: Any) -> None:
-        await self.client.publish(self.topics.node(self.node, kind), json.dumps(payload), qos=1, retain=True)
+        body = payload if isinstance(payload, bytes) else json.dumps(payload)
+        await self.client.publish(self.topics.node(self.node, kind), body, qos=1, retain=True)
 
     async def command(self, command: str, payload: dict[str, Any], *, timeout: float = 10.0) -> dict[str, Any]:
         """Send a command with a fresh id and return its ack."""

@@ -52,3 +52,11 @@ async def test_the_ring_is_bounded(node, watch):
     await watch.command("logic", {"enabled": True})  # a round trip: the flood has been handled
     assert node.read("errlog.json")["next"] == 30
     assert (await watch.command("switch", {"state": "ON"}))["status"] == "ok"
+
+
+async def test_an_abnormal_reset_is_logged_with_its_cause(make_node, watch):
+    node = make_node()
+    await node.start(reset_cause="watchdog")
+    entry = await watch.wait("log", lambda e: e["code"] == "reset", timeout=15)
+    assert entry["reset_cause"] == "watchdog" and entry["level"] == "error"
+    assert (await watch.wait("info"))["boot_reason"] == "watchdog"

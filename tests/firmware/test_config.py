@@ -1,0 +1,41 @@
+"""Retained config and schedule: applied, stored on flash, bad ones rejected with the old ones kept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from nodefleet import contracts
+from nodefleet.contracts.topics import NodeTopic
+
+FIXTURES = Path(contracts.__file__).parent / "fixtures"
+
+
+async def test_config_is_applied_and_bad_config_is_rejected(make_node, watch):
+    node = make_node(config={"telemetry_period": 3600})
+    await node.start()
+    await watch.wait("state")
+
+    fixture = json.loads((FIXTURES / "config.json").read_text())
+    await watch.retain(NodeTopic.CONFIG, {**fixture, "telemetry_period": 1})
+    await watch.wait("telemetry", timeout=5)  # the new period is in force
+    assert node.read("config.json") == {**fixture, "telemetry_period": 1}
+
+    mark = watch.mark()
+    await watch.retain(NodeTopic.CONFIG, {**fixture, "version": 4, "telemetry_period": 0})
+    entry = await watch.wait("log", lambda e: e["code"] == "bad_config", since=mark)
+    assert "telemetry_period" in entry["msg"]
+    await watch.retain(NodeTopic.CONFIG, {"v": 1})
+    await watch.wait("log", lambda e: e["code"] == "bad_config" and "version" in e["msg"], since=mark)
+    await watch.retain(NodeTopic.CONFIG, b"{not json")
+    await watch.wait("log", lambda e: e["code"] == "bad_config" and "JSON" in e["msg"], since=mark)
+    assert node.read("config.json")["version"] == fixture["version"]
+
+    mark = watch.mark()
+    await watch.retain(NodeTopic.SCHEDULE, {"v": 1, "version": 2, "rules": [{"id": "x", "at": "25:00", "duration": 5}]})
+    entry = await watch.wait("log", lambda e: e["code"] == "bad_schedule", since=mark)
+    assert "HH:MM" in entry["msg"] and node.read("schedule.json") is None
+    fixture = json.loads((FIXTURES / "schedule.json").read_text())
+    await watch.retain(NodeTopic.SCHEDULE, fixture)
+    await watch.command("logic", {"enabled": True})
+    assert node.read("schedule.json") == fixture
