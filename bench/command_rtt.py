@@ -31,6 +31,7 @@ from nodefleet.embedded.mosquitto import Mosquitto
 from nodefleet.sim import SimNode
 
 WARMUP = 50
+HEAP_NOTE = "-X heapsize=110K"
 
 
 def _say(text: str) -> None:
@@ -114,7 +115,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def start_node(broker: Mosquitto, topics: Topics, workdir: Path) -> SimNode:
-    node = SimNode(workdir / "rtt-node", name="rtt-node", control=False, http=False)
+    node = SimNode(workdir / "rtt-node", name="rtt-node", control=True, http=False)
     node.provision(broker=broker.url, topic_prefix=topics.prefix("rtt-node"))
     node.write("config.json", {"v": 1, "version": 1, "telemetry_period": 60})
     await node.start()
@@ -142,6 +143,8 @@ def main() -> None:
             _say(f"node up; {count} commands each to the node and to the paho echo baseline")
             base, base_lost = series(pinger, topics.set("echo", Command.SWITCH), count, "e")
             ours, ours_lost = series(pinger, topics.set("rtt-node", Command.SWITCH), count, "n")
+            time.sleep(1.1)  # the node's heap sampler collects once a second
+            board = loop.run_until_complete(node.ctl())
         finally:
             pinger.close()
             echo.loop_stop()
@@ -158,7 +161,8 @@ def main() -> None:
     }
     figures["ratio_p99"] = round(figures["p99_ms"] / figures["baseline_p99_ms"], 2)
     _say(f"node: {len(ours)} acks, {ours_lost} lost, max {max(ours) * 1000:.1f} ms; "
-         f"baseline: {len(base)} answers, {base_lost} lost, max {max(base) * 1000:.1f} ms")
+         f"baseline: {len(base)} answers, {base_lost} lost, max {max(base) * 1000:.1f} ms; "
+         f"node heap ({HEAP_NOTE}): live peak {board['heap_live_peak']} B, free now {board['heap_free']} B")
     print(json.dumps(figures))
 
 

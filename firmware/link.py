@@ -59,7 +59,7 @@ class Link:
                 await self._session()
             except asyncio.CancelledError:
                 raise
-            except (OSError, MQTTError, asyncio.TimeoutError, EOFError) as exc:
+            except Exception as exc:  # whatever ended the session, the answer is to reconnect
                 reason = str(exc) or type(exc).__name__
             was_up = self.up
             if was_up:

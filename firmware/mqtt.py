@@ -1,5 +1,4 @@
 # MQTT 3.1.1 packets over asyncio streams: the protocol layer raises, link.py reconnects.
-import asyncio
 import struct
 
 CONNECT = 0x10
