@@ -8,6 +8,7 @@ Run with NODEFLEET_AMQTT_UNPATCHED=1 to see which tests plain amqtt 0.12.1 fails
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
@@ -377,6 +378,34 @@ async def test_port_in_use_is_refused_and_stop_frees_the_port() -> None:
     again = EmbeddedBroker(port=port)
     await again.start()  # the port was given back
     await again.stop()
+
+
+async def test_retained_messages_survive_a_restart_with_a_retained_file(tmp_path, root) -> None:
+    import aiomqtt
+
+    from nodefleet.embedded.broker import EmbeddedBroker
+    from nodefleet.embedded.mosquitto import free_port
+
+    path, port = tmp_path / "retained.json", free_port()
+    async with EmbeddedBroker(port=port, retained_file=path):
+        async with aiomqtt.Client("127.0.0.1", port) as client:
+            await client.publish(f"{root}/n/config", b"v1", qos=1, retain=True)
+            await client.publish(f"{root}/n/gone", b"x", qos=1, retain=True)
+            await client.publish(f"{root}/n/gone", b"", qos=1, retain=True)
+    async with EmbeddedBroker(port=port, retained_file=path):
+        async with aiomqtt.Client("127.0.0.1", port) as client:
+            await client.subscribe(f"{root}/#", qos=1)
+            async with asyncio.timeout(5):
+                message = await anext(aiter(client.messages))
+            assert (str(message.topic), message.payload, message.retain) == (f"{root}/n/config", b"v1", True)
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(QUIET):
+                    await anext(aiter(client.messages))
+
+    path.write_text("{not json")
+    async with EmbeddedBroker(port=port, retained_file=path) as broker:
+        assert broker.stats()["retained"] == 0
+    assert path.with_suffix(".json.bad").read_text() == "{not json", "an unreadable file is kept aside"
 
 
 def test_passwords_are_kept_hashed() -> None:

@@ -36,6 +36,7 @@ from amqtt.utils import gen_client_id
 
 from nodefleet.embedded.amqtt_access import AccessError, AccessList, split_shared, topic_matches
 from nodefleet.embedded.amqtt_handler import DeliveryHandler
+from nodefleet.embedded.amqtt_retained import StoredMessage
 from nodefleet.logging import get_logger
 
 log = get_logger(__name__)
@@ -46,14 +47,33 @@ _TAKEOVER_ATTEMPTS = 100
 
 
 class NodefleetBroker(Broker):
-    def __init__(self, config: dict[str, Any], *, access: AccessList) -> None:
+    def __init__(self, config: dict[str, Any], *, access: AccessList, retained: list[StoredMessage] | None = None) -> None:
         super().__init__(config)
         self.access = access
+        self._initial_retained = retained or []
+        # Bumped on every change of a retained message, so a saver knows when to write.
+        self.retained_changes = 0
         self._deliveries: set[asyncio.Task[Any]] = set()
         self._share_turn: dict[str, int] = {}
         self._password_checks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mqtt-auth")
         # What was refused or dropped, by reason, for `EmbeddedBroker.stats()` and the logs.
         self.counters: Counter[str] = Counter()
+
+    async def _start_listeners(self) -> None:
+        # amqtt's start() has just cleared the retained messages; restore ours before anyone can connect.
+        for message in self._initial_retained:
+            self._retained_messages[message.topic] = RetainedApplicationMessage(
+                None, message.topic, message.payload, message.qos
+            )
+        await super()._start_listeners()
+
+    async def retain_message(self, source_session: Session | None, topic_name: str | None, data: Any,
+                             qos: int | None = None) -> None:
+        await super().retain_message(source_session, topic_name, data, qos)
+        self.retained_changes += 1
+
+    def retained_snapshot(self) -> list[StoredMessage]:
+        return [StoredMessage(topic, bytes(m.data), m.qos or QOS_0) for topic, m in self._retained_messages.items()]
 
     # -- connecting ---------------------------------------------------------
 

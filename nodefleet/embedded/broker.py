@@ -11,15 +11,18 @@ What differs from amqtt 0.12.1 and why is in docs/embedded-broker.md.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import socket
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from amqtt.errors import BrokerError
 
 from nodefleet.embedded.amqtt_access import AccessList, TopicAccess
 from nodefleet.embedded.amqtt_broker import NodefleetBroker
+from nodefleet.embedded.amqtt_retained import RetainedFile
 from nodefleet.logging import get_logger
 
 __all__ = ["BrokerPortInUse", "EmbeddedBroker", "EmbeddedBrokerError", "TopicAccess"]
@@ -70,11 +73,21 @@ class EmbeddedBroker:
         users: Mapping[str, str] | None = None,
         acl: Mapping[str, TopicAccess] | None = None,
         allow_anonymous: bool = True,
+        retained_file: Path | None = None,
+        save_interval: float = 5.0,
     ) -> None:
-        """``users`` maps username to password; ``acl`` limits some of them (the rest get every topic)."""
+        """``users`` maps username to password; ``acl`` limits some of them (the rest get every topic).
+
+        With ``retained_file`` the retained messages survive a restart (written every
+        ``save_interval`` seconds when they changed, and on stop).
+        """
         self.host = host
         self.port = port
         self.access = AccessList(users=users, acl=acl, allow_anonymous=allow_anonymous)
+        self._retained_file = RetainedFile(retained_file) if retained_file is not None else None
+        self._save_interval = save_interval
+        self._saved_changes = 0
+        self._saver: asyncio.Task[None] | None = None
         self._broker: NodefleetBroker | None = None
 
     @property
@@ -96,7 +109,8 @@ class EmbeddedBroker:
             "listeners": {"default": {"type": "tcp", "bind": _bind_address(self.host, self.port)}},
             "plugins": {},  # access control is ours; no $SYS or entry-point plugins
         }
-        broker = NodefleetBroker(config, access=self.access)
+        retained = self._retained_file.load() if self._retained_file is not None else []
+        broker = NodefleetBroker(config, access=self.access, retained=retained)
         try:
             await broker.start()
         except BrokerError as exc:
@@ -106,8 +120,10 @@ class EmbeddedBroker:
                 raise BrokerPortInUse(self.host, self.port) from exc
             raise EmbeddedBrokerError(f"the embedded MQTT broker did not start on {self.host}:{self.port}: {exc}") from exc
         self._broker = broker
+        if self._retained_file is not None:
+            self._saver = asyncio.create_task(self._save_every_interval())
         log.info("embedded_broker_started", url=self.url, users=len(self.access.usernames()),
-                 allow_anonymous=self.access.allow_anonymous)
+                 allow_anonymous=self.access.allow_anonymous, retained=len(retained))
 
     @staticmethod
     async def _discard(broker: NodefleetBroker) -> None:
@@ -119,8 +135,28 @@ class EmbeddedBroker:
         broker, self._broker = self._broker, None
         if broker is None:
             return
+        if self._saver is not None:
+            self._saver.cancel()
+            await asyncio.gather(self._saver, return_exceptions=True)
+            await self._save(broker)  # before shutdown, which forgets the retained messages
         await broker.shutdown()
         log.info("embedded_broker_stopped", url=self.url)
+
+    async def _save_every_interval(self) -> None:
+        while True:
+            await asyncio.sleep(self._save_interval)
+            if self._broker is not None and self._broker.retained_changes != self._saved_changes:
+                await self._save(self._broker)
+
+    async def _save(self, broker: NodefleetBroker) -> None:
+        assert self._retained_file is not None
+        changes, snapshot = broker.retained_changes, broker.retained_snapshot()
+        try:
+            await asyncio.to_thread(self._retained_file.save, snapshot)
+        except OSError as exc:
+            log.error("retained_save_failed", path=str(self._retained_file.path), error=str(exc))
+            return
+        self._saved_changes = changes
 
     def stats(self) -> dict[str, int]:
         """Counts of refused connections, denied publishes and deliveries, and sessions."""
