@@ -2,7 +2,7 @@
 
     broker = EmbeddedBroker(port=1883, users={"telemetry": "s3cret"}, allow_anonymous=False)
     await broker.start()          # BrokerPortInUse if the port is taken
-    broker.set_client("ro-1", "pw", publish=["home/ro-1/#"], subscribe=["home/ro-1/set/#"])
+    broker.set_client("ro-1", "pw", publish=[topics.prefix("ro-1") + "/#"], subscribe=topics.node_inbox("ro-1"))
     ...
     await broker.stop()
 
