@@ -180,6 +180,13 @@ class NodefleetBroker(Broker):
 
     async def _run_broadcast(self, running_tasks: deque) -> None:
         broadcast = await self._broadcast_queue.get()
+        try:
+            await self._fan_out(broadcast)
+        except Exception as exc:  # raised here, it would end amqtt's broadcast loop for every client
+            self.counters["broadcast_failed"] += 1
+            log.error("mqtt_broadcast_failed", topic=broadcast.get("topic"), error=repr(exc))
+
+    async def _fan_out(self, broadcast: dict[str, Any]) -> None:
         topic = broadcast["topic"]
         # One copy per client at the highest QoS of its matching subscriptions, as Mosquitto does.
         once: dict[str, tuple[Session, int]] = {}
