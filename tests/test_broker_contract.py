@@ -360,6 +360,29 @@ def test_inflight_window_queues_the_rest_in_order(amqtt_broker, root, monkeypatc
         publisher.close()
 
 
+def test_a_failing_delivery_does_not_stop_the_broker(amqtt_broker, root, monkeypatch) -> None:
+    broker = amqtt_broker.broker._broker
+    real_deliver = broker._deliver
+
+    async def deliver(broadcast, session, qos):  # fault injected for one topic only
+        if broadcast["topic"].endswith("/boom"):
+            raise RuntimeError("injected")
+        await real_deliver(broadcast, session, qos)
+
+    monkeypatch.setattr(broker, "_deliver", deliver)
+    reader = Probe(amqtt_broker.host, amqtt_broker.port).connect()
+    publisher = Probe(amqtt_broker.host, amqtt_broker.port).connect()
+    try:
+        reader.subscribe(f"{root}/#")
+        publisher.publish(f"{root}/boom", b"lost")
+        publisher.publish(f"{root}/fine", b"delivered")
+        assert reader.get().payload == b"delivered"
+        assert amqtt_broker.call(amqtt_broker.broker.stats)["broadcast_failed"] >= 1
+    finally:
+        reader.close()
+        publisher.close()
+
+
 async def test_port_in_use_is_refused_and_stop_frees_the_port() -> None:
     import socket
 
