@@ -60,7 +60,9 @@ def _port_is_free(host: str, port: int) -> bool:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 return False
-            raise EmbeddedBrokerError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+            raise EmbeddedBrokerError(
+                f"cannot listen on {host}:{port}: {exc.strerror}; choose another address or port (--mqtt-port)"
+            ) from exc
     return True
 
 
