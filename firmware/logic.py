@@ -27,7 +27,7 @@ def check_rule(r):
     if not isinstance(d, int) or isinstance(d, bool) or not 1 <= d <= 86400:
         return "rule %s: duration must be 1-86400 seconds" % r["id"]
     days = r.get("days", DAYS)
-    if not isinstance(days, list) or not days or any(x not in DAYS for x in days):
+    if not isinstance(days, (list, tuple)) or not days or any(x not in DAYS for x in days):
         return "rule %s: days must list mon..sun" % r["id"]
     if r.get("action", "on") not in ("on", "off"):
         return "rule %s: action must be on or off" % r["id"]

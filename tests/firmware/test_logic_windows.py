@@ -48,6 +48,8 @@ def test_windows_match_the_calendar(tmp_path):
                           "duration": rng.choice([60, 1800, 3600 * 5, 86400]),
                           "days": sorted(rng.sample(WEEKDAYS, rng.randint(1, 7)), key=WEEKDAYS.index),
                           "action": rng.choice(["on", "off"]), "enabled": rng.random() > 0.1})
+        if rng.random() < 0.3:
+            del rules[0]["days"]  # omitted = every day
         cases.append((rules, rng.randrange(1_767_225_600, 1_893_456_000)))
     path = tmp_path / "cases.json"
     path.write_text("".join(json.dumps(case) + "\n" for case in cases))
