@@ -18,6 +18,7 @@ class Link:
         self.on_msg = on_msg
         self.on_up = on_up
         self.on_down = on_down
+        self.on_refused = None
         self.user = user
         self.password = password
         self.keepalive = keepalive
@@ -166,8 +167,10 @@ class Link:
                     if m is not None and m[5] is not None:
                         m[5]()
                 elif kind == SUBACK:
-                    if b"\x80" in body[2:]:
-                        raise MQTTError("subscription refused by broker")
+                    refused = [self.subs[i] for i, code in enumerate(body[2:]) if code == 0x80 and i < len(self.subs)]
+                    if refused and self.on_refused is not None:
+                        # Not fatal: under a strict ACL the node still takes what it may read.
+                        self.on_refused(refused)
                 elif kind != PINGRESP:
                     raise MQTTError("unexpected packet 0x%02x" % head)
         except asyncio.CancelledError:

@@ -51,6 +51,8 @@ class App:
             subs=[p + "/set/#", p + "/config", p + "/schedule", p + "/ota/#"],
             will=(p + "/status", b"offline", True, 1), on_msg=self.on_msg, on_up=self.on_up,
             on_down=self.on_down, max_in=MAX_IN, max_backoff=mq.get("max_backoff", 30))
+        self.link.on_refused = self.on_refused
+        self.refused_logged = False
         errlog.publish = self.publish_log
 
     # -- publishing --------------------------------------------------------
@@ -104,6 +106,12 @@ class App:
         elif not self.connect_failed:
             self.connect_failed = True
             self.errlog.add("mqtt_connect", "cannot reach the broker: " + reason, "warning", self.ts())
+
+    def on_refused(self, filters):
+        if not self.refused_logged:
+            self.refused_logged = True
+            self.errlog.add("subscribe_refused", "the broker refused " + ", ".join(filters) +
+                            ": grant the node read access to them", "warning", self.ts())
 
     def ts(self):
         return clock.now() if clock.valid() else None
