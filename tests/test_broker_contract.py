@@ -174,6 +174,7 @@ def test_unacknowledged_messages_are_redelivered_after_reconnect(probes, root) -
     back = probes(client_id=client_id, clean_session=False, manual_ack=True)
     again = back.get_many(2)
     assert sorted(payloads(again)) == [b"first", b"second"]
+    assert all(message.dup for message in again), "a resent PUBLISH carries DUP=1"
     for message in again:
         back.ack(message)
     assert back.nothing_within(QUIET) == []
