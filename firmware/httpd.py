@@ -61,7 +61,10 @@ async def _conn(r, w, route):
                 await _discard(r, min(length, 32768))
             else:
                 data = await asyncio.wait_for(r.readexactly(length), 5) if length else b""
-                status, content = route(parts[0], parts[1].split("?")[0], data, auth)
+                try:
+                    status, content = route(parts[0], parts[1].split("?")[0], data, auth)
+                except Exception as exc:  # a handler bug answers 500, the server stays up
+                    status, content = 500, {"error": "internal error: %r" % exc}
         await _answer(w, status, content)
     except Exception as exc:  # one bad client never stops the server
         try:

@@ -44,11 +44,14 @@ class Node:
     def payload(self):
         p = {"v": 1, "seq": self.state_seq, "relay": "ON" if self.relay else "OFF", "mode": self.mode(),
              "time_valid": clock.valid()}
-        for k in ("rule", "run_id", "until"):
+        for k in ("rule", "run_id"):
             if getattr(self, k) is not None:
                 p[k] = getattr(self, k)
         if clock.valid():
+            # Without valid time an epoch would mislead; the timer still runs on the local clock.
             p["ts"] = clock.now()
+            if self.until is not None:
+                p["until"] = self.until
         return p
 
     def _save(self):
