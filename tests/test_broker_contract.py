@@ -124,6 +124,18 @@ def test_will_published_when_a_client_goes_silent(probes, root) -> None:
     assert watcher.get(timeout=8).payload == b"offline"  # Mosquitto checks keepalives about every 5 s
 
 
+def test_an_idle_client_that_pings_stays_connected(probes, root) -> None:
+    status = f"{root}/n/status"
+    watcher = probes()
+    watcher.subscribe(status)
+    node = probes(will=(status, b"offline", 1, True), keepalive=1)
+    node.subscribe(f"{root}/n/set/#")
+    time.sleep(2.5)  # idle past 1.5 x keepalive, only PINGREQs go out
+    probes().publish(f"{root}/n/set/switch", b"ON")
+    assert node.get().payload == b"ON"
+    assert watcher.nothing_within(QUIET) == [], "no will while the client pings"
+
+
 def test_a_new_connection_takes_over_the_client_id_of_a_dead_one(probes, root) -> None:
     """A node that rebooted reconnects before the broker noticed its old connection was gone."""
     client_id = f"node-{uuid.uuid4().hex[:8]}"
