@@ -8,7 +8,7 @@ from mqtt import PINGRESP, PUBACK, PUBLISH, SUBACK, MQTTError, Proto, parse_publ
 
 
 class Link:
-    def __init__(self, *, host, port, client_id, subs, will, on_msg, on_up, on_down,
+    def __init__(self, *, host, port, client_id, subs, will, on_msg, on_up, on_down, on_refused=None,
                  user=None, password=None, keepalive=60, max_queue=24, max_in=4096, max_backoff=60):
         self.host = host
         self.port = port
@@ -18,7 +18,7 @@ class Link:
         self.on_msg = on_msg
         self.on_up = on_up
         self.on_down = on_down
-        self.on_refused = None
+        self.on_refused = on_refused
         self.user = user
         self.password = password
         self.keepalive = keepalive
