@@ -396,6 +396,32 @@ def test_a_failing_delivery_does_not_stop_the_broker(amqtt_broker, root, monkeyp
         publisher.close()
 
 
+def test_a_full_session_queue_drops_and_counts(amqtt_broker, root, monkeypatch) -> None:
+    from nodefleet.embedded import amqtt_broker as embedded, amqtt_handler
+
+    monkeypatch.setattr(amqtt_handler, "MAX_INFLIGHT", 2)
+    monkeypatch.setattr(embedded, "MAX_QUEUED", 3)
+    service = Probe(amqtt_broker.host, amqtt_broker.port, manual_ack=True).connect()
+    publisher = Probe(amqtt_broker.host, amqtt_broker.port).connect()
+    try:
+        service.subscribe(f"{root}/+/telemetry", qos=1)
+        before = amqtt_broker.call(amqtt_broker.broker.stats).get("queue_full_dropped", 0)
+        for seq in range(8):
+            publisher.publish(f"{root}/n/telemetry", str(seq).encode(), qos=1)
+        received = service.get_many(2)
+        time.sleep(QUIET)
+        assert amqtt_broker.call(amqtt_broker.broker.stats)["queue_full_dropped"] - before == 3
+        while len(received) < 5:  # two in flight, three queued, three dropped
+            for message in received[-2:]:
+                service.ack(message)
+            received += service.get_many(min(2, 5 - len(received)))
+        assert payloads(received) == [str(seq).encode() for seq in range(5)]
+        assert service.nothing_within(QUIET) == []
+    finally:
+        service.close()
+        publisher.close()
+
+
 async def test_port_in_use_is_refused_and_stop_frees_the_port() -> None:
     import socket
 

@@ -44,6 +44,8 @@ log = get_logger(__name__)
 # A client silent for this many keepalive periods is dropped (MQTT 3.1.1, 3.1.2.10).
 KEEPALIVE_GRACE = 1.5
 _TAKEOVER_ATTEMPTS = 100
+# Messages waiting per session beyond the in-flight window, as max_queued_messages in our Mosquitto config.
+MAX_QUEUED = 1_000_000
 
 
 class NodefleetBroker(Broker):
@@ -228,6 +230,12 @@ class NodefleetBroker(Broker):
                 handler.start_delivery(topic, broadcast["data"], QOS_0)
             return
         if not connected and session.clean_session:
+            return
+        if session.retained_messages.qsize() >= MAX_QUEUED:
+            self.counters["queue_full_dropped"] += 1
+            if self.counters["queue_full_dropped"] % 10_000 == 1:
+                log.error("mqtt_queue_full", client_id=session.client_id, limit=MAX_QUEUED,
+                          dropped=self.counters["queue_full_dropped"])
             return
         # QoS 1 goes through the session's queue, so order holds when the in-flight window is full.
         session.retained_messages.put_nowait(RetainedApplicationMessage(broadcast["session"], topic, broadcast["data"], qos))
