@@ -17,6 +17,7 @@ from link import Link
 
 MAX_IN = 4096
 NTP_EVERY_MS = 6 * 3600 * 1000
+HOLD_MS = 5000
 CAPS = ["switch", "temperature", "humidity", "schedule"]
 
 
@@ -260,6 +261,22 @@ class App:
                 self.node.changed()
             await asyncio.sleep_ms(250)
 
+    async def button_loop(self):
+        # A press toggles the relay by hand; held for HOLD_MS it restarts into provisioning mode.
+        held_since = None
+        while True:
+            await asyncio.sleep_ms(50)
+            if hal.button():
+                if held_since is None:
+                    held_since = time.ticks_ms()
+                elif time.ticks_diff(time.ticks_ms(), held_since) >= HOLD_MS:
+                    hal.restart()
+            elif held_since is not None:
+                held_since = None
+                err = self.node.switch("TOGGLE")
+                if err:
+                    self.bad("button", err)
+
     async def telemetry_loop(self):
         last = time.ticks_ms()
         while True:
@@ -285,6 +302,7 @@ async def run(**kw):
     asyncio.create_task(app.wifi_loop())
     asyncio.create_task(app.logic_loop())
     asyncio.create_task(app.telemetry_loop())
+    asyncio.create_task(app.button_loop())
     import web
 
     await web.start(app)

@@ -171,6 +171,10 @@ class SimNode:
         """One control command (get, wifi 0|1, button 0|1, clock EPOCH); the board's state after it."""
         if self.ctl_port is None:
             raise SimError(f"node {self.name} runs without a control channel")
+        words = command.split()
+        if words[:1] == ["button"] and len(words) == 2:
+            # The button is physical: still held (or not) when the node boots again.
+            self.env["NF_BUTTON"] = words[1]
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             try:

@@ -110,3 +110,18 @@ async def test_a_command_flood_is_answered_in_order(node, watch):
     print(f"heap under a 200-command flood: live peak {board['heap_live_peak']} B, "
           f"peak before collection {board['heap_peak']} B, free now {board['heap_free']} B")
     assert board["heap_live_peak"] <= 90 * 1024
+
+
+async def test_button_toggles_and_a_long_hold_enters_provisioning(node, watch):
+    mark = watch.mark()
+    await node.ctl("button 1")
+    await asyncio.sleep(0.2)
+    await node.ctl("button 0")
+    on = await watch.wait("state", lambda s: s["relay"] == "ON", since=mark)
+    assert on["mode"] == "manual" and (await node.ctl())["relay"] == 1
+
+    await node.ctl("button 1")  # held: after 5 s the node restarts; still held at boot = provisioning
+    from .http import poll
+
+    info = await poll(node.http_port, "/api/info", lambda i: i.get("mode") == "provisioning", timeout=15)
+    assert info["wifi_stored"] and node.restarts == 1
