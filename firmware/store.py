@@ -16,7 +16,12 @@ def save(name, obj):
     tmp = name + ".tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f)
-    os.rename(tmp, name)
+    try:
+        os.rename(tmp, name)  # atomic on littlefs, the ESP32 default
+    except OSError:
+        # FAT will not rename over a file: not atomic there, so keep littlefs on the device.
+        remove(name)
+        os.rename(tmp, name)
 
 
 def remove(name):
