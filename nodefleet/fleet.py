@@ -124,14 +124,16 @@ class ErrorReporter:
 
     def report(self, code: str, detail: str, *, topic: str | None = None, node: str | None = None) -> None:
         self.counts[code] = self.counts.get(code, 0) + 1
-        log.warning("rejected", code=code, detail=detail, topic=topic, node=node)
         now = time.time()
         bucket = self._buckets.setdefault(code, _Bucket(now))
         if now - bucket.window_start >= self.window:
             bucket.window_start, bucket.sent = now, 0
         if bucket.sent >= self.burst:
+            # A flood of bad input must not flood the log either: the count keeps it.
             bucket.suppressed += 1
+            log.debug("rejected", code=code, detail=detail, topic=topic, node=node)
             return
+        log.warning("rejected", code=code, detail=detail, topic=topic, node=node, suppressed=bucket.suppressed)
         try:
             event = ErrorEvent(
                 ts=now, service=self.service, code=code, detail=detail[:1024],

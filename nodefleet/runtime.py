@@ -249,7 +249,11 @@ class Runtime:
             raise StartupError(
                 f"the embedded MQTT broker is not available ({exc}): use an existing broker with --broker mqtt://host:port"
             ) from exc
-        broker = EmbeddedBroker(host=self.options.mqtt_host, port=self.options.mqtt_port)
+        # Retained config, schedules and states must survive a restart of `nodefleet up`.
+        broker = EmbeddedBroker(
+            host=self.options.mqtt_host, port=self.options.mqtt_port,
+            retained_file=self.options.data_dir / "retained.json",
+        )
         try:
             await broker.start()
         except BrokerPortInUse as exc:

@@ -31,8 +31,10 @@ class CommonSettings(BaseSettings):
     topic_root: str = Field(default="home", description="Root of node topics")
     fleet_root: str = Field(default="fleet", description="Root of fleet request and event topics")
     instance: str = Field(
-        default_factory=lambda: f"{os.uname().nodename[:40]}-{os.getpid()}".replace(".", "-"),
-        description="Name of this running instance (client ids, service status)",
+        # Stable across restarts, so a restart reuses its retained status topic; set it
+        # when several instances of one service run on the same host.
+        default_factory=lambda: "".join(c if c.isalnum() or c in "-_" else "-" for c in os.uname().nodename)[:40] or "local",
+        description="Name of this running instance (status topic, control client id)",
     )
     log_format: LogFormat = "auto"
     log_level: str = "info"

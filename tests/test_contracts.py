@@ -86,7 +86,7 @@ def test_topics_build_and_parse() -> None:
         c.Topics(root="home/#")
 
 
-_TOPIC_LITERAL = re.compile(r"""["'][^"'\n]*\b(?:telemetry|state|status|schedule|config|info|ack|log|set|request|reply|errors)/[^"'\n]*["']|["'](?:home|fleet)/[^"'\n]*["']""")
+_TOPIC_LITERAL = re.compile(r"""["'][^"'\n]*\b(?:telemetry|state|status|schedule|config|info|ack|log|set|request|reply|errors)/[^"'\n]*["']|["'](?:home|fleet|\$share)/[^"'\n]*["']""")
 
 
 def test_no_topic_literal_outside_the_contracts_module() -> None:

@@ -18,6 +18,9 @@ NODE_NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,62}"
 _NODE_NAME = re.compile(NODE_NAME_PATTERN)
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
+SHARED_PREFIX = "$share/"
+"""MQTT shared subscriptions: ``$share/<group>/<filter>``."""
+
 ONLINE = "online"
 OFFLINE = "offline"
 
@@ -129,6 +132,11 @@ class Topics:
 
     def node_or_all(self, kind: NodeTopic, node: str | None) -> str:
         return self.node(node, kind) if node else self.all_nodes(kind)
+
+    @staticmethod
+    def shared(group: str, topic_filter: str) -> str:
+        """``topic_filter`` as a shared subscription: instances in ``group`` split the messages."""
+        return f"{SHARED_PREFIX}{_validate_segment(group, 'shared group')}/{topic_filter}"
 
     def node_inbox(self, node: str) -> list[str]:
         """What a node subscribes to: only what is addressed to it."""

@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-SHARE_PREFIX = "$share/"
+from ..contracts.topics import SHARED_PREFIX
 
 # scrypt cost: about 20 ms and 8 MiB per check here, so a stolen dump is slow to crack.
 _SCRYPT = {"n": 2**13, "r": 8, "p": 1}
@@ -27,9 +27,9 @@ class AccessError(ValueError):
 
 def split_shared(topic_filter: str) -> tuple[str | None, str]:
     """``$share/<group>/<filter>`` -> (group, filter); any other filter -> (None, filter)."""
-    if not topic_filter.startswith(SHARE_PREFIX):
+    if not topic_filter.startswith(SHARED_PREFIX):
         return None, topic_filter
-    group, sep, real = topic_filter[len(SHARE_PREFIX):].partition("/")
+    group, sep, real = topic_filter[len(SHARED_PREFIX):].partition("/")
     if not group or not sep or not real or "+" in group or "#" in group:
         raise AccessError(f"bad shared subscription {topic_filter!r}: use $share/<group>/<filter>")
     return group, real

@@ -64,7 +64,7 @@ async def _maintenance_loop(pool: asyncpg.Pool, settings: TelemetrySettings) -> 
 def ingest_filters(settings: TelemetrySettings) -> list[str]:
     filters = [settings.topics.all_nodes(kind) for kind in SUBSCRIBED_KINDS]
     if settings.shared_group:
-        filters = [f"$share/{settings.shared_group}/{f}" for f in filters]
+        filters = [settings.topics.shared(settings.shared_group, f) for f in filters]
     return filters
 
 
