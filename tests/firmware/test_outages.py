@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 from nodefleet.contracts import Schedule
@@ -76,3 +77,38 @@ async def test_broker_restart_reconnects_and_resubscribes(make_node, topics):
             assert not watch.invalid, watch.invalid
     finally:
         broker.stop()
+
+
+async def test_offline_queue_is_bounded_and_counts_what_it_drops(make_node, watch):
+    node = make_node()
+    mqtt = node.read("mqtt.json")
+    node.write("mqtt.json", {**mqtt, "max_queue": 4})
+    await node.start()
+    await watch.wait("state", timeout=15)
+    await node.ctl("wifi 0")
+    await asyncio.sleep(7)  # one telemetry message a second: more than the queue holds
+    mark = watch.mark()
+    await node.ctl("wifi 1")
+    await watch.wait("status", lambda s: s == "online", since=mark, timeout=15)
+    await watch.wait("telemetry", lambda t: t["readings"]["mqtt_dropped"] > 0, since=mark, timeout=5)
+    # What was kept is the newest, in order; seq shows the gap the drops left.
+    seqs = [t["seq"] for t in watch.found("telemetry", since=mark)]
+    assert seqs == sorted(seqs)
+
+
+async def test_power_cuts_during_flash_writes_never_corrupt_the_files(node, watch):
+    for round_ in range(3):
+        for i in range(60):
+            await watch.send("switch", {"state": "ON" if i % 2 else "OFF", "id": f"w{round_}-{i}"}, qos=0)
+        await asyncio.sleep(0.05 * (round_ + 1))  # somewhere in the middle of the writes
+        await node.kill()
+        for name in ("state.json", "seq.json", "boot.json", "errlog.json", "config.json", "wifi.json", "mqtt.json"):
+            path = node.flash_dir / name
+            if path.exists():
+                json.loads(path.read_text())  # every file is whole: old or new, never half
+        mark = watch.mark()
+        await node.start()
+        await watch.wait("state", since=mark, timeout=15)
+    ack = await watch.command("switch", {"state": "ON"})
+    assert ack["status"] == "ok"
+    assert node.read("boot.json")["count"] == 4
