@@ -34,7 +34,6 @@ class Link:
         self._pid = 0
         self._ev = asyncio.Event()
         self._err = None
-        self._proto = None
 
     def publish(self, topic, payload, retain=False, qos=0, key=None, on_acked=None):
         if key is not None:
@@ -80,22 +79,19 @@ class Link:
         task = None
         try:
             await asyncio.wait_for(proto.connect(self.client_id, self.keepalive, self.user, self.password, self.will), 5)
-            self._proto = proto
             self._err = None
             self._pubacks = []
             self._last_rx = time.ticks_ms()
             await proto.subscribe(self._next_pid(), self.subs)
             # Unacknowledged QoS 1 messages go out again first, marked DUP.
-            for pid in sorted(self.inflight):
-                m = self.inflight.pop(pid)
-                self.queue.insert(0, m)
+            for pid in sorted(self.inflight, reverse=True):
+                self.queue.insert(0, self.inflight.pop(pid))
             task = asyncio.create_task(self._reader(proto))
             self.up = True
             self.connects += 1
             self.on_up()
             await self._writer(proto)
         finally:
-            self._proto = None
             if task is not None:
                 task.cancel()
             try:
