@@ -153,7 +153,7 @@ class Link:
                     else:
                         topic, payload, qos, pid = parse_publish(head, body)
                         size = len(payload)
-                    self.on_msg(topic, payload, size)
+                    self.on_msg(topic, payload, size, head & 0x01)
                     if qos:
                         # Sent by the writer together with what the handler published.
                         self._pubacks.append(pid)

@@ -121,13 +121,13 @@ class App:
         self.bad_input += 1
         self.errlog.add(code, msg, "warning", self.ts())
 
-    def on_msg(self, topic, payload, size):
+    def on_msg(self, topic, payload, size, retained):
         try:
-            self._dispatch(topic.decode(), payload, size)
+            self._dispatch(topic.decode(), payload, size, retained)
         except Exception as exc:  # a handler bug must not end the session
             self.bad("handler_error", repr(exc))
 
-    def _dispatch(self, topic, payload, size):
+    def _dispatch(self, topic, payload, size, retained):
         if not topic.startswith(self.prefix + "/"):
             return
         kind = topic[len(self.prefix) + 1:]
@@ -135,6 +135,11 @@ class App:
             self.bad("payload_too_large", "%s payload of %d bytes is over the %d-byte limit: dropped" % (kind, size, MAX_IN))
             return
         if kind.startswith("set/"):
+            if retained:
+                # A retained command would replay at every connect and switch the relay at boot.
+                if payload:
+                    self.bad("retained_command", "%s is retained: ignored; clear it with an empty retained message" % kind)
+                return
             cid, err = commands.handle(self, kind[4:], payload)
             if err:
                 self.bad_input += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from nodefleet.contracts import Ack, State
+from nodefleet.contracts.topics import Command
 
 from .test_logic import _led
 
@@ -125,3 +126,17 @@ async def test_button_toggles_and_a_long_hold_enters_provisioning(node, watch):
 
     info = await poll(node.http_port, "/api/info", lambda i: i.get("mode") == "provisioning", timeout=15)
     assert info["wifi_stored"] and node.restarts == 1
+
+
+async def test_a_retained_command_never_switches_the_relay(make_node, watch, topics):
+    # Someone retained a switch command by mistake: the node must not switch at every boot.
+    await watch.client.publish(topics.set("node-1", Command.SWITCH), "ON", qos=1, retain=True)
+    node = make_node()
+    await node.start()
+    entry = await watch.wait("log", lambda e: e["code"] == "retained_command", timeout=15)
+    assert "clear it" in entry["msg"]
+    assert (await node.ctl())["relay"] == 0
+    await watch.client.publish(topics.set("node-1", Command.SWITCH), b"", qos=1, retain=True)
+    # Live commands on the same topic still work.
+    assert (await watch.command("switch", {"state": "ON"}))["status"] == "ok"
+    assert (await node.ctl())["relay"] == 1
