@@ -1,7 +1,8 @@
 """The users and topic ACL of the secured brokers the contract tests start (Mosquitto and amqtt alike).
 
 A service user may use every topic; each node user may publish only under
-``secure/<node>/`` and subscribe only to ``secure/<node>/set/#``, the shape the
+``secure/<node>/`` and subscribe only to what is addressed to it
+(``Topics.node_inbox``: its commands, config, schedule and OTA), the shape the
 provisioner gives real nodes.
 """
 
@@ -11,6 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from nodefleet.contracts import Topics
 from nodefleet.embedded.broker import TopicAccess
 
 PREFIX = "secure"
@@ -19,7 +21,8 @@ NODES = {"node-a": "node-a-pw", "node-b": "node-b-pw"}
 
 
 def node_access(node: str) -> TopicAccess:
-    return TopicAccess(publish=(f"{PREFIX}/{node}/#",), subscribe=(f"{PREFIX}/{node}/set/#",))
+    topics = Topics(root=PREFIX)
+    return TopicAccess(publish=(f"{topics.prefix(node)}/#",), subscribe=tuple(topics.node_inbox(node)))
 
 
 def users() -> dict[str, str]:

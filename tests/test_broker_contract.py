@@ -300,7 +300,7 @@ def test_anonymous_refused_when_secured(secure_probes) -> None:
 def test_node_cannot_publish_outside_its_prefix(secure_probes) -> None:
     tag = uuid.uuid4().hex[:8]
     service = secure_probes(SERVICE[0])
-    service.subscribe(f"{PREFIX}/#")
+    service.subscribe(f"{PREFIX}/+/{tag}")  # scoped: other tests leave retained messages under PREFIX
     node = secure_probes("node-a")
     node.publish(f"{PREFIX}/node-b/{tag}", b"forged")  # 3.1.1 has no refusal: the broker drops it
     node.publish(f"{PREFIX}/node-a/{tag}", b"own")
@@ -335,7 +335,7 @@ def test_clients_added_and_removed_at_run_time(secured_amqtt) -> None:
     service = Probe(secured_amqtt.host, secured_amqtt.port, username=SERVICE[0], password=SERVICE[1]).connect()
     client = Probe(secured_amqtt.host, secured_amqtt.port, username=node, password="pw-1").connect()
     try:
-        service.subscribe(f"{PREFIX}/#")
+        service.subscribe(f"{PREFIX}/+/{tag}")
         client.publish(f"{PREFIX}/node-a/{tag}", b"forged")
         client.publish(f"{PREFIX}/{node}/{tag}", b"own")
         assert service.get().payload == b"own"

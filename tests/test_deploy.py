@@ -38,3 +38,4 @@ def test_production_broker_holds_the_limits_the_tests_use() -> None:
     )
     assert int(conf["max_inflight_messages"]) == mosquitto.INFLIGHT
     assert int(conf["max_queued_messages"]) == mosquitto.QUEUED
+    assert conf["set_tcp_nodelay"] == "true"

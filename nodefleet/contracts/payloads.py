@@ -202,6 +202,7 @@ class TimeCommand(Payload):
     """``home/N/set/time``: backend time, the fallback when NTP is unreachable."""
 
     ts: Epoch
+    id: Identifier | None = None
 
 
 def parse_switch(raw: bytes | str) -> SwitchCommand:
