@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..backoff import Backoff
 from ..logging import get_logger
 from ..mqtt import BrokerAddress
 from . import packets
@@ -151,9 +152,9 @@ class AckingSubscriber:
 
     async def run(self) -> None:
         """Connect, subscribe and keep the link alive; reconnect with backoff until cancelled."""
-        delay = 0.2
+        backoff = Backoff(most=self.max_backoff)
         while True:
-            started = time.monotonic()
+            backoff.attempt()
             try:
                 await self._session()
                 log.warning("mqtt_connection_lost", broker=self.address.url)
@@ -162,16 +163,13 @@ class AckingSubscriber:
                 raise
             except (OSError, TimeoutError, ProtocolError, ConnectionRefused) as exc:
                 log.warning("mqtt_connect_failed", broker=self.address.url, error=str(exc) or type(exc).__name__,
-                            retry_in=round(delay, 2))
+                            retry_in=round(backoff.next_pause, 2))
             finally:
                 self.subscribed.clear()
                 link, self._link = self._link, None
                 if link is not None and link.transport is not None:
                     link.transport.abort()
-            if time.monotonic() - started > 10:
-                delay = 0.2
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.max_backoff)
+            await backoff.wait()
 
     async def _session(self) -> None:
         loop = asyncio.get_running_loop()

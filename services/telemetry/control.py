@@ -8,10 +8,10 @@ database.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import aiomqtt
 
+from nodefleet.backoff import Backoff
 from nodefleet.contracts import OFFLINE, ONLINE
 from nodefleet.contracts.queries import TELEMETRY_SERVICE
 from nodefleet.fleet import ErrorReporter, Handler, answer
@@ -36,18 +36,16 @@ class ControlPlane:
 
     async def run(self) -> None:
         """Stay connected (reconnect with backoff) until cancelled."""
-        delay = 0.2
+        backoff = Backoff()
         while True:
-            started = time.monotonic()
+            backoff.attempt()
             try:
                 await self._session()
             except aiomqtt.MqttError as exc:
-                log.warning("control_connection_lost", broker=self.address.url, error=str(exc), retry_in=round(delay, 2))
+                log.warning("control_connection_lost", broker=self.address.url, error=str(exc),
+                            retry_in=round(backoff.next_pause, 2))
             self.ready.clear()
-            if time.monotonic() - started > 10:
-                delay = 0.2
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            await backoff.wait()
 
     async def _session(self) -> None:
         will = aiomqtt.Will(self.status_topic, OFFLINE, qos=1, retain=True)

@@ -7,11 +7,11 @@ Exception tree at this seam::
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import asyncpg
 
+from nodefleet.backoff import Backoff
 from nodefleet.logging import get_logger
 
 log = get_logger(__name__)
@@ -65,11 +65,11 @@ async def create_pool(dsn: str, *, size: int = 3) -> asyncpg.Pool:
 
 async def retry_forever(what: str, attempt, *, max_delay: float = 10.0):
     """Await ``attempt()`` until it succeeds, logging each failure and backing off."""
-    delay = 0.2
+    backoff = Backoff(most=max_delay, reset_after=float("inf"))
     while True:
         try:
             return await attempt()
         except (StorageUnavailable, *TRANSIENT) as exc:
-            log.warning("database_unavailable", doing=what, error=str(exc) or type(exc).__name__, retry_in=round(delay, 2))
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, max_delay)
+            log.warning("database_unavailable", doing=what, error=str(exc) or type(exc).__name__,
+                        retry_in=round(backoff.next_pause, 2))
+        await backoff.wait()

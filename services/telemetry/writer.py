@@ -10,10 +10,9 @@ and seq within ``dedup_window`` seconds of its received time.
 
 from __future__ import annotations
 
-import asyncio
-
 import asyncpg
 
+from nodefleet.backoff import Backoff
 from nodefleet.logging import get_logger
 
 from . import schema
@@ -117,7 +116,7 @@ class BatchWriter:
 
     async def write(self, batch: Decoded) -> list[Rejected]:
         """Commit ``batch``, retrying passing failures forever; return rows refused by the database."""
-        delay = 0.2
+        backoff = Backoff(most=self.max_delay, reset_after=float("inf"))
         one_by_one = refreshed = False
         while True:
             try:
@@ -132,11 +131,10 @@ class BatchWriter:
                 return []
             except (StorageUnavailable, *TRANSIENT) as exc:
                 self.failures += 1
-                log.warning("batch_write_failed", error=str(exc) or type(exc).__name__, retry_in=round(delay, 2),
+                log.warning("batch_write_failed", error=str(exc) or type(exc).__name__, retry_in=round(backoff.next_pause, 2),
                             telemetry=len(batch.telemetry))
                 await self.close()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_delay)
+                await backoff.wait()
             except asyncpg.CheckViolationError as exc:
                 if refreshed:
                     log.warning("batch_refused", error=str(exc))
