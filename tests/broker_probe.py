@@ -18,6 +18,14 @@ import paho.mqtt.client as mqtt
 TIMEOUT = 5.0
 
 
+QUIET = 0.4
+"""How long "nothing arrives" is watched for."""
+
+
+def payloads(messages) -> list[bytes]:
+    return [m.payload for m in messages]
+
+
 class ProbeError(AssertionError):
     """The broker did not answer as the test expected."""
 

@@ -82,6 +82,12 @@ def topics() -> Topics:
 
 
 @pytest.fixture
+def root(topics: Topics) -> str:
+    """A node topic root no other test uses."""
+    return topics.root
+
+
+@pytest.fixture
 async def database(postgres: EmbeddedPostgres) -> AsyncIterator[str]:
     """A fresh, empty database for one test; its DSN."""
     name = f"test_{uuid.uuid4().hex[:12]}"

@@ -8,24 +8,14 @@ Run with NODEFLEET_AMQTT_UNPATCHED=1 to see which tests plain amqtt 0.12.1 fails
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 
 import pytest
-from broker_probe import Probe
+from broker_probe import QUIET, Probe, payloads
 from broker_security import NODES, PREFIX, SERVICE
 
 pytestmark = pytest.mark.timeout(30)
-
-QUIET = 0.4  # how long "nothing arrives" is watched for
-
-
-@pytest.fixture
-def root(topics) -> str:
-    """A topic prefix no other test uses."""
-    return topics.root
-
 
 @pytest.fixture
 def probes(broker):
@@ -41,10 +31,6 @@ def probes(broker):
     yield make
     for probe in made:
         probe.close()
-
-
-def payloads(messages) -> list[bytes]:
-    return [m.payload for m in messages]
 
 
 # -- retained messages --------------------------------------------------------
@@ -322,169 +308,3 @@ def test_node_receives_only_its_own_commands(secure_probes) -> None:
     got = node.get()
     assert (got.topic, got.payload) == (f"{PREFIX}/node-a/set/{tag}", b"for a")
     assert node.nothing_within(QUIET) == []
-
-
-# -- the embedded broker only: what the provisioner and `nodefleet up` use beyond MQTT ------------
-
-
-def test_clients_added_and_removed_at_run_time(secured_amqtt) -> None:
-    broker = secured_amqtt.broker
-    tag = uuid.uuid4().hex[:8]
-    node = f"node-{tag}"
-    secured_amqtt.call(broker.set_client, node, "pw-1", publish=[f"{PREFIX}/{node}/#"], subscribe=[f"{PREFIX}/{node}/set/#"])
-    service = Probe(secured_amqtt.host, secured_amqtt.port, username=SERVICE[0], password=SERVICE[1]).connect()
-    client = Probe(secured_amqtt.host, secured_amqtt.port, username=node, password="pw-1").connect()
-    try:
-        service.subscribe(f"{PREFIX}/+/{tag}")
-        client.publish(f"{PREFIX}/node-a/{tag}", b"forged")
-        client.publish(f"{PREFIX}/{node}/{tag}", b"own")
-        assert service.get().payload == b"own"
-        assert service.nothing_within(QUIET) == []
-        assert secured_amqtt.call(broker.stats)["publish_denied"] >= 1
-
-        assert secured_amqtt.call(broker.remove_client, node) is True
-        time.sleep(0.2)
-        assert not client.client.is_connected(), "a removed client's connection is closed"
-        assert Probe(secured_amqtt.host, secured_amqtt.port, username=node, password="pw-1").try_connect() != 0
-    finally:
-        service.close()
-        client.close()
-
-
-def test_inflight_window_queues_the_rest_in_order(amqtt_broker, root, monkeypatch) -> None:
-    from nodefleet.embedded import amqtt_handler
-
-    monkeypatch.setattr(amqtt_handler, "MAX_INFLIGHT", 5)
-    service = Probe(amqtt_broker.host, amqtt_broker.port, manual_ack=True).connect()
-    publisher = Probe(amqtt_broker.host, amqtt_broker.port).connect()
-    try:
-        service.subscribe(f"{root}/+/telemetry", qos=1)
-        for seq in range(12):
-            publisher.publish(f"{root}/n/telemetry", str(seq).encode(), qos=1)
-        received = service.get_many(5)
-        assert service.nothing_within(QUIET) == [], "no more than the window before a PUBACK"
-        while len(received) < 12:
-            for message in received[-5:]:
-                service.ack(message)
-            received += service.get_many(min(5, 12 - len(received)))
-        assert payloads(received) == [str(seq).encode() for seq in range(12)]
-    finally:
-        service.close()
-        publisher.close()
-
-
-def test_a_failing_delivery_does_not_stop_the_broker(amqtt_broker, root, monkeypatch) -> None:
-    broker = amqtt_broker.broker._broker
-    real_deliver = broker._deliver
-
-    async def deliver(broadcast, session, qos):  # fault injected for one topic only
-        if broadcast["topic"].endswith("/boom"):
-            raise RuntimeError("injected")
-        await real_deliver(broadcast, session, qos)
-
-    monkeypatch.setattr(broker, "_deliver", deliver)
-    reader = Probe(amqtt_broker.host, amqtt_broker.port).connect()
-    publisher = Probe(amqtt_broker.host, amqtt_broker.port).connect()
-    try:
-        reader.subscribe(f"{root}/#")
-        publisher.publish(f"{root}/boom", b"lost")
-        publisher.publish(f"{root}/fine", b"delivered")
-        assert reader.get().payload == b"delivered"
-        assert amqtt_broker.call(amqtt_broker.broker.stats)["broadcast_failed"] >= 1
-    finally:
-        reader.close()
-        publisher.close()
-
-
-def test_a_full_session_queue_drops_and_counts(amqtt_broker, root, monkeypatch) -> None:
-    from nodefleet.embedded import amqtt_broker as embedded, amqtt_handler
-
-    monkeypatch.setattr(amqtt_handler, "MAX_INFLIGHT", 2)
-    monkeypatch.setattr(embedded, "MAX_QUEUED", 3)
-    service = Probe(amqtt_broker.host, amqtt_broker.port, manual_ack=True).connect()
-    publisher = Probe(amqtt_broker.host, amqtt_broker.port).connect()
-    try:
-        service.subscribe(f"{root}/+/telemetry", qos=1)
-        before = amqtt_broker.call(amqtt_broker.broker.stats).get("queue_full_dropped", 0)
-        for seq in range(8):
-            publisher.publish(f"{root}/n/telemetry", str(seq).encode(), qos=1)
-        received = service.get_many(2)
-        time.sleep(QUIET)
-        assert amqtt_broker.call(amqtt_broker.broker.stats)["queue_full_dropped"] - before == 3
-        while len(received) < 5:  # two in flight, three queued, three dropped
-            for message in received[-2:]:
-                service.ack(message)
-            received += service.get_many(min(2, 5 - len(received)))
-        assert payloads(received) == [str(seq).encode() for seq in range(5)]
-        assert service.nothing_within(QUIET) == []
-    finally:
-        service.close()
-        publisher.close()
-
-
-async def test_port_in_use_is_refused_and_stop_frees_the_port() -> None:
-    import socket
-
-    from nodefleet.embedded.broker import BrokerPortInUse, EmbeddedBroker
-    from nodefleet.embedded.mosquitto import free_port
-
-    port = free_port()
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", port))
-        taken.listen()
-        with pytest.raises(BrokerPortInUse, match=rf"127\.0\.0\.1:{port}.*--mqtt-port"):
-            await EmbeddedBroker(port=port).start()
-    broker = EmbeddedBroker(port=port)
-    await broker.start()
-    await broker.stop()
-    again = EmbeddedBroker(port=port)
-    await again.start()  # the port was given back
-    await again.stop()
-
-
-async def test_retained_messages_survive_a_restart_with_a_retained_file(tmp_path, root) -> None:
-    import aiomqtt
-
-    from nodefleet.embedded.broker import EmbeddedBroker
-    from nodefleet.embedded.mosquitto import free_port
-
-    path, port = tmp_path / "retained.json", free_port()
-    async with EmbeddedBroker(port=port, retained_file=path):
-        async with aiomqtt.Client("127.0.0.1", port) as client:
-            await client.publish(f"{root}/n/config", b"v1", qos=1, retain=True)
-            await client.publish(f"{root}/n/gone", b"x", qos=1, retain=True)
-            await client.publish(f"{root}/n/gone", b"", qos=1, retain=True)
-    async with EmbeddedBroker(port=port, retained_file=path):
-        async with aiomqtt.Client("127.0.0.1", port) as client:
-            await client.subscribe(f"{root}/#", qos=1)
-            async with asyncio.timeout(5):
-                message = await anext(aiter(client.messages))
-            assert (str(message.topic), message.payload, message.retain) == (f"{root}/n/config", b"v1", True)
-            with pytest.raises(TimeoutError):
-                async with asyncio.timeout(QUIET):
-                    await anext(aiter(client.messages))
-
-    path.write_text("{not json")
-    async with EmbeddedBroker(port=port, retained_file=path) as broker:
-        assert broker.stats()["retained"] == 0
-    assert path.with_suffix(".json.bad").read_text() == "{not json", "an unreadable file is kept aside"
-
-
-def test_passwords_are_kept_hashed() -> None:
-    from nodefleet.embedded.amqtt_access import AccessList
-
-    access = AccessList(users={"svc": "plain-secret"}, allow_anonymous=False)
-    assert "plain-secret" not in repr(access._users)
-    assert access.verify("svc", "plain-secret") and not access.verify("svc", "plain-secreT")
-    assert not access.verify(None, None) and not access.verify("other", "plain-secret")
-
-
-@pytest.mark.parametrize(
-    ("allowed", "requested", "covered"),
-    [("a/b/#", "a/b/set/#", True), ("a/b/set/#", "a/#", False), ("a/+/x", "a/b/x", True), ("a/+/x", "a/+/x", True),
-     ("a/b/x", "a/+/x", False), ("#", "a/#", True), ("a/b", "a/b/#", False)],
-)
-def test_acl_filter_coverage(allowed: str, requested: str, covered: bool) -> None:
-    from nodefleet.embedded.amqtt_access import filter_covers
-
-    assert filter_covers(allowed, requested) is covered
