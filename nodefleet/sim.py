@@ -18,8 +18,8 @@ import contextlib
 import json
 import os
 import shutil
-import sysconfig
 import signal
+import sysconfig
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
