@@ -184,3 +184,40 @@ class Topics:
     def service_status(self, service: str, instance: str) -> str:
         """Retained ``online``/``offline`` (last will) of one running service instance."""
         return f"{self.fleet}/services/{_validate_segment(service, 'service')}/{_validate_segment(instance, 'instance')}"
+
+    # -- provisioner: discovery and broker security ------------------------
+    # Discovery roots are fixed by openHAB (Homie 4) and Home Assistant, not by our roots.
+
+    @staticmethod
+    def homie(node: str, *path: str, base: str | None = None) -> str:
+        """A Homie 4 device topic: ``homie/<node>/<path...>`` (e.g. ``$homie``, ``relay/$name``)."""
+        parts = [base or HOMIE_BASE, validate_node_name(node), *path]
+        if any(not part or "+" in part or "#" in part for part in parts[2:]):
+            raise TopicError(f"invalid Homie topic path {'/'.join(path)!r}")
+        return "/".join(parts)
+
+    @staticmethod
+    def homie_device(node: str, *, base: str | None = None) -> str:
+        """Filter for everything a Homie device has published (``homie/<node>/#``)."""
+        return f"{base or HOMIE_BASE}/{validate_node_name(node)}/#"
+
+    @staticmethod
+    def ha_discovery(component: str, node: str, object_id: str, *, base: str | None = None) -> str:
+        """Home Assistant MQTT discovery: ``homeassistant/<component>/<node>/<object>/config``."""
+        return (f"{base or HA_DISCOVERY_BASE}/{_validate_segment(component, 'component')}/{validate_node_name(node)}/"
+                f"{_validate_segment(object_id, 'object id')}/config")
+
+    @staticmethod
+    def dynsec_control() -> str:
+        """Mosquitto's dynamic-security command topic (also served by the embedded broker)."""
+        return DYNSEC_CONTROL
+
+    @staticmethod
+    def dynsec_response() -> str:
+        return f"{DYNSEC_CONTROL}/response"
+
+
+# -- provisioner: roots fixed by the other side's specification -------------
+HOMIE_BASE = "homie"
+HA_DISCOVERY_BASE = "homeassistant"
+DYNSEC_CONTROL = "$CONTROL/dynamic-security/v1"

@@ -23,6 +23,7 @@ from amqtt.errors import BrokerError
 from nodefleet.embedded.amqtt_access import AccessList, TopicAccess
 from nodefleet.embedded.amqtt_broker import NodefleetBroker
 from nodefleet.embedded.amqtt_retained import RetainedFile
+from nodefleet.embedded.dynsec import DynamicSecurity, DynsecBroker, admin_access
 from nodefleet.logging import get_logger
 
 __all__ = ["BrokerPortInUse", "EmbeddedBroker", "EmbeddedBrokerError", "TopicAccess"]
@@ -77,6 +78,7 @@ class EmbeddedBroker:
         allow_anonymous: bool = True,
         retained_file: Path | None = None,
         save_interval: float = 5.0,
+        dynsec_admin: tuple[str, str] | None = None,
     ) -> None:
         """``users`` maps username to password; ``acl`` limits some of them (the rest get every topic).
 
@@ -91,6 +93,12 @@ class EmbeddedBroker:
         self._saved_changes = 0
         self._saver: asyncio.Task[None] | None = None
         self._broker: NodefleetBroker | None = None
+        # Dynamic security (the provisioner's $CONTROL/dynamic-security/v1): (admin username, password).
+        self._dynsec_admin = dynsec_admin
+        self.dynsec: DynamicSecurity | None = None
+        if dynsec_admin is not None:
+            self.access.set_client(dynsec_admin[0], dynsec_admin[1], **admin_access())
+            self.dynsec = DynamicSecurity(set_client=self.set_client, remove_client=self.remove_client)
 
     @property
     def url(self) -> str:
@@ -112,7 +120,10 @@ class EmbeddedBroker:
             "plugins": {},  # access control is ours; no $SYS or entry-point plugins
         }
         retained = self._retained_file.load() if self._retained_file is not None else []
-        broker = NodefleetBroker(config, access=self.access, retained=retained)
+        broker_class = DynsecBroker if self.dynsec is not None else NodefleetBroker
+        broker = broker_class(config, access=self.access, retained=retained)
+        if self.dynsec is not None:
+            broker.dynsec = self.dynsec
         try:
             await broker.start()
         except BrokerError as exc:

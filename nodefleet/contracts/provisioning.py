@@ -1,0 +1,114 @@
+"""Requests and replies of the provisioner (over MQTT fleet requests and its HTTP edge).
+
+The same models serve both edges: ``POST /api/provision/register/`` takes a
+:class:`RegisterRequest` and answers a :class:`Registration`; a fleet request
+``fleet/provisioner/request/register`` carries the same body in ``data``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from .payloads import Identifier, NodeName
+
+PROVISIONER_SERVICE = "provisioner"
+
+HomeId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]
+DeviceName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+ProvisioningId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+ZoneName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_+/-]{1,64}$")]
+DeviceStatus = Literal["pending", "provisioned", "revoked"]
+
+
+class Request(BaseModel):
+    """Base of every request: strict, so a typo is an error instead of being ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RegisterRequest(Request):
+    home_id: HomeId
+    device_name: DeviceName
+    chip_id: Identifier | None = None
+
+    @field_validator("device_name")
+    @classmethod
+    def _printable(cls, name: str) -> str:
+        if not name.isprintable():
+            raise ValueError("device_name must be printable text")
+        return name
+
+
+class MqttConfig(BaseModel):
+    """What the node needs to reach the broker (pushed to its ``POST /api/mqtt``)."""
+
+    broker_host: str
+    broker_port: int
+    topic_prefix: str
+    node_name: NodeName
+    username: str
+    password: str
+
+
+class Registration(BaseModel):
+    provisioning_id: ProvisioningId
+    mqtt_config: MqttConfig
+    expires_at: datetime
+
+
+class StatusRequest(Request):
+    provisioning_id: ProvisioningId
+
+
+class ProvisioningStatus(BaseModel):
+    provisioning_id: ProvisioningId
+    is_provisioned: bool
+    device_id: NodeName
+    status: DeviceStatus
+    connected_at: datetime | None = None
+
+
+class HomeRequest(Request):
+    """Create a home or change its time zone."""
+
+    home_id: HomeId
+    tz: ZoneName = "UTC"
+
+
+class NodeRequest(Request):
+    node: NodeName
+
+
+class ConfigRequest(Request):
+    """Change a node's config: dotted keys (``pins.outputs.relay``) to JSON values."""
+
+    node: NodeName
+    set: dict[Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_.]{0,63}$")], Any] = Field(
+        min_length=1, max_length=32
+    )
+
+
+class ListRequest(Request):
+    home_id: HomeId | None = None
+    status: DeviceStatus | None = None
+
+
+class DeviceRow(BaseModel):
+    node: NodeName
+    home_id: HomeId
+    device_name: str
+    status: DeviceStatus
+    chip_id: str | None = None
+    config_version: int
+    created: datetime
+    first_connected: datetime | None = None
+    last_seen: datetime | None = None
+
+
+# -- the HTTP edge (phone app, `nodefleet provision --http`) ---------------------
+HTTP_REGISTER_PATH = "/api/provision/register/"
+HTTP_STATUS_PATH = "/api/provision/status/"
+"""Followed by the provisioning id."""

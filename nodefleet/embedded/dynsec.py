@@ -1,0 +1,202 @@
+"""The subset of Mosquitto's dynamic-security protocol the provisioner uses, served by the embedded broker.
+
+A client allowed to publish to ``$CONTROL/dynamic-security/v1`` sends
+``{"commands": [...]}``; each command is applied to the clients and roles
+held here and mapped onto :meth:`EmbeddedBroker.set_client` /
+:meth:`EmbeddedBroker.remove_client`; ``{"responses": [...]}`` (with each
+command's ``correlationData``) goes to ``$CONTROL/dynamic-security/v1/response``.
+
+Commands: createClient, deleteClient, setClientPassword, addClientRole,
+removeClientRole, createRole, deleteRole, addRoleACL, removeRoleACL.  ACL
+types: ``publishClientSend`` (what the client may publish) and
+``subscribeLiteral``/``subscribePattern`` (what it may subscribe to and so
+receive); only ``allow: true`` entries grant anything, as the default denies.
+Clients and roles live in memory: they are gone when the broker stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from amqtt.mqtt.constants import QOS_1
+
+from nodefleet.contracts import Topics
+from nodefleet.embedded.amqtt_access import AccessError
+from nodefleet.embedded.amqtt_broker import NodefleetBroker
+from nodefleet.logging import get_logger
+
+log = get_logger(__name__)
+
+MAX_COMMANDS = 100
+_SUBSCRIBE_TYPES = ("subscribeLiteral", "subscribePattern")
+_ACL_TYPES = ("publishClientSend", "publishClientReceive", *_SUBSCRIBE_TYPES, "unsubscribeLiteral", "unsubscribePattern")
+
+SetClient = Callable[..., Awaitable[None]]
+
+
+class CommandError(ValueError):
+    """A command the dynamic-security layer refuses; its text goes back in the response."""
+
+
+@dataclass
+class _Client:
+    password: str
+    roles: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Role:
+    acls: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _text(command: dict[str, Any], key: str) -> str:
+    value = command.get(key)
+    if not isinstance(value, str) or not value or len(value) > 256:
+        raise CommandError(f"Invalid/missing {key}")
+    return value
+
+
+class DynamicSecurity:
+    """Clients and roles, applied to the broker's access list through two callbacks."""
+
+    def __init__(self, *, set_client: Callable[..., None], remove_client: Callable[[str], bool]) -> None:
+        self._set_client = set_client
+        self._remove_client = remove_client
+        self.clients: dict[str, _Client] = {}
+        self.roles: dict[str, _Role] = {}
+
+    async def handle(self, payload: bytes) -> bytes:
+        """Apply one ``{"commands": [...]}`` message; the ``{"responses": [...]}`` to publish."""
+        try:
+            commands = json.loads(payload)["commands"]
+            if not isinstance(commands, list) or not all(isinstance(c, dict) for c in commands):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            return json.dumps({"responses": [{"command": "Unknown command", "error": "Invalid/missing commands"}]}).encode()
+        responses = []
+        for command in commands[:MAX_COMMANDS]:
+            name = command.get("command")
+            response: dict[str, Any] = {"command": name}
+            if "correlationData" in command:
+                response["correlationData"] = command["correlationData"]
+            try:
+                await self._apply(name, command)
+            except (CommandError, AccessError) as exc:
+                response["error"] = str(exc)
+            responses.append(response)
+        return json.dumps({"responses": responses}).encode()
+
+    async def _apply(self, name: Any, command: dict[str, Any]) -> None:
+        if name == "createClient":
+            username = _text(command, "username")
+            if username in self.clients:
+                raise CommandError("Client already exists")
+            roles = [r.get("rolename") for r in command.get("roles") or [] if isinstance(r, dict)]
+            if any(r not in self.roles for r in roles):
+                raise CommandError("Role not found")
+            self.clients[username] = _Client(_text(command, "password"), roles)
+            await self._sync([username])
+        elif name == "deleteClient":
+            username = _text(command, "username")
+            if self.clients.pop(username, None) is None:
+                raise CommandError("Client not found")
+            self._remove_client(username)
+        elif name == "setClientPassword":
+            self._client(command).password = _text(command, "password")
+            await self._sync([_text(command, "username")])
+        elif name in ("addClientRole", "removeClientRole"):
+            client, role = self._client(command), self._role(command)
+            rolename = _text(command, "rolename")
+            if name == "addClientRole" and rolename not in client.roles:
+                client.roles.append(rolename)
+            elif name == "removeClientRole" and rolename in client.roles:
+                client.roles.remove(rolename)
+            del role
+            await self._sync([_text(command, "username")])
+        elif name == "createRole":
+            rolename = _text(command, "rolename")
+            if rolename in self.roles:
+                raise CommandError("Role already exists")
+            acls = command.get("acls") or []
+            for acl in acls:
+                self._check_acl(acl)
+            self.roles[rolename] = _Role(list(acls))
+        elif name == "deleteRole":
+            rolename = _text(command, "rolename")
+            if self.roles.pop(rolename, None) is None:
+                raise CommandError("Role not found")
+            await self._sync(self._users_of(rolename))
+        elif name == "addRoleACL":
+            role = self._role(command)
+            role.acls.append(self._check_acl(command))
+            await self._sync(self._users_of(_text(command, "rolename")))
+        elif name == "removeRoleACL":
+            role = self._role(command)
+            acltype, topic = _text(command, "acltype"), _text(command, "topic")
+            kept = [a for a in role.acls if (a.get("acltype"), a.get("topic")) != (acltype, topic)]
+            if len(kept) == len(role.acls):
+                raise CommandError("ACL not found")
+            role.acls = kept
+            await self._sync(self._users_of(_text(command, "rolename")))
+        else:
+            raise CommandError("Unknown command")
+
+    def _client(self, command: dict[str, Any]) -> _Client:
+        client = self.clients.get(_text(command, "username"))
+        if client is None:
+            raise CommandError("Client not found")
+        return client
+
+    def _role(self, command: dict[str, Any]) -> _Role:
+        role = self.roles.get(_text(command, "rolename"))
+        if role is None:
+            raise CommandError("Role not found")
+        return role
+
+    @staticmethod
+    def _check_acl(acl: Any) -> dict[str, Any]:
+        if not isinstance(acl, dict) or acl.get("acltype") not in _ACL_TYPES:
+            raise CommandError(f"Invalid acltype; use one of {', '.join(_ACL_TYPES)}")
+        _text(acl, "topic")
+        return {"acltype": acl["acltype"], "topic": acl["topic"], "allow": acl.get("allow") is True}
+
+    def _users_of(self, rolename: str) -> list[str]:
+        return [name for name, client in self.clients.items() if rolename in client.roles]
+
+    async def _sync(self, usernames: Iterable[str]) -> None:
+        for username in usernames:
+            client = self.clients[username]
+            acls = [a for r in client.roles if r in self.roles for a in self.roles[r].acls if a["allow"]]
+            publish = [a["topic"] for a in acls if a["acltype"] == "publishClientSend"]
+            subscribe = [a["topic"] for a in acls if a["acltype"] in _SUBSCRIBE_TYPES]
+            # Password hashing is slow on purpose: keep it off the broker's event loop.
+            await asyncio.to_thread(self._set_client, username, client.password, publish=publish, subscribe=subscribe)
+
+
+class DynsecBroker(NodefleetBroker):
+    """The embedded broker with the dynamic-security topic served in-process."""
+
+    dynsec: DynamicSecurity
+
+    async def _handle_message_delivery(self, client_session: Any, handler: Any, wait_deliver: Any) -> bool:
+        message = wait_deliver.result()
+        if message is None or message.topic != Topics.dynsec_control():
+            return await super()._handle_message_delivery(client_session, handler, wait_deliver)
+        access = self.access.access_for(client_session.username)
+        if access is None or not access.may_publish(message.topic):
+            self.counters["publish_denied"] += 1
+            log.info("dynsec_denied", client_id=client_session.client_id, username=client_session.username)
+            return True
+        response = await self.dynsec.handle(bytes(message.data))
+        await self._broadcast_message(None, Topics.dynsec_response(), response, QOS_1)
+        return True
+
+
+def admin_access() -> dict[str, list[str]]:
+    """What the dynamic-security admin may use: every topic plus the control topics."""
+    control = f"{Topics.dynsec_control()}/#"
+    return {"publish": ["#", Topics.dynsec_control(), control], "subscribe": ["#", control]}

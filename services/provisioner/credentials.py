@@ -1,0 +1,133 @@
+"""Per-node broker credentials through the dynamic-security protocol, over MQTT.
+
+The provisioner sends ``{"commands": [...]}`` to ``$CONTROL/dynamic-security/v1``
+and reads ``{"responses": [...]}`` from its response topic.  Mosquitto's
+dynamic-security plugin and the embedded broker (nodefleet.embedded.dynsec)
+both answer it, so the provisioner is the same plain MQTT client on either.
+
+Each node gets a client named after it and a role ``node-<name>``: publish
+only under its own prefix, subscribe only to its inbox.
+
+Exception tree at this seam::
+
+    CredentialError   the broker refused a command or did not answer in time
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any, Protocol
+
+import aiomqtt
+
+from nodefleet.contracts import Topics
+from nodefleet.logging import get_logger
+
+log = get_logger(__name__)
+
+
+class CredentialError(RuntimeError):
+    """The broker did not take a credential change; nothing was registered."""
+
+
+class Credentials(Protocol):
+    async def add(self, username: str, password: str, *, publish: list[str], subscribe: list[str]) -> None: ...
+
+    async def remove(self, username: str) -> None: ...
+
+
+class NoCredentials:
+    """An open broker: credentials are handed out but the broker does not check them."""
+
+    async def add(self, username: str, password: str, *, publish: list[str], subscribe: list[str]) -> None:
+        return None
+
+    async def remove(self, username: str) -> None:
+        return None
+
+
+def role_of(username: str) -> str:
+    return f"node-{username}"
+
+
+def node_acls(publish: list[str], subscribe: list[str]) -> list[dict[str, Any]]:
+    acls = [{"acltype": "publishClientSend", "topic": f, "priority": 0, "allow": True} for f in publish]
+    acls += [{"acltype": "subscribePattern", "topic": f, "priority": 0, "allow": True} for f in subscribe]
+    return acls
+
+
+def _missing(response: dict[str, Any]) -> bool:
+    # Deleting what is not there is fine: removal and re-creation are idempotent.
+    return "not found" in str(response.get("error", "")).lower()
+
+
+class DynamicSecurity:
+    """Sends dynamic-security commands on a connected client; ``feed`` routes the responses back."""
+
+    def __init__(self, client: aiomqtt.Client | None = None, *, timeout: float = 5.0) -> None:
+        self.client = client
+        self._timeout = timeout
+        self._waiting: dict[str, asyncio.Future[list[dict[str, Any]]]] = {}
+        self.response_topic = Topics.dynsec_response()
+
+    async def start(self, client: aiomqtt.Client) -> None:
+        """Use ``client`` (a new one after each reconnect) and subscribe to the responses."""
+        self.client = client
+        await client.subscribe(self.response_topic, qos=1)
+
+    def feed(self, message: aiomqtt.Message) -> bool:
+        """Route a received message to the command waiting for it; True if it was a response."""
+        if str(message.topic) != self.response_topic:
+            return False
+        try:
+            responses = json.loads(message.payload)["responses"]  # type: ignore[arg-type]
+            transaction = str(responses[0].get("correlationData", "")).split(":")[0]
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            log.warning("dynsec_bad_response", payload=bytes(message.payload)[:200])  # type: ignore[arg-type]
+            return True
+        future = self._waiting.pop(transaction, None)
+        if future is not None and not future.done():
+            future.set_result(responses)
+        return True
+
+    async def run(self, commands: list[dict[str, Any]], *, tolerate_missing: int = 0) -> list[dict[str, Any]]:
+        """Send commands in one message; raise CredentialError if any (past the first ``tolerate_missing``) failed."""
+        transaction = uuid.uuid4().hex
+        body = {"commands": [{**c, "correlationData": f"{transaction}:{i}"} for i, c in enumerate(commands)]}
+        future: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
+        self._waiting[transaction] = future
+        try:
+            if self.client is None:
+                raise aiomqtt.MqttError("not connected")
+            await self.client.publish(Topics.dynsec_control(), json.dumps(body), qos=1)
+            responses = await asyncio.wait_for(future, self._timeout)
+        except TimeoutError as exc:
+            raise CredentialError(
+                f"the broker did not answer dynamic-security commands within {self._timeout:g} s: is its dynamic-security "
+                f"plugin loaded and may this service's user publish to {Topics.dynsec_control()}?"
+            ) from exc
+        except aiomqtt.MqttError as exc:
+            raise CredentialError(f"lost the broker while changing credentials: {exc}") from exc
+        finally:
+            self._waiting.pop(transaction, None)
+        for index, response in enumerate(responses):
+            if response.get("error") and not (index < tolerate_missing and _missing(response)):
+                raise CredentialError(f"the broker refused {response.get('command')}: {response['error']}")
+        return responses
+
+    async def add(self, username: str, password: str, *, publish: list[str], subscribe: list[str]) -> None:
+        role = role_of(username)
+        await self.run([
+            {"command": "deleteClient", "username": username},
+            {"command": "deleteRole", "rolename": role},
+            {"command": "createRole", "rolename": role, "acls": node_acls(publish, subscribe)},
+            {"command": "createClient", "username": username, "password": password, "roles": [{"rolename": role}]},
+        ], tolerate_missing=2)
+
+    async def remove(self, username: str) -> None:
+        await self.run([
+            {"command": "deleteClient", "username": username},
+            {"command": "deleteRole", "rolename": role_of(username)},
+        ], tolerate_missing=2)

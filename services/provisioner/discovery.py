@@ -1,0 +1,121 @@
+"""Retained discovery for openHAB and Home Assistant, from a node's capabilities.
+
+Homie 4 (openHAB's MQTT binding discovers Homie 3 and 4) describes the
+device; Home Assistant discovery configs (read by Home Assistant and by
+openHAB) point at our own node topics, so values and commands need no bridge.
+Removal publishes the same topics empty, which deletes the retained messages.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from nodefleet.contracts import OFFLINE, ONLINE, NodeTopic, Topics
+from nodefleet.contracts.topics import Command
+
+HOMIE_VERSION = "4.0"
+
+
+@dataclass(frozen=True, slots=True)
+class Sensor:
+    reading: str
+    name: str
+    unit: str
+    device_class: str
+
+
+SENSORS = {
+    "temperature": Sensor("temperature", "Temperature", "°C", "temperature"),
+    "humidity": Sensor("humidity", "Humidity", "%", "humidity"),
+}
+
+
+def _homie(node: str, device_name: str, caps: list[str]) -> list[tuple[str, str]]:
+    nodes = []
+    out: list[tuple[str, str]] = [
+        (Topics.homie(node, "$homie"), HOMIE_VERSION),
+        (Topics.homie(node, "$name"), device_name),
+    ]
+    if "switch" in caps:
+        nodes.append("relay")
+        out += [
+            (Topics.homie(node, "relay", "$name"), "Relay"),
+            (Topics.homie(node, "relay", "$type"), "switch"),
+            (Topics.homie(node, "relay", "$properties"), "power"),
+            (Topics.homie(node, "relay", "power", "$name"), "Power"),
+            (Topics.homie(node, "relay", "power", "$datatype"), "boolean"),
+            (Topics.homie(node, "relay", "power", "$settable"), "true"),
+            (Topics.homie(node, "relay", "power", "$retained"), "true"),
+        ]
+    sensors = [SENSORS[c] for c in caps if c in SENSORS]
+    if sensors:
+        nodes.append("climate")
+        out += [
+            (Topics.homie(node, "climate", "$name"), "Climate"),
+            (Topics.homie(node, "climate", "$type"), "sensor"),
+            (Topics.homie(node, "climate", "$properties"), ",".join(s.reading for s in sensors)),
+        ]
+        for s in sensors:
+            out += [
+                (Topics.homie(node, "climate", s.reading, "$name"), s.name),
+                (Topics.homie(node, "climate", s.reading, "$datatype"), "float"),
+                (Topics.homie(node, "climate", s.reading, "$unit"), s.unit),
+            ]
+    out.append((Topics.homie(node, "$nodes"), ",".join(nodes)))
+    return out
+
+
+def _home_assistant(topics: Topics, node: str, device_name: str, caps: list[str], fw: str) -> list[tuple[str, str]]:
+    device = {"identifiers": [f"nodefleet_{node}"], "name": device_name, "sw_version": fw, "manufacturer": "nodefleet"}
+    common = {
+        "availability_topic": topics.status(node),
+        "payload_available": ONLINE,
+        "payload_not_available": OFFLINE,
+        "device": device,
+    }
+    out: list[tuple[str, str]] = []
+    if "switch" in caps:
+        out.append((topics.ha_discovery("switch", node, "relay"), json.dumps({
+            **common,
+            "name": "Relay",
+            "unique_id": f"nodefleet_{node}_relay",
+            "state_topic": topics.state(node),
+            "value_template": "{{ value_json.relay }}",
+            "command_topic": topics.set(node, Command.SWITCH),
+            "payload_on": "ON",
+            "payload_off": "OFF",
+        })))
+    for cap in caps:
+        sensor = SENSORS.get(cap)
+        if sensor is None:
+            continue
+        out.append((topics.ha_discovery("sensor", node, sensor.reading), json.dumps({
+            **common,
+            "name": sensor.name,
+            "unique_id": f"nodefleet_{node}_{sensor.reading}",
+            "state_topic": topics.node(node, NodeTopic.TELEMETRY),
+            "value_template": "{{ value_json.readings.%s }}" % sensor.reading,
+            "unit_of_measurement": sensor.unit,
+            "device_class": sensor.device_class,
+            "state_class": "measurement",
+        })))
+    return out
+
+
+def messages(topics: Topics, node: str, *, device_name: str, caps: list[str], fw: str) -> list[tuple[str, str]]:
+    """Every retained discovery message of a node, as (topic, payload)."""
+    return _homie(node, device_name, caps) + _home_assistant(topics, node, device_name, caps, fw)
+
+
+def removal(topics: Topics, node: str) -> list[str]:
+    """Every discovery topic a node may have had (all capabilities), to be cleared with empty retained publishes."""
+    every = list(SENSORS) + ["switch"]
+    return [topic for topic, _ in messages(topics, node, device_name="-", caps=every, fw="-")] + [
+        Topics.homie(node, "$state")
+    ]
+
+
+def homie_state(node: str, status: str) -> tuple[str, str]:
+    """Homie's ``$state`` follows the node's availability: ready while online, lost otherwise."""
+    return Topics.homie(node, "$state"), "ready" if status == ONLINE else "lost"

@@ -1,0 +1,162 @@
+"""The small HTTP/1.1 edge a phone app needs: register a device, poll its status.
+
+    POST /api/provision/register/       {home_id, device_name, chip_id?} -> 201 Registration
+    GET  /api/provision/status/<id>     -> 200 ProvisioningStatus
+
+JSON only, one request per connection, bounded sizes and times; bad input
+gets a 4xx with ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+from nodefleet.contracts.provisioning import HTTP_REGISTER_PATH, HTTP_STATUS_PATH, RegisterRequest
+from nodefleet.fleet import ErrorReporter
+from nodefleet.logging import get_logger
+
+from .credentials import CredentialError
+from .registry import Registry
+from .store import Conflict, NotFound, RegistryError
+
+log = get_logger(__name__)
+
+MAX_HEAD = 8 * 1024
+MAX_BODY = 16 * 1024
+READ_TIMEOUT = 10.0
+REGISTER = HTTP_REGISTER_PATH
+STATUS = HTTP_STATUS_PATH
+_REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            409: "Conflict", 411: "Length Required", 413: "Payload Too Large", 415: "Unsupported Media Type",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _first_error(exc: ValidationError) -> str:
+    problem = exc.errors()[0]
+    where = ".".join(str(p) for p in problem["loc"])
+    return f"{where}: {problem['msg']}" if where else problem["msg"]
+
+
+class HttpEdge:
+    def __init__(self, registry: Registry, errors: ErrorReporter, *, host: str, port: int) -> None:
+        self.registry = registry
+        self.errors = errors
+        self.host = host
+        self.port = port
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._connection, self.host, self.port, limit=MAX_HEAD)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("http_edge_listening", host=self.host, port=self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            try:
+                async with asyncio.timeout(READ_TIMEOUT):
+                    method, path, body = await self._read(reader)
+                status, answer = await self._route(method, path, body)
+            except HttpError as exc:
+                status, answer = exc.status, {"error": str(exc)}
+                self.errors.report("http_bad_request", f"{exc.status}: {exc}")
+            except TimeoutError:
+                status, answer = 400, {"error": f"request not complete within {READ_TIMEOUT:g} s"}
+            payload = json.dumps(answer).encode()
+            writer.write(
+                f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload
+            )
+            await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _read(self, reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError as exc:
+            raise HttpError(431, f"request head larger than {MAX_HEAD} bytes") from exc
+        except asyncio.IncompleteReadError as exc:
+            raise HttpError(400, "incomplete request head") from exc
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            raise HttpError(400, "malformed request line; expected 'METHOD /path HTTP/1.1'")
+        headers = {}
+        for line in lines[1:]:
+            if line:
+                name, sep, value = line.partition(":")
+                if not sep:
+                    raise HttpError(400, f"malformed header line {line[:40]!r}")
+                headers[name.strip().lower()] = value.strip()
+        body = b""
+        if parts[0] == "POST":
+            if "transfer-encoding" in headers:
+                raise HttpError(411, "send the body with a Content-Length, not chunked")
+            try:
+                length = int(headers.get("content-length", ""))
+            except ValueError as exc:
+                raise HttpError(411, "a POST needs a Content-Length header") from exc
+            if length < 0 or length > MAX_BODY:
+                raise HttpError(413, f"body larger than {MAX_BODY} bytes")
+            try:
+                body = await reader.readexactly(length)
+            except asyncio.IncompleteReadError as exc:
+                raise HttpError(400, "body shorter than its Content-Length") from exc
+            content_type = headers.get("content-type", "application/json").split(";")[0].strip()
+            if content_type != "application/json":
+                raise HttpError(415, "send the body as application/json")
+        return parts[0], parts[1].split("?")[0], body
+
+    async def _route(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
+        try:
+            if path in (REGISTER, REGISTER.rstrip("/")):
+                if method != "POST":
+                    raise HttpError(405, f"use POST {REGISTER}")
+                try:
+                    data = json.loads(body)
+                except (ValueError, UnicodeDecodeError) as exc:
+                    raise HttpError(400, f"body is not valid JSON: {exc}") from exc
+                if not isinstance(data, dict):
+                    raise HttpError(400, "body must be a JSON object {home_id, device_name, chip_id?}")
+                registration = await self.registry.register(RegisterRequest.model_validate(data))
+                return 201, registration.model_dump(mode="json")
+            if path.startswith(STATUS):
+                if method != "GET":
+                    raise HttpError(405, f"use GET {STATUS}<provisioning_id>")
+                provisioning_id = path[len(STATUS):].strip("/")
+                if len(provisioning_id) != 32 or any(c not in "0123456789abcdef" for c in provisioning_id):
+                    raise HttpError(400, "a provisioning id is 32 hex digits")
+                return 200, (await self.registry.status(provisioning_id)).model_dump(mode="json")
+            raise HttpError(404, f"no such path; use POST {REGISTER} or GET {STATUS}<provisioning_id>")
+        except ValidationError as exc:
+            raise HttpError(400, _first_error(exc)) from exc
+        except NotFound as exc:
+            raise HttpError(404, str(exc)) from exc
+        except Conflict as exc:
+            raise HttpError(409, str(exc)) from exc
+        except RegistryError as exc:
+            raise HttpError(400, str(exc)) from exc
+        except CredentialError as exc:
+            raise HttpError(503, f"{exc}; try again later") from exc
+        except HttpError:
+            raise
+        except Exception as exc:
+            log.exception("http_failed", path=path)
+            raise HttpError(500, f"internal error: {exc}") from exc

@@ -1,0 +1,261 @@
+"""What the provisioner does: register, report status, bring a node online, change its config, remove it.
+
+Every change is one database transaction wrapped around the broker-side
+work (credentials, retained publishes), so a failure on either side leaves
+nothing written half-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from nodefleet.contracts import Config, Info, Topics
+from nodefleet.contracts.provisioning import (
+    ConfigRequest, DeviceRow, HomeRequest, ListRequest, MqttConfig, NodeRequest, ProvisioningStatus, RegisterRequest,
+    Registration, StatusRequest,
+)
+from nodefleet.fleet import ErrorReporter
+from nodefleet.logging import get_logger
+
+from . import discovery, tz
+from .credentials import Credentials
+from .store import Conflict, NotFound, RegistryError, Store
+
+log = get_logger(__name__)
+
+Publish = Callable[[str, str | bytes, bool], Awaitable[None]]
+"""(topic, payload, retain) -> published at QoS 1."""
+
+_READ_ONLY = {"v", "version", "tz"}
+
+
+def slug(device_name: str) -> str:
+    base = re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-")[:40].strip("-")
+    return f"{base or 'node'}-{secrets.token_hex(3)}"
+
+
+def credential_hash(password: str) -> str:
+    # The password is 144 random bits, so one salted SHA-256 is enough to keep it out of a dump.
+    salt = secrets.token_hex(8)
+    return f"sha256${salt}${hashlib.sha256((salt + password).encode()).hexdigest()}"
+
+
+def _set_dotted(target: dict[str, Any], key: str, value: Any) -> None:
+    *path, last = key.split(".")
+    for part in path:
+        child = target.get(part)
+        if not isinstance(child, dict):
+            raise RegistryError(f"config key {key!r}: {part!r} is not a section")
+        target = child
+    if last not in target and path:
+        raise RegistryError(f"config key {key!r} does not exist")
+    target[last] = value
+
+
+class Registry:
+    def __init__(self, *, store: Store, credentials: Credentials, topics: Topics, publish: Publish,
+                 errors: ErrorReporter, broker_host: str, broker_port: int, pending_ttl: float,
+                 max_devices_per_home: int) -> None:
+        self.store = store
+        self.credentials = credentials
+        self.topics = topics
+        self.publish = publish
+        self.errors = errors
+        self.broker_host = broker_host
+        self.broker_port = broker_port
+        self.pending_ttl = pending_ttl
+        self.max_devices_per_home = max_devices_per_home
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._online: dict[str, bool] = {}
+        self._info: dict[str, Info] = {}
+        self.provisioned_latency: list[float] = []
+        self._online_at: dict[str, float] = {}
+
+    def handlers(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
+        """Fleet request actions -> handlers taking the request's ``data``."""
+
+        async def register(data: dict[str, Any]) -> Any:
+            return (await self.register(RegisterRequest.model_validate(data))).model_dump(mode="json")
+
+        async def status(data: dict[str, Any]) -> Any:
+            return (await self.status(StatusRequest.model_validate(data).provisioning_id)).model_dump(mode="json")
+
+        async def home(data: dict[str, Any]) -> Any:
+            request = HomeRequest.model_validate(data)
+            await self.put_home(request.home_id, request.tz)
+            return {"home_id": request.home_id, "tz": request.tz}
+
+        async def config(data: dict[str, Any]) -> Any:
+            return (await self.change_config(ConfigRequest.model_validate(data))).model_dump(mode="json", by_alias=True)
+
+        async def remove(data: dict[str, Any]) -> Any:
+            await self.remove(NodeRequest.model_validate(data).node)
+            return {"node": data["node"], "status": "revoked"}
+
+        async def list_(data: dict[str, Any]) -> Any:
+            request = ListRequest.model_validate(data)
+            return [row.model_dump(mode="json") for row in await self.list(request)]
+
+        return {"register": register, "status": status, "home": home, "config": config, "remove": remove,
+                "list": list_}
+
+    def _lock(self, node: str) -> asyncio.Lock:
+        return self._locks.setdefault(node, asyncio.Lock())
+
+    # -- homes and registration ---------------------------------------------
+    async def put_home(self, home_id: str, zone: str) -> None:
+        tz.zone(zone)
+        await self.store.put_home(home_id, zone)
+
+    async def register(self, request: RegisterRequest) -> Registration:
+        node = slug(request.device_name)
+        password = secrets.token_urlsafe(18)
+        provisioning_id = secrets.token_hex(16)
+        expires = datetime.now(UTC) + timedelta(seconds=self.pending_ttl)
+        async with self.store.pool.acquire() as conn, conn.transaction():
+            zone = await self.store.home_tz(request.home_id, conn)
+            config = Config(version=1, tz=tz.offsets(zone, now=time.time()), tz_name=zone)
+            await self.store.insert_device(
+                conn, node=node, home_id=request.home_id, device_name=request.device_name,
+                provisioning_id=provisioning_id, chip_id=request.chip_id, expires=expires, username=node,
+                credential_hash=credential_hash(password), config=config.model_dump(mode="json", by_alias=True),
+                max_per_home=self.max_devices_per_home,
+            )
+            # Inside the transaction: if the broker refuses, the row is not kept either.
+            await self.credentials.add(node, password, publish=[f"{self.topics.prefix(node)}/#"],
+                                       subscribe=self.topics.node_inbox(node))
+        log.info("registered", node=node, home=request.home_id, provisioning_id=provisioning_id)
+        return Registration(
+            provisioning_id=provisioning_id, expires_at=expires,
+            mqtt_config=MqttConfig(broker_host=self.broker_host, broker_port=self.broker_port,
+                                   topic_prefix=self.topics.prefix(node), node_name=node, username=node,
+                                   password=password),
+        )
+
+    async def status(self, provisioning_id: str) -> ProvisioningStatus:
+        row = await self.store.by_provisioning_id(provisioning_id)
+        return ProvisioningStatus(provisioning_id=provisioning_id, is_provisioned=row["status"] == "provisioned",
+                                  device_id=row["node"], status=row["status"], connected_at=row["first_connected"])
+
+    async def list(self, request: ListRequest) -> list[DeviceRow]:
+        rows = await self.store.list(home_id=request.home_id, status=request.status)
+        return [DeviceRow(**{k: row[k] for k in DeviceRow.model_fields}) for row in rows]
+
+    # -- first online ---------------------------------------------------------
+    async def on_status(self, node: str, payload: bytes) -> None:
+        if not payload:
+            return  # a cleared retained status
+        online = payload == b"online"
+        self._online[node] = online
+        if online:
+            self._online_at.setdefault(node, time.monotonic())
+        await self._maybe_provisioned(node, availability_changed=True)
+
+    async def on_info(self, node: str, payload: bytes) -> None:
+        if not payload:
+            return
+        try:
+            self._info[node] = Info.model_validate_json(payload)
+        except ValidationError as exc:
+            self.errors.report("bad_info", f"info of {node} is invalid: {exc.errors()[0]['msg']}",
+                               topic=self.topics.info(node), node=node)
+            return
+        await self._maybe_provisioned(node)
+
+    async def _maybe_provisioned(self, node: str, *, availability_changed: bool = False) -> None:
+        async with self._lock(node):
+            try:
+                row = await self.store.device(node)
+            except NotFound:
+                return  # not ours: a node registered elsewhere, or before the registry existed
+            if row["status"] == "revoked":
+                return
+            online = self._online.get(node, False)
+            if row["status"] == "provisioned" and availability_changed:
+                await self.publish(*discovery.homie_state(node, "online" if online else "offline"), True)
+            info = self._info.get(node)
+            if not online or info is None:
+                return
+            if row["chip_id"] and row["chip_id"] != info.chip_id:
+                self.errors.report("chip_mismatch", f"{node} is registered to chip {row['chip_id']} but chip "
+                                   f"{info.chip_id} came online with its credentials; refused",
+                                   topic=self.topics.info(node), node=node)
+                return
+            if row["status"] == "provisioned":
+                await self.store.touch(node)
+                return
+            if not await self.store.mark_provisioned(node, info.chip_id, list(info.caps)):
+                return
+            await self.publish(self.topics.config(node), Config.model_validate(row["config"]).model_dump_json(
+                by_alias=True), True)
+            for topic, body in discovery.messages(self.topics, node, device_name=row["device_name"],
+                                                  caps=list(info.caps), fw=info.fw):
+                await self.publish(topic, body, True)
+            await self.publish(*discovery.homie_state(node, "online"), True)
+            started = self._online_at.pop(node, None)
+            if started is not None:
+                self.provisioned_latency.append(time.monotonic() - started)
+            log.info("provisioned", node=node, chip_id=info.chip_id)
+
+    # -- changes --------------------------------------------------------------
+    async def change_config(self, request: ConfigRequest) -> Config:
+        node = request.node
+        async with self._lock(node), self.store.pool.acquire() as conn, conn.transaction():
+            row = await self.store.device(node, conn)
+            if row["status"] == "revoked":
+                raise Conflict(f"{node} is revoked: register it again")
+            body = Config.model_validate(row["config"]).model_dump(mode="json", by_alias=True)
+            for key, value in request.set.items():
+                if key in _READ_ONLY:
+                    raise RegistryError(f"config key {key!r} is managed by the provisioner; set tz_name for the zone")
+                _set_dotted(body, key, value)
+            if "tz_name" in request.set:
+                body["tz"] = [o.model_dump(mode="json", by_alias=True)
+                              for o in tz.offsets(str(request.set["tz_name"]), now=time.time())]
+            body["version"] = row["config_version"] + 1
+            try:
+                config = Config.model_validate(body)
+            except ValidationError as exc:
+                problem = exc.errors()[0]
+                raise RegistryError(f"config {'.'.join(map(str, problem['loc']))}: {problem['msg']}") from exc
+            await self.store.set_config(conn, node, config.model_dump(mode="json", by_alias=True), config.version)
+            if row["status"] == "provisioned":
+                await self.publish(self.topics.config(node), config.model_dump_json(by_alias=True), True)
+        log.info("config_changed", node=node, version=config.version, keys=sorted(request.set))
+        return config
+
+    async def remove(self, node: str, *, reason: str = "removed") -> None:
+        async with self._lock(node), self.store.pool.acquire() as conn, conn.transaction():
+            row = await self.store.device(node, conn)
+            if row["status"] == "revoked":
+                raise Conflict(f"{node} is already revoked")
+            await self.store.revoke(conn, node)
+            await self.credentials.remove(node)
+        cleared = [self.topics.config(node), self.topics.schedule(node), self.topics.state(node),
+                   self.topics.info(node), self.topics.status(node), *discovery.removal(self.topics, node)]
+        for topic in cleared:
+            await self.publish(topic, b"", True)
+        self._info.pop(node, None)
+        self._online.pop(node, None)
+        self._locks.pop(node, None)
+        log.info("revoked", node=node, reason=reason)
+
+    async def expire(self) -> list[str]:
+        """Revoke every pending registration past its time; the nodes revoked."""
+        done = []
+        for node in await self.store.expired():
+            try:
+                await self.remove(node, reason="expired")
+                done.append(node)
+            except (Conflict, NotFound):
+                continue
+        return done

@@ -1,0 +1,42 @@
+"""Settings of the provisioner: ``NODEFLEET_*`` common ones plus ``NODEFLEET_PROVISIONER_*``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field
+
+from nodefleet.settings import CommonSettings
+
+
+def _own(default: Any, description: str, name: str, **constraints: Any) -> Any:
+    """A field read from ``NODEFLEET_PROVISIONER_<NAME>``, so services sharing an environment never collide."""
+    return Field(
+        default=default,
+        description=description,
+        validation_alias=AliasChoices(name, f"NODEFLEET_PROVISIONER_{name.upper()}"),
+        **constraints,
+    )
+
+
+class ProvisionerSettings(CommonSettings):
+    client_id: str = _own("nodefleet-provisioner", "MQTT client id prefix", "client_id",
+                          pattern=r"^[A-Za-z0-9_-]{1,48}$")
+    credentials: Literal["dynsec", "none"] = _own(
+        "none", "How node credentials reach the broker: 'dynsec' ($CONTROL/dynamic-security/v1, Mosquitto or the "
+        "embedded broker with dynamic security on) or 'none' (an open broker; passwords are handed out but not enforced)",
+        "credentials",
+    )
+    broker_host: str | None = _own(None, "Broker host handed to nodes (default: the host of mqtt_url)", "broker_host")
+    broker_port: int | None = _own(None, "Broker port handed to nodes (default: the port of mqtt_url)", "broker_port",
+                                   ge=1, le=65535)
+    http_host: str = _own("127.0.0.1", "Address of the HTTP edge (register, status)", "http_host")
+    http_port: int = _own(8080, "Port of the HTTP edge; 0 picks a free one, -1 turns the edge off", "http_port",
+                          ge=-1, le=65535)
+    default_home: str | None = _own("home", "Home created at start if missing (empty: none)", "default_home")
+    default_tz: str = _own("UTC", "IANA time zone of the default home", "default_tz")
+    pending_ttl: float = _own(3600.0, "Seconds a registration may stay pending before it expires", "pending_ttl", gt=0)
+    expiry_interval: float = _own(30.0, "Seconds between expiry runs", "expiry_interval", gt=0)
+    max_devices_per_home: int = _own(10_000, "Most active devices in one home", "max_devices_per_home", ge=1)
+    dynsec_timeout: float = _own(5.0, "Seconds to wait for the broker's dynamic-security answer", "dynsec_timeout", gt=0)
+    db_retry_max: float = _own(10.0, "Longest pause (s) between database reconnection attempts", "db_retry_max", gt=0)

@@ -1,0 +1,182 @@
+"""The registry in PostgreSQL: homes and devices, with versioned migrations.
+
+Migrations are ``migrations/NNN_name.sql``, applied once each in order under
+an advisory lock and recorded in ``provisioner_schema_migrations`` (distinct
+from the telemetry service's table, as both may share one database).
+
+Exception tree at this seam (all ValueError/LookupError, so a fleet request
+answers them as errors)::
+
+    RegistryError(ValueError)  bad input the registry refused
+        Conflict               a name, chip id or state clash
+    NotFound(LookupError)      no such home, device or provisioning id
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from nodefleet.logging import get_logger
+
+log = get_logger(__name__)
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+MIGRATION_LOCK = 0x6E6F_6465_0101
+_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+_DEVICE_COLUMNS = ("node, home_id, device_name, provisioning_id, chip_id, status, created, expires, first_connected, "
+                   "last_seen, username, config, config_version, caps")
+
+
+class RegistryError(ValueError):
+    """Input the registry refuses; the message says what to do."""
+
+
+class Conflict(RegistryError):
+    """The request clashes with what is registered (a taken name, a bound chip id, a revoked device)."""
+
+
+class NotFound(LookupError):
+    """No such home, device or provisioning id."""
+
+
+async def setup_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", schema="pg_catalog", encoder=json.dumps, decoder=json.loads, format="text")
+
+
+async def create_pool(dsn: str, *, size: int = 10) -> asyncpg.Pool:
+    return await asyncpg.create_pool(dsn, min_size=1, max_size=size, init=setup_connection, timeout=10)
+
+
+async def migrate(conn: asyncpg.Connection) -> list[int]:
+    """Apply the migration files not yet applied; return their versions."""
+    files = sorted(MIGRATIONS.glob("*.sql"))
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS provisioner_schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL, applied timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM provisioner_schema_migrations")}
+        applied = []
+        for path in files:
+            match = _FILE.match(path.name)
+            if not match:
+                raise RuntimeError(f"migration file {path.name!r} must be named NNN_name.sql")
+            version = int(match[1])
+            if version in done:
+                continue
+            await conn.execute(path.read_text())
+            await conn.execute("INSERT INTO provisioner_schema_migrations (version, name) VALUES ($1, $2)",
+                               version, match[2])
+            applied.append(version)
+    if applied:
+        log.info("schema_migrated", applied=applied)
+    return applied
+
+
+class Store:
+    """Queries of the registry; each public method is one transaction unless given a connection."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    # -- homes ---------------------------------------------------------------
+    async def put_home(self, home_id: str, tz: str) -> None:
+        await self.pool.execute(
+            "INSERT INTO provisioner_homes (home_id, tz) VALUES ($1, $2) ON CONFLICT (home_id) DO UPDATE SET tz = $2",
+            home_id, tz,
+        )
+
+    async def ensure_home(self, home_id: str, tz: str) -> None:
+        await self.pool.execute(
+            "INSERT INTO provisioner_homes (home_id, tz) VALUES ($1, $2) ON CONFLICT (home_id) DO NOTHING", home_id, tz
+        )
+
+    async def home_tz(self, home_id: str, conn: asyncpg.Connection | None = None) -> str:
+        tz = await (conn or self.pool).fetchval("SELECT tz FROM provisioner_homes WHERE home_id = $1", home_id)
+        if tz is None:
+            raise NotFound(f"unknown home {home_id!r}: create it first (`nodefleet device home {home_id} --tz Zone`)")
+        return tz
+
+    # -- devices -------------------------------------------------------------
+    async def insert_device(self, conn: asyncpg.Connection, *, node: str, home_id: str, device_name: str,
+                            provisioning_id: str, chip_id: str | None, expires: datetime, username: str,
+                            credential_hash: str, config: dict[str, Any], max_per_home: int) -> None:
+        """Insert a pending device inside the caller's transaction; Conflict on a taken name or chip id."""
+        active = await conn.fetchval(
+            "SELECT count(*) FROM provisioner_devices WHERE home_id = $1 AND status <> 'revoked'", home_id)
+        if active >= max_per_home:
+            raise Conflict(f"home {home_id!r} already has {active} devices (limit {max_per_home}): remove some first")
+        try:
+            await conn.execute(
+                "INSERT INTO provisioner_devices (node, home_id, device_name, provisioning_id, chip_id, status, expires,"
+                " username, credential_hash, config) VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9)",
+                node, home_id, device_name, provisioning_id, chip_id, expires, username, credential_hash, config,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            what = {
+                "provisioner_devices_active_name": f"a device named {device_name!r} already exists in home {home_id!r}: "
+                                                   f"choose another name or remove that device first",
+                "provisioner_devices_active_chip": f"chip {chip_id!r} is already registered: remove its device first",
+            }.get(exc.constraint_name or "", f"registration clashes with an existing one ({exc.constraint_name})")
+            raise Conflict(what) from exc
+
+    async def device(self, node: str, conn: asyncpg.Connection | None = None) -> asyncpg.Record:
+        row = await (conn or self.pool).fetchrow(f"SELECT {_DEVICE_COLUMNS} FROM provisioner_devices WHERE node = $1",
+                                                 node)
+        if row is None:
+            raise NotFound(f"no device {node!r}: list them with `nodefleet device list`")
+        return row
+
+    async def by_provisioning_id(self, provisioning_id: str) -> asyncpg.Record:
+        row = await self.pool.fetchrow(
+            f"SELECT {_DEVICE_COLUMNS} FROM provisioner_devices WHERE provisioning_id = $1", provisioning_id)
+        if row is None:
+            raise NotFound(f"no registration {provisioning_id!r}: register the device again")
+        return row
+
+    async def mark_provisioned(self, node: str, chip_id: str, caps: list[str]) -> bool:
+        """Pending -> provisioned with its chip id bound; False if it was not pending any more."""
+        result = await self.pool.execute(
+            "UPDATE provisioner_devices SET status = 'provisioned', chip_id = $2, caps = $3, expires = NULL,"
+            " first_connected = now(), last_seen = now() WHERE node = $1 AND status = 'pending'",
+            node, chip_id, caps,
+        )
+        return result.endswith(" 1")
+
+    async def touch(self, node: str, caps: list[str] | None = None) -> None:
+        if caps is None:
+            await self.pool.execute("UPDATE provisioner_devices SET last_seen = now() WHERE node = $1", node)
+        else:
+            await self.pool.execute("UPDATE provisioner_devices SET last_seen = now(), caps = $2 WHERE node = $1",
+                                    node, caps)
+
+    async def set_config(self, conn: asyncpg.Connection, node: str, config: dict[str, Any], version: int) -> None:
+        await conn.execute("UPDATE provisioner_devices SET config = $2, config_version = $3 WHERE node = $1",
+                           node, config, version)
+
+    async def revoke(self, conn: asyncpg.Connection, node: str) -> None:
+        await conn.execute("UPDATE provisioner_devices SET status = 'revoked', expires = NULL WHERE node = $1", node)
+
+    async def expired(self) -> list[str]:
+        rows = await self.pool.fetch(
+            "SELECT node FROM provisioner_devices WHERE status = 'pending' AND expires < now() ORDER BY expires LIMIT 500")
+        return [r["node"] for r in rows]
+
+    async def active_nodes(self) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            f"SELECT {_DEVICE_COLUMNS} FROM provisioner_devices WHERE status <> 'revoked'")
+
+    async def list(self, *, home_id: str | None, status: str | None) -> list[asyncpg.Record]:
+        return await self.pool.fetch(
+            f"SELECT {_DEVICE_COLUMNS} FROM provisioner_devices WHERE ($1::text IS NULL OR home_id = $1)"
+            " AND ($2::text IS NULL OR status = $2) ORDER BY home_id, node LIMIT 10000",
+            home_id, status,
+        )
