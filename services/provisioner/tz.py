@@ -8,12 +8,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from nodefleet.contracts import Offset
 
+from .store import RegistryError
+
 DAY = 86_400
 HORIZON_DAYS = 400
 """About 13 months: the node gets every change of the coming year, with a margin until the next config."""
 
 
-class UnknownZone(ValueError):
+class UnknownZone(RegistryError):
     """Not an IANA time zone this machine knows."""
 
 

@@ -89,3 +89,10 @@ async def running(broker: Any, database: str, topics: Topics, **overrides: Any) 
 async def provisioner(dynsec_broker, database: str, topics: Topics) -> AsyncIterator[Service]:
     async with running(dynsec_broker, database, topics) as service:
         yield service
+
+
+@pytest.fixture
+async def service(dynsec_mosquitto, database: str, topics: Topics) -> AsyncIterator[Service]:
+    """A provisioner on Mosquitto only, for what does not depend on the broker."""
+    async with running(dynsec_mosquitto, database, topics) as running_service:
+        yield running_service

@@ -1,0 +1,82 @@
+"""First online: provisioned, chip bound, retained config and discovery; config changes; removal clears it all."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from nodefleet.contracts import Config, Topics
+from nodefleet.contracts.topics import Command
+from nodefleet.contracts.provisioning import ConfigRequest, RegisterRequest
+from services.provisioner import discovery
+from services.provisioner.store import Conflict, RegistryError
+
+from .conftest import ADMIN
+from .helpers import come_online, node_client, watching
+
+
+async def _retained(broker, topic_filter: str, settle: float = 0.5) -> dict[str, bytes]:
+    """What a fresh subscriber receives as retained under ``topic_filter``."""
+    async with watching(broker, topic_filter) as watcher:
+        await asyncio.sleep(settle)
+        return {t: p for t, p, retain in watcher.messages if retain}
+
+
+async def test_first_online_config_discovery_and_removal(provisioner, dynsec_broker, topics):
+    reg = await provisioner.registry.register(RegisterRequest(home_id="home", device_name="RO purifier",
+                                                              chip_id="chip-1234"))
+    cfg = reg.mqtt_config
+    node = cfg.node_name
+    async with watching(dynsec_broker, topics.config(node), Topics.homie_device(node),
+                        f"homeassistant/+/{node}/#") as watcher, \
+            node_client(dynsec_broker, cfg.username, cfg.password) as client:
+        await client.subscribe(topics.config(node), qos=1)
+        await come_online(client, topics, node, "chip-1234", caps=("switch", "temperature"))
+        config = Config.model_validate_json(await watcher.wait(topics.config(node)))
+        assert config.version == 1 and config.tz_name == "Europe/Berlin"
+        # Berlin: the offset now plus the two changes of the coming year.
+        assert len(config.tz) == 3 and {o.offset for o in config.tz} == {3600, 7200}
+        switch = json.loads(await watcher.wait(topics.ha_discovery("switch", node, "relay")))
+        assert switch["command_topic"] == topics.set(node, Command.SWITCH) and switch["availability_topic"] == topics.status(node)
+        await watcher.wait(topics.ha_discovery("sensor", node, "temperature"))
+        assert await watcher.wait(Topics.homie(node, "$homie")) == b"4.0"
+        assert await watcher.wait(Topics.homie(node, "$state")) == b"ready"
+        status = await provisioner.registry.status(reg.provisioning_id)
+        assert status.is_provisioned and status.connected_at is not None
+
+        # A config change bumps the version and reaches the node.
+        changed = await provisioner.registry.change_config(
+            ConfigRequest(node=node, set={"telemetry_period": 15, "pins.outputs.relay": 25, "tz_name": "UTC"}))
+        assert changed.version == 2
+        got = Config.model_validate_json(await watcher.wait(topics.config(node), lambda p: b'"version":2' in p))
+        assert got.telemetry_period == 15 and got.pins.outputs.relay == 25 and [o.offset for o in got.tz] == [0]
+        for bad, why in (({"telemetry_period": 0}, "greater than"), ({"version": 9}, "managed"),
+                         ({"pins.nothing": 1}, "does not exist"), ({"tz_name": "Nowhere/Else"}, "unknown time zone")):
+            with pytest.raises(RegistryError, match=why):
+                await provisioner.registry.change_config(ConfigRequest(node=node, set=bad))
+        assert (await provisioner.registry.store.device(node))["config_version"] == 2
+
+    # Removal: credentials revoked, retained config, state and discovery cleared.
+    await provisioner.registry.remove(node)
+    with pytest.raises(Conflict):
+        await provisioner.registry.remove(node)
+    with pytest.raises(Conflict):
+        await provisioner.registry.change_config(ConfigRequest(node=node, set={"telemetry_period": 5}))
+    left = await _retained(dynsec_broker, f"{topics.prefix(node)}/#")
+    left.update(await _retained(dynsec_broker, Topics.homie_device(node), settle=0.2))
+    left.update(await _retained(dynsec_broker, f"homeassistant/+/{node}/#", settle=0.2))
+    assert left == {}
+    assert set(discovery.removal(topics, node)) >= {topics.ha_discovery("switch", node, "relay")}
+
+
+async def test_bad_info_is_reported_and_the_node_stays_pending(service, dynsec_mosquitto, topics):
+    reg = await service.registry.register(RegisterRequest(home_id="home", device_name="Odd"))
+    cfg = reg.mqtt_config
+    async with watching(dynsec_mosquitto, topics.errors()) as errors, \
+            node_client(dynsec_mosquitto, cfg.username, cfg.password) as client:
+        await client.publish(topics.status(cfg.node_name), "online", qos=1, retain=True)
+        await client.publish(topics.info(cfg.node_name), b"{not json", qos=1, retain=True)
+        await errors.wait(topics.errors(), lambda p: b"bad_info" in p)
+    assert not (await service.registry.status(reg.provisioning_id)).is_provisioned
