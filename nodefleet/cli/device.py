@@ -1,0 +1,126 @@
+"""``nodefleet device ...``: the provisioner's registry from the command line (list, config, remove, home)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import aiomqtt
+import click
+
+from ..contracts.provisioning import PROVISIONER_SERVICE
+from ..fleet import Requester, RequestError
+from ..settings import CommonSettings
+from . import main
+from .common import CliError, Column, NOT_RUNNING_HINT, connect, emit, fleet_options, format_option, node_name, note, run
+
+provisioner_timeout = click.option(
+    "--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True, metavar="SECONDS",
+    help="How long to wait for the provisioner's answer",
+)
+
+
+async def provisioner_request(settings: CommonSettings, action: str, data: dict[str, Any], *, timeout: float) -> Any:
+    """One request to the provisioner over MQTT; CliError that says what to do on any failure."""
+    async with connect(settings) as connection:
+        requester = Requester(connection.client, connection.topics, client_id=connection.client_id)
+        await requester.start()
+
+        async def feed() -> None:
+            async for message in connection.client.messages:
+                requester.feed(message)
+
+        reader = asyncio.create_task(feed())
+        try:
+            return await requester.request(PROVISIONER_SERVICE, action, data, timeout=timeout)
+        except RequestError as exc:
+            if str(exc).startswith("no answer"):
+                raise CliError(f"{exc} (start it with `nodefleet up`, or check --broker and --fleet-root)") from exc
+            raise CliError(f"the provisioner refused: {exc}") from exc
+        except aiomqtt.MqttError as exc:
+            raise CliError(f"lost the broker connection ({exc}): {NOT_RUNNING_HINT}") from exc
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await reader
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``key=value``; the value is JSON if it parses (15, true, "x"), else plain text."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise click.BadParameter(f"{text!r}: use key=value, e.g. telemetry_period=30 or pins.outputs.relay=25")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.strip(), value
+
+
+@main.group()
+def device() -> None:
+    """Registered devices: list them, change their config, remove them, define homes."""
+
+
+COLUMNS = (
+    Column(key="node", title="node"),
+    Column(key="home_id", title="home"),
+    Column(key="device_name", title="name"),
+    Column(key="status", title="status"),
+    Column(key="chip_id", title="chip id"),
+    Column(key="config_version", title="config"),
+    Column(key="created", title="registered"),
+    Column(key="first_connected", title="first online"),
+)
+
+
+@device.command("list")
+@fleet_options
+@format_option
+@provisioner_timeout
+@click.option("--home", "home_id", help="Only devices of this home")
+@click.option("--status", type=click.Choice(["pending", "provisioned", "revoked"]), help="Only devices in this state")
+def list_devices(settings: CommonSettings, fmt: str, timeout: float, home_id: str | None, status: str | None) -> None:
+    """List registered devices (from the provisioner's registry)."""
+    data = {k: v for k, v in {"home_id": home_id, "status": status}.items() if v}
+    rows = run(provisioner_request(settings, "list", data, timeout=timeout))
+    emit(rows, COLUMNS, fmt, title="registered devices")
+    if not rows and fmt == "table":
+        note("no devices registered yet: register one with `nodefleet provision`")
+
+
+@device.command("config")
+@fleet_options
+@provisioner_timeout
+@click.argument("node", callback=node_name)
+@click.option("--set", "assignments", multiple=True, required=True, metavar="KEY=VALUE",
+              help="A config value, repeatable: telemetry_period=30, power_on=last, pins.outputs.relay=25, tz_name=Europe/Berlin")
+def config(settings: CommonSettings, timeout: float, node: str, assignments: tuple[str, ...]) -> None:
+    """Change NODE's config; the new version is published (retained) for the node to apply."""
+    changes = dict(parse_assignment(a) for a in assignments)
+    answer = run(provisioner_request(settings, "config", {"node": node, "set": changes}, timeout=timeout))
+    click.echo(f"{node}: config version {answer['version']} published")
+
+
+@device.command("remove")
+@fleet_options
+@provisioner_timeout
+@click.argument("node", callback=node_name)
+@click.confirmation_option(prompt="Revoke this device's credentials and clear its retained topics?")
+def remove(settings: CommonSettings, timeout: float, node: str) -> None:
+    """Revoke NODE: credentials removed from the broker, its retained config, schedule, state and discovery cleared."""
+    run(provisioner_request(settings, "remove", {"node": node}, timeout=timeout))
+    click.echo(f"{node}: revoked")
+
+
+@device.command("home")
+@fleet_options
+@provisioner_timeout
+@click.argument("home_id")
+@click.option("--tz", default="UTC", show_default=True, help="IANA time zone of the home, e.g. Europe/Berlin")
+def home(settings: CommonSettings, timeout: float, home_id: str, tz: str) -> None:
+    """Create HOME_ID (or change its time zone); devices register into a home."""
+    run(provisioner_request(settings, "home", {"home_id": home_id, "tz": tz}, timeout=timeout))
+    click.echo(f"home {home_id}: time zone {tz}")
