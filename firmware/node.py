@@ -127,7 +127,7 @@ class Node:
             self._set(False)
         if self.stopped or not self.logic_enabled or not clock.valid():
             return
-        w = logic.window(self.rules, clock.local(now))
+        w = logic.window_now(self.rules, now)
         if self.resume_pending:
             self.resume_pending = False
             if w is not None:

@@ -266,7 +266,12 @@ class Config(Payload):
 
 
 class Rule(Part):
-    """One NodeLogic rule: every listed day at ``at`` (node-local), ``action`` for ``duration``."""
+    """One NodeLogic rule: every listed day at ``at`` (node-local), ``action`` for ``duration``.
+
+    An interval rule adds ``every`` (seconds) and ``end`` (HH:MM): runs start at
+    ``at``, ``at + every``, ... while the start is before ``end`` ("every 4 h for
+    20 min between 06:00 and 22:00").  ``end`` at or before ``at`` crosses midnight.
+    """
 
     id: Identifier
     at: HHMM
@@ -274,6 +279,8 @@ class Rule(Part):
     days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS), min_length=1, max_length=7)
     action: Literal["on", "off"] = "on"
     enabled: bool = True
+    every: Annotated[int, Field(ge=300, le=86400)] | None = None
+    end: HHMM | None = None
 
     @field_validator("days")
     @classmethod
@@ -281,6 +288,14 @@ class Rule(Part):
         if len(set(days)) != len(days):
             raise ValueError("days repeat")
         return days
+
+    @model_validator(mode="after")
+    def _interval_complete(self) -> Rule:
+        if (self.every is None) != (self.end is None):
+            raise ValueError("an interval rule needs both every and end")
+        if self.every is not None and self.duration > self.every:
+            raise ValueError("duration must not be longer than every")
+        return self
 
 
 class Schedule(Payload):
