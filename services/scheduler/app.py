@@ -1,0 +1,210 @@
+"""The scheduler service: holds every node's rules and sends a backup when a node does not run its own.
+
+``serve`` loads the last valid schedules from PostgreSQL, subscribes to every
+node's retained schedule, config (for tz), state and status, waits for the
+retained messages to settle, then runs the planner.  Fleet requests
+``scheduler/history`` and ``scheduler/show`` are answered on the same session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import aiomqtt
+from pydantic import ValidationError
+
+from nodefleet.backoff import Backoff
+from nodefleet.contracts import OFFLINE, ONLINE, State, SwitchCommand
+from nodefleet.contracts.scheduling import SCHEDULER_SERVICE, RunEvent, schedule_events
+from nodefleet.contracts.topics import Command, NodeTopic, TopicError
+from nodefleet.fleet import ErrorReporter, answer
+from nodefleet.logging import get_logger
+from nodefleet.mqtt import BrokerAddress, client
+
+from .nodes import BadSchedule, parse_schedule, parse_tz
+from .planner import Planner
+from .requests import handlers
+from .settings import SchedulerSettings
+from .store import Event, Store
+
+log = get_logger(__name__)
+
+SETTLE = 0.3  # seconds without a message after subscribing: the retained messages are in
+SETTLE_MAX = 5.0
+
+
+class Scheduler:
+    def __init__(self, settings: SchedulerSettings, store: Store) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.store = store
+        self.errors = ErrorReporter(SCHEDULER_SERVICE, self.topics)
+        self.planner = Planner(store=store, grace=settings.grace, lease=settings.lease, send=self.send_backups,
+                               publish=self.publish_events)
+        self.mqtt: aiomqtt.Client | None = None
+        self.connected = asyncio.Event()
+        self.settled = asyncio.Event()
+        self._last_message = time.monotonic()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.events_topic = schedule_events(self.topics)
+
+    # -- outgoing ------------------------------------------------------------
+    async def send_backups(self, won: list[Event]) -> None:
+        mqtt = self.mqtt
+        if mqtt is None:
+            raise aiomqtt.MqttError("not connected")
+        publishes = []
+        for node, run, _ in won:
+            command = SwitchCommand(state="ON" if run.action == "on" else "OFF", until=run.end, run_id=run.run_id)
+            publishes.append(mqtt.publish(self.topics.set(node, Command.SWITCH),
+                                          command.model_dump_json(by_alias=True, exclude_none=True), qos=1))
+        await asyncio.gather(*publishes)
+        for node, run, detail in won:
+            log.info("backup_sent", node=node, run_id=run.run_id, until=run.end, detail=detail)
+
+    async def publish_events(self, kind: str, events: list[Event]) -> None:
+        mqtt = self.mqtt
+        if mqtt is None:
+            return
+        now = time.time()
+        for node, run, detail in events:
+            event = RunEvent(ts=now, node=node, run_id=run.run_id, rule=run.rule, kind=kind, action=run.action,
+                             start=run.start, end=run.end, instance=self.settings.instance, detail=detail)
+            with contextlib.suppress(aiomqtt.MqttError):
+                await mqtt.publish(self.events_topic, event.model_dump_json(exclude_none=True), qos=0)
+        if kind != "run":
+            log.info("run_event", kind=kind, count=len(events), first=events[0][1].run_id, node=events[0][0])
+
+    # -- incoming ------------------------------------------------------------
+    def on_message(self, topic: str, payload: bytes) -> None:
+        self._last_message = time.monotonic()
+        try:
+            parsed = self.topics.parse(topic)
+        except TopicError:
+            return
+        view = self.planner.view(parsed.node)
+        if parsed.kind == NodeTopic.SCHEDULE:
+            self._on_schedule(view, topic, payload)
+        elif parsed.kind == NodeTopic.CONFIG:
+            tz = parse_tz(payload)
+            if tz is not None and tz != view.tz:
+                view.tz = tz
+                self.planner.replan(view)
+        elif parsed.kind == NodeTopic.STATE:
+            try:
+                view.note_state(State.model_validate_json(payload))
+            except ValidationError as exc:
+                self.errors.report("bad_state", f"{exc.errors()[0]['msg']}", topic=topic, node=parsed.node)
+        elif parsed.kind == NodeTopic.STATUS:
+            if view.note_status(payload) and self.settled.is_set():
+                self.planner.came_online(view)
+
+    def _on_schedule(self, view, topic: str, payload: bytes) -> None:
+        try:
+            schedule = parse_schedule(payload)
+        except BadSchedule as exc:
+            keeping = f"version {view.schedule['version']}" if view.schedule else "no schedule"
+            view.rejected = str(exc)
+            self.errors.report("bad_schedule", f"{view.name}: {exc}; keeping {keeping}", topic=topic, node=view.name)
+            return
+        view.rejected = None
+        if schedule == view.schedule:
+            return
+        view.schedule = schedule
+        self.planner.replan(view)
+        self._background(self.store.save_schedule(view.name, schedule))
+
+    def _background(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- session -------------------------------------------------------------
+    async def run(self) -> None:
+        """Stay connected (reconnect with backoff) until cancelled."""
+        address = BrokerAddress.parse(self.settings.mqtt_url)
+        backoff = Backoff()
+        while True:
+            backoff.attempt()
+            try:
+                await self._session(address)
+            except aiomqtt.MqttError as exc:
+                log.warning("scheduler_connection_lost", broker=address.url, error=str(exc),
+                            retry_in=round(backoff.next_pause, 2))
+            self.mqtt = None
+            self.connected.clear()
+            await backoff.wait()
+
+    async def _session(self, address: BrokerAddress) -> None:
+        status = self.topics.service_status(SCHEDULER_SERVICE, self.settings.instance)
+        will = aiomqtt.Will(status, OFFLINE, qos=1, retain=True)
+        client_id = f"nodefleet-scheduler-{self.settings.instance}"[:64]
+        async with client(address, client_id=client_id, will=will, keepalive=self.settings.keepalive,
+                          max_queued_outgoing=0) as mqtt:
+            for kind in (NodeTopic.SCHEDULE, NodeTopic.CONFIG, NodeTopic.STATE, NodeTopic.STATUS):
+                await mqtt.subscribe(self.topics.all_nodes(kind), qos=1)
+            await mqtt.subscribe(self.topics.requests(SCHEDULER_SERVICE), qos=1)
+            await mqtt.publish(status, ONLINE, qos=1, retain=True)
+            self.mqtt = mqtt
+            self._last_message = time.monotonic()
+            self.connected.set()
+            reporter = asyncio.create_task(self.errors.run(mqtt))
+            request_handlers = handlers(self)
+            requests_prefix = self.topics.requests(SCHEDULER_SERVICE)[:-1]
+            try:
+                async for message in mqtt.messages:
+                    topic = str(message.topic)
+                    if topic.startswith(requests_prefix):
+                        action = self.topics.request_action(topic)
+                        self._background(answer(mqtt, bytes(message.payload), request_handlers, action, self.errors))
+                    else:
+                        self.on_message(topic, bytes(message.payload))
+            except asyncio.CancelledError:
+                with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                    await asyncio.wait_for(mqtt.publish(status, OFFLINE, qos=1, retain=True), 1.0)
+                raise
+            finally:
+                reporter.cancel()
+
+    async def settle(self) -> None:
+        """Wait until the retained messages stopped arriving (the nodes' current state is known)."""
+        await self.connected.wait()
+        started = time.monotonic()
+        while time.monotonic() - self._last_message < SETTLE and time.monotonic() - started < SETTLE_MAX:
+            await asyncio.sleep(0.05)
+        self.settled.set()
+
+
+async def serve(settings: SchedulerSettings, *, ready: asyncio.Event | None = None) -> None:
+    """Run the scheduler until cancelled."""
+    log.info("scheduler_starting", broker=BrokerAddress.parse(settings.mqtt_url).url, instance=settings.instance,
+             grace=settings.grace)
+    store = await Store.open(settings.database_url, settings.instance, max_delay=settings.db_retry_max)
+    scheduler = Scheduler(settings, store)
+    for node, schedule in (await store.schedules()).items():
+        scheduler.planner.view(node).schedule = schedule
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(scheduler.run())
+            await scheduler.settle()
+            for view in scheduler.planner.nodes.values():
+                if view.generation == 0:
+                    scheduler.planner.replan(view)  # known only from the database
+            group.create_task(scheduler.planner.run())
+            group.create_task(_prune_loop(store, settings.history_days))
+            log.info("scheduler_ready", nodes=len(scheduler.planner.nodes))
+            if ready is not None:
+                ready.set()
+    finally:
+        await store.close()
+        log.info("scheduler_stopped", **vars(scheduler.planner.counts))
+
+
+async def _prune_loop(store: Store, days: int) -> None:
+    while True:
+        with contextlib.suppress(Exception):
+            await store.prune(days)
+        await asyncio.sleep(3600)

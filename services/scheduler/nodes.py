@@ -1,0 +1,89 @@
+"""What the scheduler knows of each node: its last valid schedule, tz, availability and reported runs."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from nodefleet.contracts import ONLINE, Config, Schedule, State
+
+from .rulebook import Run, Tz, check_schedule, tz_pairs
+
+SEEN_KEPT = 64  # run ids a node reported, kept per node (the node itself keeps 24)
+
+
+class BadSchedule(ValueError):
+    """A schedule the contract or the rule engine rejects; the message names the problem."""
+
+
+@dataclass
+class NodeView:
+    name: str
+    schedule: dict[str, Any] | None = None
+    rejected: str | None = None
+    tz: Tz = field(default_factory=list)
+    online: bool | None = None
+    mode: str | None = None
+    relay: str | None = None
+    run_id: str | None = None
+    seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    missed: dict[str, Run] = field(default_factory=dict)
+    generation: int = 0
+    planned: set[str] = field(default_factory=set)
+
+    @property
+    def rules(self) -> list[dict[str, Any]]:
+        return self.schedule.get("rules", []) if self.schedule else []
+
+    def saw(self, run_id: str) -> bool:
+        return run_id in self.seen
+
+    def note_state(self, state: State) -> None:
+        self.mode, self.relay, self.run_id = state.mode, state.relay, state.run_id
+        if state.run_id:
+            self.seen[state.run_id] = None
+            self.seen.move_to_end(state.run_id)
+            while len(self.seen) > SEEN_KEPT:
+                self.seen.popitem(last=False)
+
+    def note_status(self, payload: bytes) -> bool:
+        """Record availability; True if the node just came online."""
+        online = payload.decode(errors="replace").strip() == ONLINE
+        came = online and self.online is not True
+        self.online = online
+        return came
+
+
+def parse_schedule(payload: bytes) -> dict[str, Any] | None:
+    """A retained schedule as the node would take it: None for an empty (deleted) one, BadSchedule if rejected."""
+    if not payload:
+        return None
+    try:
+        raw = json.loads(payload)
+    except ValueError as exc:
+        raise BadSchedule(f"schedule is not valid JSON ({exc})") from None
+    # The engine's check is the node's own (unknown fields, bad times, conflicting overlaps).
+    reason = check_schedule(raw)
+    if reason:
+        raise BadSchedule(reason)
+    try:
+        Schedule.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise BadSchedule(f"{where}: {first['msg']}") from None
+    return raw
+
+
+def parse_tz(payload: bytes) -> Tz | None:
+    """The tz offsets of a retained config, or None if the config is not one the node would take."""
+    if not payload:
+        return []
+    try:
+        return tz_pairs(Config.model_validate_json(payload).tz)
+    except ValidationError:
+        return None

@@ -1,0 +1,231 @@
+"""When runs fall due, and what the scheduler does then: nothing, record, or send the backup.
+
+One heap of due checks for every node; one task pops every check that is due
+and handles them as a batch (one database round trip for all the claims of a
+batch), so ten thousand runs due in the same second go out together.
+
+At ``start + grace`` a run is classified:
+
+* the node reported the run id            -> ``run`` recorded, nothing sent;
+* the node is stopped / logic disabled    -> ``skipped`` (a manual stop is respected);
+* the window is over                      -> ``miss``;
+* the node is offline                     -> ``miss``; resumed if it comes back inside the window;
+* otherwise                               -> claim the ``backup``; the instance that wins sends
+  ``SwitchCommand(state, until=end, run_id)``; a loser checks again after the lease and takes
+  over a claim whose instance died before sending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiomqtt
+
+from nodefleet.logging import get_logger
+
+from .nodes import NodeView
+from .rulebook import Run, next_start, window
+from .store import TRANSIENT, Event, Store, StoreUnavailable
+
+log = get_logger(__name__)
+
+CHECK, RESUME, TAKEOVER = "check", "resume", "takeover"
+
+SendBackups = Callable[[list[Event]], Awaitable[None]]
+Publish = Callable[[str, list[Event]], Awaitable[None]]
+
+
+@dataclass(order=True)
+class Due:
+    at: float
+    seq: int
+    node: str = field(compare=False)
+    generation: int = field(compare=False)
+    run: Run = field(compare=False)
+    what: str = field(compare=False, default=CHECK)
+
+
+@dataclass
+class Counts:
+    backups: int = 0
+    runs: int = 0
+    misses: int = 0
+    skipped: int = 0
+    takeovers: int = 0
+
+
+class Planner:
+    def __init__(self, *, store: Store, grace: float, lease: float, send: SendBackups, publish: Publish,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.grace = grace
+        self.lease = lease
+        self.send = send
+        self.publish = publish
+        self.clock = clock
+        self.nodes: dict[str, NodeView] = {}
+        self.counts = Counts()
+        self._heap: list[Due] = []
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+
+    def view(self, node: str) -> NodeView:
+        found = self.nodes.get(node)
+        if found is None:
+            found = self.nodes[node] = NodeView(node)
+        return found
+
+    # -- planning ----------------------------------------------------------
+    def replan(self, view: NodeView) -> None:
+        """The schedule or tz changed: forget planned checks, plan the open run and the next."""
+        view.generation += 1
+        view.planned.clear()
+        if not view.rules:
+            return
+        now = self.clock()
+        current = window(view.rules, view.tz, int(now))
+        if current is not None:
+            self._push(view, current, max(now, current.start + self.grace))
+        self._plan_after(view, int(now))
+
+    def _plan_after(self, view: NodeView, ts: int) -> None:
+        nxt = next_start(view.rules, view.tz, ts)
+        if nxt is not None:
+            self._push(view, nxt, nxt.start + self.grace)
+
+    def _push(self, view: NodeView, run: Run, at: float, what: str = CHECK) -> None:
+        if what == CHECK:
+            if run.run_id in view.planned:
+                return
+            view.planned.add(run.run_id)
+        heapq.heappush(self._heap, Due(at, next(self._seq), view.name, view.generation, run, what))
+        if self._heap[0].at >= at:
+            self._wake.set()
+
+    def came_online(self, view: NodeView) -> None:
+        """Runs missed while the node was away are checked again a grace period from now, if still open."""
+        now = self.clock()
+        for run in list(view.missed.values()):
+            if now < run.end:
+                heapq.heappush(self._heap, Due(now + self.grace, next(self._seq), view.name, view.generation, run,
+                                               RESUME))
+                self._wake.set()
+
+    def next_due(self) -> float | None:
+        return self._heap[0].at if self._heap else None
+
+    # -- running -----------------------------------------------------------
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            now = self.clock()
+            if self._heap and self._heap[0].at <= now:
+                batch = []
+                while self._heap and self._heap[0].at <= now:
+                    batch.append(heapq.heappop(self._heap))
+                try:
+                    await self.handle(batch)
+                except (StoreUnavailable, *TRANSIENT) as exc:
+                    # The database is away: the same checks again in a second (claims make a retry safe).
+                    log.warning("database_unavailable", error=str(exc) or type(exc).__name__, checks=len(batch))
+                    for due in batch:
+                        due.at = self.clock() + 1.0
+                        heapq.heappush(self._heap, due)
+                    await asyncio.sleep(1.0)
+                continue
+            timeout = None if not self._heap else self._heap[0].at - now
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def handle(self, batch: list[Due]) -> None:
+        now = self.clock()
+        done: dict[str, list[Event]] = {"run": [], "miss": [], "skipped": []}
+        to_claim: list[Event] = []
+        takeovers: list[Due] = []
+        for due in batch:
+            view = self.nodes.get(due.node)
+            if view is None or due.generation != view.generation:
+                continue  # the schedule changed since this was planned
+            if due.what == TAKEOVER:
+                if not view.saw(due.run.run_id) and now < due.run.end:
+                    takeovers.append(due)  # another instance claimed it: was it sent?
+                continue
+            if due.what == CHECK:
+                view.planned.discard(due.run.run_id)
+                self._plan_after(view, due.run.start)
+            kind, detail = self.classify(view, due.run, now, resumed=due.what == RESUME)
+            if kind == "miss" and view.online is not True:
+                view.missed[due.run.run_id] = due.run  # resumed if the node comes back inside the window
+            else:
+                view.missed.pop(due.run.run_id, None)
+            if kind == "claim":
+                to_claim.append((view.name, due.run, detail))
+            elif kind:
+                done[kind].append((view.name, due.run, detail))
+        if to_claim:
+            won = await self.store.claim(to_claim)
+            await self._send(won)
+            won_ids = {(n, r.run_id) for n, r, _ in won}
+            for node, run, _ in to_claim:
+                if (node, run.run_id) not in won_ids:
+                    self._recheck(node, run)
+        for due in takeovers:
+            await self._take_over(due)
+        for kind, events in done.items():
+            recorded = await self.store.record(kind, events)
+            setattr(self.counts, _COUNTER[kind], getattr(self.counts, _COUNTER[kind]) + len(recorded))
+            if recorded:
+                await self.publish(kind, recorded)
+
+    def classify(self, view: NodeView, run: Run, now: float, *, resumed: bool) -> tuple[str | None, str | None]:
+        """What to do about ``run`` now: ``run``, ``skipped``, ``miss``, ``claim`` or None (nothing)."""
+        if view.saw(run.run_id):
+            return "run", "resumed by the node" if resumed else None
+        if view.mode in ("stopped", "logic_disabled"):
+            return "skipped", f"node mode is {view.mode}"
+        if now >= run.end:
+            return "miss", "the window ended before the node reported the run"
+        if view.online is not True:
+            return "miss", "node offline at the due time"
+        return "claim", "resumed after the node came back" if resumed else f"state did not follow within {self.grace:g} s"
+
+    async def _send(self, won: list[Event]) -> None:
+        if not won:
+            return
+        try:
+            await self.send(won)
+        except aiomqtt.MqttError as exc:
+            # Not sent: our claims stay unsent, so after the lease we (or another instance) take them over.
+            log.warning("backup_not_sent", error=str(exc), count=len(won))
+            for node, run, _ in won:
+                self._recheck(node, run)
+            return
+        await self.store.mark_sent([(node, run.run_id) for node, run, _ in won])
+        self.counts.backups += len(won)
+        await self.publish("backup", won)
+
+    def _recheck(self, node: str, run: Run) -> None:
+        view = self.nodes[node]
+        heapq.heappush(self._heap, Due(self.clock() + self.lease, next(self._seq), node, view.generation, run, TAKEOVER))
+        self._wake.set()
+
+    async def _take_over(self, due: Due) -> None:
+        state = await self.store.claim_state(due.node, due.run.run_id)
+        if state != "pending":
+            return  # sent, or the claim is gone
+        if await self.store.take_over(due.node, due.run.run_id, self.lease):
+            log.warning("backup_taken_over", node=due.node, run_id=due.run.run_id)
+            self.counts.takeovers += 1
+            await self._send([(due.node, due.run, "taken over from an instance that did not send it")])
+        else:
+            self._recheck(due.node, due.run)
+
+
+_COUNTER = {"run": "runs", "miss": "misses", "skipped": "skipped"}

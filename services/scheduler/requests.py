@@ -1,0 +1,38 @@
+"""Fleet requests the scheduler answers: ``history`` (run events, newest first) and ``show``."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from nodefleet.contracts.scheduling import HistoryQuery, HistoryRow, RunView, ShowAnswer, ShowQuery
+from nodefleet.fleet import Handler
+
+from .rulebook import Run, next_start, window
+
+if TYPE_CHECKING:
+    from .app import Scheduler
+
+
+def _run_view(run: Run | None) -> RunView | None:
+    return RunView(rule=run.rule, run_id=run.run_id, action=run.action, start=run.start, end=run.end) if run else None
+
+
+def handlers(scheduler: Scheduler) -> dict[str, Handler]:
+    async def history(data: dict[str, Any]) -> list[dict[str, Any]]:
+        query = HistoryQuery.model_validate(data)
+        rows = await scheduler.store.history(query.node, query.limit)
+        return [HistoryRow.model_validate(row).model_dump(mode="json") for row in rows]
+
+    async def show(data: dict[str, Any]) -> dict[str, Any]:
+        query = ShowQuery.model_validate(data)
+        view = scheduler.planner.nodes.get(query.node)
+        if view is None:
+            return ShowAnswer(node=query.node).model_dump(mode="json")
+        now = int(time.time())
+        return ShowAnswer(
+            node=view.name, schedule=view.schedule, rejected=view.rejected, online=view.online, mode=view.mode,
+            open=_run_view(window(view.rules, view.tz, now)), next=_run_view(next_start(view.rules, view.tz, now)),
+        ).model_dump(mode="json")
+
+    return {"history": history, "show": show}

@@ -1,0 +1,33 @@
+"""Settings of the scheduler: ``NODEFLEET_*`` common ones plus ``NODEFLEET_SCHEDULER_*``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import AliasChoices, Field
+
+from nodefleet.settings import CommonSettings
+
+
+def _own(default: Any, description: str, name: str, **constraints: Any) -> Any:
+    """A field read from ``NODEFLEET_SCHEDULER_<NAME>``, so services sharing an environment never collide."""
+    return Field(
+        default=default,
+        description=description,
+        validation_alias=AliasChoices(name, f"NODEFLEET_SCHEDULER_{name.upper()}"),
+        **constraints,
+    )
+
+
+class SchedulerSettings(CommonSettings):
+    grace: float = _own(
+        10.0, "Seconds after a run's start the node has to report it before the scheduler sends the backup", "grace",
+        ge=0, le=3600,
+    )
+    lease: float = _own(
+        5.0, "Seconds after which another instance takes over a claimed backup that was never sent", "lease",
+        gt=0, le=600,
+    )
+    history_days: int = _own(90, "Days of run events kept for `nodefleet schedule history`", "history_days", ge=1)
+    keepalive: int = _own(30, "MQTT keepalive in seconds", "keepalive", ge=5, le=600)
+    db_retry_max: float = _own(10.0, "Longest pause (s) between database reconnection attempts", "db_retry_max", gt=0)

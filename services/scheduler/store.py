@@ -1,0 +1,181 @@
+"""The scheduler's own tables in PostgreSQL: run events (also the backup claims) and last valid schedules.
+
+A backup is claimed by inserting its ``backup`` event: (node, run_id, kind) is
+the primary key, so of two instances only one insert wins.  ``sent`` stays NULL
+until the command went out; a claim left unsent longer than the lease (its
+instance died) is taken over by another instance.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from nodefleet.backoff import Backoff
+from nodefleet.logging import get_logger
+
+from .rulebook import Run
+
+log = get_logger(__name__)
+
+MIGRATIONS = [
+    """
+    CREATE TABLE scheduler_events (
+        node text NOT NULL,
+        run_id text NOT NULL,
+        kind text NOT NULL,
+        rule text NOT NULL,
+        action text NOT NULL,
+        start double precision NOT NULL,
+        "end" double precision NOT NULL,
+        ts double precision NOT NULL,
+        instance text NOT NULL,
+        detail text,
+        sent double precision,
+        PRIMARY KEY (node, run_id, kind)
+    );
+    CREATE INDEX scheduler_events_node_ts ON scheduler_events (node, ts DESC);
+    CREATE TABLE scheduler_schedules (
+        node text PRIMARY KEY,
+        body text NOT NULL,
+        updated double precision NOT NULL
+    );
+    """,
+]
+_LOCK = 0x5C4ED01E  # advisory lock: two instances starting together migrate one after the other
+
+TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError, asyncpg.InsufficientResourcesError, asyncpg.TransactionRollbackError,
+)
+
+
+class StoreUnavailable(RuntimeError):
+    """PostgreSQL cannot be reached now; the work can be retried."""
+
+
+Event = tuple[str, Run, str | None]
+"""(node, run, detail) of one event to record."""
+
+
+class Store:
+    def __init__(self, pool: asyncpg.Pool, instance: str) -> None:
+        self.pool = pool
+        self.instance = instance
+
+    @classmethod
+    async def open(cls, dsn: str, instance: str, *, max_delay: float = 10.0) -> Store:
+        """Connect (retrying while the server is not there yet) and migrate."""
+        backoff = Backoff(most=max_delay, reset_after=float("inf"))
+        while True:
+            try:
+                pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, timeout=10)
+                break
+            except TRANSIENT as exc:
+                log.warning("database_unavailable", error=str(exc) or type(exc).__name__, retry_in=round(backoff.next_pause, 2))
+                await backoff.wait()
+        store = cls(pool, instance)
+        await store.migrate()
+        return store
+
+    async def close(self) -> None:
+        self.pool.terminate()
+
+    async def migrate(self) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)
+            await conn.execute("CREATE TABLE IF NOT EXISTS scheduler_migrations (version int PRIMARY KEY, "
+                               "applied timestamptz NOT NULL DEFAULT now())")
+            done = {row["version"] for row in await conn.fetch("SELECT version FROM scheduler_migrations")}
+            for version, sql in enumerate(MIGRATIONS, start=1):
+                if version not in done:
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO scheduler_migrations (version) VALUES ($1)", version)
+                    log.info("scheduler_migrated", version=version)
+
+    # -- events and claims -------------------------------------------------
+    async def record(self, kind: str, events: Sequence[Event]) -> list[Event]:
+        """Insert events of one kind; the ones this call inserted (the others were recorded already)."""
+        if not events:
+            return []
+        rows = await self.pool.fetch(
+            """INSERT INTO scheduler_events (node, run_id, kind, rule, action, start, "end", ts, instance, detail)
+               SELECT n, r, $1, ru, a, s, e, $2, $3, d
+               FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::float8[], $9::float8[], $10::text[])
+                    AS u(n, r, ru, a, s, e, d)
+               WHERE $1 <> 'backup' OR NOT EXISTS (
+                   SELECT 1 FROM scheduler_events x WHERE x.node = u.n AND x.run_id = u.r AND x.kind = 'run')
+               ON CONFLICT DO NOTHING
+               RETURNING node, run_id""",
+            kind, time.time(), self.instance, *_columns(events))
+        won = {(row["node"], row["run_id"]) for row in rows}
+        return [e for e in events if (e[0], e[1].run_id) in won]
+
+    async def claim(self, events: Sequence[Event]) -> list[Event]:
+        """Claim backups; the ones this instance won (and must send)."""
+        return await self.record("backup", events)
+
+    async def take_over(self, node: str, run_id: str, lease: float) -> bool:
+        """Take an unsent claim older than ``lease`` seconds (its instance died); True if it is ours now."""
+        now = time.time()
+        row = await self.pool.fetchrow(
+            """UPDATE scheduler_events SET instance = $3, ts = $4
+               WHERE node = $1 AND run_id = $2 AND kind = 'backup' AND sent IS NULL AND ts < $4 - $5
+               RETURNING 1""", node, run_id, self.instance, now, lease)
+        return row is not None
+
+    async def claim_state(self, node: str, run_id: str) -> str:
+        """``sent``, ``pending`` (claimed, not sent yet) or ``none``."""
+        sent = await self.pool.fetchval(
+            "SELECT coalesce(sent, 0) FROM scheduler_events WHERE node = $1 AND run_id = $2 AND kind = 'backup'",
+            node, run_id)
+        return "none" if sent is None else "sent" if sent else "pending"
+
+    async def mark_sent(self, sent: Sequence[tuple[str, str]]) -> None:
+        if not sent:
+            return
+        await self.pool.execute(
+            """UPDATE scheduler_events e SET sent = $1
+               FROM unnest($2::text[], $3::text[]) AS u(n, r)
+               WHERE e.node = u.n AND e.run_id = u.r AND e.kind = 'backup'""",
+            time.time(), [n for n, _ in sent], [r for _, r in sent])
+
+    async def history(self, node: str, limit: int) -> list[dict[str, Any]]:
+        rows = await self.pool.fetch(
+            """SELECT ts, node, run_id, rule, kind, action, start, "end", instance, detail, sent
+               FROM scheduler_events WHERE node = $1 ORDER BY ts DESC, kind LIMIT $2""", node, limit)
+        return [dict(row) for row in rows]
+
+    async def prune(self, days: int) -> int:
+        result = await self.pool.execute("DELETE FROM scheduler_events WHERE ts < $1", time.time() - days * 86400)
+        return int(result.split()[-1])
+
+    # -- last valid schedules ----------------------------------------------
+    async def save_schedule(self, node: str, body: dict[str, Any] | None) -> None:
+        if body is None:
+            await self.pool.execute("DELETE FROM scheduler_schedules WHERE node = $1", node)
+            return
+        await self.pool.execute(
+            """INSERT INTO scheduler_schedules (node, body, updated) VALUES ($1, $2, $3)
+               ON CONFLICT (node) DO UPDATE SET body = EXCLUDED.body, updated = EXCLUDED.updated""",
+            node, json.dumps(body), time.time())
+
+    async def schedules(self) -> dict[str, dict[str, Any]]:
+        rows = await self.pool.fetch("SELECT node, body FROM scheduler_schedules")
+        return {row["node"]: json.loads(row["body"]) for row in rows}
+
+
+def _columns(events: Sequence[Event]) -> list[list[Any]]:
+    return [
+        [node for node, _, _ in events],
+        [run.run_id for _, run, _ in events],
+        [run.rule for _, run, _ in events],
+        [run.action for _, run, _ in events],
+        [float(run.start) for _, run, _ in events],
+        [float(run.end) for _, run, _ in events],
+        [detail for _, _, detail in events],
+    ]

@@ -1,0 +1,161 @@
+"""Fixtures for the scheduler tests: real simulated nodes, Mosquitto, PostgreSQL and the scheduler itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from nodefleet import mqtt
+from nodefleet.contracts import Topics
+from nodefleet.contracts.scheduling import schedule_events
+from nodefleet.contracts.topics import Command, NodeTopic
+from nodefleet.embedded.mosquitto import Mosquitto
+from nodefleet.sim import SimNode
+from services.scheduler.app import serve
+from services.scheduler.settings import SchedulerSettings
+
+FAST_CONFIG = {"v": 1, "version": 1, "telemetry_period": 60, "ap_after": 60}
+GRACE = 2.0
+LEASE = 2.0
+
+
+def aligned(lead: float) -> tuple[int, int, str]:
+    """A run start ``lead`` s from now, a tz offset that puts it on a whole local minute, and that HH:MM."""
+    start = int(time.time() + lead)
+    offset = (-start) % 60
+    local = (start + offset) % 86400
+    return start, offset, f"{local // 3600:02d}:{local // 60 % 60:02d}"
+
+
+def node_config(offset: int) -> dict[str, Any]:
+    return {**FAST_CONFIG, "tz": [{"from": 0, "offset": offset}]}
+
+
+class Watch:
+    """Every message under the test's roots, with its arrival time."""
+
+    def __init__(self, client: aiomqtt.Client, topics: Topics) -> None:
+        self.client = client
+        self.topics = topics
+        self.messages: list[tuple[float, str, bytes]] = []
+        self._arrived = asyncio.Event()
+
+    async def feed(self) -> None:
+        async for message in self.client.messages:
+            self.messages.append((time.time(), str(message.topic), bytes(message.payload)))
+            self._arrived.set()
+
+    def found(self, topic: str, match: Callable[[Any], bool] | None = None) -> list[Any]:
+        out = []
+        for _, t, payload in self.messages:
+            if t != topic or not payload:
+                continue
+            try:
+                value = json.loads(payload)
+            except ValueError:
+                value = payload.decode()
+            if match is None or match(value):
+                out.append(value)
+        return out
+
+    async def wait(self, topic: str, match: Callable[[Any], bool] | None = None, *, timeout: float = 10.0) -> Any:
+        async with asyncio.timeout(timeout):
+            while True:
+                hits = self.found(topic, match)
+                if hits:
+                    return hits[-1]
+                self._arrived.clear()
+                await self._arrived.wait()
+
+    def switches(self, node: str, run_id: str) -> list[dict[str, Any]]:
+        return self.found(self.topics.set(node, Command.SWITCH), lambda c: isinstance(c, dict) and c.get("run_id") == run_id)
+
+    def events(self, node: str, kind: str | None = None) -> list[dict[str, Any]]:
+        return self.found(schedule_events(self.topics),
+                          lambda e: e["node"] == node and (kind is None or e["kind"] == kind))
+
+    async def retain(self, topic: str, payload: Any) -> None:
+        body = payload if isinstance(payload, (bytes, str)) else json.dumps(payload)
+        await self.client.publish(topic, body, qos=1, retain=True)
+
+
+@pytest.fixture
+async def watch(mosquitto: Mosquitto, topics: Topics) -> AsyncIterator[Watch]:
+    client = mqtt.client(mqtt.BrokerAddress.parse(mosquitto.url), client_id=f"watch-{uuid.uuid4().hex[:8]}")
+    async with client:
+        w = Watch(client, topics)
+        await client.subscribe(f"{topics.root}/#", qos=1)
+        await client.subscribe(f"{topics.fleet}/#", qos=1)
+        task = asyncio.create_task(w.feed())
+        try:
+            yield w
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await task
+
+
+@pytest.fixture
+async def make_node(tmp_path, mosquitto: Mosquitto, topics: Topics, watch: Watch):
+    """Factory: a started simulated node with a tz offset, its config also retained for the scheduler."""
+    nodes: list[SimNode] = []
+
+    async def make(name: str, *, offset: int, env: dict[str, str] | None = None) -> SimNode:
+        node = SimNode(tmp_path / name, name=name, env=env, http=False)
+        node.provision(broker=mosquitto.url, topic_prefix=topics.prefix(name), keepalive=5, max_backoff=1)
+        node.write("config.json", node_config(offset))
+        nodes.append(node)
+        await watch.retain(topics.config(name), node_config(offset))
+        await node.start()
+        try:
+            await watch.wait(topics.status(name), lambda s: s == "online", timeout=15)
+        except TimeoutError:
+            raise AssertionError(f"node {name} did not come online:\n{node.output()}") from None
+        return node
+
+    yield make
+    for node in nodes:
+        await node.stop()
+        assert "Traceback" not in node.output(), node.output()
+
+
+@pytest.fixture
+async def scheduler(mosquitto: Mosquitto, topics: Topics, database: str):
+    """Factory: an in-process scheduler instance on the test's roots and database; cancelled at the end."""
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start(instance: str = "sched-a", **overrides: Any) -> SchedulerSettings:
+        settings = SchedulerSettings(mqtt_url=mosquitto.url, database_url=database, topic_root=topics.root,
+                                     fleet_root=topics.fleet, instance=instance, grace=GRACE, lease=LEASE, **overrides)
+        ready = asyncio.Event()
+        task = asyncio.create_task(serve(settings, ready=ready))
+        tasks.append(task)
+        done, _ = await asyncio.wait([task, asyncio.create_task(ready.wait())], timeout=15,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()
+        assert ready.is_set(), "scheduler did not get ready"
+        return settings
+
+    yield start
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def schedule(version: int, *rules: dict[str, Any]) -> dict[str, Any]:
+    return {"v": 1, "version": version, "rules": list(rules)}
+
+
+def schedule_topic(topics: Topics, node: str) -> str:
+    return topics.node(node, NodeTopic.SCHEDULE)

@@ -1,0 +1,92 @@
+"""Backup execution with real simulated nodes: silent when the node runs, once when it does not."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from nodefleet.contracts.topics import Command
+
+from .conftest import GRACE, aligned, schedule, schedule_topic
+
+
+async def _until(ts: float) -> None:
+    await asyncio.sleep(max(0.0, ts - time.time()))
+
+
+async def test_node_runs_its_rule_and_the_scheduler_stays_silent(make_node, scheduler, watch, topics):
+    start, offset, at = aligned(6)
+    await make_node("n1", offset=offset)
+    await scheduler()
+    await watch.retain(schedule_topic(topics, "n1"), schedule(1, {"id": "water", "at": at, "duration": 8}))
+    run_id = (await watch.wait(topics.state("n1"), lambda s: s.get("run_id", "").startswith("water-"), timeout=12))["run_id"]
+    await watch.wait(f"{topics.fleet}/scheduler/events", lambda e: e["kind"] == "run" and e["run_id"] == run_id,
+                     timeout=GRACE + 4)
+    assert watch.switches("n1", run_id) == []
+    assert [e["kind"] for e in watch.events("n1")] == ["run"]
+
+
+async def test_node_with_a_wrong_clock_is_backed_up_once(make_node, scheduler, watch, topics):
+    start, offset, at = aligned(5)
+    node = await make_node("n1", offset=offset)
+    await node.ctl(f"clock {int(time.time()) - 7200}")  # two hours behind: its own rule is not due yet
+    await scheduler()
+    await watch.retain(schedule_topic(topics, "n1"), schedule(1, {"id": "water", "at": at, "duration": 30}))
+    state = await watch.wait(topics.state("n1"), lambda s: s.get("run_id", "").startswith("water-"), timeout=12)
+    run_id = state["run_id"]
+    assert state["relay"] == "ON" and (await node.ctl())["relay"] == 1
+    [command] = watch.switches("n1", run_id)
+    assert command == {"v": 1, "state": "ON", "until": start + 30, "run_id": run_id}
+    [sent_at] = [t for t, topic, _ in watch.messages if topic == topics.set("n1", Command.SWITCH)]
+    assert start + GRACE <= sent_at < start + GRACE + 1.0
+    await asyncio.sleep(GRACE + 1)
+    assert len(watch.switches("n1", run_id)) == 1
+    assert [e["kind"] for e in watch.events("n1")] == ["backup"]
+
+
+async def test_manual_stop_is_respected(make_node, scheduler, watch, topics):
+    start, offset, at = aligned(5)
+    node = await make_node("n1", offset=offset)
+    await node.ctl(f"clock {int(time.time()) - 7200}")
+    await scheduler()
+    await watch.client.publish(topics.set("n1", Command.STOP), '{"v": 1}', qos=1)
+    await watch.wait(topics.state("n1"), lambda s: s["mode"] == "stopped")
+    await watch.retain(schedule_topic(topics, "n1"), schedule(1, {"id": "water", "at": at, "duration": 30}))
+    skipped = await watch.wait(f"{topics.fleet}/scheduler/events", lambda e: e["kind"] == "skipped", timeout=12)
+    assert "stopped" in skipped["detail"]
+    assert watch.switches("n1", skipped["run_id"]) == [] and (await node.ctl())["relay"] == 0
+
+
+async def test_offline_across_the_due_time_then_resumed_once(make_node, scheduler, watch, topics):
+    start, offset, at = aligned(6)
+    node = await make_node("n1", offset=offset)
+    await scheduler()
+    await watch.retain(schedule_topic(topics, "n1"), schedule(1, {"id": "water", "at": at, "duration": 25}))
+    await asyncio.sleep(1)
+    await node.kill()  # power cut before the run
+    await watch.wait(topics.status("n1"), lambda s: s == "offline")
+    miss = await watch.wait(f"{topics.fleet}/scheduler/events", lambda e: e["kind"] == "miss", timeout=12)
+    assert "offline" in miss["detail"]
+    # Back inside the window, but without NTP: the node cannot resume the run itself.
+    node.env["NF_NTP"] = "0"
+    await node.start()
+    state = await watch.wait(topics.state("n1"), lambda s: s.get("run_id") == miss["run_id"], timeout=15)
+    assert state["relay"] == "ON" and (await node.ctl())["relay"] == 1
+    await asyncio.sleep(GRACE + 1)
+    [command] = watch.switches("n1", miss["run_id"])
+    assert command["until"] == start + 25
+    backup = watch.events("n1", "backup")
+    assert len(backup) == 1 and "came back" in backup[0]["detail"]
+
+
+async def test_offline_node_that_resumes_itself_is_left_alone(make_node, scheduler, watch, topics):
+    start, offset, at = aligned(5)
+    node = await make_node("n1", offset=offset)
+    await scheduler()
+    await watch.retain(schedule_topic(topics, "n1"), schedule(1, {"id": "water", "at": at, "duration": 25}))
+    await node.kill()
+    miss = await watch.wait(f"{topics.fleet}/scheduler/events", lambda e: e["kind"] == "miss", timeout=12)
+    await node.start()  # with time: it runs the open window on its own
+    await watch.wait(f"{topics.fleet}/scheduler/events", lambda e: e["kind"] == "run", timeout=GRACE + 8)
+    assert watch.switches("n1", miss["run_id"]) == []
+    assert (await node.ctl())["relay"] == 1
