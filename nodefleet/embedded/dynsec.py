@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from amqtt.mqtt.constants import QOS_1
@@ -32,6 +34,7 @@ from nodefleet.logging import get_logger
 log = get_logger(__name__)
 
 MAX_COMMANDS = 100
+MOSQUITTO_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 _SUBSCRIBE_TYPES = ("subscribeLiteral", "subscribePattern")
 _ACL_TYPES = ("publishClientSend", "publishClientReceive", *_SUBSCRIBE_TYPES, "unsubscribeLiteral", "unsubscribePattern")
 
@@ -109,13 +112,13 @@ class DynamicSecurity:
             self._client(command).password = _text(command, "password")
             await self._sync([_text(command, "username")])
         elif name in ("addClientRole", "removeClientRole"):
-            client, role = self._client(command), self._role(command)
+            client = self._client(command)
+            self._role(command)  # must exist
             rolename = _text(command, "rolename")
             if name == "addClientRole" and rolename not in client.roles:
                 client.roles.append(rolename)
             elif name == "removeClientRole" and rolename in client.roles:
                 client.roles.remove(rolename)
-            del role
             await self._sync([_text(command, "username")])
         elif name == "createRole":
             rolename = _text(command, "rolename")
@@ -200,3 +203,23 @@ def admin_access() -> dict[str, list[str]]:
     """What the dynamic-security admin may use: every topic plus the control topics."""
     control = f"{Topics.dynsec_control()}/#"
     return {"publish": ["#", Topics.dynsec_control(), control], "subscribe": ["#", control]}
+
+
+def mosquitto_dynsec_config(folder: Path, *, admin: str, password: str, plugin: str = MOSQUITTO_PLUGIN) -> str:
+    """Mosquitto config lines loading its dynamic-security plugin, with ``admin`` a service that may use every topic.
+
+    The JSON file is made by ``mosquitto_ctrl dynsec init`` (so the password hash is Mosquitto's own), then the
+    admin role is allowed to publish anywhere: the provisioner publishes configs and discovery as well.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o777)  # Mosquitto started as root runs as its own user and rewrites the file on every change
+    path = folder / "dynamic-security.json"
+    path.unlink(missing_ok=True)
+    subprocess.run(["mosquitto_ctrl", "dynsec", "init", str(path), admin, password], check=True, capture_output=True)
+    data = json.loads(path.read_text())
+    for role in data["roles"]:
+        if role["rolename"] == "admin":
+            role["acls"].append({"acltype": "publishClientSend", "topic": "#", "allow": True})
+    path.write_text(json.dumps(data))
+    path.chmod(0o666)
+    return f"allow_anonymous false\nplugin {plugin}\nplugin_opt_config_file {path}\n"

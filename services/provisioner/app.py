@@ -86,7 +86,9 @@ class Service:
     async def _session(self) -> None:
         will = aiomqtt.Will(self.status_topic, OFFLINE, qos=1, retain=True)
         client_id = f"{self.settings.client_id}-{self.settings.instance}"[:64]
-        async with client(self.address, client_id=client_id, will=will, max_queued_outgoing=100_000) as mqtt:
+        async with client(self.address, client_id=client_id, will=will, max_queued_outgoing=100_000,
+                          nodelay=True, max_inflight=1000) as mqtt:
+            mqtt.pending_calls_threshold = 100_000  # bursts of retained publishes are expected here
             if self.dynsec is not None:
                 await self.dynsec.start(mqtt)
             await mqtt.subscribe(self.topics.requests(PROVISIONER_SERVICE), qos=1)
@@ -171,6 +173,7 @@ async def serve(settings: ProvisionerSettings, *, ready: asyncio.Event | None = 
         async with asyncio.TaskGroup() as group:
             group.create_task(service.run_mqtt())
             group.create_task(service.expire_loop())
+            group.create_task(service.registry.publish_discovery())
             await service.subscribed.wait()
             service.http_port = edge.port if edge is not None else None  # type: ignore[attr-defined]
             if started is not None and not started.done():

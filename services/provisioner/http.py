@@ -35,6 +35,10 @@ _REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 405
             431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
+class HttpEdgeError(RuntimeError):
+    """The HTTP edge could not start."""
+
+
 class HttpError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -56,7 +60,11 @@ class HttpEdge:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._connection, self.host, self.port, limit=MAX_HEAD)
+        try:
+            self._server = await asyncio.start_server(self._connection, self.host, self.port, limit=MAX_HEAD)
+        except OSError as exc:
+            raise HttpEdgeError(f"the provisioner's HTTP edge cannot listen on {self.host}:{self.port} ({exc.strerror}): "
+                                f"choose another port with NODEFLEET_PROVISIONER_HTTP_PORT (-1 turns it off)") from exc
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("http_edge_listening", host=self.host, port=self.port)
 

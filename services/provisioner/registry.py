@@ -79,6 +79,25 @@ class Registry:
         self._info: dict[str, Info] = {}
         self.provisioned_latency: list[float] = []
         self._online_at: dict[str, float] = {}
+        self._discovery: asyncio.Queue[list[tuple[str, str]]] = asyncio.Queue()
+
+    async def publish_discovery(self) -> None:
+        """Publish queued discovery messages until cancelled (a failed batch is retried after a pause)."""
+        while True:
+            batch = await self._discovery.get()
+            while True:
+                try:
+                    await asyncio.gather(*(self.publish(topic, body, True) for topic, body in batch))
+                    break
+                except Exception as exc:  # noqa: BLE001 - the broker is away; its next session gets them
+                    log.warning("discovery_publish_failed", error=str(exc) or type(exc).__name__)
+                    await asyncio.sleep(1.0)
+            self._discovery.task_done()
+
+    async def discovery_idle(self, timeout: float = 30.0) -> None:
+        """Wait until every queued discovery message went out, so a removal is not overtaken by one."""
+        async with asyncio.timeout(timeout):
+            await self._discovery.join()
 
     def handlers(self) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
         """Fleet request actions -> handlers taking the request's ``data``."""
@@ -172,6 +191,8 @@ class Registry:
         await self._maybe_provisioned(node)
 
     async def _maybe_provisioned(self, node: str, *, availability_changed: bool = False) -> None:
+        if not availability_changed and not self._online.get(node, False):
+            return  # info before online: wait for the status
         async with self._lock(node):
             try:
                 row = await self.store.device(node)
@@ -197,10 +218,10 @@ class Registry:
                 return
             await self.publish(self.topics.config(node), Config.model_validate(row["config"]).model_dump_json(
                 by_alias=True), True)
-            for topic, body in discovery.messages(self.topics, node, device_name=row["device_name"],
-                                                  caps=list(info.caps), fw=info.fw):
-                await self.publish(topic, body, True)
-            await self.publish(*discovery.homie_state(node, "online"), True)
+            # Discovery waits behind the configs of other nodes coming online at the same time.
+            self._discovery.put_nowait(discovery.messages(self.topics, node, device_name=row["device_name"],
+                                                          caps=list(info.caps), fw=info.fw)
+                                       + [discovery.homie_state(node, "online")])
             started = self._online_at.pop(node, None)
             if started is not None:
                 self.provisioned_latency.append(time.monotonic() - started)
@@ -240,10 +261,10 @@ class Registry:
                 raise Conflict(f"{node} is already revoked")
             await self.store.revoke(conn, node)
             await self.credentials.remove(node)
+            await self.discovery_idle()
         cleared = [self.topics.config(node), self.topics.schedule(node), self.topics.state(node),
                    self.topics.info(node), self.topics.status(node), *discovery.removal(self.topics, node)]
-        for topic in cleared:
-            await self.publish(topic, b"", True)
+        await asyncio.gather(*(self.publish(topic, b"", True) for topic in cleared))
         self._info.pop(node, None)
         self._online.pop(node, None)
         self._locks.pop(node, None)

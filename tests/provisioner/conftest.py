@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,6 +12,7 @@ from typing import Any
 import pytest
 
 from nodefleet.contracts import Topics
+from nodefleet.embedded.dynsec import mosquitto_dynsec_config
 from nodefleet.embedded.mosquitto import Mosquitto
 from services.provisioner.app import Service, serve
 from services.provisioner.settings import ProvisionerSettings
@@ -21,27 +20,12 @@ from services.provisioner.settings import ProvisionerSettings
 from broker_thread import BrokerThread
 
 ADMIN = ("provisioner", "provisioner-pw")
-PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
-
-
-def dynsec_mosquitto_config() -> str:
-    """Mosquitto config lines loading the dynamic-security plugin with ADMIN as a service that may use every topic."""
-    folder = Path(tempfile.mkdtemp(prefix="nodefleet-dynsec-"))
-    folder.chmod(0o777)  # Mosquitto started as root runs as its own user and rewrites this file on every change
-    path = folder / "dynamic-security.json"
-    subprocess.run(["mosquitto_ctrl", "dynsec", "init", str(path), *ADMIN], check=True, capture_output=True)
-    data = json.loads(path.read_text())
-    for role in data["roles"]:
-        if role["rolename"] == "admin":
-            role["acls"].append({"acltype": "publishClientSend", "topic": "#", "allow": True})
-    path.write_text(json.dumps(data))
-    path.chmod(0o666)
-    return f"allow_anonymous false\nplugin {PLUGIN}\nplugin_opt_config_file {path}\n"
 
 
 @pytest.fixture(scope="session")
 def dynsec_mosquitto() -> Iterator[Mosquitto]:
-    with Mosquitto(extra_config=dynsec_mosquitto_config()) as broker:
+    folder = Path(tempfile.mkdtemp(prefix="nodefleet-dynsec-"))
+    with Mosquitto(extra_config=mosquitto_dynsec_config(folder, admin=ADMIN[0], password=ADMIN[1])) as broker:
         yield broker
 
 

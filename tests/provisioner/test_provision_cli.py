@@ -11,6 +11,7 @@ from nodefleet.embedded.mosquitto import free_port
 from nodefleet.sim import SimNode
 
 from .conftest import admin_url, running
+from .helpers import http
 
 FAST_CONFIG = {"v": 1, "version": 1, "telemetry_period": 1, "ap_after": 1}
 
@@ -18,6 +19,18 @@ FAST_CONFIG = {"v": 1, "version": 1, "telemetry_period": 1, "ap_after": 1}
 async def _cli(*args: str) -> tuple[int, str]:
     result = await asyncio.to_thread(CliRunner().invoke, main, list(args))
     return result.exit_code, result.output
+
+
+async def _portal_up(node: SimNode, timeout: float = 15.0) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                status, _ = await http(node.http_port, "GET", "/api/info")
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            await asyncio.sleep(0.1)
 
 
 async def _until(check, timeout: float = 15.0) -> None:
@@ -33,6 +46,7 @@ async def test_provision_a_simulated_node_then_change_and_remove_it(tmp_path, dy
     async with running(dynsec_mosquitto, database, topics) as service:
         await node.start()
         try:
+            await _portal_up(node)
             # Device unreachable: the step and what to do.
             code, out = await _cli("provision", *broker, "--name", "RO", "--ssid", "simnet", "--wifi-password", "x",
                                    "--device-url", f"http://127.0.0.1:{free_port()}", "--timeout", "5")

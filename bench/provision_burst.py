@@ -1,0 +1,199 @@
+"""Provisioning burst: N registrations over MQTT fleet requests, then their first-online messages.
+
+    python -m bench.provision_burst --quick      # 1,000 devices
+
+Runs a Mosquitto with its dynamic-security plugin, an embedded PostgreSQL
+and the provisioner as its own process (``python -m services.provisioner``),
+so the load generator here does not share its CPU time.  Measures:
+
+- registrations per second (each one a database row plus a broker client and
+  role created over ``$CONTROL/dynamic-security/v1``), with ``--concurrency``
+  requests in flight; beside it the same requests answered by a bare echo
+  responder on the same broker (the baseline of the request path itself);
+- for each device, the time from its ``online`` + info publishes to the
+  retained config arriving (provisioned, config and discovery published).
+
+Last line, JSON: ``{"registrations_per_s", "p99_online_to_provisioned_ms", "errors", ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiomqtt
+
+from nodefleet import mqtt
+from nodefleet.contracts import FleetReply, FleetRequest, Info, NodeTopic, Topics
+from nodefleet.contracts.provisioning import PROVISIONER_SERVICE
+from nodefleet.embedded.dynsec import mosquitto_dynsec_config
+from nodefleet.embedded.mosquitto import Mosquitto, free_port
+from nodefleet.embedded.postgres import EmbeddedPostgres
+from nodefleet.fleet import Requester, RequestError
+
+ADMIN = ("provisioner", "bench-admin-pw")
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _feed(client: aiomqtt.Client, requester: Requester, on_other=None) -> None:
+    async for message in client.messages:
+        if not requester.feed(message) and on_other is not None:
+            on_other(message)
+
+
+async def _wait_ready(requester: Requester, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await requester.request(PROVISIONER_SERVICE, "list", {"status": "pending"}, timeout=2.0)
+            return
+        except RequestError:
+            if time.monotonic() > deadline:
+                raise SystemExit("the provisioner did not answer within 60 s")
+
+
+async def _burst(requester: Requester, service: str, action: str, bodies: list[dict], concurrency: int
+                 ) -> tuple[list, int, float]:
+    results: list = [None] * len(bodies)
+    errors = 0
+    queue = list(enumerate(bodies))
+
+    async def worker() -> None:
+        nonlocal errors
+        while queue:
+            index, body = queue.pop()
+            try:
+                results[index] = await requester.request(service, action, body, timeout=30.0)
+            except RequestError as exc:
+                errors += 1
+                if errors <= 3:
+                    _say(f"{action} failed: {exc}")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results, errors, time.perf_counter() - started
+
+
+async def _echo(client: aiomqtt.Client, topics: Topics) -> None:
+    """The baseline responder: answers every request at once and concurrently (as the provisioner does), no work."""
+    pending: set[asyncio.Task] = set()
+    async for message in client.messages:
+        request = FleetRequest.model_validate_json(message.payload)  # type: ignore[arg-type]
+        reply = FleetReply(transaction=request.transaction, status="ok", data={})
+        task = asyncio.create_task(client.publish(request.reply_to, reply.model_dump_json(), qos=1))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+
+async def run(broker: Mosquitto, database: str, count: int, concurrency: int, credentials: str) -> dict:
+    topics = Topics(root=f"b{uuid.uuid4().hex[:6]}/home", fleet=f"b{uuid.uuid4().hex[:6]}/fleet")
+    admin = mqtt.BrokerAddress(broker.host, broker.port, *ADMIN)
+    env = {**os.environ, "NODEFLEET_MQTT_URL": f"mqtt://{ADMIN[0]}:{ADMIN[1]}@{broker.host}:{broker.port}",
+           "NODEFLEET_DATABASE_URL": database, "NODEFLEET_TOPIC_ROOT": topics.root,
+           "NODEFLEET_FLEET_ROOT": topics.fleet, "NODEFLEET_PROVISIONER_CREDENTIALS": credentials,
+           "NODEFLEET_PROVISIONER_HTTP_PORT": "-1", "NODEFLEET_LOG_LEVEL": "warning", "NODEFLEET_LOG_FORMAT": "console",
+           "NODEFLEET_PROVISIONER_DEFAULT_TZ": "Europe/Berlin"}
+    service = subprocess.Popen([sys.executable, "-m", "services.provisioner"], env=env, stdin=subprocess.DEVNULL)
+    try:
+        async with mqtt.client(admin, client_id=f"bench-{uuid.uuid4().hex[:8]}", max_queued_outgoing=100_000,
+                        nodelay=True) as client, \
+                mqtt.client(admin, client_id=f"echo-{uuid.uuid4().hex[:8]}", nodelay=True) as echo_client:
+            client.pending_calls_threshold = echo_client.pending_calls_threshold = 100_000  # bursts on purpose
+            requester = Requester(client, topics, client_id=f"bench{uuid.uuid4().hex[:8]}")
+            await requester.start()
+            provisioned_at: dict[str, float] = {}
+
+            def on_config(message: aiomqtt.Message) -> None:
+                provisioned_at.setdefault(topics.parse(str(message.topic)).node, time.perf_counter())
+
+            await client.subscribe(topics.all_nodes(NodeTopic.CONFIG), qos=1)
+            feeder = asyncio.create_task(_feed(client, requester, on_config))
+            await echo_client.subscribe(topics.requests("echo"), qos=1)
+            echo = asyncio.create_task(_echo(echo_client, topics))
+            await _wait_ready(requester)
+
+            _say(f"baseline: {count} requests to a bare echo responder, {concurrency} in flight")
+            _, base_errors, base_time = await _burst(requester, "echo", "register", [{}] * count, concurrency)
+            _say(f"registering {count} devices, {concurrency} in flight")
+            bodies = [{"home_id": "home", "device_name": f"bench device {i}"} for i in range(count)]
+            registrations, reg_errors, reg_time = await _burst(requester, PROVISIONER_SERVICE, "register", bodies,
+                                                               concurrency)
+            nodes = [r["mqtt_config"]["node_name"] for r in registrations if r]
+            _say(f"registered {len(nodes)} in {reg_time:.2f} s; first online of each")
+            online_at: dict[str, float] = {}
+            for index, node in enumerate(nodes):
+                # What a node does on connect (published here with the service user: the figure is the provisioner's).
+                online_at[node] = time.perf_counter()
+                await client.publish(topics.status(node), "online", qos=1, retain=True)
+                info = Info(chip_id=f"chip{index:06d}", fw="bench", caps=["switch", "temperature", "humidity"])
+                await client.publish(topics.info(node), info.model_dump_json(), qos=1, retain=True)
+            deadline = time.monotonic() + 60
+            while len(provisioned_at) < len(nodes) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            latencies = [provisioned_at[n] - online_at[n] for n in nodes if n in provisioned_at]
+            missing = len(nodes) - len(latencies)
+            feeder.cancel()
+            echo.cancel()
+    finally:
+        service.terminate()
+        try:
+            service.wait(10)
+        except subprocess.TimeoutExpired:
+            service.kill()
+            service.wait()
+    if not latencies:
+        raise SystemExit("no device was provisioned")
+    figures = {
+        "registrations_per_s": round(count / reg_time, 1),
+        "p99_online_to_provisioned_ms": round(percentile(latencies, 0.99) * 1000, 1),
+        "errors": reg_errors + missing + base_errors,
+        "p50_online_to_provisioned_ms": round(percentile(latencies, 0.50) * 1000, 1),
+        "baseline_requests_per_s": round(count / base_time, 1),
+        "ratio_registrations_to_baseline": round((count / reg_time) / (count / base_time), 3),
+        "devices": count,
+        "concurrency": concurrency,
+        "credentials": credentials,
+    }
+    _say(f"provisioned {len(latencies)} of {len(nodes)}; registration errors {reg_errors}, never provisioned {missing}")
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1,000 devices (default 5,000)")
+    parser.add_argument("--devices", type=int, help="How many devices to register")
+    parser.add_argument("--concurrency", type=int, default=32, help="Registrations in flight")
+    parser.add_argument("--credentials", choices=("dynsec", "none"), default="dynsec",
+                        help="none: skip the broker credentials, to see what they cost")
+    args = parser.parse_args()
+    count = args.devices or (1000 if args.quick else 5000)
+    work = Path(tempfile.mkdtemp(prefix="nodefleet-bench-provision-"))
+    postgres = EmbeddedPostgres(work / "pg", port=free_port(), settings={"fsync": "off"})
+    postgres.start()
+    try:
+        database = postgres.dsn()
+        with Mosquitto(extra_config=mosquitto_dynsec_config(work / "dynsec", admin=ADMIN[0], password=ADMIN[1])) as broker:
+            figures = asyncio.run(run(broker, database, count, args.concurrency, args.credentials))
+    finally:
+        postgres.stop("immediate")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
