@@ -137,6 +137,8 @@ class Planner:
                         due.at = self.clock() + 1.0
                         heapq.heappush(self._heap, due)
                     await asyncio.sleep(1.0)
+                except Exception:  # a bug in one batch must not end the service
+                    log.exception("batch_failed", checks=len(batch))
                 continue
             timeout = None if not self._heap else self._heap[0].at - now
             try:

@@ -123,8 +123,8 @@ class Store:
         """Take an unsent claim older than ``lease`` seconds (its instance died); True if it is ours now."""
         now = time.time()
         row = await self.pool.fetchrow(
-            """UPDATE scheduler_events SET instance = $3, ts = $4
-               WHERE node = $1 AND run_id = $2 AND kind = 'backup' AND sent IS NULL AND ts < $4 - $5
+            """UPDATE scheduler_events SET instance = $3, ts = $4::float8
+               WHERE node = $1 AND run_id = $2 AND kind = 'backup' AND sent IS NULL AND ts < $4::float8 - $5::float8
                RETURNING 1""", node, run_id, self.instance, now, lease)
         return row is not None
 

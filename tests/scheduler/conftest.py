@@ -15,9 +15,10 @@ import pytest
 
 from nodefleet import mqtt
 from nodefleet.contracts import Topics
-from nodefleet.contracts.scheduling import schedule_events
+from nodefleet.contracts.scheduling import SCHEDULER_SERVICE, schedule_events
 from nodefleet.contracts.topics import Command, NodeTopic
 from nodefleet.embedded.mosquitto import Mosquitto
+from nodefleet.fleet import Requester
 from nodefleet.sim import SimNode
 from services.scheduler.app import serve
 from services.scheduler.settings import SchedulerSettings
@@ -47,9 +48,16 @@ class Watch:
         self.topics = topics
         self.messages: list[tuple[float, str, bytes]] = []
         self._arrived = asyncio.Event()
+        self.requester = Requester(client, topics, client_id=f"watch-{uuid.uuid4().hex[:8]}")
+
+    async def request(self, action: str, query: Any) -> Any:
+        """A fleet request to the scheduler; the reply's data."""
+        return await self.requester.request(SCHEDULER_SERVICE, action, query)
 
     async def feed(self) -> None:
         async for message in self.client.messages:
+            if self.requester.feed(message):
+                continue
             self.messages.append((time.time(), str(message.topic), bytes(message.payload)))
             self._arrived.set()
 
@@ -94,6 +102,7 @@ async def watch(mosquitto: Mosquitto, topics: Topics) -> AsyncIterator[Watch]:
         w = Watch(client, topics)
         await client.subscribe(f"{topics.root}/#", qos=1)
         await client.subscribe(f"{topics.fleet}/#", qos=1)
+        await w.requester.start()
         task = asyncio.create_task(w.feed())
         try:
             yield w
