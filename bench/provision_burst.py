@@ -34,6 +34,7 @@ import aiomqtt
 from nodefleet import mqtt
 from nodefleet.contracts import FleetReply, FleetRequest, Info, NodeTopic, Topics
 from nodefleet.contracts.provisioning import PROVISIONER_SERVICE
+from nodefleet.contracts.topics import HA_DISCOVERY_BASE
 from nodefleet.embedded.dynsec import mosquitto_dynsec_config
 from nodefleet.embedded.mosquitto import Mosquitto, free_port
 from nodefleet.embedded.postgres import EmbeddedPostgres
@@ -119,11 +120,19 @@ async def run(broker: Mosquitto, database: str, count: int, concurrency: int, cr
             await requester.start()
             provisioned_at: dict[str, float] = {}
 
-            def on_config(message: aiomqtt.Message) -> None:
-                provisioned_at.setdefault(topics.parse(str(message.topic)).node, time.perf_counter())
+            discovered: set[str] = set()
+            switch_configs = f"{HA_DISCOVERY_BASE}/switch/+/relay/config"
+
+            def on_other(message: aiomqtt.Message) -> None:
+                topic = str(message.topic)
+                if topic.startswith(f"{HA_DISCOVERY_BASE}/"):
+                    discovered.add(topic.split("/")[2])
+                else:
+                    provisioned_at.setdefault(topics.parse(topic).node, time.perf_counter())
 
             await client.subscribe(topics.all_nodes(NodeTopic.CONFIG), qos=1)
-            feeder = asyncio.create_task(_feed(client, requester, on_config))
+            await client.subscribe(switch_configs, qos=1)
+            feeder = asyncio.create_task(_feed(client, requester, on_other))
             await echo_client.subscribe(topics.requests("echo"), qos=1)
             echo = asyncio.create_task(_echo(echo_client, topics))
             await _wait_ready(requester)
@@ -148,6 +157,9 @@ async def run(broker: Mosquitto, database: str, count: int, concurrency: int, cr
                 await asyncio.sleep(0.1)
             latencies = [provisioned_at[n] - online_at[n] for n in nodes if n in provisioned_at]
             missing = len(nodes) - len(latencies)
+            while len(discovered & set(nodes)) < len(nodes) and time.monotonic() < deadline + 30:
+                await asyncio.sleep(0.1)
+            undiscovered = len(set(nodes) - discovered)
             feeder.cancel()
             echo.cancel()
     finally:
@@ -162,7 +174,7 @@ async def run(broker: Mosquitto, database: str, count: int, concurrency: int, cr
     figures = {
         "registrations_per_s": round(count / reg_time, 1),
         "p99_online_to_provisioned_ms": round(percentile(latencies, 0.99) * 1000, 1),
-        "errors": reg_errors + missing + base_errors,
+        "errors": reg_errors + missing + undiscovered + base_errors,
         "p50_online_to_provisioned_ms": round(percentile(latencies, 0.50) * 1000, 1),
         "baseline_requests_per_s": round(count / base_time, 1),
         "ratio_registrations_to_baseline": round((count / reg_time) / (count / base_time), 3),
@@ -170,7 +182,8 @@ async def run(broker: Mosquitto, database: str, count: int, concurrency: int, cr
         "concurrency": concurrency,
         "credentials": credentials,
     }
-    _say(f"provisioned {len(latencies)} of {len(nodes)}; registration errors {reg_errors}, never provisioned {missing}")
+    _say(f"provisioned {len(latencies)} of {len(nodes)}; registration errors {reg_errors}, never provisioned {missing}, "
+         f"no discovery config {undiscovered}")
     return figures
 
 

@@ -16,6 +16,7 @@ Exception tree at this seam::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from typing import Any, Protocol
@@ -119,12 +120,16 @@ class DynamicSecurity:
 
     async def add(self, username: str, password: str, *, publish: list[str], subscribe: list[str]) -> None:
         role = role_of(username)
-        await self.run([
-            {"command": "deleteClient", "username": username},
-            {"command": "deleteRole", "rolename": role},
-            {"command": "createRole", "rolename": role, "acls": node_acls(publish, subscribe)},
-            {"command": "createClient", "username": username, "password": password, "roles": [{"rolename": role}]},
-        ], tolerate_missing=2)
+        # Names carry a random suffix, so there is nothing to replace: two commands, two saves on Mosquitto.
+        try:
+            await self.run([
+                {"command": "createRole", "rolename": role, "acls": node_acls(publish, subscribe)},
+                {"command": "createClient", "username": username, "password": password, "roles": [{"rolename": role}]},
+            ])
+        except CredentialError:
+            with contextlib.suppress(CredentialError):
+                await self.remove(username)  # a role created without its client is not left behind
+            raise
 
     async def remove(self, username: str) -> None:
         await self.run([

@@ -36,6 +36,8 @@ Publish = Callable[[str, str | bytes, bool], Awaitable[None]]
 """(topic, payload, retain) -> published at QoS 1."""
 
 _READ_ONLY = {"v", "version", "tz"}
+DISCOVERY_MAX_DEFER = 2.0
+"""Longest wait (s) of a discovery batch behind nodes being provisioned."""
 
 
 def slug(device_name: str) -> str:
@@ -80,11 +82,17 @@ class Registry:
         self.provisioned_latency: list[float] = []
         self._online_at: dict[str, float] = {}
         self._discovery: asyncio.Queue[list[tuple[str, str]]] = asyncio.Queue()
+        self._provisioning = 0
 
     async def publish_discovery(self) -> None:
         """Publish queued discovery messages until cancelled (a failed batch is retried after a pause)."""
         while True:
             batch = await self._discovery.get()
+            # Nodes coming online go first: a burst's configs are not queued behind discovery.
+            waited = 0.0
+            while self._provisioning and waited < DISCOVERY_MAX_DEFER:
+                await asyncio.sleep(0.01)
+                waited += 0.01
             while True:
                 try:
                     await asyncio.gather(*(self.publish(topic, body, True) for topic, body in batch))
@@ -193,6 +201,13 @@ class Registry:
     async def _maybe_provisioned(self, node: str, *, availability_changed: bool = False) -> None:
         if not availability_changed and not self._online.get(node, False):
             return  # info before online: wait for the status
+        self._provisioning += 1
+        try:
+            await self._check_first_online(node, availability_changed=availability_changed)
+        finally:
+            self._provisioning -= 1
+
+    async def _check_first_online(self, node: str, *, availability_changed: bool) -> None:
         async with self._lock(node):
             try:
                 row = await self.store.device(node)
