@@ -28,6 +28,8 @@ log = get_logger(__name__)
 MAX_HEAD = 8 * 1024
 MAX_BODY = 16 * 1024
 READ_TIMEOUT = 10.0
+MAX_CONNECTIONS = 64
+"""Connections served at once; more are answered 503 at once (a slow client cannot hold them all)."""
 REGISTER = HTTP_REGISTER_PATH
 STATUS = HTTP_STATUS_PATH
 _REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
@@ -58,6 +60,7 @@ class HttpEdge:
         self.host = host
         self.port = port
         self._server: asyncio.Server | None = None
+        self._open = 0
 
     async def start(self) -> None:
         try:
@@ -74,8 +77,11 @@ class HttpEdge:
             await self._server.wait_closed()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._open += 1
         try:
             try:
+                if self._open > MAX_CONNECTIONS:
+                    raise HttpError(503, "too many requests at once; retry in a few seconds")
                 async with asyncio.timeout(READ_TIMEOUT):
                     method, path, body = await self._read(reader)
                 status, answer = await self._route(method, path, body)
@@ -93,6 +99,7 @@ class HttpEdge:
         except (ConnectionError, OSError):
             pass
         finally:
+            self._open -= 1
             writer.close()
 
     async def _read(self, reader: asyncio.StreamReader) -> tuple[str, str, bytes]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from nodefleet.contracts import Config, Info, Topics
+from nodefleet.contracts import OFFLINE, ONLINE, Config, Info, Topics
 from nodefleet.contracts.provisioning import (
     ConfigRequest, DeviceRow, HomeRequest, ListRequest, MqttConfig, NodeRequest, ProvisioningStatus, RegisterRequest,
     Registration, StatusRequest,
@@ -79,8 +79,6 @@ class Registry:
         self._locks: dict[str, asyncio.Lock] = {}
         self._online: dict[str, bool] = {}
         self._info: dict[str, Info] = {}
-        self.provisioned_latency: list[float] = []
-        self._online_at: dict[str, float] = {}
         self._discovery: asyncio.Queue[list[tuple[str, str]]] = asyncio.Queue()
         self._provisioning = 0
 
@@ -181,10 +179,8 @@ class Registry:
     async def on_status(self, node: str, payload: bytes) -> None:
         if not payload:
             return  # a cleared retained status
-        online = payload == b"online"
+        online = payload == ONLINE.encode()
         self._online[node] = online
-        if online:
-            self._online_at.setdefault(node, time.monotonic())
         await self._maybe_provisioned(node, availability_changed=True)
 
     async def on_info(self, node: str, payload: bytes) -> None:
@@ -217,7 +213,7 @@ class Registry:
                 return
             online = self._online.get(node, False)
             if row["status"] == "provisioned" and availability_changed:
-                await self.publish(*discovery.homie_state(node, "online" if online else "offline"), True)
+                await self.publish(*discovery.homie_state(node, ONLINE if online else OFFLINE), True)
             info = self._info.get(node)
             if not online or info is None:
                 return
@@ -236,10 +232,7 @@ class Registry:
             # Discovery waits behind the configs of other nodes coming online at the same time.
             self._discovery.put_nowait(discovery.messages(self.topics, node, device_name=row["device_name"],
                                                           caps=list(info.caps), fw=info.fw)
-                                       + [discovery.homie_state(node, "online")])
-            started = self._online_at.pop(node, None)
-            if started is not None:
-                self.provisioned_latency.append(time.monotonic() - started)
+                                       + [discovery.homie_state(node, ONLINE)])
             log.info("provisioned", node=node, chip_id=info.chip_id)
 
     # -- changes --------------------------------------------------------------
