@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from nodefleet.contracts.scheduling import HistoryQuery
 from nodefleet.contracts.topics import Command
 
 from .conftest import GRACE, aligned, schedule, schedule_topic
@@ -42,6 +43,8 @@ async def test_node_with_a_wrong_clock_is_backed_up_once(make_node, scheduler, w
     await asyncio.sleep(GRACE + 1)
     assert len(watch.switches("n1", run_id)) == 1
     assert [e["kind"] for e in watch.events("n1")] == ["backup"]
+    [row] = await watch.request("history", HistoryQuery(node="n1"))
+    assert row["kind"] == "backup" and row["run_id"] == run_id and row["sent"] >= start + GRACE
 
 
 async def test_manual_stop_is_respected(make_node, scheduler, watch, topics):

@@ -1,0 +1,218 @@
+"""``nodefleet schedule set|show|history NODE``: a node's NodeLogic rules, through its retained schedule topic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from ..contracts import WEEKDAYS, Schedule
+from ..contracts.scheduling import SCHEDULER_SERVICE, HistoryQuery, HistoryRow, ShowAnswer, ShowQuery
+from ..fleet import Requester, RequestError
+from ..settings import CommonSettings
+from . import main
+from .common import (
+    CliError, Column, Connection, connect, emit, fleet_options, format_option, iso_time, local_time, node_name, note,
+    parse_duration, parse_rows, run,
+)
+
+RETAINED_WAIT = 1.0  # seconds to wait for the retained schedule (none arrives if the node has none)
+DAYS_HELP = "mon-fri, sat,sun, mon-wed,fri or daily"
+
+
+def parse_days(text: str) -> list[str]:
+    """``mon-fri``, ``sat,sun``, ``daily`` -> the listed weekdays in week order."""
+    if text.strip().lower() in ("daily", "all", "every"):
+        return list(WEEKDAYS)
+    days: set[str] = set()
+    for part in text.lower().replace(" ", "").split(","):
+        first, _, last = part.partition("-")
+        if first not in WEEKDAYS or (last and last not in WEEKDAYS):
+            raise click.BadParameter(f"{part!r} is not a day or range of days: use {DAYS_HELP}")
+        a, b = WEEKDAYS.index(first), WEEKDAYS.index(last or first)
+        days.update(WEEKDAYS[i % 7] for i in range(a, b + (7 if b < a else 0) + 1))
+    return [d for d in WEEKDAYS if d in days]
+
+
+def seconds(text: str, what: str) -> int:
+    value = parse_duration(text)
+    if value is None or value < 1 or value != int(value):
+        raise click.BadParameter(f"{text!r} is not a duration for {what}: use e.g. 30s, 20m, 1h30m")
+    return int(value)
+
+
+def engine_check(schedule: dict[str, Any]) -> str | None:
+    """The node's own verdict (the firmware's rule engine), so a schedule the node would refuse is never sent."""
+    from services.scheduler.rulebook import check_schedule
+
+    return check_schedule(schedule)
+
+
+async def _retained_schedule(connection: Connection, topic: str) -> dict[str, Any] | None:
+    await connection.client.subscribe(topic, qos=1)
+    try:
+        async with asyncio.timeout(RETAINED_WAIT):
+            async for message in connection.client.messages:
+                if str(message.topic) == topic:
+                    return json.loads(message.payload) if message.payload else None  # type: ignore[arg-type]
+    except (TimeoutError, ValueError):
+        return None
+    return None
+
+
+async def _request(connection: Connection, action: str, query: Any, timeout: float) -> Any:
+    requester = Requester(connection.client, connection.topics, client_id=connection.client_id)
+    await requester.start()
+
+    async def feed() -> None:
+        async for message in connection.client.messages:
+            requester.feed(message)
+
+    reader = asyncio.create_task(feed())
+    try:
+        return await requester.request(SCHEDULER_SERVICE, action, query, timeout=timeout)
+    finally:
+        reader.cancel()
+
+
+@main.group()
+def schedule() -> None:
+    """A node's NodeLogic rules (its retained schedule topic) and what the scheduler did with them."""
+
+
+@schedule.command(name="set")
+@click.argument("node", callback=node_name)
+@click.option("--at", "at", required=True, metavar="HH:MM", help="Start, node-local time")
+@click.option("--for", "duration", required=True, metavar="DURATION", help="How long: 30s, 20m, 1h30m")
+@click.option("--days", default="daily", show_default=True, help=f"Days: {DAYS_HELP}")
+@click.option("--action", type=click.Choice(["on", "off"]), default="on", show_default=True)
+@click.option("--every", metavar="DURATION", help="Repeat every DURATION from --at until --end (interval rule)")
+@click.option("--end", metavar="HH:MM", help="With --every: no run starts at or after this time")
+@click.option("--id", "rule_id", metavar="ID", help="Rule id; a rule with this id is replaced  [default: from --at]")
+@click.option("--disabled", is_flag=True, help="Store the rule switched off")
+@click.option("--replace", is_flag=True, help="Drop the node's other rules")
+@fleet_options
+def set_(settings: CommonSettings, node: str, at: str, duration: str, days: str, action: str, every: str | None,
+         end: str | None, rule_id: str | None, disabled: bool, replace: bool) -> None:
+    """Add or replace one rule of NODE's schedule and publish it (retained) with the next version.
+
+    \b
+    Examples:
+      nodefleet schedule set kitchen --at 06:00 --for 30m --days mon-fri
+      nodefleet schedule set garden --at 06:00 --for 20m --every 4h --end 22:00 --id water
+    """
+    rule: dict[str, Any] = {"id": rule_id or f"{action}-{at.replace(':', '')}", "at": at,
+                            "duration": seconds(duration, "--for"), "days": parse_days(days), "action": action,
+                            "enabled": not disabled}
+    if every is not None or end is not None:
+        if every is None or end is None:
+            raise click.UsageError("an interval rule needs both --every and --end")
+        rule.update(every=seconds(every, "--every"), end=end)
+    run(_set(settings, node, rule, replace))
+
+
+async def _set(settings: CommonSettings, node: str, rule: dict[str, Any], replace: bool) -> None:
+    async with connect(settings) as connection:
+        topic = connection.topics.schedule(node)
+        current = await _retained_schedule(connection, topic)
+        rules = [] if replace or not isinstance(current, dict) else [
+            r for r in current.get("rules", []) if isinstance(r, dict) and r.get("id") != rule["id"]]
+        version = current.get("version", 0) + 1 if isinstance(current, dict) and isinstance(current.get("version"), int) else 1
+        new = {"v": 1, "version": version, "rules": [*rules, rule]}
+        try:
+            Schedule.model_validate(new)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise CliError(f"invalid rule ({'.'.join(map(str, first['loc']))}: {first['msg']}): fix the options") from exc
+        reason = engine_check(new)
+        if reason:
+            raise CliError(f"the node would reject this schedule: {reason}; change the rule or use --replace")
+        await connection.client.publish(topic, json.dumps(new), qos=1, retain=True)
+    note(f"{node}: schedule version {version} published with {len(new['rules'])} rule(s)")
+
+
+RULE_COLUMNS = (
+    Column(key="id", title="rule"),
+    Column(key="at", title="at"),
+    Column(key="duration", title="for (s)", justify="right"),
+    Column(key="days", title="days", human=lambda d: ",".join(d or WEEKDAYS)),
+    Column(key="action", title="action"),
+    Column(key="every", title="every (s)", justify="right"),
+    Column(key="end", title="end"),
+    Column(key="enabled", title="enabled"),
+)
+
+
+@schedule.command()
+@click.argument("node", callback=node_name)
+@format_option
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=3.0, show_default=True, metavar="SECONDS",
+              help="How long to wait for the scheduler's view")
+@fleet_options
+def show(settings: CommonSettings, node: str, fmt: str, timeout: float) -> None:
+    """Show NODE's retained schedule, and (if the scheduler runs) its open and next run."""
+    run(_show(settings, node, fmt, timeout))
+
+
+async def _show(settings: CommonSettings, node: str, fmt: str, timeout: float) -> None:
+    async with connect(settings) as connection:
+        current = await _retained_schedule(connection, connection.topics.schedule(node))
+        try:
+            view = ShowAnswer.model_validate(await _request(connection, "show", ShowQuery(node=node), timeout))
+        except RequestError as exc:
+            view = None
+            note(f"no view from the scheduler ({exc})")
+    if fmt == "json":
+        click.echo(json.dumps({"retained": current, "scheduler": view.model_dump(mode="json") if view else None}, indent=2))
+        return
+    if not isinstance(current, dict):
+        note(f"{node} has no schedule: set one with `nodefleet schedule set {node} --at 06:00 --for 30m`")
+    else:
+        rows = [{k: r.get(k) for k in ("id", "at", "duration", "days", "action", "every", "end", "enabled")}
+                for r in current.get("rules", []) if isinstance(r, dict)]
+        emit(rows, RULE_COLUMNS, fmt, title=f"{node}: schedule version {current.get('version')}")
+    if view is not None:
+        if view.rejected:
+            held = view.schedule.get("version") if view.schedule else None
+            note(f"the retained schedule was rejected ({view.rejected}); node and scheduler keep version {held}")
+        for label, item in (("open now", view.open), ("next", view.next)):
+            if item is not None:
+                click.echo(f"{label}: {item.run_id} {item.action} {local_time(item.start)} - {local_time(item.end)}")
+
+
+HISTORY_COLUMNS = (
+    Column(key="ts", title="recorded", human=local_time, machine=iso_time),
+    Column(key="kind", title="kind"),
+    Column(key="run_id", title="run"),
+    Column(key="action", title="action"),
+    Column(key="start", title="start", human=local_time, machine=iso_time),
+    Column(key="end", title="end", human=local_time, machine=iso_time),
+    Column(key="detail", title="detail"),
+    Column(key="instance", title="scheduler"),
+)
+
+
+@schedule.command()
+@click.argument("node", callback=node_name)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@format_option
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True, metavar="SECONDS")
+@fleet_options
+def history(settings: CommonSettings, node: str, limit: int, fmt: str, timeout: float) -> None:
+    """NODE's runs, backups, misses and skipped runs, newest first (kept by the scheduler)."""
+    rows = run(_history(settings, node, limit, timeout))
+    emit(rows, HISTORY_COLUMNS, fmt, title=f"{node}: {len(rows)} run event(s)" if fmt == "table" else None)
+    if not rows:
+        note(f"no run events for {node!r} yet: they appear once one of its rules falls due")
+
+
+async def _history(settings: CommonSettings, node: str, limit: int, timeout: float) -> list[dict[str, Any]]:
+    async with connect(settings) as connection:
+        try:
+            data = await _request(connection, "history", HistoryQuery(node=node, limit=limit), timeout)
+        except RequestError as exc:
+            raise CliError(f"{exc} (the scheduler keeps the history: start it with `nodefleet up`)") from exc
+    return [row.model_dump(mode="json") for row in parse_rows(data, HistoryRow, "schedule history")]
