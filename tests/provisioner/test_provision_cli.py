@@ -39,11 +39,11 @@ async def _until(check, timeout: float = 15.0) -> None:
             await asyncio.sleep(0.1)
 
 
-async def test_provision_a_simulated_node_then_change_and_remove_it(tmp_path, dynsec_mosquitto, database, topics):
-    broker = ["--broker", admin_url(dynsec_mosquitto), "--topic-root", topics.root, "--fleet-root", topics.fleet]
+async def test_provision_a_simulated_node_then_change_and_remove_it(tmp_path, dynsec_broker, database, topics):
+    broker = ["--broker", admin_url(dynsec_broker), "--topic-root", topics.root, "--fleet-root", topics.fleet]
     node = SimNode(tmp_path / "dev", name="unprovisioned")
     node.write("config.json", FAST_CONFIG)
-    async with running(dynsec_mosquitto, database, topics) as service:
+    async with running(dynsec_broker, database, topics) as service:
         await node.start()
         try:
             await _portal_up(node)

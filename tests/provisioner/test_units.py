@@ -1,0 +1,88 @@
+"""Pure parts: time-zone offsets and the embedded broker's dynamic-security commands."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from nodefleet.embedded.dynsec import DynamicSecurity
+from services.provisioner.tz import UnknownZone, offsets
+
+NOW = datetime(2026, 11, 21, 12, tzinfo=UTC).timestamp()
+
+
+def test_offsets_of_a_zone_with_summer_time() -> None:
+    berlin = offsets("Europe/Berlin", now=NOW)
+    assert [(datetime.fromtimestamp(o.from_, UTC).isoformat(), o.offset) for o in berlin] == [
+        ("2026-11-21T00:00:00+00:00", 3600),
+        ("2027-03-28T01:00:00+00:00", 7200),
+        ("2027-10-31T01:00:00+00:00", 3600),
+    ]
+
+
+def test_offsets_of_zones_without_changes_and_south_of_the_equator() -> None:
+    assert [o.offset for o in offsets("Asia/Kolkata", now=NOW)] == [19800]
+    sydney = offsets("Australia/Sydney", now=NOW)
+    assert [o.offset for o in sydney] == [39600, 36000, 39600]
+    with pytest.raises(UnknownZone, match="IANA"):
+        offsets("Not/AZone", now=NOW)
+
+
+class FakeAccess:
+    def __init__(self) -> None:
+        self.clients: dict[str, tuple[str, list[str], list[str]]] = {}
+
+    def set_client(self, username: str, password: str, *, publish, subscribe) -> None:
+        self.clients[username] = (password, list(publish), list(subscribe))
+
+    def remove_client(self, username: str) -> bool:
+        return self.clients.pop(username, None) is not None
+
+
+async def _run(dynsec: DynamicSecurity, *commands: dict) -> list[dict]:
+    return json.loads(await dynsec.handle(json.dumps({"commands": list(commands)}).encode()))["responses"]
+
+
+async def test_embedded_dynamic_security_commands() -> None:
+    access = FakeAccess()
+    dynsec = DynamicSecurity(set_client=access.set_client, remove_client=access.remove_client)
+    acls = [{"acltype": "publishClientSend", "topic": "h/n1/#", "allow": True},
+            {"acltype": "subscribePattern", "topic": "h/n1/set/#", "allow": True},
+            {"acltype": "publishClientSend", "topic": "h/#", "allow": False}]
+    answers = await _run(
+        dynsec,
+        {"command": "createRole", "rolename": "r1", "acls": acls, "correlationData": "a"},
+        {"command": "createClient", "username": "n1", "password": "pw", "roles": [{"rolename": "r1"}]},
+        {"command": "createClient", "username": "n1", "password": "pw"},
+        {"command": "createClient", "username": "n2", "password": "pw", "roles": [{"rolename": "nope"}]},
+        {"command": "frobnicate"},
+    )
+    assert answers[0] == {"command": "createRole", "correlationData": "a"}
+    assert [a.get("error") for a in answers[1:]] == [None, "Client already exists", "Role not found", "Unknown command"]
+    assert access.clients["n1"] == ("pw", ["h/n1/#"], ["h/n1/set/#"])  # a deny entry grants nothing
+
+    await _run(dynsec, {"command": "addRoleACL", "rolename": "r1", "acltype": "subscribeLiteral", "topic": "h/n1/config",
+                        "allow": True},
+               {"command": "setClientPassword", "username": "n1", "password": "new"})
+    assert access.clients["n1"] == ("new", ["h/n1/#"], ["h/n1/set/#", "h/n1/config"])
+    answers = await _run(dynsec, {"command": "removeRoleACL", "rolename": "r1", "acltype": "publishClientSend",
+                                  "topic": "h/n1/#"},
+                         {"command": "addRoleACL", "rolename": "r1", "acltype": "bogus", "topic": "x"})
+    assert answers[0].get("error") is None and "acltype" in answers[1]["error"]
+    assert access.clients["n1"][1] == []
+    answers = await _run(dynsec, {"command": "deleteClient", "username": "n1"},
+                         {"command": "deleteClient", "username": "n1"}, {"command": "deleteRole", "rolename": "r1"})
+    assert [a.get("error") for a in answers] == [None, "Client not found", None]
+    assert access.clients == {}
+
+
+async def test_embedded_dynamic_security_rejects_malformed_messages() -> None:
+    dynsec = DynamicSecurity(set_client=FakeAccess().set_client, remove_client=FakeAccess().remove_client)
+    for raw in (b"{", b"[]", b'{"commands": 5}', b'{"commands": [1]}'):
+        answer = json.loads(await dynsec.handle(raw))
+        assert "Invalid" in answer["responses"][0]["error"]
+    answers = await _run(dynsec, {"command": "createClient", "username": "", "password": "x"},
+                         {"command": "createClient", "username": "u" * 300, "password": "x"})
+    assert all("username" in a["error"] for a in answers)
