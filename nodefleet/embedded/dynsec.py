@@ -71,6 +71,8 @@ class DynamicSecurity:
         self._remove_client = remove_client
         self.clients: dict[str, _Client] = {}
         self.roles: dict[str, _Role] = {}
+        # Messages are handled concurrently (hashing is slow); changes to one client still apply in arrival order.
+        self._user_locks: dict[str, asyncio.Lock] = {}
 
     async def handle(self, payload: bytes) -> bytes:
         """Apply one ``{"commands": [...]}`` message; the ``{"responses": [...]}`` to publish."""
@@ -107,7 +109,9 @@ class DynamicSecurity:
             username = _text(command, "username")
             if self.clients.pop(username, None) is None:
                 raise CommandError("Client not found")
-            self._remove_client(username)
+            async with self._user_lock(username):
+                self._remove_client(username)
+            self._user_locks.pop(username, None)
         elif name == "setClientPassword":
             self._client(command).password = _text(command, "password")
             await self._sync([_text(command, "username")])
@@ -170,14 +174,21 @@ class DynamicSecurity:
     def _users_of(self, rolename: str) -> list[str]:
         return [name for name, client in self.clients.items() if rolename in client.roles]
 
+    def _user_lock(self, username: str) -> asyncio.Lock:
+        return self._user_locks.setdefault(username, asyncio.Lock())
+
     async def _sync(self, usernames: Iterable[str]) -> None:
-        for username in usernames:
-            client = self.clients[username]
-            acls = [a for r in client.roles if r in self.roles for a in self.roles[r].acls if a["allow"]]
-            publish = [a["topic"] for a in acls if a["acltype"] == "publishClientSend"]
-            subscribe = [a["topic"] for a in acls if a["acltype"] in _SUBSCRIBE_TYPES]
-            # Password hashing is slow on purpose: keep it off the broker's event loop.
-            await asyncio.to_thread(self._set_client, username, client.password, publish=publish, subscribe=subscribe)
+        for username in list(usernames):
+            async with self._user_lock(username):
+                client = self.clients.get(username)
+                if client is None:
+                    continue  # deleted meanwhile
+                acls = [a for r in client.roles if r in self.roles for a in self.roles[r].acls if a["allow"]]
+                publish = [a["topic"] for a in acls if a["acltype"] == "publishClientSend"]
+                subscribe = [a["topic"] for a in acls if a["acltype"] in _SUBSCRIBE_TYPES]
+                # Password hashing is slow on purpose: keep it off the broker's event loop.
+                await asyncio.to_thread(self._set_client, username, client.password, publish=publish,
+                                        subscribe=subscribe)
 
 
 class DynsecBroker(NodefleetBroker):
@@ -194,9 +205,13 @@ class DynsecBroker(NodefleetBroker):
             self.counters["publish_denied"] += 1
             log.info("dynsec_denied", client_id=client_session.client_id, username=client_session.username)
             return True
-        response = await self.dynsec.handle(bytes(message.data))
-        await self._broadcast_message(None, Topics.dynsec_response(), response, QOS_1)
+        # Answered in its own task: the admin's next messages need not wait for this one's password hashing.
+        self._track(self._answer_control(bytes(message.data)))
         return True
+
+    async def _answer_control(self, payload: bytes) -> None:
+        response = await self.dynsec.handle(payload)
+        await self._broadcast_message(None, Topics.dynsec_response(), response, QOS_1)
 
 
 def admin_access() -> dict[str, list[str]]:
