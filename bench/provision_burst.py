@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,7 @@ from nodefleet import mqtt
 from nodefleet.contracts import FleetReply, FleetRequest, Info, NodeTopic, Topics
 from nodefleet.contracts.provisioning import PROVISIONER_SERVICE
 from nodefleet.contracts.topics import HA_DISCOVERY_BASE
+from nodefleet.embedded.broker import EmbeddedBroker
 from nodefleet.embedded.dynsec import mosquitto_dynsec_config
 from nodefleet.embedded.mosquitto import Mosquitto, free_port
 from nodefleet.embedded.postgres import EmbeddedPostgres
@@ -102,7 +104,7 @@ async def _echo(client: aiomqtt.Client, topics: Topics) -> None:
         task.add_done_callback(pending.discard)
 
 
-async def run(broker: Mosquitto, database: str, count: int, concurrency: int, credentials: str) -> dict:
+async def run(broker: Mosquitto | EmbeddedBrokerProcess, database: str, count: int, concurrency: int, credentials: str) -> dict:
     topics = Topics(root=f"b{uuid.uuid4().hex[:6]}/home", fleet=f"b{uuid.uuid4().hex[:6]}/fleet")
     admin = mqtt.BrokerAddress(broker.host, broker.port, *ADMIN)
     env = {**os.environ, "NODEFLEET_MQTT_URL": f"mqtt://{ADMIN[0]}:{ADMIN[1]}@{broker.host}:{broker.port}",
@@ -187,22 +189,68 @@ async def run(broker: Mosquitto, database: str, count: int, concurrency: int, cr
     return figures
 
 
+async def _serve_embedded(port: int) -> None:
+    async with EmbeddedBroker(port=port, dynsec_admin=ADMIN, allow_anonymous=False):
+        await asyncio.Event().wait()
+
+
+class EmbeddedBrokerProcess:
+    """The embedded broker with dynamic security in its own process, as `nodefleet up` would run it beside nothing else."""
+
+    def __init__(self) -> None:
+        self.host, self.port = "127.0.0.1", free_port()
+        self._process: subprocess.Popen | None = None
+
+    def __enter__(self) -> EmbeddedBrokerProcess:
+        self._process = subprocess.Popen([sys.executable, "-m", "bench.provision_burst", "--serve-embedded-broker",
+                                          str(self.port)], stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        self.__exit__()
+        raise SystemExit("the embedded broker did not start within 20 s")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1,000 devices (default 5,000)")
     parser.add_argument("--devices", type=int, help="How many devices to register")
     parser.add_argument("--concurrency", type=int, default=32, help="Registrations in flight")
+    parser.add_argument("--broker", choices=("mosquitto", "embedded"), default="mosquitto",
+                        help="Mosquitto with its dynamic-security plugin, or the embedded amqtt broker with ours")
+    parser.add_argument("--serve-embedded-broker", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--credentials", choices=("dynsec", "none"), default="dynsec",
                         help="none: skip the broker credentials, to see what they cost")
     args = parser.parse_args()
+    if args.serve_embedded_broker:
+        asyncio.run(_serve_embedded(args.serve_embedded_broker))
+        return
     count = args.devices or (1000 if args.quick else 5000)
     work = Path(tempfile.mkdtemp(prefix="nodefleet-bench-provision-"))
     postgres = EmbeddedPostgres(work / "pg", port=free_port(), settings={"fsync": "off"})
     postgres.start()
     try:
         database = postgres.dsn()
-        with Mosquitto(extra_config=mosquitto_dynsec_config(work / "dynsec", admin=ADMIN[0], password=ADMIN[1])) as broker:
-            figures = asyncio.run(run(broker, database, count, args.concurrency, args.credentials))
+        if args.broker == "embedded":
+            with EmbeddedBrokerProcess() as broker:
+                figures = asyncio.run(run(broker, database, count, args.concurrency, args.credentials))
+        else:
+            with Mosquitto(extra_config=mosquitto_dynsec_config(work / "dynsec", admin=ADMIN[0], password=ADMIN[1])) as broker:
+                figures = asyncio.run(run(broker, database, count, args.concurrency, args.credentials))
+        figures["broker"] = args.broker
     finally:
         postgres.stop("immediate")
     print(json.dumps(figures))
