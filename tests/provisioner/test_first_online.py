@@ -80,3 +80,17 @@ async def test_bad_info_is_reported_and_the_node_stays_pending(service, dynsec_m
         await client.publish(topics.info(cfg.node_name), b"{not json", qos=1, retain=True)
         await errors.wait(topics.errors(), lambda p: b"bad_info" in p)
     assert not (await service.registry.status(reg.provisioning_id)).is_provisioned
+
+
+async def test_a_chip_other_than_the_registered_one_is_refused(service, dynsec_mosquitto, topics):
+    reg = await service.registry.register(RegisterRequest(home_id="home", device_name="Bound", chip_id="chip-right"))
+    cfg = reg.mqtt_config
+    async with watching(dynsec_mosquitto, topics.errors()) as errors, \
+            node_client(dynsec_mosquitto, cfg.username, cfg.password) as client:
+        await come_online(client, topics, cfg.node_name, "chip-wrong")
+        event = await errors.wait(topics.errors(), lambda p: b"chip_mismatch" in p)
+        assert b"chip-right" in event and b"chip-wrong" in event
+        await come_online(client, topics, cfg.node_name, "chip-right")
+        async with asyncio.timeout(10):
+            while not (await service.registry.status(reg.provisioning_id)).is_provisioned:
+                await asyncio.sleep(0.05)
