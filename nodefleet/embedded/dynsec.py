@@ -17,9 +17,12 @@ Clients and roles live in memory: they are gone when the broker stops.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
+import secrets
 import subprocess
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,11 +223,21 @@ def admin_access() -> dict[str, list[str]]:
     return {"publish": ["#", Topics.dynsec_control(), control], "subscribe": ["#", control]}
 
 
-def mosquitto_dynsec_config(folder: Path, *, admin: str, password: str, plugin: str = MOSQUITTO_PLUGIN) -> str:
+def mosquitto_password(password: str, *, iterations: int = 101) -> dict[str, Any]:
+    """A client's password fields as Mosquitto's dynamic-security file stores them (PBKDF2-SHA512)."""
+    salt = secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, 64)
+    return {"password": base64.b64encode(digest).decode(), "salt": base64.b64encode(salt).decode(),
+            "iterations": iterations}
+
+
+def mosquitto_dynsec_config(folder: Path, *, admin: str, password: str, services: Mapping[str, str] | None = None,
+                            plugin: str = MOSQUITTO_PLUGIN) -> str:
     """Mosquitto config lines loading its dynamic-security plugin, with ``admin`` a service that may use every topic.
 
-    The JSON file is made by ``mosquitto_ctrl dynsec init`` (so the password hash is Mosquitto's own), then the
-    admin role is allowed to publish anywhere: the provisioner publishes configs and discovery as well.
+    The JSON file is made by ``mosquitto_ctrl dynsec init``, then the admin role is allowed to publish anywhere
+    (the provisioner publishes configs and discovery as well).  ``services`` (username -> password) get a role
+    ``service`` with every ordinary topic, for the other services and the CLI.
     """
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o777)  # Mosquitto started as root runs as its own user and rewrites the file on every change
@@ -235,6 +248,13 @@ def mosquitto_dynsec_config(folder: Path, *, admin: str, password: str, plugin: 
     for role in data["roles"]:
         if role["rolename"] == "admin":
             role["acls"].append({"acltype": "publishClientSend", "topic": "#", "allow": True})
+    if services:
+        data["roles"].append({"rolename": "service", "acls": [
+            {"acltype": kind, "topic": "#", "allow": True}
+            for kind in ("publishClientSend", "publishClientReceive", "subscribePattern", "unsubscribePattern")
+        ]})
+        data["clients"] += [{"username": name, "roles": [{"rolename": "service"}], **mosquitto_password(secret)}
+                            for name, secret in services.items()]
     path.write_text(json.dumps(data))
     path.chmod(0o666)
     return f"allow_anonymous false\nplugin {plugin}\nplugin_opt_config_file {path}\n"

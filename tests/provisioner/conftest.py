@@ -20,12 +20,14 @@ from services.provisioner.settings import ProvisionerSettings
 from broker_thread import BrokerThread
 
 ADMIN = ("provisioner", "provisioner-pw")
+SERVICE = ("telemetry", "telemetry-pw")
 
 
 @pytest.fixture(scope="session")
 def dynsec_mosquitto() -> Iterator[Mosquitto]:
     folder = Path(tempfile.mkdtemp(prefix="nodefleet-dynsec-"))
-    with Mosquitto(extra_config=mosquitto_dynsec_config(folder, admin=ADMIN[0], password=ADMIN[1])) as broker:
+    with Mosquitto(extra_config=mosquitto_dynsec_config(folder, admin=ADMIN[0], password=ADMIN[1],
+                                                             services=dict([SERVICE]))) as broker:
         yield broker
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from nodefleet.contracts.provisioning import RegisterRequest
 
+from .conftest import SERVICE
 from .helpers import come_online, node_client, watching
 
 
@@ -74,3 +75,12 @@ async def _until(probe, check, timeout: float = 10.0):
             if check(value):
                 return value
             await asyncio.sleep(0.05)
+
+
+async def test_a_service_user_of_the_mosquitto_file_uses_every_topic(dynsec_mosquitto, topics):
+    async with node_client(dynsec_mosquitto, *SERVICE) as client:
+        assert (await client.subscribe(f"{topics.root}/#", qos=1))[0] in (0, 1)
+        await client.publish(topics.state("any-node"), b"{}", qos=1)
+    with pytest.raises(aiomqtt.MqttError):
+        async with node_client(dynsec_mosquitto, SERVICE[0], "wrong"):
+            pass
