@@ -79,6 +79,7 @@ class EmbeddedBroker:
         retained_file: Path | None = None,
         save_interval: float = 5.0,
         dynsec_admin: tuple[str, str] | None = None,
+        dynsec_file: Path | None = None,
     ) -> None:
         """``users`` maps username to password; ``acl`` limits some of them (the rest get every topic).
 
@@ -98,7 +99,9 @@ class EmbeddedBroker:
         self.dynsec: DynamicSecurity | None = None
         if dynsec_admin is not None:
             self.access.set_client(dynsec_admin[0], dynsec_admin[1], **admin_access())
-            self.dynsec = DynamicSecurity(set_client=self.set_client, remove_client=self.remove_client)
+            self.dynsec = DynamicSecurity(set_client=self.set_client, remove_client=self.remove_client,
+                                          access=self.access, state_file=dynsec_file)
+            self._dynsec_saved = 0
 
     @property
     def url(self) -> str:
@@ -120,6 +123,9 @@ class EmbeddedBroker:
             "plugins": {},  # access control is ours; no $SYS or entry-point plugins
         }
         retained = self._retained_file.load() if self._retained_file is not None else []
+        if self.dynsec is not None and self.dynsec.state_file is not None:
+            log.info("dynsec_loaded", clients=self.dynsec.load(), path=str(self.dynsec.state_file))
+            self._dynsec_saver = asyncio.create_task(self._save_dynsec_every_second())
         broker_class = DynsecBroker if self.dynsec is not None else NodefleetBroker
         broker = broker_class(config, access=self.access, retained=retained)
         if self.dynsec is not None:
@@ -152,8 +158,31 @@ class EmbeddedBroker:
             self._saver.cancel()
             await asyncio.gather(self._saver, return_exceptions=True)
             await self._save(broker)  # before shutdown, which forgets the retained messages
+        if self.dynsec is not None and self.dynsec.state_file is not None:
+            self._dynsec_saver.cancel()
+            await asyncio.gather(self._dynsec_saver, return_exceptions=True)
+            await self._save_dynsec()
         await broker.shutdown()
         log.info("embedded_broker_stopped", url=self.url)
+
+    async def _save_dynsec_every_second(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            await self._save_dynsec()
+
+    async def _save_dynsec(self) -> None:
+        assert self.dynsec is not None
+        changes = self.dynsec.changes
+        if changes == self._dynsec_saved:
+            return
+        body = self.dynsec.snapshot()
+        try:
+            if body is not None:
+                await asyncio.to_thread(self.dynsec.write, body)
+        except OSError as exc:
+            log.error("dynsec_save_failed", path=str(self.dynsec.state_file), error=str(exc))
+            return
+        self._dynsec_saved = changes
 
     async def _save_every_interval(self) -> None:
         while True:

@@ -11,7 +11,11 @@ removeClientRole, createRole, deleteRole, addRoleACL, removeRoleACL.  ACL
 types: ``publishClientSend`` (what the client may publish) and
 ``subscribeLiteral``/``subscribePattern`` (what it may subscribe to and so
 receive); only ``allow: true`` entries grant anything, as the default denies.
-Clients and roles live in memory: they are gone when the broker stops.
+
+Passwords are hashed by the broker's access list as soon as a client is set,
+and the plain text is dropped.  With a ``state_file`` the clients (their
+hashes) and roles are written there (at most once a second after a change,
+and at stop) and loaded at start, so node credentials survive a restart.
 """
 
 from __future__ import annotations
@@ -23,14 +27,14 @@ import json
 import secrets
 import subprocess
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from amqtt.mqtt.constants import QOS_1
 
 from nodefleet.contracts import Topics
-from nodefleet.embedded.amqtt_access import AccessError
+from nodefleet.embedded.amqtt_access import AccessError, AccessList, TopicAccess, _check_filters, _Credential
 from nodefleet.embedded.amqtt_broker import NodefleetBroker
 from nodefleet.logging import get_logger
 
@@ -50,7 +54,7 @@ class CommandError(ValueError):
 
 @dataclass
 class _Client:
-    password: str
+    password: str | None  # None once the access list holds its hash
     roles: list[str] = field(default_factory=list)
 
 
@@ -69,9 +73,13 @@ def _text(command: dict[str, Any], key: str) -> str:
 class DynamicSecurity:
     """Clients and roles, applied to the broker's access list through two callbacks."""
 
-    def __init__(self, *, set_client: Callable[..., None], remove_client: Callable[[str], bool]) -> None:
+    def __init__(self, *, set_client: Callable[..., None], remove_client: Callable[[str], bool],
+                 access: AccessList | None = None, state_file: Path | None = None) -> None:
         self._set_client = set_client
         self._remove_client = remove_client
+        self._access = access
+        self.state_file = state_file
+        self.changes = 0
         self.clients: dict[str, _Client] = {}
         self.roles: dict[str, _Role] = {}
         # Messages are handled concurrently (hashing is slow); changes to one client still apply in arrival order.
@@ -93,6 +101,7 @@ class DynamicSecurity:
                 response["correlationData"] = command["correlationData"]
             try:
                 await self._apply(name, command)
+                self.changes += 1
             except (CommandError, AccessError) as exc:
                 response["error"] = str(exc)
             responses.append(response)
@@ -189,9 +198,59 @@ class DynamicSecurity:
                 acls = [a for r in client.roles if r in self.roles for a in self.roles[r].acls if a["allow"]]
                 publish = [a["topic"] for a in acls if a["acltype"] == "publishClientSend"]
                 subscribe = [a["topic"] for a in acls if a["acltype"] in _SUBSCRIBE_TYPES]
+                if client.password is None and self._access is not None:
+                    _set_access(self._access, username, publish=publish, subscribe=subscribe)
+                    continue
+                if client.password is None:
+                    raise CommandError("Client has no password to apply its roles with")
                 # Password hashing is slow on purpose: keep it off the broker's event loop.
                 await asyncio.to_thread(self._set_client, username, client.password, publish=publish,
                                         subscribe=subscribe)
+                if self._access is not None:
+                    client.password = None
+
+    # -- persistence ----------------------------------------------------------
+    def snapshot(self) -> str | None:
+        """Clients (with their password hashes) and roles as JSON; taken on the event loop, written by ``write``."""
+        if self.state_file is None or self._access is None:
+            return None
+        users = self._access._users  # package-internal: the access list keeps only salted hashes
+        clients = {
+            name: {"roles": list(c.roles), "salt": users[name].salt.hex(), "digest": users[name].digest.hex()}
+            for name, c in self.clients.items() if name in users
+        }
+        return json.dumps({"clients": clients, "roles": {name: r.acls for name, r in self.roles.items()}})
+
+    def write(self, body: str) -> None:
+        assert self.state_file is not None
+        temporary = self.state_file.with_suffix(".tmp")
+        temporary.write_text(body)
+        temporary.chmod(0o600)
+        temporary.replace(self.state_file)
+
+    def load(self) -> int:
+        """Restore clients and roles from the state file; how many clients."""
+        if self.state_file is None or self._access is None or not self.state_file.exists():
+            return 0
+        data = json.loads(self.state_file.read_text())
+        self.roles = {name: _Role(list(acls)) for name, acls in data["roles"].items()}
+        for name, saved in data["clients"].items():
+            self.clients[name] = _Client(None, list(saved["roles"]))
+            self._access._users[name] = _Credential(salt=bytes.fromhex(saved["salt"]),
+                                                    digest=bytes.fromhex(saved["digest"]),
+                                                    access=TopicAccess(publish=(), subscribe=()))
+            acls = [a for r in saved["roles"] if r in self.roles for a in self.roles[r].acls if a["allow"]]
+            _set_access(self._access, name, publish=[a["topic"] for a in acls if a["acltype"] == "publishClientSend"],
+                        subscribe=[a["topic"] for a in acls if a["acltype"] in _SUBSCRIBE_TYPES])
+        return len(self.clients)
+
+
+def _set_access(access: AccessList, username: str, *, publish: list[str], subscribe: list[str]) -> None:
+    """Change a known user's topics without its password (package-internal, like the access list's own)."""
+    credential = access._users.get(username)
+    if credential is not None:
+        access._users[username] = replace(
+            credential, access=TopicAccess(publish=_check_filters(publish), subscribe=_check_filters(subscribe)))
 
 
 class DynsecBroker(NodefleetBroker):

@@ -84,3 +84,32 @@ async def test_a_service_user_of_the_mosquitto_file_uses_every_topic(dynsec_mosq
     with pytest.raises(aiomqtt.MqttError):
         async with node_client(dynsec_mosquitto, SERVICE[0], "wrong"):
             pass
+
+
+async def test_embedded_node_credentials_survive_a_broker_restart(tmp_path, database, topics):
+    from broker_thread import BrokerThread
+
+    from .conftest import ADMIN, running
+
+    state = tmp_path / "dynsec.json"
+    broker = BrokerThread(dynsec_admin=ADMIN, allow_anonymous=False, dynsec_file=state).start()
+    try:
+        async with running(broker, database, topics) as service:
+            reg = await service.registry.register(RegisterRequest(home_id="home", device_name="Survivor"))
+            gone = await service.registry.register(RegisterRequest(home_id="home", device_name="Gone"))
+            await service.registry.remove(gone.mqtt_config.node_name)
+    finally:
+        broker.stop()
+    assert "Survivor".lower() in state.read_text() and reg.mqtt_config.password not in state.read_text()
+    again = BrokerThread(port=broker.port, dynsec_admin=ADMIN, allow_anonymous=False, dynsec_file=state).start()
+    try:
+        cfg = reg.mqtt_config
+        async with node_client(again, cfg.username, cfg.password) as client:
+            assert (await client.subscribe(topics.node_inbox(cfg.node_name)[0], qos=1))[0] in (0, 1)
+            assert (await client.subscribe(f"{topics.root}/#", qos=1))[0] == 128
+        for username, password in ((cfg.username, "wrong"), (gone.mqtt_config.username, gone.mqtt_config.password)):
+            with pytest.raises(aiomqtt.MqttError):
+                async with node_client(again, username, password):
+                    pass
+    finally:
+        again.stop()
