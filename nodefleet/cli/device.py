@@ -14,7 +14,18 @@ from ..contracts.provisioning import PROVISIONER_SERVICE
 from ..fleet import Requester, RequestError
 from ..settings import CommonSettings
 from . import main
-from .common import CliError, Column, NOT_RUNNING_HINT, connect, emit, fleet_options, format_option, node_name, note, run
+from .common import (
+    NOT_RUNNING_HINT,
+    CliError,
+    Column,
+    connect,
+    emit,
+    fleet_options,
+    format_option,
+    node_name,
+    note,
+    run,
+)
 
 provisioner_timeout = click.option(
     "--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True, metavar="SECONDS",

@@ -17,7 +17,13 @@ import urllib.request
 from typing import Any
 
 import click
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from ..contracts.provisioning import HTTP_REGISTER_PATH, HTTP_STATUS_PATH
 from ..settings import CommonSettings
@@ -38,7 +44,7 @@ def _http(url: str, method: str = "GET", body: Any = None, *, timeout: float = H
     """One JSON request; raises urllib's errors (the caller names the step)."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - URLs given by the operator
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read() or b"null")
 
 

@@ -34,7 +34,13 @@ from typing import Any
 from amqtt.mqtt.constants import QOS_1
 
 from nodefleet.contracts import Topics
-from nodefleet.embedded.amqtt_access import AccessError, AccessList, TopicAccess, _check_filters, _Credential
+from nodefleet.embedded.amqtt_access import (
+    AccessError,
+    AccessList,
+    TopicAccess,
+    _check_filters,
+    _Credential,
+)
 from nodefleet.embedded.amqtt_broker import NodefleetBroker
 from nodefleet.logging import get_logger
 

@@ -21,7 +21,7 @@ from nodefleet.logging import get_logger
 from nodefleet.mqtt import BrokerAddress, client
 
 from . import store, tz
-from .credentials import Credentials, CredentialError, DynamicSecurity, NoCredentials
+from .credentials import CredentialError, Credentials, DynamicSecurity, NoCredentials
 from .http import HttpEdge
 from .registry import Registry
 from .settings import ProvisionerSettings

@@ -95,7 +95,7 @@ def _home_assistant(topics: Topics, node: str, device_name: str, caps: list[str]
             "name": sensor.name,
             "unique_id": f"nodefleet_{node}_{sensor.reading}",
             "state_topic": topics.node(node, NodeTopic.TELEMETRY),
-            "value_template": "{{ value_json.readings.%s }}" % sensor.reading,
+            "value_template": f"{{{{ value_json.readings.{sensor.reading} }}}}",
             "unit_of_measurement": sensor.unit,
             "device_class": sensor.device_class,
             "state_class": "measurement",

@@ -15,7 +15,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from nodefleet.contracts.provisioning import HTTP_REGISTER_PATH, HTTP_STATUS_PATH, RegisterRequest
+from nodefleet.contracts.provisioning import (
+    HTTP_REGISTER_PATH,
+    HTTP_STATUS_PATH,
+    RegisterRequest,
+)
 from nodefleet.fleet import ErrorReporter
 from nodefleet.logging import get_logger
 

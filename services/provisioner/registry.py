@@ -20,8 +20,16 @@ from pydantic import ValidationError
 
 from nodefleet.contracts import OFFLINE, ONLINE, Config, Info, Topics
 from nodefleet.contracts.provisioning import (
-    ConfigRequest, DeviceRow, HomeRequest, ListRequest, MqttConfig, NodeRequest, ProvisioningStatus, RegisterRequest,
-    Registration, StatusRequest,
+    ConfigRequest,
+    DeviceRow,
+    HomeRequest,
+    ListRequest,
+    MqttConfig,
+    NodeRequest,
+    ProvisioningStatus,
+    RegisterRequest,
+    Registration,
+    StatusRequest,
 )
 from nodefleet.fleet import ErrorReporter
 from nodefleet.logging import get_logger

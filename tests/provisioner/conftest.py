@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from broker_thread import BrokerThread
 
 from nodefleet.contracts import Topics
 from nodefleet.embedded.dynsec import mosquitto_dynsec_config
 from nodefleet.embedded.mosquitto import Mosquitto
 from services.provisioner.app import Service, serve
 from services.provisioner.settings import ProvisionerSettings
-
-from broker_thread import BrokerThread
 
 ADMIN = ("provisioner", "provisioner-pw")
 SERVICE = ("telemetry", "telemetry-pw")

@@ -8,12 +8,11 @@ import json
 import pytest
 
 from nodefleet.contracts import Config, Topics
-from nodefleet.contracts.topics import Command
 from nodefleet.contracts.provisioning import ConfigRequest, RegisterRequest
+from nodefleet.contracts.topics import Command
 from services.provisioner import discovery
 from services.provisioner.store import Conflict, RegistryError
 
-from .conftest import ADMIN
 from .helpers import come_online, node_client, watching
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import aiomqtt
 import pytest
 
 from nodefleet.contracts.provisioning import PROVISIONER_SERVICE
 from nodefleet.fleet import Requester, RequestError
 
-from .conftest import running
-from .helpers import http, node_client, watching
-from .conftest import ADMIN
+from .conftest import ADMIN, running
+from .helpers import http, node_client
 
 
 async def _requester(client, topics):
@@ -97,15 +97,15 @@ async def test_http_edge(service, topics):
 
 async def test_pending_registration_expires_and_its_credentials_go(dynsec_broker, database, topics):
     async with running(dynsec_broker, database, topics, pending_ttl=0.5, expiry_interval=0.2) as service:
-        status, reg = await http(service.http_port, "POST", "/api/provision/register/",
-                                 {"home_id": "home", "device_name": "Late"})
+        _, reg = await http(service.http_port, "POST", "/api/provision/register/",
+                            {"home_id": "home", "device_name": "Late"})
         cfg = reg["mqtt_config"]
         async with node_client(dynsec_broker, cfg["username"], cfg["password"]):
             pass
         async with asyncio.timeout(10):
             while (await service.registry.status(reg["provisioning_id"])).status != "revoked":
                 await asyncio.sleep(0.1)
-        with pytest.raises(Exception):
+        with pytest.raises(aiomqtt.MqttError):
             async with node_client(dynsec_broker, cfg["username"], cfg["password"]):
                 pass
 
