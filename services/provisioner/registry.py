@@ -189,6 +189,8 @@ class Registry:
             return  # a cleared retained status
         online = payload == ONLINE.encode()
         self._online[node] = online
+        if online and node not in self._info:
+            return  # a node sends its info right after: one look at the registry then (bursts of first onlines)
         await self._maybe_provisioned(node, availability_changed=True)
 
     async def on_info(self, node: str, payload: bytes) -> None:
@@ -232,6 +234,8 @@ class Registry:
                 return
             if row["status"] == "provisioned":
                 await self.store.touch(node)
+                if not availability_changed:  # its first info of a connection
+                    await self.publish(*discovery.homie_state(node, ONLINE), True)
                 return
             if not await self.store.mark_provisioned(node, info.chip_id, list(info.caps)):
                 return

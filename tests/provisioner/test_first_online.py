@@ -44,6 +44,13 @@ async def test_first_online_config_discovery_and_removal(provisioner, dynsec_bro
         assert await watcher.wait(Topics.homie(node, "$state")) == b"ready"
         status = await provisioner.registry.status(reg.provisioning_id)
         assert status.is_provisioned and status.connected_at is not None
+        # Homie's $state follows availability.
+        await client.publish(topics.status(node), "offline", qos=1, retain=True)
+        assert await watcher.wait(Topics.homie(node, "$state"), lambda p: p == b"lost") == b"lost"
+        await come_online(client, topics, node, "chip-1234", caps=("switch", "temperature"))
+        async with asyncio.timeout(10):
+            while watcher.payloads(Topics.homie(node, "$state"))[-1] != b"ready":
+                await asyncio.sleep(0.05)
 
         # A config change bumps the version and reaches the node.
         changed = await provisioner.registry.change_config(
