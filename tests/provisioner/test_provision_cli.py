@@ -51,6 +51,14 @@ async def test_provision_a_simulated_node_then_change_and_remove_it(tmp_path, dy
             code, out = await _cli("provision", *broker, "--name", "RO", "--ssid", "simnet", "--wifi-password", "x",
                                    "--device-url", f"http://127.0.0.1:{free_port()}", "--timeout", "5")
             assert code == 1 and "step 'device info' failed" in out and "nodefleet-XXXX" in out, out
+            # Registering through the HTTP edge instead of MQTT reaches the same registry.
+            code, out = await _cli("provision", *broker, "--name", "Via HTTP", "--ssid", "s", "--wifi-password", "p",
+                                   "--backend-url", f"http://127.0.0.1:{service.http_port}",
+                                   "--device-url", f"http://127.0.0.1:{free_port()}")
+            assert code == 1 and "step 'device info' failed" in out, out
+            code, out = await _cli("provision", *broker, "--name", "Via HTTP", "--ssid", "s", "--wifi-password", "p",
+                                   "--backend-url", f"http://127.0.0.1:{service.http_port}")
+            assert code == 1 and "step 'register' failed" in out and "already exists" in out, out
 
             code, out = await _cli("provision", *broker, "--name", "RO purifier", "--ssid", "simnet",
                                    "--wifi-password", "simpass", "--device-url", f"http://127.0.0.1:{node.http_port}",
@@ -59,6 +67,8 @@ async def test_provision_a_simulated_node_then_change_and_remove_it(tmp_path, dy
             assert "is online" in out
             rows = await service.registry.store.list(home_id="home", status="provisioned")
             assert [r["device_name"] for r in rows] == ["RO purifier"]
+            pending = await service.registry.store.list(home_id="home", status="pending")
+            assert sorted(r["device_name"] for r in pending) == ["RO", "Via HTTP"]
             name = rows[0]["node"]
             assert rows[0]["chip_id"]
             await _until(lambda: (node.read("config.json") or {}).get("tz_name") == "Europe/Berlin")
