@@ -58,6 +58,7 @@ class Service:
             broker_port=settings.broker_port or self.address.port, pending_ttl=settings.pending_ttl,
             max_devices_per_home=settings.max_devices_per_home,
         )
+        self.handlers = self.registry.handlers()
         self.status_topic = self.topics.service_status(PROVISIONER_SERVICE, settings.instance)
         self.subscribed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -117,7 +118,7 @@ class Service:
         payload = bytes(message.payload)  # type: ignore[arg-type]
         if topic.startswith(f"{self.topics.fleet}/"):
             action = self.topics.request_action(topic)
-            self._spawn(answer(mqtt, payload, self.registry.handlers(), action, self.errors))
+            self._spawn(answer(mqtt, payload, self.handlers, action, self.errors))
             return
         try:
             parsed = self.topics.parse(topic)
