@@ -61,6 +61,7 @@ class Service:
         self.handlers = self.registry.handlers()
         self.status_topic = self.topics.service_status(PROVISIONER_SERVICE, settings.instance)
         self.subscribed = asyncio.Event()
+        self.http_port: int | None = None  # where the HTTP edge listens, once started
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def _publish(self, topic: str, payload: str | bytes, retain: bool) -> None:
@@ -176,7 +177,7 @@ async def serve(settings: ProvisionerSettings, *, ready: asyncio.Event | None = 
             group.create_task(service.expire_loop())
             group.create_task(service.registry.publish_discovery())
             await service.subscribed.wait()
-            service.http_port = edge.port if edge is not None else None  # type: ignore[attr-defined]
+            service.http_port = edge.port if edge is not None else None
             if started is not None and not started.done():
                 started.set_result(service)
             log.info("provisioner_ready", http_port=edge.port if edge else None)
