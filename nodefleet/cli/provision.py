@@ -140,7 +140,8 @@ async def provision_flow(flow: Flow, *, name: str, home: str, ssid: str, wifi_pa
 @click.option("--name", "device_name", required=True, help="Device name shown to people, e.g. 'RO purifier'")
 @click.option("--home", default="home", show_default=True, help="Home the device belongs to")
 @click.option("--ssid", required=True, help="WiFi network the device joins")
-@click.option("--wifi-password", default="", help="Its password (prompted if left out)", prompt=True,
+@click.option("--wifi-password", default="", help="Its password (empty for an open network; the flag alone prompts)",
+              prompt=True,
               hide_input=True, prompt_required=False)
 @click.option("--device-url", default="http://192.168.4.1", show_default=True,
               help="The device's access-point API (join its nodefleet-XXXX network first)")
