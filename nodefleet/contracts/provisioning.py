@@ -112,3 +112,44 @@ class DeviceRow(BaseModel):
 HTTP_REGISTER_PATH = "/api/provision/register/"
 HTTP_STATUS_PATH = "/api/provision/status/"
 """Followed by the provisioning id."""
+
+
+# -- discovery (retained, published by the provisioner) --------------------------
+
+
+class HaDevice(BaseModel):
+    """The device block shared by a node's Home Assistant discovery configs."""
+
+    identifiers: list[str]
+    name: str
+    sw_version: str
+    manufacturer: str = "nodefleet"
+
+
+class HaEntity(BaseModel):
+    """Fields of every Home Assistant discovery config we publish; availability is the node's status topic."""
+
+    name: str
+    unique_id: str
+    state_topic: str
+    value_template: str
+    availability_topic: str
+    payload_available: str
+    payload_not_available: str
+    device: HaDevice
+
+
+class HaSwitch(HaEntity):
+    """``homeassistant/switch/<node>/relay/config``: the relay, commanded through ``set/switch``."""
+
+    command_topic: str
+    payload_on: Literal["ON"] = "ON"
+    payload_off: Literal["OFF"] = "OFF"
+
+
+class HaSensor(HaEntity):
+    """``homeassistant/sensor/<node>/<reading>/config``: one reading of the node's telemetry."""
+
+    unit_of_measurement: str
+    device_class: str
+    state_class: Literal["measurement"] = "measurement"

@@ -8,10 +8,10 @@ Removal publishes the same topics empty, which deletes the retained messages.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from nodefleet.contracts import OFFLINE, ONLINE, NodeTopic, Topics
+from nodefleet.contracts.provisioning import HaDevice, HaSensor, HaSwitch
 from nodefleet.contracts.topics import Command
 
 HOMIE_VERSION = "4.0"
@@ -67,39 +67,27 @@ def _homie(node: str, device_name: str, caps: list[str]) -> list[tuple[str, str]
 
 
 def _home_assistant(topics: Topics, node: str, device_name: str, caps: list[str], fw: str) -> list[tuple[str, str]]:
-    device = {"identifiers": [f"nodefleet_{node}"], "name": device_name, "sw_version": fw, "manufacturer": "nodefleet"}
     common = {
         "availability_topic": topics.status(node),
         "payload_available": ONLINE,
         "payload_not_available": OFFLINE,
-        "device": device,
+        "device": HaDevice(identifiers=[f"nodefleet_{node}"], name=device_name, sw_version=fw),
     }
     out: list[tuple[str, str]] = []
     if "switch" in caps:
-        out.append((topics.ha_discovery("switch", node, "relay"), json.dumps({
-            **common,
-            "name": "Relay",
-            "unique_id": f"nodefleet_{node}_relay",
-            "state_topic": topics.state(node),
-            "value_template": "{{ value_json.relay }}",
-            "command_topic": topics.set(node, Command.SWITCH),
-            "payload_on": "ON",
-            "payload_off": "OFF",
-        })))
+        switch = HaSwitch(name="Relay", unique_id=f"nodefleet_{node}_relay", state_topic=topics.state(node),
+                          value_template="{{ value_json.relay }}", command_topic=topics.set(node, Command.SWITCH),
+                          **common)
+        out.append((topics.ha_discovery("switch", node, "relay"), switch.model_dump_json()))
     for cap in caps:
         sensor = SENSORS.get(cap)
         if sensor is None:
             continue
-        out.append((topics.ha_discovery("sensor", node, sensor.reading), json.dumps({
-            **common,
-            "name": sensor.name,
-            "unique_id": f"nodefleet_{node}_{sensor.reading}",
-            "state_topic": topics.node(node, NodeTopic.TELEMETRY),
-            "value_template": f"{{{{ value_json.readings.{sensor.reading} }}}}",
-            "unit_of_measurement": sensor.unit,
-            "device_class": sensor.device_class,
-            "state_class": "measurement",
-        })))
+        entity = HaSensor(name=sensor.name, unique_id=f"nodefleet_{node}_{sensor.reading}",
+                          state_topic=topics.node(node, NodeTopic.TELEMETRY),
+                          value_template=f"{{{{ value_json.readings.{sensor.reading} }}}}",
+                          unit_of_measurement=sensor.unit, device_class=sensor.device_class, **common)
+        out.append((topics.ha_discovery("sensor", node, sensor.reading), entity.model_dump_json()))
     return out
 
 

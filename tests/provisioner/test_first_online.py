@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 
 from nodefleet.contracts import Config, Topics
-from nodefleet.contracts.provisioning import ConfigRequest, RegisterRequest
+from nodefleet.contracts.provisioning import (
+    ConfigRequest,
+    HaSensor,
+    HaSwitch,
+    RegisterRequest,
+)
 from nodefleet.contracts.topics import Command
 from services.provisioner import discovery
 from services.provisioner.store import Conflict, RegistryError
@@ -37,9 +41,10 @@ async def test_first_online_config_discovery_and_removal(provisioner, dynsec_bro
         assert config.version == 1 and config.tz_name == "Europe/Berlin"
         # Berlin: the offset now plus the two changes of the coming year.
         assert len(config.tz) == 3 and {o.offset for o in config.tz} == {3600, 7200}
-        switch = json.loads(await watcher.wait(topics.ha_discovery("switch", node, "relay")))
-        assert switch["command_topic"] == topics.set(node, Command.SWITCH) and switch["availability_topic"] == topics.status(node)
-        await watcher.wait(topics.ha_discovery("sensor", node, "temperature"))
+        switch = HaSwitch.model_validate_json(await watcher.wait(topics.ha_discovery("switch", node, "relay")))
+        assert switch.command_topic == topics.set(node, Command.SWITCH) and switch.availability_topic == topics.status(node)
+        sensor = HaSensor.model_validate_json(await watcher.wait(topics.ha_discovery("sensor", node, "temperature")))
+        assert sensor.state_topic == topics.telemetry(node) and sensor.device.name == "RO purifier"
         assert await watcher.wait(Topics.homie(node, "$homie")) == b"4.0"
         assert await watcher.wait(Topics.homie(node, "$state")) == b"ready"
         status = await provisioner.registry.status(reg.provisioning_id)
