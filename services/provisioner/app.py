@@ -93,7 +93,12 @@ class Service:
             mqtt.pending_calls_threshold = 100_000  # bursts of retained publishes are expected here
             if self.dynsec is not None:
                 await self.dynsec.start(mqtt)
-            await mqtt.subscribe(self.topics.requests(PROVISIONER_SERVICE), qos=1)
+            requests = self.topics.requests(PROVISIONER_SERVICE)
+            if self.settings.shared_group:
+                # Every instance sees every status and info (a node is provisioned once, by a guarded UPDATE),
+                # but a request must be answered once.
+                requests = self.topics.shared(self.settings.shared_group, requests)
+            await mqtt.subscribe(requests, qos=1)
             await mqtt.subscribe(self.topics.all_nodes(NodeTopic.STATUS), qos=1)
             await mqtt.subscribe(self.topics.all_nodes(NodeTopic.INFO), qos=1)
             await mqtt.publish(self.status_topic, ONLINE, qos=1, retain=True)

@@ -251,7 +251,7 @@ class Registry:
     async def change_config(self, request: ConfigRequest) -> Config:
         node = request.node
         async with self._lock(node), self.store.pool.acquire() as conn, conn.transaction():
-            row = await self.store.device(node, conn)
+            row = await self.store.device(node, conn, for_update=True)
             if row["status"] == "revoked":
                 raise Conflict(f"{node} is revoked: register it again")
             body = Config.model_validate(row["config"]).model_dump(mode="json", by_alias=True)
@@ -276,7 +276,7 @@ class Registry:
 
     async def remove(self, node: str, *, reason: str = "removed") -> None:
         async with self._lock(node), self.store.pool.acquire() as conn, conn.transaction():
-            row = await self.store.device(node, conn)
+            row = await self.store.device(node, conn, for_update=True)
             if row["status"] == "revoked":
                 raise Conflict(f"{node} is already revoked")
             await self.store.revoke(conn, node)

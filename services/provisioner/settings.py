@@ -22,6 +22,10 @@ def _own(default: Any, description: str, name: str, **constraints: Any) -> Any:
 class ProvisionerSettings(CommonSettings):
     client_id: str = _own("nodefleet-provisioner", "MQTT client id prefix", "client_id",
                           pattern=r"^[A-Za-z0-9_-]{1,48}$")
+    shared_group: str | None = _own(
+        None, "Several instances: take fleet requests through $share/<group>/ so each is answered once", "shared_group",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+    )
     credentials: Literal["dynsec", "none"] = _own(
         "none", "How node credentials reach the broker: 'dynsec' ($CONTROL/dynamic-security/v1, Mosquitto or the "
         "embedded broker with dynamic security on) or 'none' (an open broker; passwords are handed out but not enforced)",

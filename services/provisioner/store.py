@@ -128,9 +128,12 @@ class Store:
             }.get(exc.constraint_name or "", f"registration clashes with an existing one ({exc.constraint_name})")
             raise Conflict(what) from exc
 
-    async def device(self, node: str, conn: asyncpg.Connection | None = None) -> asyncpg.Record:
-        row = await (conn or self.pool).fetchrow(f"SELECT {_DEVICE_COLUMNS} FROM provisioner_devices WHERE node = $1",
-                                                 node)
+    async def device(self, node: str, conn: asyncpg.Connection | None = None, *, for_update: bool = False
+                     ) -> asyncpg.Record:
+        """One device; ``for_update`` (inside a transaction) holds its row until commit, so instances take turns."""
+        lock = " FOR UPDATE" if for_update else ""
+        row = await (conn or self.pool).fetchrow(
+            f"SELECT {_DEVICE_COLUMNS} FROM provisioner_devices WHERE node = $1{lock}", node)
         if row is None:
             raise NotFound(f"no device {node!r}: list them with `nodefleet device list`")
         return row
