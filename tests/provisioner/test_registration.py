@@ -96,7 +96,7 @@ async def test_http_edge(service, topics):
 
 
 async def test_pending_registration_expires_and_its_credentials_go(dynsec_broker, database, topics):
-    async with running(dynsec_broker, database, topics, pending_ttl=0.5, expiry_interval=0.2) as service:
+    async with running(dynsec_broker, database, topics, pending_ttl=2.0, expiry_interval=0.2) as service:
         _, reg = await http(service.http_port, "POST", "/api/provision/register/",
                             {"home_id": "home", "device_name": "Late"})
         cfg = reg["mqtt_config"]
