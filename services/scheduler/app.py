@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ import aiomqtt
 from pydantic import ValidationError
 
 from nodefleet.backoff import Backoff
-from nodefleet.contracts import OFFLINE, ONLINE, State, SwitchCommand
+from nodefleet.contracts import OFFLINE, ONLINE, State
 from nodefleet.contracts.scheduling import SCHEDULER_SERVICE, RunEvent, schedule_events
 from nodefleet.contracts.topics import Command, NodeTopic, TopicError
 from nodefleet.fleet import ErrorReporter, answer
@@ -34,6 +35,7 @@ log = get_logger(__name__)
 
 SETTLE = 0.3  # seconds without a message after subscribing: the retained messages are in
 SETTLE_MAX = 5.0
+MAX_INFLIGHT = 1000
 
 
 class Scheduler:
@@ -52,29 +54,38 @@ class Scheduler:
         self.events_topic = schedule_events(self.topics)
 
     # -- outgoing ------------------------------------------------------------
-    async def send_backups(self, won: list[Event]) -> None:
+    def _publish_now(self, topic: str, payload: str, qos: int) -> None:
+        """Hand one message to the MQTT client without waiting for its acknowledgement.
+
+        aiomqtt's ``publish`` walks every pending call on each call (quadratic in a
+        burst of thousands); paho's own publish only queues the packet, which the
+        client's socket writer sends from the event loop.
+        """
         mqtt = self.mqtt
-        if mqtt is None:
-            raise aiomqtt.MqttError("not connected")
-        publishes = []
+        raw = getattr(mqtt, "_client", None)
+        if mqtt is None or raw is None:
+            raise aiomqtt.MqttError("not connected to the broker")
+        info = raw.publish(topic, payload, qos=qos)
+        if info.rc != 0:
+            raise aiomqtt.MqttError(f"publish refused by the client (code {info.rc})")
+
+    async def send_backups(self, won: list[Event]) -> None:
         for node, run, _ in won:
-            command = SwitchCommand(state="ON" if run.action == "on" else "OFF", until=run.end, run_id=run.run_id)
-            publishes.append(mqtt.publish(self.topics.set(node, Command.SWITCH),
-                                          command.model_dump_json(by_alias=True, exclude_none=True), qos=1))
-        await asyncio.gather(*publishes)
-        for node, run, detail in won:
-            log.info("backup_sent", node=node, run_id=run.run_id, until=run.end, detail=detail)
+            # The SwitchCommand contract, written directly: a burst of thousands must not wait for model building.
+            command = {"v": 1, "state": "ON" if run.action == "on" else "OFF", "until": run.end, "run_id": run.run_id}
+            self._publish_now(self.topics.set(node, Command.SWITCH), json.dumps(command), 1)
+        for node, run, detail in won[:3]:
+            log.info("backup_sent", node=node, run_id=run.run_id, until=run.end, detail=detail, batch=len(won))
 
     async def publish_events(self, kind: str, events: list[Event]) -> None:
-        mqtt = self.mqtt
-        if mqtt is None:
-            return
         now = time.time()
         for node, run, detail in events:
             event = RunEvent(ts=now, node=node, run_id=run.run_id, rule=run.rule, kind=kind, action=run.action,
                              start=run.start, end=run.end, instance=self.settings.instance, detail=detail)
-            with contextlib.suppress(aiomqtt.MqttError):
-                await mqtt.publish(self.events_topic, event.model_dump_json(exclude_none=True), qos=0)
+            try:
+                self._publish_now(self.events_topic, event.model_dump_json(exclude_none=True), 0)
+            except aiomqtt.MqttError:
+                return  # events are a notice; the table keeps the record
         if kind != "run":
             log.info("run_event", kind=kind, count=len(events), first=events[0][1].run_id, node=events[0][0])
 
@@ -142,8 +153,9 @@ class Scheduler:
         status = self.topics.service_status(SCHEDULER_SERVICE, self.settings.instance)
         will = aiomqtt.Will(status, OFFLINE, qos=1, retain=True)
         client_id = f"nodefleet-scheduler-{self.settings.instance}"[:64]
+        # Many QoS 1 commands in flight at once: a burst of backups must not wait for acks 20 at a time.
         async with client(address, client_id=client_id, will=will, keepalive=self.settings.keepalive,
-                          max_queued_outgoing=0) as mqtt:
+                          max_queued_outgoing=0, max_inflight=MAX_INFLIGHT) as mqtt:
             for kind in (NodeTopic.SCHEDULE, NodeTopic.CONFIG, NodeTopic.STATE, NodeTopic.STATUS):
                 await mqtt.subscribe(self.topics.all_nodes(kind), qos=1)
             await mqtt.subscribe(self.topics.requests(SCHEDULER_SERVICE), qos=1)

@@ -73,6 +73,7 @@ class Planner:
         self._heap: list[Due] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
+        self._queued = 0.0
 
     def view(self, node: str) -> NodeView:
         found = self.nodes.get(node)
@@ -151,6 +152,7 @@ class Planner:
         done: dict[str, list[Event]] = {"run": [], "miss": [], "skipped": []}
         to_claim: list[Event] = []
         takeovers: list[Due] = []
+        to_plan: list[tuple[NodeView, int]] = []  # the runs after these, planned once the backups are out
         for due in batch:
             view = self.nodes.get(due.node)
             if view is None or due.generation != view.generation:
@@ -161,7 +163,7 @@ class Planner:
                 continue
             if due.what == CHECK:
                 view.planned.discard(due.run.run_id)
-                self._plan_after(view, due.run.start)
+                to_plan.append((view, due.run.start))
             kind, detail = self.classify(view, due.run, now, resumed=due.what == RESUME)
             if kind == "miss" and view.online is not True:
                 view.missed[due.run.run_id] = due.run  # resumed if the node comes back inside the window
@@ -172,12 +174,19 @@ class Planner:
             elif kind:
                 done[kind].append((view.name, due.run, detail))
         if to_claim:
+            began = self.clock()
             won = await self.store.claim(to_claim)
+            claimed = self.clock()
             await self._send(won)
+            log.debug("backups", claimed=len(won), late_ms=round((began - batch[0].at) * 1000, 1),
+                      claim_ms=round((claimed - began) * 1000, 1), queued_ms=round((self._queued - claimed) * 1000, 1),
+                      send_ms=round((self.clock() - claimed) * 1000, 1))
             won_ids = {(n, r.run_id) for n, r, _ in won}
             for node, run, _ in to_claim:
                 if (node, run.run_id) not in won_ids:
                     self._recheck(node, run)
+        for view, after in to_plan:
+            self._plan_after(view, after)
         for due in takeovers:
             await self._take_over(due)
         for kind, events in done.items():
@@ -209,6 +218,7 @@ class Planner:
             for node, run, _ in won:
                 self._recheck(node, run)
             return
+        self._queued = self.clock()
         await self.store.mark_sent([(node, run.run_id) for node, run, _ in won])
         self.counts.backups += len(won)
         await self.publish("backup", won)

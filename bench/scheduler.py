@@ -1,0 +1,213 @@
+"""Scheduler benchmark: ``python -m bench.scheduler [--quick]``.
+
+N nodes (10,000) whose rules fall due within the same minute; the nodes are
+stand-ins that never execute (a publisher retains their config, schedule,
+``online`` status and an idle state), so every run needs the scheduler's
+backup.  Each node gets a tz offset of a whole number of seconds, so its
+``HH:MM`` rule starts at its own second of the minute (``--spread`` seconds,
+60 by default; 1 puts every run on the same second).
+
+The scheduler runs as deployed (its own process, PostgreSQL claims); a paho
+subscriber in this process stamps each ``set/switch`` on arrival.  Lateness
+is arrival minus (run start + grace).  Baseline, in a separate process during
+the same minute: plain asyncio ``loop.call_at`` lateness for the same number
+of timers at the same due times.  The last line printed is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as paho
+
+from nodefleet.contracts import Topics
+from nodefleet.contracts.topics import Command
+from nodefleet.embedded.mosquitto import Mosquitto, free_port
+from nodefleet.embedded.postgres import EmbeddedPostgres
+
+ROOT = Path(__file__).resolve().parents[1]
+SPAWN = multiprocessing.get_context("spawn")
+GRACE = 2.0
+DURATION = 600
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def plan(nodes: int, first: int, spread: int) -> list[tuple[str, int, int, str]]:
+    """(node, start, tz offset, HH:MM) for each node; starts on ``spread`` seconds from ``first``."""
+    out = []
+    for i in range(nodes):
+        start = first + i % spread
+        offset = (-start) % 60
+        local = (start + offset) % 86400
+        out.append((f"b{i:05d}", start, offset, f"{local // 3600:02d}:{local // 60 % 60:02d}"))
+    return out
+
+
+def baseline(dues: list[float], results) -> None:
+    """Plain asyncio: one loop.call_at per due time; lateness in ms."""
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        late: list[float] = []
+        done = asyncio.Event()
+
+        def fire(due: float) -> None:
+            late.append((time.time() - due) * 1000)
+            if len(late) == len(dues):
+                done.set()
+
+        offset = time.time() - loop.time()
+        for due in dues:
+            loop.call_at(due - offset, fire, due)
+        await done.wait()
+        return late
+
+    results.put(asyncio.run(main()))
+
+
+class Receiver:
+    """Stamps each switch command on arrival, in paho's network thread."""
+
+    def __init__(self, broker: Mosquitto, topics: Topics) -> None:
+        self.arrivals: list[tuple[float, str, str]] = []
+        self.subscribed = threading.Event()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bench-rx-{uuid.uuid4().hex[:6]}")
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_connect = lambda c, *a: c.subscribe(f"{topics.root}/+/set/{Command.SWITCH.value}", qos=0)
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, message) -> None:
+        now = time.time()
+        body = json.loads(message.payload)
+        self.arrivals.append((now, message.topic.split("/")[-3], body.get("run_id", "")))
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def publish_fleet(broker: Mosquitto, topics: Topics, nodes: list[tuple[str, int, int, str]]) -> float:
+    """Retain every stand-in node's config, schedule, status and state; seconds it took."""
+    started = time.time()
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{uuid.uuid4().hex[:6]}")
+    client.max_inflight_messages_set(1000)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    last = None
+    for name, _, offset, at in nodes:
+        config = {"v": 1, "version": 1, "tz": [{"from": 0, "offset": offset}]}
+        schedule = {"v": 1, "version": 1, "rules": [{"id": "water", "at": at, "duration": DURATION}]}
+        state = {"v": 1, "seq": 1, "relay": "OFF", "mode": "auto", "time_valid": True}
+        client.publish(topics.config(name), json.dumps(config), qos=1, retain=True)
+        client.publish(topics.status(name), "online", qos=1, retain=True)
+        client.publish(topics.state(name), json.dumps(state), qos=1, retain=True)
+        last = client.publish(topics.schedule(name), json.dumps(schedule), qos=1, retain=True)
+    last.wait_for_publish(120)
+    client.loop_stop()
+    client.disconnect()
+    return time.time() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="10,000 nodes, one minute (the default sizes)")
+    parser.add_argument("--nodes", type=int, default=10_000)
+    parser.add_argument("--spread", type=int, default=60, help="Seconds of the minute the starts are spread over (1-60)")
+    parser.add_argument("--lead", type=float, default=30.0, help="Seconds from publishing to the first run")
+    args = parser.parse_args()
+    spread = max(1, min(60, args.spread))
+
+    workdir = Path(tempfile.mkdtemp(prefix="nodefleet-bench-sched-"))
+    postgres = EmbeddedPostgres(workdir / "pg", port=free_port(), settings={"fsync": "off"})
+    scheduler = None
+    try:
+        with Mosquitto() as broker:
+            postgres.start()
+            postgres.create_database("bench")
+            topics = Topics(root=f"b{uuid.uuid4().hex[:6]}/home", fleet=f"b{uuid.uuid4().hex[:6]}/fleet")
+            env = {**os.environ, "NODEFLEET_MQTT_URL": broker.url, "NODEFLEET_DATABASE_URL": postgres.dsn("bench"),
+                   "NODEFLEET_TOPIC_ROOT": topics.root, "NODEFLEET_FLEET_ROOT": topics.fleet,
+                   "NODEFLEET_INSTANCE": "bench", "NODEFLEET_SCHEDULER_GRACE": str(GRACE),
+                   "NODEFLEET_LOG_LEVEL": os.environ.get("BENCH_SCHEDULER_LOG", "warning"), "NODEFLEET_LOG_FORMAT": "json"}
+            scheduler = subprocess.Popen([sys.executable, "-m", "services.scheduler"], cwd=ROOT, env=env,
+                                         stdout=subprocess.DEVNULL, stderr=(workdir / "scheduler.log").open("w"))
+            time.sleep(3)  # the scheduler connects, migrates and settles on an empty fleet
+            receiver = Receiver(broker, topics)
+            receiver.subscribed.wait(10)
+            first = int(time.time() + args.lead)
+            nodes = plan(args.nodes, first, spread)
+            took = publish_fleet(broker, topics, nodes)
+            _say(f"published {len(nodes)} stand-in nodes (config, status, state, schedule) in {took:.1f} s; "
+                 f"first run at +{first - time.time():.1f} s")
+            if time.time() > first - 5:
+                raise SystemExit("publishing took too long for --lead: raise --lead")
+            dues = [start + GRACE for _, start, _, _ in nodes]
+            results = SPAWN.Queue()
+            base = SPAWN.Process(target=baseline, args=(dues, results))
+            base.start()
+            end = max(dues) + 5
+            while time.time() < end:
+                time.sleep(0.5)
+            base_late = results.get(timeout=30)
+            base.join()
+            receiver.stop()
+            if scheduler.poll() is not None:
+                raise SystemExit(f"the scheduler exited: see {workdir / 'scheduler.log'}")
+
+            due_of = {name: start + GRACE for name, start, _, _ in nodes}
+            counts: dict[tuple[str, str], int] = {}
+            late = []
+            for arrived, node, run_id in receiver.arrivals:
+                counts[(node, run_id)] = counts.get((node, run_id), 0) + 1
+                if counts[(node, run_id)] == 1 and node in due_of:
+                    late.append((arrived - due_of[node]) * 1000)
+            commanded = {node for node, _ in counts}
+            result = {
+                "nodes": args.nodes,
+                "spread_s": spread,
+                "grace_s": GRACE,
+                "p50_lateness_ms": round(statistics.median(late), 2) if late else None,
+                "p99_lateness_ms": round(_pct(late, 0.99), 2) if late else None,
+                "max_lateness_ms": round(max(late), 2) if late else None,
+                "baseline_p99_ms": round(_pct(base_late, 0.99), 2),
+                "all_sent_within_ms": round((max(a for a, _, _ in receiver.arrivals) - (first + GRACE)) * 1000
+                                            - (spread - 1) * 1000, 2) if receiver.arrivals else None,
+                "double_fires": sum(n - 1 for n in counts.values()),
+                "missed": sum(1 for name, _, _, _ in nodes if name not in commanded),
+            }
+            _say(f"lateness after due+grace: p50 {result['p50_lateness_ms']} ms, p99 {result['p99_lateness_ms']} ms, "
+                 f"max {result['max_lateness_ms']} ms; asyncio call_at baseline p99 {result['baseline_p99_ms']} ms")
+            print(json.dumps(result), flush=True)
+    finally:
+        if scheduler is not None and scheduler.poll() is None:
+            scheduler.terminate()
+            scheduler.wait(10)
+        postgres.stop("immediate")
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
