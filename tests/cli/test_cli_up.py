@@ -13,8 +13,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-
 from conftest import wait_for
+
 from nodefleet.contracts import Topics
 from nodefleet.embedded.mosquitto import Mosquitto, free_port
 from nodefleet.embedded.postgres import EmbeddedPostgres, port_is_free
@@ -26,17 +26,7 @@ from .helpers import children_of, cli_env, nodefleet, postmaster_pid, process_al
 pytestmark = pytest.mark.timeout(120)
 
 
-def _module_exists(name: str) -> bool:
-    try:
-        __import__(name)
-    except ImportError:
-        return False
-    return True
-
-
-HAS_EMBEDDED_BROKER = _module_exists("nodefleet.embedded.broker")
-HAS_DEMO = _module_exists("nodefleet.sim")
-HAS_TELEMETRY = any(spec.name == "telemetry" for spec in discover_services())
+SERVICES = ", ".join(spec.name for spec in discover_services())
 
 
 def up_env(topics: Topics) -> dict[str, str]:
@@ -53,7 +43,6 @@ async def mqtt_round_trip(broker_url: str, topic: str) -> bytes:
     return message.payload  # type: ignore[return-value]
 
 
-@pytest.mark.skipif(not HAS_EMBEDDED_BROKER, reason="the embedded broker (nodefleet/embedded/broker.py) is not in this tree")
 async def test_up_starts_stops_cleanly_and_keeps_data(launch_up, data_dir: Path, topics: Topics) -> None:
     mqtt_port, db_port = free_port(), free_port()
     ports = ("--mqtt-port", str(mqtt_port), "--db-port", str(db_port), "--log-format", "json")
@@ -63,7 +52,7 @@ async def test_up_starts_stops_cleanly_and_keeps_data(launch_up, data_dir: Path,
     broker_url = f"mqtt://127.0.0.1:{mqtt_port}"
     assert banner["broker"].startswith(broker_url) and "embedded" in banner["broker"]
     assert f":{db_port}/nodefleet" in banner["database"] and banner["data"] == str(data_dir)
-    assert banner["services"] == ("telemetry" if HAS_TELEMETRY else banner["services"])
+    assert banner["services"] == SERVICES and banner["services"].startswith("telemetry")
     assert await mqtt_round_trip(broker_url, f"{topics.root}/probe") == b"round trip"
     dsn = f"postgresql://postgres@127.0.0.1:{db_port}/nodefleet"
     connection = await asyncpg.connect(dsn)
@@ -86,18 +75,16 @@ async def test_up_starts_stops_cleanly_and_keeps_data(launch_up, data_dir: Path,
     assert stop_order[-2:] == ["broker_stopped", "postgres_stopped"] and events[-1] == "stopped"
     assert "Traceback" not in up.stderr
 
-    # The second run also brings demo nodes when the simulator exists: they must stop with it.
-    demo = ("--demo", "2") if HAS_DEMO else ()
-    again = launch_up(*ports, *demo, data_dir=data_dir, env=up_env(topics))
+    # The second run also brings demo nodes: they must stop with it.
+    again = launch_up(*ports, "--demo", "2", data_dir=data_dir, env=up_env(topics))
     await again.wait_ready()
     print(f"nodefleet up ready after {again.ready_after:.2f} s (existing data directory, from launch)")
     connection = await asyncpg.connect(dsn)
     assert await connection.fetchval("SELECT note FROM kept") == "written in the first run"
     await connection.close()
-    if HAS_DEMO and HAS_TELEMETRY:
-        await wait_for(lambda: _demo_nodes_online(broker_url, topics), timeout=20, interval=0.3)
+    await wait_for(lambda: _demo_nodes_online(broker_url, topics), timeout=20, interval=0.3)
     children = children_of(again.pid)
-    assert len(children) >= (2 if HAS_DEMO else 0)
+    assert len(children) >= 2
     assert await again.stop(signal.SIGINT, group=True) == 0, again.stderr[-3000:]
     assert postmaster_pid(data_dir) is None and not any(process_alive(pid) for pid in children)
 
@@ -108,13 +95,12 @@ async def _demo_nodes_online(broker_url: str, topics: Topics) -> bool:
     return {"demo-000", "demo-001"} <= online
 
 
-@pytest.mark.skipif(not HAS_TELEMETRY, reason="services/telemetry is not in this tree")
 async def test_up_with_external_broker_end_to_end(launch_up, data_dir: Path, topics: Topics) -> None:
     with Mosquitto() as broker:
         env = up_env(topics)
         up = launch_up("--broker", broker.url, "--db-port", str(free_port()), data_dir=data_dir, env=env)
         banner = await up.wait_ready()
-        assert banner["broker"] == f"{broker.url}  (external)" and banner["services"] == "telemetry"
+        assert banner["broker"] == f"{broker.url}  (external)" and banner["services"] == SERVICES
         async with client(BrokerAddress.parse(broker.url), client_id="e2e-node") as node:
             await node.publish(topics.status("porch"), b"online", qos=1, retain=True)
             await node.publish(topics.state("porch"), b'{"v":1,"seq":4,"relay":"ON","mode":"manual"}', qos=1, retain=True)
