@@ -64,7 +64,11 @@ class App:
         self.link.publish(self.topic(kind), json.dumps(obj).encode(), retain, qos, key, on_acked)
 
     def publish_state(self):
-        self.send("state", self.node.payload(), True, 1, "state")
+        p = self.node.payload()
+        v = (self.cfg_raw or {}).get("version")
+        if v:
+            p["config"] = v  # the config version in force, for the provisioner and openHAB
+        self.send("state", p, True, 1, "state")
 
     def publish_log(self, item):
         seq = item["seq"]
@@ -167,7 +171,8 @@ class App:
             return
         err = settings.check_config(c)
         if err:
-            self.bad("bad_config", err)
+            v = c.get("version") if isinstance(c, dict) else None
+            self.bad("bad_config", "config version %s rejected: %s" % (v, err))
             return
         if c == self.cfg_raw:
             return  # the retained copy again after a reconnect: no flash write
@@ -179,6 +184,7 @@ class App:
             hal.relay(False)  # the old relay pin must not stay on when the relay moves
             hal.init(c["pins"])
             hal.relay(self.node.relay)
+        self.node.changed()  # a new state tells the version now in force
 
     def apply_schedule(self, payload):
         # An empty retained message deletes the schedule.

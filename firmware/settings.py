@@ -24,8 +24,17 @@ def check_config(c):
     for o in tz:
         if not isinstance(o, dict) or not isinstance(o.get("from"), (int, float)) or not _int_in(o.get("offset"), -50400, 50400):
             return "each tz entry needs from (epoch) and offset (seconds, within 14 h)"
-    if not isinstance(c.get("pins", {}), dict):
+    pins = c.get("pins", {})
+    if not isinstance(pins, dict):
         return "pins must be an object"
+    outs = pins.get("outputs", {})
+    if not isinstance(outs, dict):
+        return "pins.outputs must be an object"
+    for k in ("relay", "led"):
+        p = outs.get(k)
+        # ESP32: GPIO 6-11 drive the flash chip, 34-39 are input-only.
+        if p is not None and (not _int_in(p, 0, 39) or 6 <= p <= 11 or p >= 34):
+            return "pins.outputs.%s=%s cannot drive an output on the ESP32: use 0-5, 12-33" % (k, p)
     pw = c.get("web_password")
     if pw is not None and not isinstance(pw, str):
         return "web_password must be text"

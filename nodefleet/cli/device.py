@@ -82,6 +82,7 @@ COLUMNS = (
     Column(key="status", title="status"),
     Column(key="chip_id", title="chip id"),
     Column(key="config_version", title="config"),
+    Column(key="config_applied", title="applied"),
     Column(key="created", title="registered"),
     Column(key="first_connected", title="first online"),
 )
@@ -108,11 +109,26 @@ def list_devices(settings: CommonSettings, fmt: str, timeout: float, home_id: st
 @click.argument("node", callback=node_name)
 @click.option("--set", "assignments", multiple=True, required=True, metavar="KEY=VALUE",
               help="A config value, repeatable: telemetry_period=30, power_on=last, pins.outputs.relay=25, tz_name=Europe/Berlin")
-def config(settings: CommonSettings, timeout: float, node: str, assignments: tuple[str, ...]) -> None:
-    """Change NODE's config; the new version is published (retained) for the node to apply."""
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Wait until the node reports that it applied the new version")
+@click.option("--apply-timeout", type=click.FloatRange(min=0.1, max=300), default=15.0, show_default=True,
+              metavar="SECONDS", help="How long to wait for the node to apply it")
+def config(settings: CommonSettings, timeout: float, node: str, assignments: tuple[str, ...], wait: bool,
+           apply_timeout: float) -> None:
+    """Change NODE's config; the new version is published (retained) and the node reports the version it applied."""
     changes = dict(parse_assignment(a) for a in assignments)
-    answer = run(provisioner_request(settings, "config", {"node": node, "set": changes}, timeout=timeout))
-    click.echo(f"{node}: config version {answer['version']} published")
+    data = {"node": node, "set": changes, "wait": apply_timeout if wait else 0}
+    # The provisioner answers once the node applied it or apply_timeout passed.
+    answer = run(provisioner_request(settings, "config", data, timeout=timeout + (apply_timeout if wait else 0)))
+    version = answer["version"]
+    if not wait:
+        click.echo(f"{node}: config version {version} published")
+    elif answer["applied"]:
+        click.echo(f"{node}: config version {version} applied by the node")
+    else:
+        click.echo(f"{node}: config version {version} published; the node has not applied it yet (offline?). "
+                   f"It applies it when it connects; if it rejected it, `nodefleet logs {node}` says why "
+                   f"(code bad_config).")
 
 
 @device.command("remove")

@@ -108,6 +108,8 @@ class State(Payload):
     until: Epoch | None = None
     time_valid: bool = True
     ts: Epoch | None = None
+    config: Annotated[int, Field(ge=1)] | None = None
+    """Version of the retained config the node applied; absent until it has one (a rejected one is logged)."""
 
 
 class Telemetry(Payload):

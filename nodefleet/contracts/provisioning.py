@@ -69,6 +69,9 @@ class ProvisioningStatus(BaseModel):
     device_id: NodeName
     status: DeviceStatus
     connected_at: datetime | None = None
+    config_version: int | None = None
+    config_applied: int | None = None
+    """The config version the node reports it applied (None until it reported one)."""
 
 
 class HomeRequest(Request):
@@ -89,6 +92,17 @@ class ConfigRequest(Request):
     set: dict[Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_.]{0,63}$")], Any] = Field(
         min_length=1, max_length=32
     )
+    wait: Annotated[float, Field(ge=0, le=300)] = 0
+    """Seconds to wait for the node to report the new version before answering (0: answer at once)."""
+
+
+class ConfigChange(BaseModel):
+    """The answer to a ConfigRequest: the version published and whether the node applied it within ``wait``."""
+
+    node: NodeName
+    version: int
+    applied: bool
+    config: dict[str, Any]
 
 
 class ListRequest(Request):
@@ -103,6 +117,7 @@ class DeviceRow(BaseModel):
     status: DeviceStatus
     chip_id: str | None = None
     config_version: int
+    config_applied: int | None = None
     created: datetime
     first_connected: datetime | None = None
     last_seen: datetime | None = None

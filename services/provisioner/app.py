@@ -101,6 +101,7 @@ class Service:
             await mqtt.subscribe(requests, qos=1)
             await mqtt.subscribe(self.topics.all_nodes(NodeTopic.STATUS), qos=1)
             await mqtt.subscribe(self.topics.all_nodes(NodeTopic.INFO), qos=1)
+            await mqtt.subscribe(self.topics.all_nodes(NodeTopic.STATE), qos=1)
             await mqtt.publish(self.status_topic, ONLINE, qos=1, retain=True)
             self.mqtt = mqtt
             reporter = asyncio.create_task(self.errors.run(mqtt))
@@ -135,6 +136,8 @@ class Service:
             self._spawn(self.registry.on_status(parsed.node, payload))
         elif parsed.kind == NodeTopic.INFO:
             self._spawn(self.registry.on_info(parsed.node, payload))
+        elif parsed.kind == NodeTopic.STATE:
+            self._spawn(self.registry.on_state(parsed.node, payload))
 
     def _spawn(self, work) -> None:
         task = asyncio.create_task(self._guarded(work))

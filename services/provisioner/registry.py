@@ -18,8 +18,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from nodefleet.contracts import OFFLINE, ONLINE, Config, Info, Topics
+from nodefleet.contracts import OFFLINE, ONLINE, Config, Info, State, Topics
 from nodefleet.contracts.provisioning import (
+    ConfigChange,
     ConfigRequest,
     DeviceRow,
     HomeRequest,
@@ -87,6 +88,8 @@ class Registry:
         self._locks: dict[str, asyncio.Lock] = {}
         self._online: dict[str, bool] = {}
         self._info: dict[str, Info] = {}
+        self._applied: dict[str, int] = {}  # config version each node last reported
+        self._appliers: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
         self._discovery: asyncio.Queue[list[tuple[str, str]]] = asyncio.Queue()
         self._provisioning = 0
 
@@ -128,7 +131,11 @@ class Registry:
             return {"home_id": request.home_id, "tz": request.tz}
 
         async def config(data: dict[str, Any]) -> Any:
-            return (await self.change_config(ConfigRequest.model_validate(data))).model_dump(mode="json", by_alias=True)
+            request = ConfigRequest.model_validate(data)
+            config = await self.change_config(request)
+            applied = await self.wait_applied(request.node, config.version, request.wait) if request.wait else False
+            return ConfigChange(node=request.node, version=config.version, applied=applied,
+                                config=config.model_dump(mode="json", by_alias=True)).model_dump(mode="json")
 
         async def remove(data: dict[str, Any]) -> Any:
             await self.remove(NodeRequest.model_validate(data).node)
@@ -177,7 +184,8 @@ class Registry:
     async def status(self, provisioning_id: str) -> ProvisioningStatus:
         row = await self.store.by_provisioning_id(provisioning_id)
         return ProvisioningStatus(provisioning_id=provisioning_id, is_provisioned=row["status"] == "provisioned",
-                                  device_id=row["node"], status=row["status"], connected_at=row["first_connected"])
+                                  device_id=row["node"], status=row["status"], connected_at=row["first_connected"],
+                                  config_version=row["config_version"], config_applied=row["config_applied"])
 
     async def list(self, request: ListRequest) -> list[DeviceRow]:
         rows = await self.store.list(home_id=request.home_id, status=request.status)
@@ -247,6 +255,44 @@ class Registry:
                                        + [discovery.homie_state(node, ONLINE)])
             log.info("provisioned", node=node, chip_id=info.chip_id)
 
+    # -- applied configs ------------------------------------------------------
+    async def on_state(self, node: str, payload: bytes) -> None:
+        """Record the config version a node's state reports, and wake whoever waits for it."""
+        if not payload:
+            return  # a cleared retained state
+        try:
+            version = State.model_validate_json(payload).config
+        except ValidationError as exc:
+            self.errors.report("bad_state", f"state of {node} is invalid: {exc.errors()[0]['msg']}",
+                               topic=self.topics.state(node), node=node)
+            return
+        if version is None or self._applied.get(node) == version:
+            return  # most states are relay changes: no registry write for them
+        if await self.store.set_config_applied(node, version):
+            log.info("config_applied", node=node, version=version)
+        self._applied[node] = version
+        for wanted, future in self._appliers.get(node, []):
+            if version >= wanted and not future.done():
+                future.set_result(None)
+
+    async def wait_applied(self, node: str, version: int, timeout: float) -> bool:
+        """True once the node reports config ``version`` (or a later one) within ``timeout`` seconds."""
+        if self._applied.get(node, 0) >= version:
+            return True
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiting = self._appliers.setdefault(node, [])
+        waiting.append((version, future))
+        try:
+            async with asyncio.timeout(timeout):
+                await future
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiting.remove((version, future))
+            if not waiting:
+                self._appliers.pop(node, None)
+
     # -- changes --------------------------------------------------------------
     async def change_config(self, request: ConfigRequest) -> Config:
         node = request.node
@@ -287,6 +333,7 @@ class Registry:
         await asyncio.gather(*(self.publish(topic, b"", True) for topic in cleared))
         self._info.pop(node, None)
         self._online.pop(node, None)
+        self._applied.pop(node, None)
         self._locks.pop(node, None)
         log.info("revoked", node=node, reason=reason)
 

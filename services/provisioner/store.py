@@ -31,7 +31,7 @@ MIGRATION_LOCK = 0x6E6F_6465_0101
 _FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 
 _DEVICE_COLUMNS = ("node, home_id, device_name, provisioning_id, chip_id, status, created, expires, first_connected, "
-                   "last_seen, username, config, config_version, caps")
+                   "last_seen, username, config, config_version, config_applied, caps")
 
 
 class RegistryError(ValueError):
@@ -164,6 +164,13 @@ class Store:
     async def set_config(self, conn: asyncpg.Connection, node: str, config: dict[str, Any], version: int) -> None:
         await conn.execute("UPDATE provisioner_devices SET config = $2, config_version = $3 WHERE node = $1",
                            node, config, version)
+
+    async def set_config_applied(self, node: str, version: int) -> bool:
+        """Record the config version the node reports; False if unchanged, unknown or revoked."""
+        result = await self.pool.execute(
+            "UPDATE provisioner_devices SET config_applied = $2 WHERE node = $1 AND status <> 'revoked'"
+            " AND config_applied IS DISTINCT FROM $2", node, version)
+        return result.endswith(" 1")
 
     async def revoke(self, conn: asyncpg.Connection, node: str) -> None:
         await conn.execute("UPDATE provisioner_devices SET status = 'revoked', expires = NULL WHERE node = $1", node)

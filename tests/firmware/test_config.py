@@ -14,12 +14,20 @@ FIXTURES = Path(contracts.__file__).parent / "fixtures"
 async def test_config_is_applied_and_bad_config_is_rejected(make_node, watch):
     node = make_node(config={"telemetry_period": 3600})
     await node.start()
-    await watch.wait("state")
+    assert (await watch.wait("state"))["config"] == 1  # the version it booted with
 
     fixture = json.loads((FIXTURES / "config.json").read_text())
     await watch.retain(NodeTopic.CONFIG, {**fixture, "telemetry_period": 1})
     await watch.wait("telemetry", timeout=5)  # the new period is in force
     assert node.read("config.json") == {**fixture, "telemetry_period": 1}
+    await watch.wait("state", lambda s: s.get("config") == fixture["version"])  # and it says so
+
+    # A config the provisioner's model accepts but this board cannot use: rejected, the old version stays.
+    mark = watch.mark()
+    await watch.retain(NodeTopic.CONFIG, {**fixture, "version": 4, "pins": {"outputs": {"relay": 34}}})
+    entry = await watch.wait("log", lambda e: e["code"] == "bad_config", since=mark)
+    assert "version 4 rejected" in entry["msg"] and "pins.outputs.relay=34" in entry["msg"]
+    assert not watch.found("state", lambda s: s.get("config") == 4, since=mark)
 
     mark = watch.mark()
     await watch.retain(NodeTopic.CONFIG, {**fixture, "version": 4, "telemetry_period": 0})

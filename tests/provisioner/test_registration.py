@@ -38,7 +38,7 @@ async def test_register_and_status_over_mqtt(service, dynsec_mosquitto, topics):
                                              {"provisioning_id": reply["provisioning_id"]})
             assert status == {"provisioning_id": reply["provisioning_id"], "is_provisioned": False,
                               "device_id": reply["mqtt_config"]["node_name"], "status": "pending",
-                              "connected_at": None}
+                              "connected_at": None, "config_version": 1, "config_applied": None}
             # Bad input: each a clear error reply, nothing registered.
             bad = [
                 ({"home_id": "nowhere", "device_name": "x"}, "unknown home"),
