@@ -190,15 +190,14 @@ def main() -> None:
                 "grace_s": GRACE,
                 "p50_lateness_ms": round(statistics.median(late), 2) if late else None,
                 "p99_lateness_ms": round(_pct(late, 0.99), 2) if late else None,
-                "max_lateness_ms": round(max(late), 2) if late else None,
                 "baseline_p99_ms": round(_pct(base_late, 0.99), 2),
-                "all_sent_within_ms": round((max(a for a, _, _ in receiver.arrivals) - (first + GRACE)) * 1000
-                                            - (spread - 1) * 1000, 2) if receiver.arrivals else None,
+                # Every command arrived within this long after its own due time plus grace.
+                "all_sent_within_ms": round(max(late), 2) if late else None,
                 "double_fires": sum(n - 1 for n in counts.values()),
                 "missed": sum(1 for name, _, _, _ in nodes if name not in commanded),
             }
             _say(f"lateness after due+grace: p50 {result['p50_lateness_ms']} ms, p99 {result['p99_lateness_ms']} ms, "
-                 f"max {result['max_lateness_ms']} ms; asyncio call_at baseline p99 {result['baseline_p99_ms']} ms")
+                 f"max {result['all_sent_within_ms']} ms; asyncio call_at baseline p99 {result['baseline_p99_ms']} ms")
             print(json.dumps(result), flush=True)
     finally:
         if scheduler is not None and scheduler.poll() is None:

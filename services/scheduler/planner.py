@@ -35,6 +35,7 @@ from .store import TRANSIENT, Event, Store, StoreUnavailable
 log = get_logger(__name__)
 
 CHECK, RESUME, TAKEOVER = "check", "resume", "takeover"
+CLAIM_CHUNK = 1000  # claims per database round trip; sending one chunk overlaps the next claim
 
 SendBackups = Callable[[list[Event]], Awaitable[None]]
 Publish = Callable[[str, list[Event]], Awaitable[None]]
@@ -73,7 +74,6 @@ class Planner:
         self._heap: list[Due] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
-        self._queued = 0.0
 
     def view(self, node: str) -> NodeView:
         found = self.nodes.get(node)
@@ -175,16 +175,21 @@ class Planner:
                 done[kind].append((view.name, due.run, detail))
         if to_claim:
             began = self.clock()
-            won = await self.store.claim(to_claim)
-            claimed = self.clock()
-            await self._send(won)
-            log.debug("backups", claimed=len(won), late_ms=round((began - batch[0].at) * 1000, 1),
-                      claim_ms=round((claimed - began) * 1000, 1), queued_ms=round((self._queued - claimed) * 1000, 1),
-                      send_ms=round((self.clock() - claimed) * 1000, 1))
-            won_ids = {(n, r.run_id) for n, r, _ in won}
-            for node, run, _ in to_claim:
-                if (node, run.run_id) not in won_ids:
-                    self._recheck(node, run)
+            sent: list[Event] = []
+            for i in range(0, len(to_claim), CLAIM_CHUNK):
+                chunk = to_claim[i:i + CLAIM_CHUNK]
+                # While this claim waits for the database, the previous chunk's commands are written out.
+                won = await self.store.claim(chunk)
+                if await self._queue(won):
+                    sent += won
+                won_ids = {(n, r.run_id) for n, r, _ in won}
+                for node, run, _ in chunk:
+                    if (node, run.run_id) not in won_ids:
+                        self._recheck(node, run)
+            queued = self.clock()
+            await self._confirm(sent)
+            log.debug("backups", sent=len(sent), late_ms=round((began - batch[0].at) * 1000, 1),
+                      queued_ms=round((queued - began) * 1000, 1), confirmed_ms=round((self.clock() - queued) * 1000, 1))
         for view, after in to_plan:
             self._plan_after(view, after)
         for due in takeovers:
@@ -207,9 +212,10 @@ class Planner:
             return "miss", "node offline at the due time"
         return "claim", "resumed after the node came back" if resumed else f"state did not follow within {self.grace:g} s"
 
-    async def _send(self, won: list[Event]) -> None:
+    async def _queue(self, won: list[Event]) -> bool:
+        """Hand the won backups to the MQTT client; False (and a recheck after the lease) if it cannot take them."""
         if not won:
-            return
+            return False
         try:
             await self.send(won)
         except aiomqtt.MqttError as exc:
@@ -217,11 +223,20 @@ class Planner:
             log.warning("backup_not_sent", error=str(exc), count=len(won))
             for node, run, _ in won:
                 self._recheck(node, run)
+            return False
+        return True
+
+    async def _confirm(self, sent: list[Event]) -> None:
+        if not sent:
             return
-        self._queued = self.clock()
-        await self.store.mark_sent([(node, run.run_id) for node, run, _ in won])
-        self.counts.backups += len(won)
-        await self.publish("backup", won)
+        await asyncio.sleep(0)  # let the socket writer start on the commands first
+        await self.store.mark_sent([(node, run.run_id) for node, run, _ in sent])
+        self.counts.backups += len(sent)
+        await self.publish("backup", sent)
+
+    async def _send(self, won: list[Event]) -> None:
+        if await self._queue(won):
+            await self._confirm(won)
 
     def _recheck(self, node: str, run: Run) -> None:
         view = self.nodes[node]

@@ -58,6 +58,16 @@ class StoreUnavailable(RuntimeError):
     """PostgreSQL cannot be reached now; the work can be retried."""
 
 
+_CLAIM = """
+    INSERT INTO scheduler_events (node, run_id, kind, rule, action, start, "end", ts, instance, detail)
+    SELECT n, r, $1, ru, a, s, e, $2, $3, d
+    FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::float8[], $9::float8[], $10::text[])
+         AS u(n, r, ru, a, s, e, d)
+    WHERE $1 <> 'backup' OR NOT EXISTS (
+        SELECT 1 FROM scheduler_events x WHERE x.node = u.n AND x.run_id = u.r AND x.kind = 'run')
+    ON CONFLICT DO NOTHING
+    RETURNING node, run_id"""
+
 Event = tuple[str, Run, str | None]
 """(node, run, detail) of one event to record."""
 
@@ -80,7 +90,18 @@ class Store:
                 await backoff.wait()
         store = cls(pool, instance)
         await store.migrate()
+        await store.warm_up()
         return store
+
+    async def warm_up(self) -> None:
+        """Prepare the claim on every pooled connection, so the first due second does not pay for planning it."""
+        connections = [await self.pool.acquire() for _ in range(self.pool.get_max_size())]
+        try:
+            for conn in connections:
+                await conn.fetch(_CLAIM, "backup", 0.0, self.instance, [], [], [], [], [], [], [])
+        finally:
+            for conn in connections:
+                await self.pool.release(conn)
 
     async def close(self) -> None:
         self.pool.terminate()
@@ -102,16 +123,7 @@ class Store:
         """Insert events of one kind; the ones this call inserted (the others were recorded already)."""
         if not events:
             return []
-        rows = await self.pool.fetch(
-            """INSERT INTO scheduler_events (node, run_id, kind, rule, action, start, "end", ts, instance, detail)
-               SELECT n, r, $1, ru, a, s, e, $2, $3, d
-               FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::float8[], $9::float8[], $10::text[])
-                    AS u(n, r, ru, a, s, e, d)
-               WHERE $1 <> 'backup' OR NOT EXISTS (
-                   SELECT 1 FROM scheduler_events x WHERE x.node = u.n AND x.run_id = u.r AND x.kind = 'run')
-               ON CONFLICT DO NOTHING
-               RETURNING node, run_id""",
-            kind, time.time(), self.instance, *_columns(events))
+        rows = await self.pool.fetch(_CLAIM, kind, time.time(), self.instance, *_columns(events))
         won = {(row["node"], row["run_id"]) for row in rows}
         return [e for e in events if (e[0], e[1].run_id) in won]
 
