@@ -176,10 +176,13 @@ class Planner:
         if to_claim:
             began = self.clock()
             sent: list[Event] = []
+            claim_time = 0.0
             for i in range(0, len(to_claim), CLAIM_CHUNK):
                 chunk = to_claim[i:i + CLAIM_CHUNK]
                 # While this claim waits for the database, the previous chunk's commands are written out.
+                asked = self.clock()
                 won = await self.store.claim(chunk)
+                claim_time += self.clock() - asked
                 if await self._queue(won):
                     sent += won
                 won_ids = {(n, r.run_id) for n, r, _ in won}
@@ -189,7 +192,8 @@ class Planner:
             queued = self.clock()
             await self._confirm(sent)
             log.debug("backups", sent=len(sent), late_ms=round((began - batch[0].at) * 1000, 1),
-                      queued_ms=round((queued - began) * 1000, 1), confirmed_ms=round((self.clock() - queued) * 1000, 1))
+                      queued_ms=round((queued - began) * 1000, 1), claim_ms=round(claim_time * 1000, 1),
+                      confirmed_ms=round((self.clock() - queued) * 1000, 1))
         for view, after in to_plan:
             self._plan_after(view, after)
         for due in takeovers:

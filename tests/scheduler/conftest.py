@@ -154,6 +154,7 @@ async def scheduler(mosquitto: Mosquitto, topics: Topics, database: str):
         assert ready.is_set(), "scheduler did not get ready"
         return settings
 
+    start.tasks = tasks  # type: ignore[attr-defined]  # a test may stop an instance early
     yield start
     for task in tasks:
         task.cancel()

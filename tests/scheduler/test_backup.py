@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from nodefleet.contracts.scheduling import HistoryQuery
+from nodefleet.contracts.scheduling import HistoryQuery, RunEvent
 from nodefleet.contracts.topics import Command
 
 from .conftest import GRACE, aligned, schedule, schedule_topic
@@ -43,6 +43,7 @@ async def test_node_with_a_wrong_clock_is_backed_up_once(make_node, scheduler, w
     await asyncio.sleep(GRACE + 1)
     assert len(watch.switches("n1", run_id)) == 1
     assert [e["kind"] for e in watch.events("n1")] == ["backup"]
+    RunEvent.model_validate(watch.events("n1")[0])  # the events follow the contract model
     [row] = await watch.request("history", HistoryQuery(node="n1"))
     assert row["kind"] == "backup" and row["run_id"] == run_id and row["sent"] >= start + GRACE
 

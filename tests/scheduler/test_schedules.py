@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import pytest
@@ -61,3 +62,22 @@ async def test_garbage_is_an_error_event_and_the_service_keeps_running(scheduler
             return
         await asyncio.sleep(0.1)
     raise AssertionError("the valid schedule after the bad one was not taken")
+
+
+async def test_a_restarted_scheduler_keeps_the_last_valid_schedule(scheduler, watch, topics):
+    await scheduler()
+    await watch.retain(schedule_topic(topics, "n3"), VALID)
+    for _ in range(50):
+        if (await _show(watch, topics, "n3")).schedule == VALID:
+            break
+        await asyncio.sleep(0.1)
+    await watch.retain(schedule_topic(topics, "n3"), INVALID[0][1])
+    await watch.wait(topics.errors(), lambda e: e["code"] == "bad_schedule" and e["node"] == "n3", timeout=5)
+    # Stopped, and started again with only the invalid schedule retained: the valid one comes from its table.
+    first = scheduler.tasks[0]
+    first.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    await scheduler("sched-a")
+    shown = await _show(watch, topics, "n3")
+    assert shown.schedule == VALID and "at must be HH:MM" in (shown.rejected or "")
