@@ -14,7 +14,7 @@ from pydantic import Field
 
 from .payloads import Epoch, Identifier, NodeName, Payload, ShortText, Text
 from .queries import Query
-from .topics import Topics, _validate_segment
+from .topics import Topics
 
 SCHEDULER_SERVICE = "scheduler"
 
@@ -25,7 +25,7 @@ offline (or the window ended) at the due time; skipped: stopped / logic disabled
 
 def schedule_events(topics: Topics) -> str:
     """Where the scheduler publishes RunEvents (not retained): ``<fleet>/scheduler/events``."""
-    return f"{topics.fleet}/{_validate_segment(SCHEDULER_SERVICE, 'service')}/events"
+    return topics.scheduler_events()
 
 
 class RunEvent(Payload):

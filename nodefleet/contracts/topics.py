@@ -216,6 +216,11 @@ class Topics:
     def dynsec_response() -> str:
         return f"{DYNSEC_CONTROL}/response"
 
+    # -- scheduler ---------------------------------------------------------
+    def scheduler_events(self) -> str:
+        """Run events of the scheduler (run, backup, miss, skipped), not retained."""
+        return f"{self.fleet}/scheduler/events"
+
 
 # -- provisioner: roots fixed by the other side's specification -------------
 HOMIE_BASE = "homie"

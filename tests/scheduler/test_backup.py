@@ -21,7 +21,7 @@ async def test_node_runs_its_rule_and_the_scheduler_stays_silent(make_node, sche
     await scheduler()
     await watch.retain(schedule_topic(topics, "n1"), schedule(1, {"id": "water", "at": at, "duration": 8}))
     run_id = (await watch.wait(topics.state("n1"), lambda s: s.get("run_id", "").startswith("water-"), timeout=12))["run_id"]
-    await watch.wait(f"{topics.fleet}/scheduler/events", lambda e: e["kind"] == "run" and e["run_id"] == run_id,
+    await watch.wait(topics.scheduler_events(), lambda e: e["kind"] == "run" and e["run_id"] == run_id,
                      timeout=GRACE + 4)
     assert watch.switches("n1", run_id) == []
     assert [e["kind"] for e in watch.events("n1")] == ["run"]
@@ -56,7 +56,7 @@ async def test_manual_stop_is_respected(make_node, scheduler, watch, topics):
     await watch.client.publish(topics.set("n1", Command.STOP), '{"v": 1}', qos=1)
     await watch.wait(topics.state("n1"), lambda s: s["mode"] == "stopped")
     await watch.retain(schedule_topic(topics, "n1"), schedule(1, {"id": "water", "at": at, "duration": 30}))
-    skipped = await watch.wait(f"{topics.fleet}/scheduler/events", lambda e: e["kind"] == "skipped", timeout=12)
+    skipped = await watch.wait(topics.scheduler_events(), lambda e: e["kind"] == "skipped", timeout=12)
     assert "stopped" in skipped["detail"]
     assert watch.switches("n1", skipped["run_id"]) == [] and (await node.ctl())["relay"] == 0
 
@@ -69,7 +69,7 @@ async def test_offline_across_the_due_time_then_resumed_once(make_node, schedule
     await asyncio.sleep(1)
     await node.kill()  # power cut before the run
     await watch.wait(topics.status("n1"), lambda s: s == "offline")
-    miss = await watch.wait(f"{topics.fleet}/scheduler/events", lambda e: e["kind"] == "miss", timeout=12)
+    miss = await watch.wait(topics.scheduler_events(), lambda e: e["kind"] == "miss", timeout=12)
     assert "offline" in miss["detail"]
     # Back inside the window, but without NTP: the node cannot resume the run itself.
     node.env["NF_NTP"] = "0"
@@ -89,8 +89,8 @@ async def test_offline_node_that_resumes_itself_is_left_alone(make_node, schedul
     await scheduler()
     await watch.retain(schedule_topic(topics, "n1"), schedule(1, {"id": "water", "at": at, "duration": 25}))
     await node.kill()
-    miss = await watch.wait(f"{topics.fleet}/scheduler/events", lambda e: e["kind"] == "miss", timeout=12)
+    miss = await watch.wait(topics.scheduler_events(), lambda e: e["kind"] == "miss", timeout=12)
     await node.start()  # with time: it runs the open window on its own
-    await watch.wait(f"{topics.fleet}/scheduler/events", lambda e: e["kind"] == "run", timeout=GRACE + 8)
+    await watch.wait(topics.scheduler_events(), lambda e: e["kind"] == "run", timeout=GRACE + 8)
     assert watch.switches("n1", miss["run_id"]) == []
     assert (await node.ctl())["relay"] == 1
