@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import time
 from typing import Any
@@ -26,6 +25,7 @@ from nodefleet.fleet import ErrorReporter, answer
 from nodefleet.logging import get_logger
 from nodefleet.mqtt import BrokerAddress, client
 
+from .gcpacer import GcPacer
 from .nodes import BadSchedule, parse_schedule, parse_tz
 from .planner import Planner
 from .requests import handlers
@@ -209,6 +209,7 @@ async def serve(settings: SchedulerSettings, *, ready: asyncio.Event | None = No
              grace=settings.grace)
     store = await Store.open(settings.database_url, settings.instance, max_delay=settings.db_retry_max)
     scheduler = Scheduler(settings, store)
+    pacer = GcPacer()
     for node, schedule in (await store.schedules()).items():
         scheduler.planner.view(node).schedule = schedule
     try:
@@ -218,16 +219,15 @@ async def serve(settings: SchedulerSettings, *, ready: asyncio.Event | None = No
             for view in scheduler.planner.nodes.values():
                 if view.generation == 0:
                     scheduler.planner.replan(view)  # known only from the database
-            # The fleet's schedules are long-lived: keep them out of the collector's full passes, which
-            # otherwise walk every node's objects in the middle of a due second.
-            gc.collect()
-            gc.freeze()
+            pacer.start()
+            scheduler.planner.on_idle = pacer.idle
             group.create_task(scheduler.planner.run())
             group.create_task(_prune_loop(store, settings.history_days))
             log.info("scheduler_ready", nodes=len(scheduler.planner.nodes))
             if ready is not None:
                 ready.set()
     finally:
+        pacer.stop()
         await store.close()
         log.info("scheduler_stopped", **vars(scheduler.planner.counts))
 

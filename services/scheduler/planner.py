@@ -62,13 +62,14 @@ class Counts:
 
 class Planner:
     def __init__(self, *, store: Store, grace: float, lease: float, send: SendBackups, publish: Publish,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, on_idle: Callable[[float | None], None] | None = None) -> None:
         self.store = store
         self.grace = grace
         self.lease = lease
         self.send = send
         self.publish = publish
         self.clock = clock
+        self.on_idle = on_idle
         self.nodes: dict[str, NodeView] = {}
         self.counts = Counts()
         self._heap: list[Due] = []
@@ -141,7 +142,10 @@ class Planner:
                 except Exception:  # a bug in one batch must not end the service
                     log.exception("batch_failed", checks=len(batch))
                 continue
-            timeout = None if not self._heap else self._heap[0].at - now
+            if self.on_idle is not None:
+                self.on_idle(None if not self._heap else self._heap[0].at - now)
+                now = self.clock()  # the hook may have taken a while
+            timeout = None if not self._heap else max(0.0, self._heap[0].at - now)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
