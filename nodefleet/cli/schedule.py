@@ -10,13 +10,31 @@ import click
 from pydantic import ValidationError
 
 from ..contracts import WEEKDAYS, Schedule
-from ..contracts.scheduling import SCHEDULER_SERVICE, HistoryQuery, HistoryRow, ShowAnswer, ShowQuery
+from ..contracts.scheduling import (
+    SCHEDULER_SERVICE,
+    HistoryQuery,
+    HistoryRow,
+    ShowAnswer,
+    ShowQuery,
+)
 from ..fleet import Requester, RequestError
 from ..settings import CommonSettings
 from . import main
 from .common import (
-    CliError, Column, Connection, connect, emit, fleet_options, format_option, iso_time, local_time, node_name, note,
-    parse_duration, parse_rows, run,
+    CliError,
+    Column,
+    Connection,
+    connect,
+    emit,
+    fleet_options,
+    format_option,
+    iso_time,
+    local_time,
+    node_name,
+    note,
+    parse_duration,
+    parse_rows,
+    run,
 )
 
 RETAINED_WAIT = 1.0  # seconds to wait for the retained schedule (none arrives if the node has none)

@@ -117,7 +117,7 @@ class Scheduler:
             if tz is not None and tz != view.tz:
                 view.tz = tz
                 self.planner.replan(view)
-        elif parsed.kind == NodeTopic.STATE:
+        elif parsed.kind == NodeTopic.STATE and payload:  # empty: a removed node's retained state was cleared
             try:
                 view.note_state(State.model_validate_json(payload))
             except ValidationError as exc:

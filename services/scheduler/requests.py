@@ -5,7 +5,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from nodefleet.contracts.scheduling import HistoryQuery, HistoryRow, RunView, ShowAnswer, ShowQuery
+from nodefleet.contracts.scheduling import (
+    HistoryQuery,
+    HistoryRow,
+    RunView,
+    ShowAnswer,
+    ShowQuery,
+)
 from nodefleet.fleet import Handler
 
 from .rulebook import Run, next_start, window

@@ -3,7 +3,7 @@ import json
 import sys
 
 sys.path.insert(0, sys.argv[2])
-import rules  # noqa: E402
+import rules
 
 with open(sys.argv[1]) as f:
     for line in f:  # one case per line: the whole file would not fit the heap

@@ -16,7 +16,7 @@ async def _until(ts: float) -> None:
 
 
 async def test_node_runs_its_rule_and_the_scheduler_stays_silent(make_node, scheduler, watch, topics):
-    start, offset, at = aligned(6)
+    _, offset, at = aligned(6)
     await make_node("n1", offset=offset)
     await scheduler()
     await watch.retain(schedule_topic(topics, "n1"), schedule(1, {"id": "water", "at": at, "duration": 8}))
@@ -49,7 +49,7 @@ async def test_node_with_a_wrong_clock_is_backed_up_once(make_node, scheduler, w
 
 
 async def test_manual_stop_is_respected(make_node, scheduler, watch, topics):
-    start, offset, at = aligned(5)
+    _, offset, at = aligned(5)
     node = await make_node("n1", offset=offset)
     await node.ctl(f"clock {int(time.time()) - 7200}")
     await scheduler()
@@ -84,7 +84,7 @@ async def test_offline_across_the_due_time_then_resumed_once(make_node, schedule
 
 
 async def test_offline_node_that_resumes_itself_is_left_alone(make_node, scheduler, watch, topics):
-    start, offset, at = aligned(5)
+    _, offset, at = aligned(5)
     node = await make_node("n1", offset=offset)
     await scheduler()
     await watch.retain(schedule_topic(topics, "n1"), schedule(1, {"id": "water", "at": at, "duration": 25}))

@@ -38,11 +38,11 @@ async def test_invalid_schedules_are_rejected_and_the_last_valid_one_is_kept(mak
         await asyncio.sleep(0.1)
     for why, bad, reason in INVALID:
         await watch.retain(schedule_topic(topics, "n1"), bad)
-        event = await watch.wait(topics.errors(), lambda e: e["code"] == "bad_schedule" and reason in e["detail"],
+        event = await watch.wait(topics.errors(), lambda e, reason=reason: e["code"] == "bad_schedule" and reason in e["detail"],
                                  timeout=5)
         assert event["node"] == "n1" and "keeping version 3" in event["detail"], why
         # The node says the same in its own log, and keeps its copy.
-        await watch.wait(topics.log("n1"), lambda e: e["code"] == "bad_schedule" and reason in e["msg"], timeout=5)
+        await watch.wait(topics.log("n1"), lambda e, reason=reason: e["code"] == "bad_schedule" and reason in e["msg"], timeout=5)
         shown = await _show(watch, topics, "n1")
         assert shown.schedule == VALID and reason in (shown.rejected or ""), why
     assert node.read("schedule.json") == VALID
