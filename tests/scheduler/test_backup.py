@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+
+import pytest
 
 from nodefleet.contracts.scheduling import HistoryQuery, RunEvent
 from nodefleet.contracts.topics import Command
@@ -48,16 +51,20 @@ async def test_node_with_a_wrong_clock_is_backed_up_once(make_node, scheduler, w
     assert row["kind"] == "backup" and row["run_id"] == run_id and row["sent"] >= start + GRACE
 
 
-async def test_manual_stop_is_respected(make_node, scheduler, watch, topics):
+@pytest.mark.parametrize(("command", "body", "mode"), [
+    (Command.STOP, {"v": 1}, "stopped"),
+    (Command.LOGIC, {"v": 1, "enabled": False}, "logic_disabled"),
+])
+async def test_manual_stop_and_disabled_logic_are_respected(make_node, scheduler, watch, topics, command, body, mode):
     _, offset, at = aligned(5)
     node = await make_node("n1", offset=offset)
     await node.ctl(f"clock {int(time.time()) - 7200}")
     await scheduler()
-    await watch.client.publish(topics.set("n1", Command.STOP), '{"v": 1}', qos=1)
-    await watch.wait(topics.state("n1"), lambda s: s["mode"] == "stopped")
+    await watch.client.publish(topics.set("n1", command), json.dumps(body), qos=1)
+    await watch.wait(topics.state("n1"), lambda s: s["mode"] == mode)
     await watch.retain(schedule_topic(topics, "n1"), schedule(1, {"id": "water", "at": at, "duration": 30}))
     skipped = await watch.wait(topics.scheduler_events(), lambda e: e["kind"] == "skipped", timeout=12)
-    assert "stopped" in skipped["detail"]
+    assert mode in skipped["detail"]
     assert watch.switches("n1", skipped["run_id"]) == [] and (await node.ctl())["relay"] == 0
 
 
