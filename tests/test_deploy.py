@@ -39,3 +39,10 @@ def test_production_broker_holds_the_limits_the_tests_use() -> None:
     assert int(conf["max_inflight_messages"]) == mosquitto.INFLIGHT
     assert int(conf["max_queued_messages"]) == mosquitto.QUEUED
     assert conf["set_tcp_nodelay"] == "true"
+
+
+def test_image_holds_the_source_the_services_load() -> None:
+    dockerfile = (ROOT / "deploy/Dockerfile").read_text()
+    for folder in ("nodefleet", "services", "firmware"):
+        assert f"COPY {folder} ./{folder}" in dockerfile
+    assert "WORKDIR /app" in dockerfile
