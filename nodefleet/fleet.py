@@ -9,16 +9,17 @@ code each ``window`` seconds, with the count of those left out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiomqtt
 from pydantic import BaseModel, ValidationError
 
-from .contracts import ErrorEvent, FleetReply, FleetRequest, Topics
+from .contracts import OFFLINE, ONLINE, ErrorEvent, FleetReply, FleetRequest, Topics
 from .logging import get_logger
 
 log = get_logger(__name__)
@@ -155,3 +156,22 @@ class ErrorReporter:
         while True:
             event = await self._queue.get()
             await client.publish(topic, event.model_dump_json(), qos=0)
+
+
+@contextlib.asynccontextmanager
+async def presence(client: aiomqtt.Client, status_topic: str, errors: ErrorReporter) -> AsyncIterator[None]:
+    """A connected service: retained ``online`` now, ``offline`` when stopped, error events meanwhile.
+
+    The client's last will publishes ``offline`` after a crash; a clean stop
+    (cancellation) says goodbye itself.
+    """
+    await client.publish(status_topic, ONLINE, qos=1, retain=True)
+    reporter = asyncio.create_task(errors.run(client))
+    try:
+        yield
+    except asyncio.CancelledError:
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            await asyncio.wait_for(client.publish(status_topic, OFFLINE, qos=1, retain=True), 1.0)
+        raise
+    finally:
+        reporter.cancel()

@@ -7,9 +7,10 @@ is built in ``__main__`` and passed down, never fetched from a global.
 from __future__ import annotations
 
 import os
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .contracts import Topics
@@ -42,3 +43,21 @@ class CommonSettings(BaseSettings):
     @property
     def topics(self) -> Topics:
         return Topics(root=self.topic_root, fleet=self.fleet_root)
+
+
+def service_fields(service: str) -> Callable[..., Any]:
+    """A field maker for one service's own settings, read from ``NODEFLEET_<SERVICE>_<NAME>``.
+
+    The prefix keeps services that share an environment (``nodefleet up``,
+    one compose file) from reading each other's settings.
+    """
+
+    def field(default: Any, description: str, name: str, **constraints: Any) -> Any:
+        return Field(
+            default=default,
+            description=description,
+            validation_alias=AliasChoices(name, f"NODEFLEET_{service.upper()}_{name.upper()}"),
+            **constraints,
+        )
+
+    return field

@@ -14,9 +14,9 @@ import time
 import aiomqtt
 import asyncpg
 
-from nodefleet.contracts import OFFLINE, ONLINE, NodeTopic, TopicError
+from nodefleet.contracts import OFFLINE, NodeTopic, TopicError
 from nodefleet.contracts.provisioning import PROVISIONER_SERVICE
-from nodefleet.fleet import ErrorReporter, answer
+from nodefleet.fleet import ErrorReporter, answer, presence
 from nodefleet.logging import get_logger
 from nodefleet.mqtt import BrokerAddress, client
 
@@ -102,21 +102,11 @@ class Service:
             await mqtt.subscribe(self.topics.all_nodes(NodeTopic.STATUS), qos=1)
             await mqtt.subscribe(self.topics.all_nodes(NodeTopic.INFO), qos=1)
             await mqtt.subscribe(self.topics.all_nodes(NodeTopic.STATE), qos=1)
-            await mqtt.publish(self.status_topic, ONLINE, qos=1, retain=True)
             self.mqtt = mqtt
-            reporter = asyncio.create_task(self.errors.run(mqtt))
-            self.subscribed.set()
-            try:
+            async with presence(mqtt, self.status_topic, self.errors):
+                self.subscribed.set()
                 async for message in mqtt.messages:
                     self._dispatch(mqtt, message)
-            except asyncio.CancelledError:
-                try:
-                    await asyncio.wait_for(mqtt.publish(self.status_topic, OFFLINE, qos=1, retain=True), 1.0)
-                except (aiomqtt.MqttError, TimeoutError):
-                    pass
-                raise
-            finally:
-                reporter.cancel()
 
     def _dispatch(self, mqtt: aiomqtt.Client, message: aiomqtt.Message) -> None:
         if self.dynsec is not None and self.dynsec.feed(message):

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import AliasChoices, Field
+from nodefleet.settings import CommonSettings, service_fields
 
-from nodefleet.settings import CommonSettings
-
-
-def _own(default: Any, description: str, name: str, **constraints: Any) -> Any:
-    """A field read from ``NODEFLEET_PROVISIONER_<NAME>``, so services sharing an environment never collide."""
-    return Field(
-        default=default,
-        description=description,
-        validation_alias=AliasChoices(name, f"NODEFLEET_PROVISIONER_{name.upper()}"),
-        **constraints,
-    )
+_own = service_fields("provisioner")
 
 
 class ProvisionerSettings(CommonSettings):

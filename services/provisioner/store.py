@@ -15,20 +15,19 @@ answers them as errors)::
 from __future__ import annotations
 
 import json
-import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+from nodefleet import migrations
 from nodefleet.logging import get_logger
 
 log = get_logger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 MIGRATION_LOCK = 0x6E6F_6465_0101
-_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 
 _DEVICE_COLUMNS = ("node, home_id, device_name, provisioning_id, chip_id, status, created, expires, first_connected, "
                    "last_seen, username, config, config_version, config_applied, caps")
@@ -56,29 +55,9 @@ async def create_pool(dsn: str, *, size: int = 10) -> asyncpg.Pool:
 
 async def migrate(conn: asyncpg.Connection) -> list[int]:
     """Apply the migration files not yet applied; return their versions."""
-    files = sorted(MIGRATIONS.glob("*.sql"))
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS provisioner_schema_migrations ("
-            " version integer PRIMARY KEY, name text NOT NULL, applied timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM provisioner_schema_migrations")}
-        applied = []
-        for path in files:
-            match = _FILE.match(path.name)
-            if not match:
-                raise RuntimeError(f"migration file {path.name!r} must be named NNN_name.sql")
-            version = int(match[1])
-            if version in done:
-                continue
-            await conn.execute(path.read_text())
-            await conn.execute("INSERT INTO provisioner_schema_migrations (version, name) VALUES ($1, $2)",
-                               version, match[2])
-            applied.append(version)
-    if applied:
-        log.info("schema_migrated", applied=applied)
-    return applied
+    return await migrations.migrate(
+        conn, migrations.load_migrations(MIGRATIONS), table="provisioner_schema_migrations", lock=MIGRATION_LOCK
+    )
 
 
 class Store:

@@ -18,10 +18,10 @@ import aiomqtt
 from pydantic import ValidationError
 
 from nodefleet.backoff import Backoff
-from nodefleet.contracts import OFFLINE, ONLINE, State
+from nodefleet.contracts import OFFLINE, State
 from nodefleet.contracts.scheduling import SCHEDULER_SERVICE, schedule_events
 from nodefleet.contracts.topics import Command, NodeTopic, TopicError
-from nodefleet.fleet import ErrorReporter, answer
+from nodefleet.fleet import ErrorReporter, answer, presence
 from nodefleet.logging import get_logger
 from nodefleet.mqtt import BrokerAddress, client
 
@@ -172,14 +172,12 @@ class Scheduler:
             for kind in (NodeTopic.SCHEDULE, NodeTopic.CONFIG, NodeTopic.STATE, NodeTopic.STATUS):
                 await mqtt.subscribe(self.topics.all_nodes(kind), qos=1)
             await mqtt.subscribe(self.topics.requests(SCHEDULER_SERVICE), qos=1)
-            await mqtt.publish(status, ONLINE, qos=1, retain=True)
-            self.mqtt = mqtt
-            self._last_message = time.monotonic()
-            self.connected.set()
-            reporter = asyncio.create_task(self.errors.run(mqtt))
-            request_handlers = handlers(self)
-            requests_prefix = self.topics.requests(SCHEDULER_SERVICE)[:-1]
-            try:
+            async with presence(mqtt, status, self.errors):
+                self.mqtt = mqtt
+                self._last_message = time.monotonic()
+                self.connected.set()
+                request_handlers = handlers(self)
+                requests_prefix = self.topics.requests(SCHEDULER_SERVICE)[:-1]
                 async for message in mqtt.messages:
                     topic = str(message.topic)
                     if topic.startswith(requests_prefix):
@@ -187,12 +185,6 @@ class Scheduler:
                         self._background(answer(mqtt, bytes(message.payload), request_handlers, action, self.errors))
                     else:
                         self.on_message(topic, bytes(message.payload))
-            except asyncio.CancelledError:
-                with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-                    await asyncio.wait_for(mqtt.publish(status, OFFLINE, qos=1, retain=True), 1.0)
-                raise
-            finally:
-                reporter.cancel()
 
     async def settle(self) -> None:
         """Wait until the retained messages stopped arriving (the nodes' current state is known)."""

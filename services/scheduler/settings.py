@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from nodefleet.settings import CommonSettings, service_fields
 
-from pydantic import AliasChoices, Field
-
-from nodefleet.settings import CommonSettings
-
-
-def _own(default: Any, description: str, name: str, **constraints: Any) -> Any:
-    """A field read from ``NODEFLEET_SCHEDULER_<NAME>``, so services sharing an environment never collide."""
-    return Field(
-        default=default,
-        description=description,
-        validation_alias=AliasChoices(name, f"NODEFLEET_SCHEDULER_{name.upper()}"),
-        **constraints,
-    )
+_own = service_fields("scheduler")
 
 
 class SchedulerSettings(CommonSettings):

@@ -15,8 +15,10 @@ from typing import Any
 
 import asyncpg
 
+from nodefleet import migrations
 from nodefleet.backoff import Backoff
 from nodefleet.logging import get_logger
+from nodefleet.migrations import Migration
 
 from .rulebook import Run
 
@@ -107,16 +109,9 @@ class Store:
         self.pool.terminate()
 
     async def migrate(self) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK)
-            await conn.execute("CREATE TABLE IF NOT EXISTS scheduler_migrations (version int PRIMARY KEY, "
-                               "applied timestamptz NOT NULL DEFAULT now())")
-            done = {row["version"] for row in await conn.fetch("SELECT version FROM scheduler_migrations")}
-            for version, sql in enumerate(MIGRATIONS, start=1):
-                if version not in done:
-                    await conn.execute(sql)
-                    await conn.execute("INSERT INTO scheduler_migrations (version) VALUES ($1)", version)
-                    log.info("scheduler_migrated", version=version)
+        steps = [Migration(version, "scheduler", sql) for version, sql in enumerate(MIGRATIONS, start=1)]
+        async with self.pool.acquire() as conn:
+            await migrations.migrate(conn, steps, table="scheduler_migrations", lock=_LOCK)
 
     # -- events and claims -------------------------------------------------
     async def record(self, kind: str, events: Sequence[Event]) -> list[Event]:

@@ -12,9 +12,9 @@ import asyncio
 import aiomqtt
 
 from nodefleet.backoff import Backoff
-from nodefleet.contracts import OFFLINE, ONLINE
+from nodefleet.contracts import OFFLINE
 from nodefleet.contracts.queries import TELEMETRY_SERVICE
-from nodefleet.fleet import ErrorReporter, Handler, answer
+from nodefleet.fleet import ErrorReporter, Handler, answer, presence
 from nodefleet.logging import get_logger
 from nodefleet.mqtt import BrokerAddress, client
 
@@ -52,21 +52,10 @@ class ControlPlane:
         control_id = f"{self.settings.client_id}-control-{self.settings.instance}"[:64]
         async with client(self.address, client_id=control_id, clean_session=True, will=will) as mqtt:
             await mqtt.subscribe(self.topics.requests(TELEMETRY_SERVICE), qos=1)
-            await mqtt.publish(self.status_topic, ONLINE, qos=1, retain=True)
-            reporter = asyncio.create_task(self.errors.run(mqtt))
-            self.ready.set()
-            try:
+            async with presence(mqtt, self.status_topic, self.errors):
+                self.ready.set()
                 async for message in mqtt.messages:
                     action = self.topics.request_action(str(message.topic))
                     task = asyncio.create_task(answer(mqtt, message.payload, self.handlers, action, self.errors))  # type: ignore[arg-type]
                     self._requests.add(task)
                     task.add_done_callback(self._requests.discard)
-            except asyncio.CancelledError:
-                # Say goodbye properly: the last will covers only a crash.
-                try:
-                    await asyncio.wait_for(mqtt.publish(self.status_topic, OFFLINE, qos=1, retain=True), 1.0)
-                except (aiomqtt.MqttError, TimeoutError):
-                    pass
-                raise
-            finally:
-                reporter.cancel()

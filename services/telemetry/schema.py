@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 
+from nodefleet import migrations
 from nodefleet.logging import get_logger
+from nodefleet.migrations import Migration
 
 log = get_logger(__name__)
 
@@ -25,57 +26,17 @@ DAY = 86_400
 # Arbitrary constants naming our advisory locks (pg_advisory_xact_lock takes a bigint).
 MIGRATION_LOCK = 0x6E6F_6465_0001
 PARTITION_LOCK = 0x6E6F_6465_0002
-_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 _PARTITION = re.compile(r"^telemetry_p(\d{8})$")
 
 
-class MigrationError(RuntimeError):
-    """A migration file is misnamed or failed to apply."""
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
-
-
 def load_migrations(folder: Path = MIGRATIONS) -> list[Migration]:
-    found = []
-    for path in sorted(folder.glob("*.sql")):
-        match = _FILE.match(path.name)
-        if not match:
-            raise MigrationError(f"migration file {path.name!r} must be named NNN_name.sql")
-        found.append(Migration(int(match[1]), match[2], path.read_text()))
-    versions = [m.version for m in found]
-    if len(set(versions)) != len(versions):
-        raise MigrationError(f"two migration files share a version in {folder}")
-    return found
+    return migrations.load_migrations(folder)
 
 
-async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[int]:
-    """Apply the migrations not yet applied; return their versions."""
-    migrations = load_migrations() if migrations is None else migrations
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version integer PRIMARY KEY, name text NOT NULL, applied timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
-        applied = []
-        for migration in migrations:
-            if migration.version in done:
-                continue
-            try:
-                await conn.execute(migration.sql)
-            except asyncpg.PostgresError as exc:
-                raise MigrationError(f"migration {migration.version:03d}_{migration.name} failed: {exc}") from exc
-            await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", migration.version, migration.name)
-            applied.append(migration.version)
-    if applied:
-        log.info("schema_migrated", applied=applied)
-    return applied
+async def migrate(conn: asyncpg.Connection, steps: list[Migration] | None = None) -> list[int]:
+    """Apply the telemetry migrations not yet applied; return their versions."""
+    steps = load_migrations() if steps is None else steps
+    return await migrations.migrate(conn, steps, table="schema_migrations", lock=MIGRATION_LOCK)
 
 
 def day_of(epoch: float) -> int:
