@@ -32,8 +32,8 @@ from rich.table import Table
 from .. import logging as nodefleet_logging
 from .. import mqtt
 from ..contracts import Topics
-from ..contracts.topics import TopicError, validate_node_name
 from ..contracts.queries import TELEMETRY_SERVICE
+from ..contracts.topics import TopicError, validate_node_name
 from ..fleet import Requester, RequestError
 from ..settings import CommonSettings
 
@@ -151,29 +151,39 @@ async def connect(settings: CommonSettings) -> AsyncIterator[Connection]:
             await client.__aexit__(None, None, None)
 
 
-async def fleet_request(settings: CommonSettings, query: Any, *, timeout: float) -> Any:
-    """Send one request to the telemetry service and return the answer's ``data``."""
+async def request_on(connection: Connection, service: str, action: str, data: Any, *, timeout: float) -> Any:
+    """One fleet request to ``service`` over an open connection; CliError that says what to do on any failure."""
+    requester = Requester(connection.client, connection.topics, client_id=connection.client_id)
+    await requester.start()
+
+    async def feed() -> None:
+        async for message in connection.client.messages:
+            requester.feed(message)
+
+    reader = asyncio.create_task(feed())
+    try:
+        return await requester.request(service, action, data, timeout=timeout)
+    except RequestError as exc:
+        if str(exc).startswith("no answer"):
+            raise CliError(f"{exc} (start it with `nodefleet up`, or check --broker and --fleet-root)") from exc
+        raise CliError(f"the {service} service answered with an error: {exc}") from exc
+    except aiomqtt.MqttError as exc:
+        raise CliError(f"lost the broker connection ({exc}): {NOT_RUNNING_HINT}") from exc
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+            await reader
+
+
+async def service_request(settings: CommonSettings, service: str, action: str, data: Any, *, timeout: float) -> Any:
+    """Connect, send one request to ``service`` and return the answer's ``data``."""
     async with connect(settings) as connection:
-        requester = Requester(connection.client, connection.topics, client_id=connection.client_id)
-        await requester.start()
-        reader = asyncio.create_task(_feed(connection.client, requester))
-        try:
-            return await requester.request(TELEMETRY_SERVICE, query.action, query, timeout=timeout)
-        except RequestError as exc:
-            if str(exc).startswith("no answer"):
-                raise CliError(f"{exc} (start it with `nodefleet up`, or check --broker and --fleet-root)") from exc
-            raise CliError(f"the telemetry service answered with an error: {exc}") from exc
-        except aiomqtt.MqttError as exc:
-            raise CliError(f"lost the broker connection ({exc}): {NOT_RUNNING_HINT}") from exc
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await reader
+        return await request_on(connection, service, action, data, timeout=timeout)
 
 
-async def _feed(client: aiomqtt.Client, requester: Requester) -> None:
-    async for message in client.messages:
-        requester.feed(message)
+async def fleet_request(settings: CommonSettings, query: Any, *, timeout: float) -> Any:
+    """Send one query to the telemetry service and return the answer's ``data``."""
+    return await service_request(settings, TELEMETRY_SERVICE, query.action, query, timeout=timeout)
 
 
 def parse_rows(data: Any, model: type[T], what: str) -> list[T]:

@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from typing import Any
 
-import aiomqtt
 import click
 
 from ..contracts.provisioning import PROVISIONER_SERVICE
-from ..fleet import Requester, RequestError
 from ..settings import CommonSettings
 from . import main
 from .common import (
-    NOT_RUNNING_HINT,
-    CliError,
     Column,
-    connect,
     emit,
     fleet_options,
     format_option,
     node_name,
     note,
     run,
+    service_request,
 )
 
 provisioner_timeout = click.option(
@@ -35,27 +29,7 @@ provisioner_timeout = click.option(
 
 async def provisioner_request(settings: CommonSettings, action: str, data: dict[str, Any], *, timeout: float) -> Any:
     """One request to the provisioner over MQTT; CliError that says what to do on any failure."""
-    async with connect(settings) as connection:
-        requester = Requester(connection.client, connection.topics, client_id=connection.client_id)
-        await requester.start()
-
-        async def feed() -> None:
-            async for message in connection.client.messages:
-                requester.feed(message)
-
-        reader = asyncio.create_task(feed())
-        try:
-            return await requester.request(PROVISIONER_SERVICE, action, data, timeout=timeout)
-        except RequestError as exc:
-            if str(exc).startswith("no answer"):
-                raise CliError(f"{exc} (start it with `nodefleet up`, or check --broker and --fleet-root)") from exc
-            raise CliError(f"the provisioner refused: {exc}") from exc
-        except aiomqtt.MqttError as exc:
-            raise CliError(f"lost the broker connection ({exc}): {NOT_RUNNING_HINT}") from exc
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await reader
+    return await service_request(settings, PROVISIONER_SERVICE, action, data, timeout=timeout)
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:

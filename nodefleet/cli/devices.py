@@ -7,7 +7,19 @@ from typing import Any
 from ..contracts.queries import DeviceRow, DevicesQuery
 from ..settings import CommonSettings
 from . import main
-from .common import Column, emit, fleet_options, fleet_request, format_option, iso_time, note, parse_rows, relative, run, timeout_option
+from .common import (
+    Column,
+    emit,
+    fleet_options,
+    fleet_request,
+    format_option,
+    iso_time,
+    note,
+    parse_rows,
+    relative,
+    run,
+    timeout_option,
+)
 
 
 def _availability(online: Any) -> str:

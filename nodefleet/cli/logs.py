@@ -7,7 +7,20 @@ import click
 from ..contracts.queries import LogRow, LogsQuery
 from ..settings import CommonSettings
 from . import main
-from .common import Column, emit, fleet_options, fleet_request, format_option, iso_time, local_time, node_name, note, parse_rows, run, timeout_option
+from .common import (
+    Column,
+    emit,
+    fleet_options,
+    fleet_request,
+    format_option,
+    iso_time,
+    local_time,
+    node_name,
+    note,
+    parse_rows,
+    run,
+    timeout_option,
+)
 
 COLUMNS = (
     Column(key="received", title="received", human=local_time, machine=iso_time),

@@ -17,7 +17,6 @@ from ..contracts.scheduling import (
     ShowAnswer,
     ShowQuery,
 )
-from ..fleet import Requester, RequestError
 from ..settings import CommonSettings
 from . import main
 from .common import (
@@ -34,6 +33,7 @@ from .common import (
     note,
     parse_duration,
     parse_rows,
+    request_on,
     run,
 )
 
@@ -82,18 +82,7 @@ async def _retained_schedule(connection: Connection, topic: str) -> dict[str, An
 
 
 async def _request(connection: Connection, action: str, query: Any, timeout: float) -> Any:
-    requester = Requester(connection.client, connection.topics, client_id=connection.client_id)
-    await requester.start()
-
-    async def feed() -> None:
-        async for message in connection.client.messages:
-            requester.feed(message)
-
-    reader = asyncio.create_task(feed())
-    try:
-        return await requester.request(SCHEDULER_SERVICE, action, query, timeout=timeout)
-    finally:
-        reader.cancel()
+    return await request_on(connection, SCHEDULER_SERVICE, action, query, timeout=timeout)
 
 
 @main.group()
@@ -180,7 +169,7 @@ async def _show(settings: CommonSettings, node: str, fmt: str, timeout: float) -
         current = await _retained_schedule(connection, connection.topics.schedule(node))
         try:
             view = ShowAnswer.model_validate(await _request(connection, "show", ShowQuery(node=node), timeout))
-        except RequestError as exc:
+        except CliError as exc:  # no scheduler running: show the retained schedule alone
             view = None
             note(f"no view from the scheduler ({exc})")
     if fmt == "json":
@@ -231,6 +220,6 @@ async def _history(settings: CommonSettings, node: str, limit: int, timeout: flo
     async with connect(settings) as connection:
         try:
             data = await _request(connection, "history", HistoryQuery(node=node, limit=limit), timeout)
-        except RequestError as exc:
-            raise CliError(f"{exc} (the scheduler keeps the history: start it with `nodefleet up`)") from exc
+        except CliError as exc:
+            raise CliError(f"{exc}; the scheduler keeps the history") from exc
     return [row.model_dump(mode="json") for row in parse_rows(data, HistoryRow, "schedule history")]

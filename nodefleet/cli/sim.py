@@ -12,7 +12,14 @@ from ..mqtt import BrokerAddress
 from ..settings import CommonSettings
 from ..sim import SimError, SimFleet
 from . import main
-from .common import CliError, NOT_RUNNING_HINT, fleet_options, note, run, stop_on_signals
+from .common import (
+    NOT_RUNNING_HINT,
+    CliError,
+    fleet_options,
+    note,
+    run,
+    stop_on_signals,
+)
 
 
 @main.command()

@@ -12,8 +12,17 @@ import click
 
 from .. import logging as nodefleet_logging
 from ..paths import default_data_dir
+from ..runtime import (
+    DEFAULT_DB_PORT,
+    DEFAULT_MQTT_PORT,
+    Runtime,
+    RuntimeInfo,
+    RuntimeOptions,
+    StartupError,
+    Unit,
+    run,
+)
 from ..settings import CommonSettings
-from ..runtime import DEFAULT_DB_PORT, DEFAULT_MQTT_PORT, Runtime, RuntimeInfo, RuntimeOptions, StartupError, Unit, run
 from . import main
 
 # The demo nodes exist only once the simulator is part of the package.
