@@ -93,7 +93,8 @@ class Flow:
             raise StepError(step, f"the device refused {method} {path} ({_http_error(exc)}); check the values and retry") from exc
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise StepError(step, f"device unreachable at {self.device_url} ({_http_error(exc)}): connect this "
-                            "computer to the device's nodefleet-XXXX WiFi network (hold its button 5 s to reopen it), "
+                            "computer to the device's nodefleet-XXXX WiFi network (XXXX: the last 4 characters of its chip id; "
+                            "hold its button 5 s to reopen it), "
                             "then retry") from exc
 
 
@@ -144,7 +145,7 @@ async def provision_flow(flow: Flow, *, name: str, home: str, ssid: str, wifi_pa
               prompt=True,
               hide_input=True, prompt_required=False)
 @click.option("--device-url", default="http://192.168.4.1", show_default=True,
-              help="The device's access-point API (join its nodefleet-XXXX network first)")
+              help="The device's access-point API (join its nodefleet-XXXX network first; XXXX ends its chip id)")
 @click.option("--backend-url", metavar="URL",
               help="Register through the provisioner's HTTP edge (http://host:8080) instead of MQTT")
 @click.option("--timeout", type=click.FloatRange(min=1), default=90.0, show_default=True, metavar="SECONDS",

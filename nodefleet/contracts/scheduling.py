@@ -2,7 +2,7 @@
 
 A node's schedule itself is the retained :class:`~nodefleet.contracts.payloads.Schedule`
 on ``Topics.schedule(node)``; anyone may set it.  The scheduler publishes one
-:class:`RunEvent` per run outcome on :func:`schedule_events` and keeps them
+:class:`RunEvent` per run outcome on ``Topics.scheduler_events()`` and keeps them
 for ``nodefleet schedule history`` (its own table, not the telemetry service's).
 """
 
@@ -12,9 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from .payloads import Epoch, Identifier, NodeName, Payload, ShortText, Text
+from .payloads import Epoch, Identifier, NodeName, Part, Payload, ShortText, Text
 from .queries import Query
-from .topics import Topics
 
 SCHEDULER_SERVICE = "scheduler"
 
@@ -23,12 +22,7 @@ RunKind = Literal["run", "backup", "miss", "skipped"]
 offline (or the window ended) at the due time; skipped: stopped / logic disabled."""
 
 
-def schedule_events(topics: Topics) -> str:
-    """Where the scheduler publishes RunEvents (not retained): ``<fleet>/scheduler/events``."""
-    return topics.scheduler_events()
-
-
-class RunEvent(Payload):
+class RunRecord(Part):
     """One outcome of one run; (node, run_id, kind) is recorded once, whichever instance saw it."""
 
     ts: Epoch
@@ -43,6 +37,10 @@ class RunEvent(Payload):
     detail: Text | None = None
 
 
+class RunEvent(Payload, RunRecord):
+    """A RunRecord as published on ``Topics.scheduler_events()``."""
+
+
 class HistoryQuery(Query):
     """``scheduler/history``: a node's run events, newest first."""
 
@@ -51,17 +49,9 @@ class HistoryQuery(Query):
     limit: Annotated[int, Field(ge=1, le=10_000)] = 100
 
 
-class HistoryRow(Query):
-    ts: Epoch
-    node: NodeName
-    run_id: Identifier
-    rule: Identifier
-    kind: RunKind
-    action: Literal["on", "off"]
-    start: Epoch
-    end: Epoch
-    instance: str
-    detail: str | None = None
+class HistoryRow(RunRecord):
+    """A recorded RunRecord; ``sent`` is when a backup was handed to the broker."""
+
     sent: Epoch | None = None
 
 

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from nodefleet.backoff import Backoff
 from nodefleet.contracts import OFFLINE, State
-from nodefleet.contracts.scheduling import SCHEDULER_SERVICE, schedule_events
+from nodefleet.contracts.scheduling import SCHEDULER_SERVICE
 from nodefleet.contracts.topics import Command, NodeTopic, TopicError
 from nodefleet.fleet import ErrorReporter, answer, presence
 from nodefleet.logging import get_logger
@@ -52,7 +52,7 @@ class Scheduler:
         self.settled = asyncio.Event()
         self._last_message = time.monotonic()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.events_topic = schedule_events(self.topics)
+        self.events_topic = self.topics.scheduler_events()
         self._switch_topics: dict[str, str] = {}  # built once per node: a burst sends thousands
 
     # -- outgoing ------------------------------------------------------------

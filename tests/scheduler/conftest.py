@@ -15,7 +15,7 @@ import pytest
 
 from nodefleet import mqtt
 from nodefleet.contracts import Topics
-from nodefleet.contracts.scheduling import SCHEDULER_SERVICE, schedule_events
+from nodefleet.contracts.scheduling import SCHEDULER_SERVICE
 from nodefleet.contracts.topics import Command, NodeTopic
 from nodefleet.embedded.mosquitto import Mosquitto
 from nodefleet.fleet import Requester
@@ -87,7 +87,7 @@ class Watch:
         return self.found(self.topics.set(node, Command.SWITCH), lambda c: isinstance(c, dict) and c.get("run_id") == run_id)
 
     def events(self, node: str, kind: str | None = None) -> list[dict[str, Any]]:
-        return self.found(schedule_events(self.topics),
+        return self.found(self.topics.scheduler_events(),
                           lambda e: e["node"] == node and (kind is None or e["kind"] == kind))
 
     async def retain(self, topic: str, payload: Any) -> None:
