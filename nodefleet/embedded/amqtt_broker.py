@@ -82,7 +82,7 @@ class NodefleetBroker(Broker):
     async def _authenticate(self, session: Session, _listener: object = None) -> bool:
         if session.username is None or not self.access.has_users():
             return self.access.verify(session.username, session.password)  # no hashing involved
-        # scrypt takes tens of milliseconds: off the event loop, on threads no other code can fill up.
+        # Hashing (and a legacy scrypt hash's tens of ms) stays off the event loop, on threads no other code fills up.
         return await asyncio.get_running_loop().run_in_executor(
             self._password_checks, self.access.verify, session.username, session.password
         )

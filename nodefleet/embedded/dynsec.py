@@ -88,7 +88,7 @@ class DynamicSecurity:
         self.changes = 0
         self.clients: dict[str, _Client] = {}
         self.roles: dict[str, _Role] = {}
-        # Messages are handled concurrently (hashing is slow); changes to one client still apply in arrival order.
+        # Messages are handled concurrently (hashing runs on threads); changes to one client still apply in order.
         self._user_locks: dict[str, asyncio.Lock] = {}
 
     async def handle(self, payload: bytes) -> bytes:
@@ -209,7 +209,7 @@ class DynamicSecurity:
                     continue
                 if client.password is None:
                     raise CommandError("Client has no password to apply its roles with")
-                # Password hashing is slow on purpose: keep it off the broker's event loop.
+                # Password hashing runs on a thread: the broker's event loop keeps serving meanwhile.
                 await asyncio.to_thread(self._set_client, username, client.password, publish=publish,
                                         subscribe=subscribe)
                 if self._access is not None:
@@ -222,7 +222,8 @@ class DynamicSecurity:
             return None
         users = self._access._users  # package-internal: the access list keeps only salted hashes
         clients = {
-            name: {"roles": list(c.roles), "salt": users[name].salt.hex(), "digest": users[name].digest.hex()}
+            name: {"roles": list(c.roles), "salt": users[name].salt.hex(), "digest": users[name].digest.hex(),
+                   "iterations": users[name].iterations}
             for name, c in self.clients.items() if name in users
         }
         return json.dumps({"clients": clients, "roles": {name: r.acls for name, r in self.roles.items()}})
@@ -244,7 +245,8 @@ class DynamicSecurity:
             self.clients[name] = _Client(None, list(saved["roles"]))
             self._access._users[name] = _Credential(salt=bytes.fromhex(saved["salt"]),
                                                     digest=bytes.fromhex(saved["digest"]),
-                                                    access=TopicAccess(publish=(), subscribe=()))
+                                                    access=TopicAccess(publish=(), subscribe=()),
+                                                    iterations=int(saved.get("iterations", 0)))  # 0: scrypt
             acls = [a for r in saved["roles"] if r in self.roles for a in self.roles[r].acls if a["allow"]]
             _set_access(self._access, name, publish=[a["topic"] for a in acls if a["acltype"] == "publishClientSend"],
                         subscribe=[a["topic"] for a in acls if a["acltype"] in _SUBSCRIBE_TYPES])

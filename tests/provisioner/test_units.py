@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 
 import pytest
 
+from nodefleet.embedded.amqtt_access import PBKDF2_ITERATIONS, AccessList
 from nodefleet.embedded.dynsec import DynamicSecurity
 from services.provisioner.tz import UnknownZone, offsets
 
@@ -86,3 +88,28 @@ async def test_embedded_dynamic_security_rejects_malformed_messages() -> None:
     answers = await _run(dynsec, {"command": "createClient", "username": "", "password": "x"},
                          {"command": "createClient", "username": "u" * 300, "password": "x"})
     assert all("username" in a["error"] for a in answers)
+
+
+async def test_embedded_dynamic_security_state_survives_a_restart_including_older_scrypt_hashes(tmp_path) -> None:
+    state = tmp_path / "dynsec.json"
+    access = AccessList(allow_anonymous=False)
+    dynsec = DynamicSecurity(set_client=access.set_client, remove_client=access.remove_client, access=access,
+                             state_file=state)
+    await _run(dynsec, {"command": "createRole", "rolename": "r1",
+                        "acls": [{"acltype": "publishClientSend", "topic": "h/n1/#", "allow": True}]},
+               {"command": "createClient", "username": "n1", "password": "secret-1", "roles": [{"rolename": "r1"}]})
+    saved = json.loads(dynsec.snapshot())
+    assert saved["clients"]["n1"]["iterations"] == PBKDF2_ITERATIONS and "secret-1" not in json.dumps(saved)
+    # A client saved by an earlier version: scrypt digest, no iteration count.
+    salt = b"0123456789abcdef"
+    saved["clients"]["old"] = {"roles": ["r1"], "salt": salt.hex(),
+                               "digest": hashlib.scrypt(b"secret-2", salt=salt, n=2**13, r=8, p=1).hex()}
+    dynsec.write(json.dumps(saved))
+
+    restored = AccessList(allow_anonymous=False)
+    again = DynamicSecurity(set_client=restored.set_client, remove_client=restored.remove_client, access=restored,
+                            state_file=state)
+    assert again.load() == 2
+    assert restored.verify("n1", "secret-1") and not restored.verify("n1", "secret-2")
+    assert restored.verify("old", "secret-2") and not restored.verify("old", "secret-1")
+    assert restored.access_for("n1").may_publish("h/n1/state") and not restored.access_for("n1").may_publish("h/n2/x")
