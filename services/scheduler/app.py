@@ -28,7 +28,9 @@ from nodefleet.mqtt import BrokerAddress, client
 from .gcpacer import GcPacer
 from .nodes import BadSchedule, parse_schedule, parse_tz
 from .planner import Planner
+from .publisher import NotSent, Publisher
 from .requests import handlers
+from .rulebook import Run
 from .settings import SchedulerSettings
 from .store import Event, Store
 
@@ -36,7 +38,13 @@ log = get_logger(__name__)
 
 SETTLE = 0.3  # seconds without a message after subscribing: the retained messages are in
 SETTLE_MAX = 5.0
-MAX_INFLIGHT = 20_000  # paho's window of unacknowledged QoS 1 publishes (MQTT allows 65535 ids)
+EVENT_CHUNK = 1000  # run events per write; the loop gets a turn between chunks
+
+
+def switch_command(run: Run) -> bytes:
+    """The SwitchCommand contract, written directly: a burst of thousands must not wait for model building."""
+    state = "ON" if run.action == "on" else "OFF"
+    return json.dumps({"v": 1, "state": state, "until": run.end, "run_id": run.run_id}).encode()
 
 
 class Scheduler:
@@ -47,7 +55,10 @@ class Scheduler:
         self.errors = ErrorReporter(SCHEDULER_SERVICE, self.topics)
         self.planner = Planner(store=store, grace=settings.grace, lease=settings.lease, send=self.send_backups,
                                publish=self.publish_events)
-        self.mqtt: aiomqtt.Client | None = None
+        self.address = BrokerAddress.parse(settings.mqtt_url)
+        # Backups and run events go out on a connection of their own (see publisher.py).
+        self.publisher = Publisher(self.address, client_id=f"nodefleet-sched-pub-{settings.instance}"[:64],
+                                   keepalive=settings.keepalive)
         self.connected = asyncio.Event()
         self.settled = asyncio.Event()
         self._last_message = time.monotonic()
@@ -56,21 +67,6 @@ class Scheduler:
         self._switch_topics: dict[str, str] = {}  # built once per node: a burst sends thousands
 
     # -- outgoing ------------------------------------------------------------
-    def _publish_now(self, topic: str, payload: str, qos: int) -> None:
-        """Hand one message to the MQTT client without waiting for its acknowledgement.
-
-        aiomqtt's ``publish`` walks every pending call on each call (quadratic in a
-        burst of thousands); paho's own publish only queues the packet, which the
-        client's socket writer sends from the event loop.
-        """
-        mqtt = self.mqtt
-        raw = getattr(mqtt, "_client", None)
-        if mqtt is None or raw is None:
-            raise aiomqtt.MqttError("not connected to the broker")
-        info = raw.publish(topic, payload, qos=qos)
-        if info.rc != 0:
-            raise aiomqtt.MqttError(f"publish refused by the client (code {info.rc})")
-
     def _switch_topic(self, node: str) -> str:
         topic = self._switch_topics.get(node)
         if topic is None:
@@ -78,27 +74,27 @@ class Scheduler:
         return topic
 
     async def send_backups(self, won: list[Event]) -> None:
-        for node, run, _ in won:
-            # The SwitchCommand contract, written directly: a burst of thousands must not wait for model building.
-            command = {"v": 1, "state": "ON" if run.action == "on" else "OFF", "until": run.end, "run_id": run.run_id}
-            self._publish_now(self._switch_topic(node), json.dumps(command), 1)
+        """Write the won backups to the broker at QoS 1, all in one go (raises NotSent if not connected)."""
+        self.publisher.publish([(self._switch_topic(node), switch_command(run)) for node, run, _ in won], qos=1)
         for node, run, detail in won[:3]:
             log.info("backup_sent", node=node, run_id=run.run_id, until=run.end, detail=detail, batch=len(won))
 
     async def publish_events(self, kind: str, events: list[Event]) -> None:
         now = time.time()
-        for i, (node, run, detail) in enumerate(events):
-            # RunEvent's fields, written directly (a model per event would hold up a burst); tests check the model.
-            event = {"v": 1, "ts": now, "node": node, "run_id": run.run_id, "rule": run.rule, "kind": kind,
-                     "action": run.action, "start": run.start, "end": run.end, "instance": self.settings.instance}
-            if detail is not None:
-                event["detail"] = detail
+        for i in range(0, len(events), EVENT_CHUNK):
+            messages = []
+            for node, run, detail in events[i:i + EVENT_CHUNK]:
+                # RunEvent's fields, written directly (a model per event would hold up a burst); tests check the model.
+                event = {"v": 1, "ts": now, "node": node, "run_id": run.run_id, "rule": run.rule, "kind": kind,
+                         "action": run.action, "start": run.start, "end": run.end, "instance": self.settings.instance}
+                if detail is not None:
+                    event["detail"] = detail
+                messages.append((self.events_topic, json.dumps(event).encode()))
             try:
-                self._publish_now(self.events_topic, json.dumps(event), 0)
-            except aiomqtt.MqttError:
+                self.publisher.publish(messages, qos=0)
+            except NotSent:
                 return  # events are a notice; the table keeps the record
-            if i % 1000 == 999:
-                await asyncio.sleep(0)  # let commands and other work through
+            await asyncio.sleep(0)  # let commands and other work through
         if kind != "run":
             log.info("run_event", kind=kind, count=len(events), first=events[0][1].run_id, node=events[0][0])
 
@@ -148,8 +144,13 @@ class Scheduler:
 
     # -- session -------------------------------------------------------------
     async def run(self) -> None:
-        """Stay connected (reconnect with backoff) until cancelled."""
-        address = BrokerAddress.parse(self.settings.mqtt_url)
+        """Keep both connections up (each reconnects with backoff) until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.publisher.run())
+            group.create_task(self._subscriber())
+
+    async def _subscriber(self) -> None:
+        address = self.address
         backoff = Backoff()
         while True:
             backoff.attempt()
@@ -158,7 +159,6 @@ class Scheduler:
             except aiomqtt.MqttError as exc:
                 log.warning("scheduler_connection_lost", broker=address.url, error=str(exc),
                             retry_in=round(backoff.next_pause, 2))
-            self.mqtt = None
             self.connected.clear()
             await backoff.wait()
 
@@ -166,14 +166,11 @@ class Scheduler:
         status = self.topics.service_status(SCHEDULER_SERVICE, self.settings.instance)
         will = aiomqtt.Will(status, OFFLINE, qos=1, retain=True)
         client_id = f"nodefleet-scheduler-{self.settings.instance}"[:64]
-        # Many QoS 1 commands in flight at once: a burst of backups must not wait for acks 20 at a time.
-        async with client(address, client_id=client_id, will=will, keepalive=self.settings.keepalive,
-                          max_queued_outgoing=0, max_inflight=MAX_INFLIGHT) as mqtt:
+        async with client(address, client_id=client_id, will=will, keepalive=self.settings.keepalive) as mqtt:
             for kind in (NodeTopic.SCHEDULE, NodeTopic.CONFIG, NodeTopic.STATE, NodeTopic.STATUS):
                 await mqtt.subscribe(self.topics.all_nodes(kind), qos=1)
             await mqtt.subscribe(self.topics.requests(SCHEDULER_SERVICE), qos=1)
             async with presence(mqtt, status, self.errors):
-                self.mqtt = mqtt
                 self._last_message = time.monotonic()
                 self.connected.set()
                 request_handlers = handlers(self)
@@ -189,6 +186,7 @@ class Scheduler:
     async def settle(self) -> None:
         """Wait until the retained messages stopped arriving (the nodes' current state is known)."""
         await self.connected.wait()
+        await self.publisher.connected.wait()
         started = time.monotonic()
         while time.monotonic() - self._last_message < SETTLE and time.monotonic() - started < SETTLE_MAX:
             await asyncio.sleep(0.05)

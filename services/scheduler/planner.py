@@ -22,13 +22,12 @@ import heapq
 import itertools
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-
-import aiomqtt
+from dataclasses import dataclass
 
 from nodefleet.logging import get_logger
 
 from .nodes import NodeView
+from .publisher import NotSent
 from .rulebook import Run, next_start, window
 from .store import TRANSIENT, Event, Store, StoreUnavailable
 
@@ -41,14 +40,13 @@ SendBackups = Callable[[list[Event]], Awaitable[None]]
 Publish = Callable[[str, list[Event]], Awaitable[None]]
 
 
-@dataclass(order=True)
+@dataclass(slots=True)
 class Due:
     at: float
-    seq: int
-    node: str = field(compare=False)
-    generation: int = field(compare=False)
-    run: Run = field(compare=False)
-    what: str = field(compare=False, default=CHECK)
+    node: str
+    generation: int
+    run: Run
+    what: str = CHECK
 
 
 @dataclass
@@ -72,7 +70,8 @@ class Planner:
         self.on_idle = on_idle
         self.nodes: dict[str, NodeView] = {}
         self.counts = Counts()
-        self._heap: list[Due] = []
+        # (at, seq, due): tuples compare in C, ten thousand pops in one second cost no Python-level __lt__.
+        self._heap: list[tuple[float, int, Due]] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
 
@@ -105,8 +104,11 @@ class Planner:
             if run.run_id in view.planned:
                 return
             view.planned.add(run.run_id)
-        heapq.heappush(self._heap, Due(at, next(self._seq), view.name, view.generation, run, what))
-        if self._heap[0].at >= at:
+        self._enqueue(Due(at, view.name, view.generation, run, what))
+
+    def _enqueue(self, due: Due) -> None:
+        heapq.heappush(self._heap, (due.at, next(self._seq), due))
+        if self._heap[0][0] >= due.at:
             self._wake.set()
 
     def came_online(self, view: NodeView) -> None:
@@ -114,22 +116,20 @@ class Planner:
         now = self.clock()
         for run in list(view.missed.values()):
             if now < run.end:
-                heapq.heappush(self._heap, Due(now + self.grace, next(self._seq), view.name, view.generation, run,
-                                               RESUME))
-                self._wake.set()
+                self._enqueue(Due(now + self.grace, view.name, view.generation, run, RESUME))
 
     def next_due(self) -> float | None:
-        return self._heap[0].at if self._heap else None
+        return self._heap[0][0] if self._heap else None
 
     # -- running -----------------------------------------------------------
     async def run(self) -> None:
         while True:
             self._wake.clear()
             now = self.clock()
-            if self._heap and self._heap[0].at <= now:
+            if self._heap and self._heap[0][0] <= now:
                 batch = []
-                while self._heap and self._heap[0].at <= now:
-                    batch.append(heapq.heappop(self._heap))
+                while self._heap and self._heap[0][0] <= now:
+                    batch.append(heapq.heappop(self._heap)[2])
                 try:
                     await self.handle(batch)
                 except (StoreUnavailable, *TRANSIENT) as exc:
@@ -137,15 +137,15 @@ class Planner:
                     log.warning("database_unavailable", error=str(exc) or type(exc).__name__, checks=len(batch))
                     for due in batch:
                         due.at = self.clock() + 1.0
-                        heapq.heappush(self._heap, due)
+                        self._enqueue(due)
                     await asyncio.sleep(1.0)
                 except Exception:  # a bug in one batch must not end the service
                     log.exception("batch_failed", checks=len(batch))
                 continue
             if self.on_idle is not None:
-                self.on_idle(None if not self._heap else self._heap[0].at - now)
+                self.on_idle(None if not self._heap else self._heap[0][0] - now)
                 now = self.clock()  # the hook may have taken a while
-            timeout = None if not self._heap else max(0.0, self._heap[0].at - now)
+            timeout = None if not self._heap else max(0.0, self._heap[0][0] - now)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
@@ -226,7 +226,7 @@ class Planner:
             return False
         try:
             await self.send(won)
-        except aiomqtt.MqttError as exc:
+        except NotSent as exc:
             # Not sent: our claims stay unsent, so after the lease we (or another instance) take them over.
             log.warning("backup_not_sent", error=str(exc), count=len(won))
             for node, run, _ in won:
@@ -248,8 +248,7 @@ class Planner:
 
     def _recheck(self, node: str, run: Run) -> None:
         view = self.nodes[node]
-        heapq.heappush(self._heap, Due(self.clock() + self.lease, next(self._seq), node, view.generation, run, TAKEOVER))
-        self._wake.set()
+        self._enqueue(Due(self.clock() + self.lease, node, view.generation, run, TAKEOVER))
 
     async def _take_over(self, due: Due) -> None:
         state = await self.store.claim_state(due.node, due.run.run_id)

@@ -1,0 +1,225 @@
+"""A publish-only MQTT 3.1.1 connection for backups and run events: a batch of publishes is one write.
+
+The scheduler's aiomqtt session (subscriptions, fleet requests, presence)
+cannot carry a burst: aiomqtt's ``publish`` waits for each acknowledgement
+and walks every pending call on each call, and paho under it walks every
+unacknowledged message on each PUBACK once an in-flight window is set, so
+10,000 backups due in one second took seconds.  A connection that only
+publishes needs little of the protocol: CONNECT/CONNACK, PUBLISH/PUBACK and
+PINGREQ/PINGRESP, written here on an asyncio protocol.  QoS 1 packets carry
+ids; ``unacked`` holds the ones the broker has not acknowledged yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from collections.abc import Sequence
+
+from nodefleet.backoff import Backoff
+from nodefleet.logging import get_logger
+from nodefleet.mqtt import BrokerAddress
+
+log = get_logger(__name__)
+
+MAX_UNACKED = 60_000  # packet ids are 16 bits; keep a margin so finding a free one stays quick
+CONNECT_TIMEOUT = 10.0
+_CONNACK, _PUBACK, _PINGRESP = 2, 4, 13
+_PINGREQ = b"\xc0\x00"
+_REFUSED = {1: "unacceptable protocol version", 2: "client id rejected", 3: "server unavailable",
+            4: "bad user name or password", 5: "not authorised"}
+
+
+class NotSent(Exception):
+    """The messages were not handed to the broker: not connected, or too many unacknowledged."""
+
+
+class ConnectRefused(ConnectionError):
+    """The broker answered CONNECT with a refusal."""
+
+
+def _length(n: int) -> bytes:
+    """MQTT's variable-length integer (the fixed header's remaining length)."""
+    out = bytearray()
+    while True:
+        n, byte = divmod(n, 128)
+        out.append(byte | 0x80 if n else byte)
+        if not n:
+            return bytes(out)
+
+
+def _text(value: str) -> bytes:
+    raw = value.encode()
+    return struct.pack(">H", len(raw)) + raw
+
+
+def connect_packet(client_id: str, keepalive: int, username: str | None, password: str | None) -> bytes:
+    """CONNECT, clean session, no will (the service's main session carries the last will)."""
+    flags, payload = 0x02, _text(client_id)
+    if username is not None:
+        flags |= 0x80
+        payload += _text(username)
+        if password is not None:  # 3.1.1 allows a password only with a user name
+            flags |= 0x40
+            payload += _text(password)
+    body = _text("MQTT") + bytes((4, flags)) + struct.pack(">H", keepalive) + payload
+    return b"\x10" + _length(len(body)) + body
+
+
+def publish_packet(topic: bytes, payload: bytes, qos: int, packet_id: int) -> bytes:
+    if qos:
+        head = struct.pack(">H", len(topic)) + topic + struct.pack(">H", packet_id)
+    else:
+        head = struct.pack(">H", len(topic)) + topic
+    return bytes((0x30 | qos << 1,)) + _length(len(head) + len(payload)) + head + payload
+
+
+class _Link(asyncio.Protocol):
+    """One TCP connection: reads CONNACK, PUBACKs and PINGRESPs; anything else closes it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.connack: asyncio.Future[int] = loop.create_future()
+        self.closed: asyncio.Future[BaseException | None] = loop.create_future()
+        self.unacked: set[int] = set()
+        self.heard = time.monotonic()
+        self._next_id = 0
+        self._buffer = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self.connack.done():
+            self.connack.set_exception(ConnectionError("the broker closed the connection before CONNACK"))
+        if not self.closed.done():
+            self.closed.set_result(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self.heard = time.monotonic()
+        buf = self._buffer
+        buf += data
+        pos, size = 0, len(buf)
+        while pos + 2 <= size:
+            length, shift, at = 0, 0, pos + 1
+            while at < size and buf[at] & 0x80 and shift < 21:
+                length |= (buf[at] & 0x7F) << shift
+                shift += 7
+                at += 1
+            if at >= size:
+                break  # the length bytes are not all in yet
+            length |= buf[at] << shift
+            end = at + 1 + length
+            if end > size:
+                break
+            kind = buf[pos] >> 4
+            if kind == _PUBACK and length == 2:
+                self.unacked.discard(buf[at + 1] << 8 | buf[at + 2])
+            elif kind == _CONNACK and length == 2 and not self.connack.done():
+                self.connack.set_result(buf[at + 2])
+            elif kind != _PINGRESP:
+                log.warning("publisher_unexpected_packet", kind=kind, length=length)
+                self.close()
+                return
+            pos = end
+        del buf[:pos]
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def write(self, messages: Sequence[tuple[str, bytes]], qos: int) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing() or not self.connack.done():
+            raise NotSent("not connected to the broker")
+        if qos and len(self.unacked) + len(messages) > MAX_UNACKED:
+            raise NotSent(f"{len(self.unacked)} publishes not acknowledged by the broker yet")
+        packets = []
+        for topic, payload in messages:
+            packet_id = 0
+            if qos:
+                packet_id = self._free_id()
+                self.unacked.add(packet_id)
+            packets.append(publish_packet(topic.encode(), payload, qos, packet_id))
+        transport.write(b"".join(packets))  # one write: the kernel sends the batch back to back
+
+    def _free_id(self) -> int:
+        while True:
+            self._next_id = self._next_id % 65535 + 1
+            if self._next_id not in self.unacked:
+                return self._next_id
+
+
+class Publisher:
+    """Stays connected (``run``) and publishes batches; ``publish`` raises :class:`NotSent` while it is not."""
+
+    def __init__(self, address: BrokerAddress, *, client_id: str, keepalive: int = 30) -> None:
+        self.address = address
+        self.client_id = client_id
+        self.keepalive = keepalive
+        self.connected = asyncio.Event()
+        self._link: _Link | None = None
+
+    @property
+    def unacked(self) -> int:
+        """QoS 1 publishes of the current connection the broker has not acknowledged."""
+        return len(self._link.unacked) if self._link is not None else 0
+
+    def publish(self, messages: Sequence[tuple[str, bytes]], *, qos: int = 1) -> None:
+        """Write ``(topic, payload)`` messages at QoS 0 or 1 in one go, without waiting for acknowledgements."""
+        if qos not in (0, 1):
+            raise ValueError(f"qos {qos}: this publisher speaks QoS 0 and 1")
+        if self._link is None:
+            raise NotSent("not connected to the broker")
+        if messages:
+            self._link.write(messages, qos)
+
+    async def run(self) -> None:
+        """Connect, keep alive, reconnect with backoff; until cancelled."""
+        backoff = Backoff()
+        while True:
+            backoff.attempt()
+            try:
+                await self._connection()
+            except (OSError, TimeoutError) as exc:
+                log.warning("publisher_connection_lost", broker=self.address.url, error=str(exc) or type(exc).__name__,
+                            retry_in=round(backoff.next_pause, 2))
+            await backoff.wait()
+
+    async def _connection(self) -> None:
+        loop = asyncio.get_running_loop()
+        link = _Link(loop)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await loop.create_connection(lambda: link, self.address.host, self.address.port)
+                assert link.transport is not None
+                link.transport.write(connect_packet(self.client_id, self.keepalive, self.address.username,
+                                                    self.address.password))
+                code = await link.connack
+            if code != 0:
+                raise ConnectRefused(f"broker refused the connection: {_REFUSED.get(code, f'code {code}')}")
+            self._link = link
+            self.connected.set()
+            await self._keep_alive(link)
+            lost = link.closed.result()
+            unacked = len(link.unacked)
+            raise ConnectionError(f"connection closed ({lost or 'by the broker'}); {unacked} publishes unacknowledged")
+        finally:
+            self._link = None
+            self.connected.clear()
+            link.close()
+
+    async def _keep_alive(self, link: _Link) -> None:
+        """PINGREQ every half keepalive; a broker silent for a whole keepalive after one is gone."""
+        interval = self.keepalive / 2
+        while not link.closed.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(link.closed), interval)
+            except TimeoutError:
+                if time.monotonic() - link.heard > self.keepalive + interval:
+                    link.close()
+                    raise TimeoutError(f"the broker answered nothing for {self.keepalive + interval:g} s") from None
+                assert link.transport is not None
+                link.transport.write(_PINGREQ)
