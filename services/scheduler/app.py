@@ -118,9 +118,8 @@ class Scheduler:
                 view.note_state(State.model_validate_json(payload))
             except ValidationError as exc:
                 self.errors.report("bad_state", f"{exc.errors()[0]['msg']}", topic=topic, node=parsed.node)
-        elif parsed.kind == NodeTopic.STATUS:
-            if view.note_status(payload) and self.settled.is_set():
-                self.planner.came_online(view)
+        elif parsed.kind == NodeTopic.STATUS and view.note_status(payload) and self.settled.is_set():
+            self.planner.came_online(view)
 
     def _on_schedule(self, view, topic: str, payload: bytes) -> None:
         try:

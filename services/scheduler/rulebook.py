@@ -2,6 +2,9 @@
 
 It is plain code in the subset MicroPython and CPython share (no hal, no
 zoneinfo); loading it by path keeps ``firmware/`` a directory of device files.
+The package reaches it through ``firmware/rules.py`` beside this module: in the
+repository a symbolic link to the firmware's file, in a wheel (package data)
+a copy of it, so an install without the source tree has the same engine.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
 
-RULES_PATH = Path(__file__).resolve().parents[2] / "firmware" / "rules.py"
+RULES_PATH = Path(__file__).with_name("firmware") / "rules.py"
 _MODULE = "nodefleet_firmware_rules"
 
 
