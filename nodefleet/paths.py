@@ -1,21 +1,122 @@
-"""Where nodefleet keeps its per-user data (the embedded database, the lock file)."""
+"""Where nodefleet keeps its per-user data (the embedded database, the lock file, the broker's own passwords).
+
+:class:`LocalCredentials` holds the passwords ``nodefleet up`` generates once
+per data directory for the users of its embedded broker (the provisioner as
+dynamic-security admin, each service, and ``operator`` for the CLI and
+openHAB), plus where that broker last listened, so the ``nodefleet``
+commands can log in to it without being told.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 APP_NAME = "nodefleet"
 # As root, PostgreSQL runs as its own system user, which must be able to walk to the data;
 # under /var/lib that needs no change to the permissions of root's home directory.
 ROOT_DATA_DIR = Path("/var/lib") / APP_NAME
+DATA_DIR_VARIABLE = "NODEFLEET_DATA_DIR"
+
+CREDENTIALS_FILE = "broker-credentials.json"
+DYNSEC_ADMIN = "provisioner"
+"""The embedded broker's dynamic-security admin: the provisioner, which creates a user per node."""
+OPERATOR = "operator"
+"""The user of the ``nodefleet`` commands, mosquitto_pub and openHAB."""
+LOOPBACK_HOSTS = ("localhost", "::1", "0.0.0.0")
 
 
 def default_data_dir() -> Path:
-    """``$XDG_DATA_HOME/nodefleet``, else ``~/.local/share/nodefleet`` (``/var/lib/nodefleet`` for root)."""
+    """``$NODEFLEET_DATA_DIR``, else ``$XDG_DATA_HOME/nodefleet``, else ``~/.local/share/nodefleet``
+    (``/var/lib/nodefleet`` for root)."""
+    chosen = os.environ.get(DATA_DIR_VARIABLE, "").strip()
+    if chosen:
+        return Path(chosen).expanduser()
     base = os.environ.get("XDG_DATA_HOME", "").strip()
     if base and Path(base).is_absolute():
         return Path(base) / APP_NAME
     if os.geteuid() == 0:
         return ROOT_DATA_DIR
     return Path.home() / ".local" / "share" / APP_NAME
+
+
+def mqtt_url(username: str, password: str, host: str, port: int) -> str:
+    """``mqtt://user:password@host:port`` with both quoted, as :meth:`nodefleet.mqtt.BrokerAddress.parse` reads it."""
+    return f"mqtt://{quote(username, safe='')}:{quote(password, safe='')}@{host}:{port}"
+
+
+class CredentialsFileError(RuntimeError):
+    """The credentials file exists but cannot be read or is not ours."""
+
+
+@dataclass(kw_only=True)
+class LocalCredentials:
+    """The embedded broker's users and passwords, kept in ``<data dir>/broker-credentials.json`` (mode 0600)."""
+
+    path: Path
+    passwords: dict[str, str]
+    listener: tuple[str, int] | None = None
+    changed: bool = field(default=False, repr=False)
+
+    @classmethod
+    def read(cls, data_dir: Path) -> LocalCredentials | None:
+        """The stored credentials, None if there are none; CredentialsFileError if they cannot be read."""
+        path = data_dir / CREDENTIALS_FILE
+        try:
+            data = json.loads(path.read_text())
+            passwords = {str(name): str(secret) for name, secret in data["passwords"].items()}
+            listener = data.get("listener")
+            where = (str(listener["host"]), int(listener["port"])) if listener else None
+        except FileNotFoundError:
+            return None
+        except PermissionError as exc:
+            raise CredentialsFileError(f"cannot read the broker credentials in {path} (permission denied): run as the "
+                                       f"user who ran `nodefleet up`") from exc
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CredentialsFileError(f"the broker credentials in {path} are unreadable ({exc}): delete the file and "
+                                       f"restart `nodefleet up` to make new ones") from exc
+        return cls(path=path, passwords=passwords, listener=where)
+
+    @classmethod
+    def ensure(cls, data_dir: Path, usernames: Iterable[str]) -> LocalCredentials:
+        """The stored credentials with a password for each of ``usernames`` (new ones generated and saved)."""
+        found = cls.read(data_dir) or cls(path=data_dir / CREDENTIALS_FILE, passwords={}, changed=True)
+        for username in usernames:
+            if username not in found.passwords:
+                found.passwords[username] = secrets.token_urlsafe(18)  # 144 random bits
+                found.changed = True
+        return found
+
+    def listening_on(self, host: str, port: int) -> None:
+        if self.listener != (host, port):
+            self.listener = (host, port)
+            self.changed = True
+
+    def save(self) -> None:
+        """Write the file if anything changed: created 0600, replaced atomically, never readable by others."""
+        if not self.changed and self.path.exists():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        body = {"passwords": self.passwords,
+                "listener": {"host": self.listener[0], "port": self.listener[1]} if self.listener else None}
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            json.dump(body, out, indent=2)
+        os.chmod(temporary, 0o600)  # O_CREAT's mode is only used for a new file
+        temporary.replace(self.path)
+        self.changed = False
+
+    def url(self, username: str, host: str, port: int) -> str:
+        return mqtt_url(username, self.passwords[username], host, port)
+
+    def serves(self, host: str, port: int) -> bool:
+        """Whether ``host:port`` reaches the broker these credentials were made for (its port on this machine)."""
+        if self.listener is None or port != self.listener[1]:
+            return False
+        return host == self.listener[0] or host.startswith("127.") or host in LOOPBACK_HOSTS

@@ -1,7 +1,13 @@
 """``nodefleet up`` in one process: embedded PostgreSQL, embedded broker, every service.
 
 Start order is database, broker, services (each its own MQTT client), then
-extra units such as the demo nodes; stop order is the reverse.  Both ports
+extra units such as the demo nodes; stop order is the reverse.
+
+The embedded broker is secured unless ``secure=False``: it refuses anonymous
+clients, each service logs in as its own user (passwords generated once and
+kept in the data directory, see ``paths.LocalCredentials``), and the
+provisioner is its dynamic-security admin, so every node it registers gets its
+own user and ACL.  An external broker (``broker_url``) decides for itself.  Both ports
 are checked before anything starts, and whatever did start is stopped again
 if a later step fails, so a failed start leaves nothing behind.
 
@@ -26,6 +32,8 @@ from pydantic import ValidationError
 
 from .embedded.postgres import EmbeddedPostgres, PostgresError, port_is_free
 from .logging import get_logger
+from .mqtt import BrokerAddress
+from .paths import DYNSEC_ADMIN, OPERATOR, CredentialsFileError, LocalCredentials
 from .runtime_checks import (
     EXIT_FORCED,
     EXIT_USAGE,
@@ -68,6 +76,8 @@ log = get_logger(__name__)
 DEFAULT_MQTT_PORT = 1883
 DEFAULT_DB_PORT = 15432
 DATABASE_NAME = "nodefleet"
+DYNSEC_FILE = "dynamic-security.json"
+PROVISIONER = "provisioner"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,6 +95,8 @@ class RuntimeOptions:
     service_timeout: float = 30.0
     # Extra settings every service gets (e.g. topic roots in tests).
     service_overrides: dict[str, Any] = field(default_factory=dict)
+    # The embedded broker refuses anonymous clients and checks node credentials; False for local experiments only.
+    secure: bool = True
 
     @property
     def embedded_broker(self) -> bool:
@@ -107,6 +119,13 @@ class RuntimeInfo:
     services: list[str]
     extras: list[str]
     startup_seconds: float
+    # Set when the embedded broker is secured: where its passwords are and the operator's login.
+    credentials_file: Path | None = None
+    operator_url: str | None = None
+
+    @property
+    def secured(self) -> bool:
+        return self.credentials_file is not None
 
 
 class Runtime:
@@ -127,6 +146,7 @@ class Runtime:
         self._abort = asyncio.Event()
         self._postgres: EmbeddedPostgres | None = None
         self._lock: DataDirLock | None = None
+        self._credentials: LocalCredentials | None = None
 
     # -- start ---------------------------------------------------------------
     async def start(self) -> RuntimeInfo:
@@ -140,17 +160,16 @@ class Runtime:
             specs = list(self._services) if self._services is not None else _discover()
             database_url = await self._start_database()
             self._checkpoint()
-            broker_url = await self._start_broker()
+            broker_url = await self._start_broker([spec.name for spec in specs])
             self._checkpoint()
             overrides = {
-                "mqtt_url": broker_url,
                 "database_url": database_url,
                 "log_format": self.options.log_format,
                 "log_level": self.options.log_level,
                 **self.options.service_overrides,
             }
-            units = [_unit(spec, overrides) for spec in specs]
-            units += [make(broker_url, database_url) for make in self._extras]
+            units = [_unit(spec, {**overrides, **self._broker_settings(spec.name, broker_url)}) for spec in specs]
+            units += [make(self._login(OPERATOR, broker_url), database_url) for make in self._extras]
             for unit in units:
                 await self._start_unit(unit)
                 self._checkpoint()
@@ -166,6 +185,8 @@ class Runtime:
             services=[spec.name for spec in specs],
             extras=[unit.name for unit in units[len(specs):]],
             startup_seconds=round(time.monotonic() - began, 3),
+            credentials_file=self._credentials.path if self._credentials else None,
+            operator_url=self._login(OPERATOR, broker_url) if self._credentials else None,
         )
         log.info("up_ready", broker=info.broker_url, database=info.database_url, data_dir=str(info.data_dir),
                  services=info.services, extras=info.extras, startup_seconds=info.startup_seconds)
@@ -238,7 +259,44 @@ class Runtime:
             return
         log.info("postgres_stopped", mode="fast")
 
-    async def _start_broker(self) -> str:
+    def _broker_settings(self, service: str, broker_url: str) -> dict[str, Any]:
+        """How one service reaches the broker: its own user, and for the provisioner the dynamic-security admin."""
+        if self._credentials is None:
+            # An external broker (or an insecure embedded one): every service uses the given URL; the
+            # provisioner's NODEFLEET_PROVISIONER_CREDENTIALS decides whether the broker checks node passwords.
+            insecure = {"credentials": "none"} if self.options.embedded_broker and service == PROVISIONER else {}
+            return {"mqtt_url": broker_url, **insecure}
+        if service == PROVISIONER:
+            return {"mqtt_url": self._login(DYNSEC_ADMIN, broker_url), "credentials": "dynsec"}
+        return {"mqtt_url": self._login(service, broker_url)}
+
+    def _login(self, username: str, broker_url: str) -> str:
+        """``broker_url`` with ``username``'s stored password; unchanged when the broker is not ours to secure."""
+        if self._credentials is None:
+            return broker_url
+        address = BrokerAddress.parse(broker_url)
+        return self._credentials.url(username, address.host, address.port)
+
+    def _secure_broker_options(self, services: list[str]) -> dict[str, Any]:
+        """The embedded broker's users (a password each, made once and kept 0600 in the data directory)."""
+        usernames = [DYNSEC_ADMIN, OPERATOR, *(name for name in services if name != PROVISIONER)]
+        try:
+            credentials = LocalCredentials.ensure(self.options.data_dir, usernames)
+            credentials.listening_on(self.options.mqtt_host, self.options.mqtt_port)
+            credentials.save()
+        except (CredentialsFileError, OSError) as exc:
+            raise StartupError(f"cannot keep the broker credentials in {self.options.data_dir}: {exc}") from exc
+        self._credentials = credentials
+        passwords = credentials.passwords
+        return {
+            "allow_anonymous": False,
+            "users": {name: passwords[name] for name in usernames if name != DYNSEC_ADMIN},
+            "dynsec_admin": (DYNSEC_ADMIN, passwords[DYNSEC_ADMIN]),
+            # Node users and roles (password hashes only) survive a restart.
+            "dynsec_file": self.options.data_dir / DYNSEC_FILE,
+        }
+
+    async def _start_broker(self, services: list[str]) -> str:
         if not self.options.embedded_broker:
             assert self.options.broker_url is not None
             await probe_broker(self.options.broker_url)
@@ -249,19 +307,21 @@ class Runtime:
             raise StartupError(
                 f"the embedded MQTT broker is not available ({exc}): use an existing broker with --broker mqtt://host:port"
             ) from exc
-        # Retained config, schedules and states must survive a restart of `nodefleet up`.
-        broker = EmbeddedBroker(
-            host=self.options.mqtt_host, port=self.options.mqtt_port,
-            retained_file=self.options.data_dir / "retained.json",
-        )
+        security = self._secure_broker_options(services) if self.options.secure else {"allow_anonymous": True}
         try:
+            # Retained config, schedules and states must survive a restart of `nodefleet up`.
+            # Hashing the users' passwords is slow on purpose: off the event loop.
+            broker = await asyncio.to_thread(
+                EmbeddedBroker, host=self.options.mqtt_host, port=self.options.mqtt_port,
+                retained_file=self.options.data_dir / "retained.json", **security,
+            )
             await broker.start()
         except BrokerPortInUse as exc:
             raise StartupError(str(exc), exit_code=EXIT_USAGE) from exc
         except Exception as exc:
             raise StartupError(f"the embedded MQTT broker did not start: {exc}; or use --broker mqtt://host:port") from exc
         self._stack.push_async_callback(self._stop_broker, broker)
-        log.info("broker_started", url=broker.url)
+        log.info("broker_started", url=broker.url, secured=self.options.secure)
         return broker.url
 
     async def _stop_broker(self, broker: Any) -> None:

@@ -2,6 +2,11 @@
 
 The operator commands talk only MQTT.  Errors the user sees are
 :class:`CliError` (a click exception, exit code 1) and say what to do next.
+
+A broker URL without a user that points at the broker of a secured
+``nodefleet up`` on this machine logs in as its ``operator`` user, with the
+password ``nodefleet up`` keeps in the data directory (``$NODEFLEET_DATA_DIR``
+or the default one); a URL with ``user:password@`` is used as given.
 """
 
 from __future__ import annotations
@@ -35,12 +40,18 @@ from ..contracts import Topics
 from ..contracts.queries import TELEMETRY_SERVICE
 from ..contracts.topics import TopicError, validate_node_name
 from ..fleet import Requester, RequestError
+from ..paths import OPERATOR, CredentialsFileError, LocalCredentials, default_data_dir
 from ..settings import CommonSettings
 
 T = TypeVar("T")
 
 CONNECT_TIMEOUT = 5.0
 NOT_RUNNING_HINT = "is `nodefleet up` running? use --broker mqtt://host:port (or set NODEFLEET_MQTT_URL)"
+REFUSED_HINT = ("the broker wants a user and password: run the command as the user who ran `nodefleet up` (with "
+                "NODEFLEET_DATA_DIR set if it used --data-dir), or give them: --broker mqtt://user:password@host:port")
+WRONG_LOGIN_HINT = "check the user and password in --broker (or NODEFLEET_MQTT_URL)"
+# CONNACK codes that mean the login was refused: 3.1.1's 4 and 5, as paho 2 reports them (MQTT 5 numbering) or not.
+REFUSED_CODES = (4, 5, 134, 135)
 FORMATS = ("table", "csv", "json")
 
 
@@ -74,11 +85,26 @@ def build_settings(*, broker: str | None, topic_root: str | None, fleet_root: st
     given = {"mqtt_url": broker, "topic_root": topic_root, "fleet_root": fleet_root}
     try:
         settings = CommonSettings(**{key: value for key, value in given.items() if value is not None})
-        mqtt.BrokerAddress.parse(settings.mqtt_url)
+        address = mqtt.BrokerAddress.parse(settings.mqtt_url)
         settings.topics  # noqa: B018 - validates both roots
     except (ValidationError, ValueError) as exc:
         raise click.UsageError(str(exc)) from exc
-    return settings
+    login = local_login(address)
+    return settings if login is None else settings.model_copy(update={"mqtt_url": login})
+
+
+def local_login(address: mqtt.BrokerAddress) -> str | None:
+    """The operator's URL when ``address`` (without a user) is the broker of a secured `nodefleet up` here."""
+    if address.username is not None:
+        return None
+    try:
+        stored = LocalCredentials.read(default_data_dir())
+    except CredentialsFileError as exc:
+        note(f"note: {exc}")
+        return None
+    if stored is None or OPERATOR not in stored.passwords or not stored.serves(address.host, address.port):
+        return None
+    return stored.url(OPERATOR, address.host, address.port)
 
 
 def node_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -143,6 +169,9 @@ async def connect(settings: CommonSettings) -> AsyncIterator[Connection]:
             await client.__aenter__()
     except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
         reason = str(exc) or f"no answer within {CONNECT_TIMEOUT:g} s"
+        if isinstance(exc, aiomqtt.MqttCodeError) and getattr(exc.rc, "value", exc.rc) in REFUSED_CODES:
+            hint = WRONG_LOGIN_HINT if address.username else REFUSED_HINT
+            raise CliError(f"the broker at {address.url} refused the login ({reason}): {hint}") from exc
         raise CliError(f"cannot reach the broker at {address.url} ({reason}): {NOT_RUNNING_HINT}") from exc
     try:
         yield Connection(client=client, client_id=client_id, topics=settings.topics)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.util
+import os
+import shlex
 from pathlib import Path
 from typing import Any
 
 import click
 
 from .. import logging as nodefleet_logging
-from ..paths import default_data_dir
+from ..mqtt import BrokerAddress
+from ..paths import DATA_DIR_VARIABLE, default_data_dir
 from ..runtime import (
     DEFAULT_DB_PORT,
     DEFAULT_MQTT_PORT,
@@ -27,11 +30,19 @@ from . import main
 
 # The demo nodes exist only once the simulator is part of the package.
 DEMO_AVAILABLE = importlib.util.find_spec("nodefleet.sim") is not None
+DEMO_FILE = "demo-nodes.json"
+WIDE_OPEN_HOSTS = ("0.0.0.0", "::")
 
 
 def print_banner(info: RuntimeInfo) -> None:
     """Where everything is, as aligned lines on stdout (logs go to stderr)."""
-    broker_kind = "embedded amqtt" if info.embedded_broker else "external"
+    if not info.embedded_broker:
+        broker_kind = "external"
+    elif info.secured:
+        broker_kind = "embedded amqtt, secured: no anonymous clients, a user per node"
+    else:
+        broker_kind = click.style("embedded amqtt, INSECURE: anyone may connect, node passwords are not checked",
+                                  fg="red", bold=True)
     database_kind = "embedded PostgreSQL" if info.embedded_database else "external"
     services = ", ".join(info.services) if info.services else "none found (no services/<name> package installed)"
     lines = [
@@ -41,13 +52,37 @@ def print_banner(info: RuntimeInfo) -> None:
     ]
     if info.embedded_database:
         lines.append(f"  data       {info.data_dir}")
+    if info.credentials_file is not None:
+        lines.append(f"  logins     {info.credentials_file}  (mode 0600; the nodefleet commands read it)")
     lines.append(f"  services   {services}")
     if info.extras:
         lines.append(f"  also       {', '.join(info.extras)}")
     hint = "" if info.broker_url.endswith(f":{DEFAULT_MQTT_PORT}") else f" --broker {info.broker_url}"
-    lines.append(f"  try        nodefleet devices{hint}   |   nodefleet telemetry tail{hint}")
+    # The commands find the logins in the data directory; a directory other than the default must be named.
+    env = "" if info.credentials_file is None or info.data_dir == default_data_dir().expanduser().resolve() \
+        else f"{DATA_DIR_VARIABLE}={shlex.quote(str(info.data_dir))} "
+    lines.append(f"  try        {env}nodefleet devices{hint}   |   {env}nodefleet telemetry tail{hint}")
+    lines += connection_lines(info)
     lines.append("  Ctrl-C stops everything (twice forces).")
     click.echo("\n".join(lines))
+
+
+def connection_lines(info: RuntimeInfo) -> list[str]:
+    """Ready-to-paste logins for mosquitto_sub/pub and an openHAB MQTT broker thing (the operator user)."""
+    address = BrokerAddress.parse(info.operator_url or info.broker_url)
+    host = "127.0.0.1" if address.host in WIDE_OPEN_HOSTS else address.host
+    login = ""
+    openhab_login = ""
+    if address.username is not None and address.password is not None:
+        login = f" -u {shlex.quote(address.username)} -P {shlex.quote(address.password)}"
+        openhab_login = f', username="{address.username}", password="{address.password}"'
+    topic_root = CommonSettings().topic_root
+    return [
+        f"  mqtt       mosquitto_sub -h {host} -p {address.port}{login} -t '{topic_root}/#' -v"
+        f"   (mosquitto_pub: same -h -p -u -P)",
+        f'  openHAB    Bridge mqtt:broker:nodefleet "nodefleet" [ host="{host}", port={address.port}, '
+        f"secure=false{openhab_login} ]",
+    ]
 
 
 def _options(function: Any) -> Any:
@@ -59,15 +94,21 @@ def _options(function: Any) -> Any:
         click.option("--db-port", type=click.IntRange(1, 65535), default=DEFAULT_DB_PORT, show_default=True,
                      help="Port of the embedded PostgreSQL (loopback only)"),
         click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                     help=f"Where the embedded PostgreSQL keeps its data  [default: {default_data_dir()}]"),
+                     help=f"Where the embedded PostgreSQL, the retained messages and the broker logins are kept  "
+                          f"[default: ${DATA_DIR_VARIABLE} or {default_data_dir()}]"),
         click.option("--broker", metavar="URL", help="Use this broker (mqtt://[user:password@]host:port) "
-                     "instead of the embedded one"),
+                     "instead of the embedded one; every service logs in with this URL's user, and per-node "
+                     "credentials need its dynamic-security plugin and NODEFLEET_PROVISIONER_CREDENTIALS=dynsec"),
         click.option("--database", metavar="DSN", help="Use this PostgreSQL (postgresql://user@host:port/db) "
                      "instead of the embedded one"),
         click.option("--log-format", type=click.Choice(["auto", "console", "json"]), default="auto", show_default=True,
                      help="auto: readable on a terminal, JSON lines otherwise"),
         click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
                      show_default=True),
+        click.option("--insecure", is_flag=True,
+                     help="LOCAL EXPERIMENTS ONLY: the embedded broker lets anyone in without a password and the "
+                          "provisioner's node credentials are not checked (default: secured, a user per node and "
+                          "service, passwords in the data directory)"),
     ]
     if DEMO_AVAILABLE:
         options.append(click.option("--demo", type=click.IntRange(min=0), default=0, metavar="N",
@@ -80,7 +121,7 @@ def _options(function: Any) -> Any:
 @main.command()
 @_options
 def up(*, mqtt_port: int, mqtt_host: str, db_port: int, data_dir: Path | None, broker: str | None,
-       database: str | None, log_format: str, log_level: str, demo: int = 0) -> None:
+       database: str | None, log_format: str, log_level: str, insecure: bool, demo: int = 0) -> None:
     """Run everything in one process: MQTT broker, PostgreSQL and every service.
 
     With nothing but the package installed, starts an embedded MQTT broker
@@ -88,16 +129,26 @@ def up(*, mqtt_port: int, mqtt_host: str, db_port: int, data_dir: Path | None, b
     across restarts, and each service as its own MQTT client.  Prints where
     everything is, then logs.  Ctrl-C (or SIGTERM) stops it all cleanly.
 
+    The embedded broker is secured: no anonymous clients; each service, the
+    CLI (user `operator`) and every registered node log in with their own
+    password (generated once, kept in the data directory, mode 0600); a node
+    may only publish under its own prefix.  --insecure turns all of that off.
+
     \b
     Examples:
       nodefleet up
       nodefleet up --mqtt-port 1884 --db-port 15433
-      nodefleet up --broker mqtt://127.0.0.1:1883      # your own Mosquitto
+      nodefleet up --broker mqtt://provisioner:PASSWORD@127.0.0.1:1883   # your own Mosquitto
       nodefleet up --database postgresql://me@db.local:5432/nodefleet
+      nodefleet up --insecure --demo 3                 # open broker, for experiments
     """
+    if insecure and broker:
+        raise click.UsageError("--insecure only opens the embedded broker; with --broker your broker's own "
+                               "access rules apply")
     nodefleet_logging.configure(log_format, log_level)  # type: ignore[arg-type]
+    directory = (data_dir or default_data_dir()).expanduser().resolve()
     options = RuntimeOptions(
-        data_dir=(data_dir or default_data_dir()).expanduser().resolve(),
+        data_dir=directory,
         mqtt_host=mqtt_host,
         mqtt_port=mqtt_port,
         db_port=db_port,
@@ -105,8 +156,12 @@ def up(*, mqtt_port: int, mqtt_host: str, db_port: int, data_dir: Path | None, b
         database_url=database,
         log_format=log_format,  # type: ignore[arg-type]
         log_level=log_level,
+        secure=not insecure,
     )
-    extras = [_demo_unit(demo)] if demo else []
+    if insecure:
+        nodefleet_logging.get_logger(__name__).warning(
+            "insecure_broker", hint="anyone who reaches the broker may read and switch every node")
+    extras = [_demo_unit(demo, store=directory / DEMO_FILE, scope=_demo_scope(broker, insecure))] if demo else []
     try:
         code = asyncio.run(run(Runtime(options, extras=extras), on_ready=print_banner))
     except StartupError as exc:
@@ -115,18 +170,29 @@ def up(*, mqtt_port: int, mqtt_host: str, db_port: int, data_dir: Path | None, b
     raise SystemExit(code)
 
 
-def _demo_unit(count: int) -> Any:
-    """The hook for simulated nodes: ``nodefleet.sim.run_demo(count=, mqtt_url=, ready=, topic_root=)``."""
+def _demo_scope(broker: str | None, insecure: bool) -> str:
+    """Which broker the demo nodes register for, and whether it checks the credentials they are given."""
+    if broker is None:
+        return "embedded, open" if insecure else "embedded, checked"
+    checked = os.environ.get("NODEFLEET_PROVISIONER_CREDENTIALS", "none").strip().lower() == "dynsec"
+    return f"{broker.rpartition('@')[2]}, {'checked' if checked else 'open'}"  # the address, not the password
+
+
+def _demo_unit(count: int, *, store: Path, scope: str) -> Any:
+    """The hook for simulated nodes: ``nodefleet.sim.run_demo``, which registers them with the provisioner."""
     sim = importlib.import_module("nodefleet.sim")
     run_demo = getattr(sim, "run_demo", None)
     if run_demo is None:
         raise click.UsageError("--demo needs nodefleet.sim.run_demo, which this build lacks")
 
     # The nodes publish under the same root as the services read (NODEFLEET_TOPIC_ROOT).
-    topic_root = CommonSettings().topic_root
+    settings = CommonSettings()
 
     def make(broker_url: str, database_url: str) -> Unit:
+        # ``broker_url`` logs in as the operator; each node gets its own login from its registration.
         return Unit(name=f"demo ({count} simulated nodes)",
-                    run=lambda ready: run_demo(count=count, mqtt_url=broker_url, ready=ready, topic_root=topic_root))
+                    run=lambda ready: run_demo(count=count, mqtt_url=broker_url, ready=ready,
+                                               topic_root=settings.topic_root, fleet_root=settings.fleet_root,
+                                               store=store, scope=scope))
 
     return make

@@ -20,16 +20,29 @@ from nodefleet.contracts import Topics
 from nodefleet.contracts.queries import TELEMETRY_SERVICE
 from nodefleet.fleet import ErrorReporter, Handler, answer
 from nodefleet.mqtt import BrokerAddress, client
+from nodefleet.paths import OPERATOR, LocalCredentials
 
 
-def cli_env(topics: Topics | None = None, **extra: str) -> dict[str, str]:
-    """The environment of a ``nodefleet`` subprocess: no NODEFLEET_* leaking in from outside."""
+def cli_env(topics: Topics | None = None, *, data_dir: Path | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a ``nodefleet`` subprocess: no NODEFLEET_* leaking in from outside.
+
+    ``data_dir`` is where the commands look for the broker logins of a secured `nodefleet up`.
+    """
     env = {key: value for key, value in os.environ.items() if not key.startswith("NODEFLEET_")}
     if topics is not None:
         env["NODEFLEET_TOPIC_ROOT"] = topics.root
         env["NODEFLEET_FLEET_ROOT"] = topics.fleet
+    if data_dir is not None:
+        env["NODEFLEET_DATA_DIR"] = str(data_dir)
     env.update(extra)
     return env
+
+
+def operator_url(data_dir: Path, port: int) -> str:
+    """The operator's login to the secured `nodefleet up` that keeps its data in ``data_dir``."""
+    stored = LocalCredentials.read(data_dir)
+    assert stored is not None, f"no broker credentials in {data_dir}"
+    return stored.url(OPERATOR, "127.0.0.1", port)
 
 
 @dataclass

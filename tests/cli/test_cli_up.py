@@ -21,7 +21,7 @@ from nodefleet.embedded.postgres import EmbeddedPostgres, port_is_free
 from nodefleet.mqtt import BrokerAddress, client
 from nodefleet.runtime_services import discover_services
 
-from .helpers import children_of, cli_env, nodefleet, postmaster_pid, process_alive
+from .helpers import children_of, cli_env, nodefleet, operator_url, postmaster_pid, process_alive
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -53,7 +53,7 @@ async def test_up_starts_stops_cleanly_and_keeps_data(launch_up, data_dir: Path,
     assert banner["broker"].startswith(broker_url) and "embedded" in banner["broker"]
     assert f":{db_port}/nodefleet" in banner["database"] and banner["data"] == str(data_dir)
     assert banner["services"] == SERVICES and banner["services"].startswith("telemetry")
-    assert await mqtt_round_trip(broker_url, f"{topics.root}/probe") == b"round trip"
+    assert await mqtt_round_trip(operator_url(data_dir, mqtt_port), f"{topics.root}/probe") == b"round trip"
     dsn = f"postgresql://postgres@127.0.0.1:{db_port}/nodefleet"
     connection = await asyncpg.connect(dsn)
     await connection.execute("CREATE TABLE kept (note text); INSERT INTO kept VALUES ('written in the first run')")
@@ -82,16 +82,18 @@ async def test_up_starts_stops_cleanly_and_keeps_data(launch_up, data_dir: Path,
     connection = await asyncpg.connect(dsn)
     assert await connection.fetchval("SELECT note FROM kept") == "written in the first run"
     await connection.close()
-    await wait_for(lambda: _demo_nodes_online(broker_url, topics), timeout=20, interval=0.3)
+    await wait_for(lambda: _demo_nodes_online(broker_url, topics, data_dir), timeout=20, interval=0.3)
     children = children_of(again.pid)
     assert len(children) >= 2
     assert await again.stop(signal.SIGINT, group=True) == 0, again.stderr[-3000:]
     assert postmaster_pid(data_dir) is None and not any(process_alive(pid) for pid in children)
 
 
-async def _demo_nodes_online(broker_url: str, topics: Topics) -> bool:
-    result = await nodefleet("devices", "--format", "json", "--broker", broker_url, env=cli_env(topics))
-    online = {row["node"] for row in json.loads(result.stdout or "[]") if row["online"]}
+async def _demo_nodes_online(broker_url: str, topics: Topics, data_dir: Path) -> bool:
+    """Both demo nodes (registered by the provisioner: ``demo-000-<hex>``) are online."""
+    result = await nodefleet("devices", "--format", "json", "--broker", broker_url,
+                             env=cli_env(topics, data_dir=data_dir))
+    online = {row["node"].rsplit("-", 1)[0] for row in json.loads(result.stdout or "[]") if row["online"]}
     return {"demo-000", "demo-001"} <= online
 
 

@@ -1,0 +1,18 @@
+#!/bin/sh
+# Prints a .env for compose.yaml with a new random password for each broker
+# user and the database:   deploy/new-env.sh > .env && chmod 600 .env
+# Then set NODEFLEET_PUBLIC_HOST to this host's LAN address (nodes use it).
+# The broker users are created from these on Mosquitto's first start only
+# (deploy/mosquitto/init-dynsec.sh); change them later with mosquitto_ctrl.
+set -eu
+
+secret() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }  # 128 bits, safe inside a URL
+
+echo "# nodefleet compose settings, made by deploy/new-env.sh. Keep this file private."
+echo "# NODEFLEET_PUBLIC_HOST=192.168.1.10"
+echo "NODEFLEET_TZ=UTC"
+echo "POSTGRES_PASSWORD=$(secret)"
+echo "NODEFLEET_MQTT_ADMIN_PASSWORD=$(secret)"
+echo "NODEFLEET_MQTT_TELEMETRY_PASSWORD=$(secret)"
+echo "NODEFLEET_MQTT_SCHEDULER_PASSWORD=$(secret)"
+echo "NODEFLEET_MQTT_OPERATOR_PASSWORD=$(secret)"
