@@ -1,8 +1,9 @@
 """What the provisioner does: register, report status, bring a node online, change its config, remove it.
 
-Every change is one database transaction wrapped around the broker-side
-work (credentials, retained publishes), so a failure on either side leaves
-nothing written half-way.
+A failure on either side leaves nothing written half-way: a registration
+writes its row, then the broker's credentials, and takes the row back if the
+broker refuses; a config change or a removal is one database transaction
+wrapped around the broker-side work (credentials, retained publishes).
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class Registry:
         self._appliers: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
         self._discovery: asyncio.Queue[list[tuple[str, str]]] = asyncio.Queue()
         self._provisioning = 0
+        self._settled: set[str] = set()  # nodes seen provisioned: their reconnects skip the first-online UPDATE
 
     async def publish_discovery(self) -> None:
         """Publish queued discovery messages until cancelled (a failed batch is retried after a pause)."""
@@ -161,18 +163,22 @@ class Registry:
         password = secrets.token_urlsafe(18)
         provisioning_id = secrets.token_hex(16)
         expires = datetime.now(UTC) + timedelta(seconds=self.pending_ttl)
-        async with self.store.pool.acquire() as conn, conn.transaction():
-            zone = await self.store.home_tz(request.home_id, conn)
-            config = Config(version=1, tz=tz.offsets(zone, now=time.time()), tz_name=zone)
-            await self.store.insert_device(
-                conn, node=node, home_id=request.home_id, device_name=request.device_name,
-                provisioning_id=provisioning_id, chip_id=request.chip_id, expires=expires, username=node,
-                credential_hash=credential_hash(password), config=config.model_dump(mode="json", by_alias=True),
-                max_per_home=self.max_devices_per_home,
-            )
-            # Inside the transaction: if the broker refuses, the row is not kept either.
+        zone = await self.store.home_tz(request.home_id)
+        config = Config(version=1, tz=tz.offsets(zone, now=time.time()), tz_name=zone)
+        await self.store.insert_device(
+            node=node, home_id=request.home_id, device_name=request.device_name, provisioning_id=provisioning_id,
+            chip_id=request.chip_id, expires=expires, username=node, credential_hash=credential_hash(password),
+            config=config.model_dump(mode="json", by_alias=True), max_per_home=self.max_devices_per_home,
+        )
+        # The row first (it claims the name and chip id), then the broker: no database connection is held while
+        # the broker works.  If the broker refuses, the row goes too; if this process dies in between, the
+        # pending row expires like any unclaimed registration.
+        try:
             await self.credentials.add(node, password, publish=[f"{self.topics.prefix(node)}/#"],
                                        subscribe=self.topics.node_inbox(node))
+        except Exception:
+            await self.store.discard_pending(node)
+            raise
         log.info("registered", node=node, home=request.home_id, provisioning_id=provisioning_id)
         return Registration(
             provisioning_id=provisioning_id, expires_at=expires,
@@ -223,16 +229,27 @@ class Registry:
 
     async def _check_first_online(self, node: str, *, availability_changed: bool) -> None:
         async with self._lock(node):
+            online = self._online.get(node, False)
+            info = self._info.get(node)
+            if online and info is not None and node not in self._settled:
+                # The common case of a burst first: a pending node's first online is one UPDATE.
+                try:
+                    row = await self.store.mark_provisioned(node, info.chip_id, list(info.caps))
+                except Conflict as exc:
+                    self.errors.report("chip_in_use", f"{node} not provisioned: {exc}", topic=self.topics.info(node),
+                                       node=node)
+                    return
+                if row is not None:
+                    await self._provisioned(node, row, info)
+                    return
             try:
                 row = await self.store.device(node)
             except NotFound:
                 return  # not ours: a node registered elsewhere, or before the registry existed
             if row["status"] == "revoked":
                 return
-            online = self._online.get(node, False)
             if row["status"] == "provisioned" and availability_changed:
                 await self.publish(*discovery.homie_state(node, ONLINE if online else OFFLINE), True)
-            info = self._info.get(node)
             if not online or info is None:
                 return
             if row["chip_id"] and row["chip_id"] != info.chip_id:
@@ -241,19 +258,20 @@ class Registry:
                                    topic=self.topics.info(node), node=node)
                 return
             if row["status"] == "provisioned":
+                self._settled.add(node)
                 await self.store.touch(node)
                 if not availability_changed:  # its first info of a connection
                     await self.publish(*discovery.homie_state(node, ONLINE), True)
-                return
-            if not await self.store.mark_provisioned(node, info.chip_id, list(info.caps)):
-                return
-            await self.publish(self.topics.config(node), Config.model_validate(row["config"]).model_dump_json(
-                by_alias=True), True)
-            # Discovery waits behind the configs of other nodes coming online at the same time.
-            self._discovery.put_nowait(discovery.messages(self.topics, node, device_name=row["device_name"],
-                                                          caps=list(info.caps), fw=info.fw)
-                                       + [discovery.homie_state(node, ONLINE)])
-            log.info("provisioned", node=node, chip_id=info.chip_id)
+
+    async def _provisioned(self, node: str, row: Any, info: Info) -> None:
+        """Just provisioned: its retained config now, its discovery behind the configs of a burst."""
+        self._settled.add(node)
+        await self.publish(self.topics.config(node), Config.model_validate(row["config"]).model_dump_json(
+            by_alias=True), True)
+        self._discovery.put_nowait(discovery.messages(self.topics, node, device_name=row["device_name"],
+                                                      caps=list(info.caps), fw=info.fw)
+                                   + [discovery.homie_state(node, ONLINE)])
+        log.info("provisioned", node=node, chip_id=info.chip_id)
 
     # -- applied configs ------------------------------------------------------
     async def on_state(self, node: str, payload: bytes) -> None:
@@ -334,6 +352,7 @@ class Registry:
         self._info.pop(node, None)
         self._online.pop(node, None)
         self._applied.pop(node, None)
+        self._settled.discard(node)
         self._locks.pop(node, None)
         log.info("revoked", node=node, reason=reason)
 

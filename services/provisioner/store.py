@@ -49,8 +49,14 @@ async def setup_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", schema="pg_catalog", encoder=json.dumps, decoder=json.loads, format="text")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """No reset when a connection goes back to the pool: nothing here sets session state (no SET, LISTEN or
+    session-level lock), and the reset query is a round trip per use (a fifth of a first-online burst)."""
+
+
 async def create_pool(dsn: str, *, size: int = 10) -> asyncpg.Pool:
-    return await asyncpg.create_pool(dsn, min_size=1, max_size=size, init=setup_connection, timeout=10)
+    return await asyncpg.create_pool(dsn, min_size=1, max_size=size, init=setup_connection, reset=_keep_session,
+                                     timeout=10)
 
 
 async def migrate(conn: asyncpg.Connection) -> list[int]:
@@ -85,19 +91,17 @@ class Store:
         return tz
 
     # -- devices -------------------------------------------------------------
-    async def insert_device(self, conn: asyncpg.Connection, *, node: str, home_id: str, device_name: str,
-                            provisioning_id: str, chip_id: str | None, expires: datetime, username: str,
-                            credential_hash: str, config: dict[str, Any], max_per_home: int) -> None:
-        """Insert a pending device inside the caller's transaction; Conflict on a taken name or chip id."""
-        active = await conn.fetchval(
-            "SELECT count(*) FROM provisioner_devices WHERE home_id = $1 AND status <> 'revoked'", home_id)
-        if active >= max_per_home:
-            raise Conflict(f"home {home_id!r} already has {active} devices (limit {max_per_home}): remove some first")
+    async def insert_device(self, *, node: str, home_id: str, device_name: str, provisioning_id: str,
+                            chip_id: str | None, expires: datetime, username: str, credential_hash: str,
+                            config: dict[str, Any], max_per_home: int) -> None:
+        """Insert a pending device (one statement, home limit included); Conflict on a taken name or chip id."""
         try:
-            await conn.execute(
+            result = await self.pool.execute(
                 "INSERT INTO provisioner_devices (node, home_id, device_name, provisioning_id, chip_id, status, expires,"
-                " username, credential_hash, config) VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9)",
+                " username, credential_hash, config) SELECT $1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9"
+                " WHERE (SELECT count(*) FROM provisioner_devices WHERE home_id = $2 AND status <> 'revoked') < $10",
                 node, home_id, device_name, provisioning_id, chip_id, expires, username, credential_hash, config,
+                max_per_home,
             )
         except asyncpg.UniqueViolationError as exc:
             what = {
@@ -106,6 +110,12 @@ class Store:
                 "provisioner_devices_active_chip": f"chip {chip_id!r} is already registered: remove its device first",
             }.get(exc.constraint_name or "", f"registration clashes with an existing one ({exc.constraint_name})")
             raise Conflict(what) from exc
+        if result.endswith(" 0"):
+            raise Conflict(f"home {home_id!r} already has {max_per_home} devices (the limit): remove some first")
+
+    async def discard_pending(self, node: str) -> None:
+        """Forget a registration whose broker credentials could not be created."""
+        await self.pool.execute("DELETE FROM provisioner_devices WHERE node = $1 AND status = 'pending'", node)
 
     async def device(self, node: str, conn: asyncpg.Connection | None = None, *, for_update: bool = False
                      ) -> asyncpg.Record:
@@ -124,14 +134,26 @@ class Store:
             raise NotFound(f"no registration {provisioning_id!r}: register the device again")
         return row
 
-    async def mark_provisioned(self, node: str, chip_id: str, caps: list[str]) -> bool:
-        """Pending -> provisioned with its chip id bound; False if it was not pending any more."""
-        result = await self.pool.execute(
-            "UPDATE provisioner_devices SET status = 'provisioned', chip_id = $2, caps = $3, expires = NULL,"
-            " first_connected = now(), last_seen = now() WHERE node = $1 AND status = 'pending'",
-            node, chip_id, caps,
-        )
-        return result.endswith(" 1")
+    async def mark_provisioned(self, node: str, chip_id: str, caps: list[str]) -> asyncpg.Record | None:
+        """Pending -> provisioned with its chip id bound, in one statement (bursts of first onlines).
+
+        Returns the device, or None when it is not a pending device registered to this chip (or to no chip):
+        the caller then reads the row to say why.  Raises Conflict when another active device holds the chip
+        id (the chip was registered again without removing its old registration).
+        """
+        try:
+            return await self.pool.fetchrow(
+                "UPDATE provisioner_devices SET status = 'provisioned', chip_id = $2, caps = $3, expires = NULL,"
+                " first_connected = now(), last_seen = now()"
+                " WHERE node = $1 AND status = 'pending' AND (chip_id IS NULL OR chip_id = $2)"
+                f" RETURNING {_DEVICE_COLUMNS}",
+                node, chip_id, caps,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            holder = await self.pool.fetchval(
+                "SELECT node FROM provisioner_devices WHERE chip_id = $1 AND status <> 'revoked'", chip_id)
+            raise Conflict(f"chip {chip_id} is already bound to {holder}: run `nodefleet device remove {holder}` "
+                           f"to move the chip to {node}") from exc
 
     async def touch(self, node: str, caps: list[str] | None = None) -> None:
         if caps is None:

@@ -105,3 +105,26 @@ async def test_a_chip_other_than_the_registered_one_is_refused(service, dynsec_m
         async with asyncio.timeout(10):
             while not (await service.registry.status(reg.provisioning_id)).is_provisioned:
                 await asyncio.sleep(0.05)
+
+
+async def test_a_chip_still_bound_to_another_device_is_refused_until_that_one_is_removed(service, dynsec_mosquitto,
+                                                                                        topics):
+    old = await service.registry.register(RegisterRequest(home_id="home", device_name="Old pump"))
+    new = await service.registry.register(RegisterRequest(home_id="home", device_name="New pump"))
+    async with watching(dynsec_mosquitto, topics.errors()) as errors:
+        async with node_client(dynsec_mosquitto, old.mqtt_config.username, old.mqtt_config.password) as client:
+            await come_online(client, topics, old.mqtt_config.node_name, "chip-reused")
+            async with asyncio.timeout(10):
+                while not (await service.registry.status(old.provisioning_id)).is_provisioned:
+                    await asyncio.sleep(0.05)
+        # The same board, registered again without removing its old registration.
+        async with node_client(dynsec_mosquitto, new.mqtt_config.username, new.mqtt_config.password) as client:
+            await come_online(client, topics, new.mqtt_config.node_name, "chip-reused")
+            event = await errors.wait(topics.errors(), lambda p: b"chip_in_use" in p)
+            assert old.mqtt_config.node_name.encode() in event and b"nodefleet device remove" in event
+            assert not (await service.registry.status(new.provisioning_id)).is_provisioned
+            await service.registry.remove(old.mqtt_config.node_name)
+            await come_online(client, topics, new.mqtt_config.node_name, "chip-reused")
+            async with asyncio.timeout(10):
+                while not (await service.registry.status(new.provisioning_id)).is_provisioned:
+                    await asyncio.sleep(0.05)
