@@ -202,6 +202,21 @@ class Topics:
         return f"{base or HOMIE_BASE}/{validate_node_name(node)}/#"
 
     @staticmethod
+    def homie_every_device(*path: str, base: str | None = None) -> str:
+        """Filter for one Homie topic of every device, e.g. ``homie/+/relay/power/set``."""
+        if any(not part or "+" in part or "#" in part for part in path):
+            raise TopicError(f"invalid Homie topic path {'/'.join(path)!r}")
+        return "/".join([base or HOMIE_BASE, "+", *path])
+
+    @staticmethod
+    def homie_device_of(topic: str, *, base: str | None = None) -> str:
+        """The device (node) a Homie topic belongs to; TopicError if it is not a Homie device topic."""
+        parts = topic.split("/")
+        if len(parts) < 3 or parts[0] != (base or HOMIE_BASE):
+            raise TopicError(f"topic {topic!r} is not under {base or HOMIE_BASE}/<device>/")
+        return validate_node_name(parts[1])
+
+    @staticmethod
     def ha_discovery(component: str, node: str, object_id: str, *, base: str | None = None) -> str:
         """Home Assistant MQTT discovery: ``homeassistant/<component>/<node>/<object>/config``."""
         return (f"{base or HA_DISCOVERY_BASE}/{_validate_segment(component, 'component')}/{validate_node_name(node)}/"

@@ -22,6 +22,7 @@ from nodefleet.mqtt import BrokerAddress, client
 
 from . import store, tz
 from .credentials import CredentialError, Credentials, DynamicSecurity, NoCredentials
+from .homie import HomieBridge, set_filter
 from .http import HttpEdge
 from .registry import Registry
 from .settings import ProvisionerSettings
@@ -59,6 +60,8 @@ class Service:
             max_devices_per_home=settings.max_devices_per_home,
         )
         self.handlers = self.registry.handlers()
+        self.homie = HomieBridge(topics=self.topics, publish=self._publish, errors=self.errors,
+                                 capabilities=self.registry.capabilities)
         self.status_topic = self.topics.service_status(PROVISIONER_SERVICE, settings.instance)
         self.subscribed = asyncio.Event()
         self.http_port: int | None = None  # where the HTTP edge listens, once started
@@ -93,15 +96,19 @@ class Service:
             mqtt.pending_calls_threshold = 100_000  # bursts of retained publishes are expected here
             if self.dynsec is not None:
                 await self.dynsec.start(mqtt)
-            requests = self.topics.requests(PROVISIONER_SERVICE)
+            requests, homie_sets = self.topics.requests(PROVISIONER_SERVICE), set_filter()
             if self.settings.shared_group:
                 # Every instance sees every status and info (a node is provisioned once, by a guarded UPDATE),
-                # but a request must be answered once.
+                # but a request (or a Homie set) must be answered once.
                 requests = self.topics.shared(self.settings.shared_group, requests)
+                homie_sets = self.topics.shared(self.settings.shared_group, homie_sets)
             await mqtt.subscribe(requests, qos=1)
+            await mqtt.subscribe(homie_sets, qos=1)
             await mqtt.subscribe(self.topics.all_nodes(NodeTopic.STATUS), qos=1)
             await mqtt.subscribe(self.topics.all_nodes(NodeTopic.INFO), qos=1)
             await mqtt.subscribe(self.topics.all_nodes(NodeTopic.STATE), qos=1)
+            # Readings for the Homie values only: the latest one is all that matters, so no acknowledgements.
+            await mqtt.subscribe(self.topics.all_nodes(NodeTopic.TELEMETRY), qos=0)
             self.mqtt = mqtt
             async with presence(mqtt, self.status_topic, self.errors):
                 self.subscribed.set()
@@ -117,6 +124,9 @@ class Service:
             action = self.topics.request_action(topic)
             self._spawn(answer(mqtt, payload, self.handlers, action, self.errors))
             return
+        if message.topic.matches(set_filter()):
+            self._spawn(self.homie.on_set(topic, payload))
+            return
         try:
             parsed = self.topics.parse(topic)
         except TopicError as exc:
@@ -127,7 +137,14 @@ class Service:
         elif parsed.kind == NodeTopic.INFO:
             self._spawn(self.registry.on_info(parsed.node, payload))
         elif parsed.kind == NodeTopic.STATE:
-            self._spawn(self.registry.on_state(parsed.node, payload))
+            self._spawn(self._on_state(parsed.node, payload))
+        elif parsed.kind == NodeTopic.TELEMETRY:
+            self._spawn(self.homie.on_telemetry(parsed.node, payload))
+
+    async def _on_state(self, node: str, payload: bytes) -> None:
+        state = await self.registry.on_state(node, payload)
+        if state is not None:
+            await self.homie.on_state(node, state)
 
     def _spawn(self, work) -> None:
         task = asyncio.create_task(self._guarded(work))

@@ -1,9 +1,11 @@
 """Retained discovery for openHAB and Home Assistant, from a node's capabilities.
 
 Homie 4 (openHAB's MQTT binding discovers Homie 3 and 4) describes the
-device; Home Assistant discovery configs (read by Home Assistant and by
-openHAB) point at our own node topics, so values and commands need no bridge.
-Removal publishes the same topics empty, which deletes the retained messages.
+device, and its property values live on Homie's own topics, so
+:mod:`services.provisioner.homie` mirrors them.  Home Assistant discovery
+configs (read by Home Assistant and by openHAB) point at our own node topics,
+so their values and commands need no bridge.  Removal publishes the same
+topics empty, which deletes the retained messages.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from nodefleet.contracts.provisioning import HaDevice, HaSensor, HaSwitch
 from nodefleet.contracts.topics import Command
 
 HOMIE_VERSION = "4.0"
+RELAY_NODE, POWER = "relay", "power"  # the switch: homie/<node>/relay/power (boolean, settable)
+CLIMATE_NODE = "climate"  # the sensors: homie/<node>/climate/<reading> (float)
+SET = "set"  # Homie's command suffix of a settable property
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,29 +43,29 @@ def _homie(node: str, device_name: str, caps: list[str]) -> list[tuple[str, str]
         (Topics.homie(node, "$name"), device_name),
     ]
     if "switch" in caps:
-        nodes.append("relay")
+        nodes.append(RELAY_NODE)
         out += [
-            (Topics.homie(node, "relay", "$name"), "Relay"),
-            (Topics.homie(node, "relay", "$type"), "switch"),
-            (Topics.homie(node, "relay", "$properties"), "power"),
-            (Topics.homie(node, "relay", "power", "$name"), "Power"),
-            (Topics.homie(node, "relay", "power", "$datatype"), "boolean"),
-            (Topics.homie(node, "relay", "power", "$settable"), "true"),
-            (Topics.homie(node, "relay", "power", "$retained"), "true"),
+            (Topics.homie(node, RELAY_NODE, "$name"), "Relay"),
+            (Topics.homie(node, RELAY_NODE, "$type"), "switch"),
+            (Topics.homie(node, RELAY_NODE, "$properties"), POWER),
+            (Topics.homie(node, RELAY_NODE, POWER, "$name"), "Power"),
+            (Topics.homie(node, RELAY_NODE, POWER, "$datatype"), "boolean"),
+            (Topics.homie(node, RELAY_NODE, POWER, "$settable"), "true"),
+            (Topics.homie(node, RELAY_NODE, POWER, "$retained"), "true"),
         ]
     sensors = [SENSORS[c] for c in caps if c in SENSORS]
     if sensors:
-        nodes.append("climate")
+        nodes.append(CLIMATE_NODE)
         out += [
-            (Topics.homie(node, "climate", "$name"), "Climate"),
-            (Topics.homie(node, "climate", "$type"), "sensor"),
-            (Topics.homie(node, "climate", "$properties"), ",".join(s.reading for s in sensors)),
+            (Topics.homie(node, CLIMATE_NODE, "$name"), "Climate"),
+            (Topics.homie(node, CLIMATE_NODE, "$type"), "sensor"),
+            (Topics.homie(node, CLIMATE_NODE, "$properties"), ",".join(s.reading for s in sensors)),
         ]
         for s in sensors:
             out += [
-                (Topics.homie(node, "climate", s.reading, "$name"), s.name),
-                (Topics.homie(node, "climate", s.reading, "$datatype"), "float"),
-                (Topics.homie(node, "climate", s.reading, "$unit"), s.unit),
+                (Topics.homie(node, CLIMATE_NODE, s.reading, "$name"), s.name),
+                (Topics.homie(node, CLIMATE_NODE, s.reading, "$datatype"), "float"),
+                (Topics.homie(node, CLIMATE_NODE, s.reading, "$unit"), s.unit),
             ]
     out.append((Topics.homie(node, "$nodes"), ",".join(nodes)))
     return out
@@ -99,7 +104,8 @@ def messages(topics: Topics, node: str, *, device_name: str, caps: list[str], fw
 def removal(topics: Topics, node: str) -> list[str]:
     """Every discovery topic a node may have had (all capabilities), to be cleared with empty retained publishes."""
     every = list(SENSORS) + ["switch"]
-    return [topic for topic, _ in messages(topics, node, device_name="-", caps=every, fw="-")] + [
+    values = [Topics.homie(node, RELAY_NODE, POWER)] + [Topics.homie(node, CLIMATE_NODE, r) for r in SENSORS]
+    return [topic for topic, _ in messages(topics, node, device_name="-", caps=every, fw="-")] + values + [
         Topics.homie(node, "$state")
     ]
 

@@ -274,24 +274,31 @@ class Registry:
         log.info("provisioned", node=node, chip_id=info.chip_id)
 
     # -- applied configs ------------------------------------------------------
-    async def on_state(self, node: str, payload: bytes) -> None:
-        """Record the config version a node's state reports, and wake whoever waits for it."""
+    def capabilities(self, node: str) -> tuple[str, ...] | None:
+        """What a node provisioned here declared it has (its discovery); None for nodes that are not ours."""
+        info = self._info.get(node)
+        return tuple(info.caps) if info is not None and node in self._settled else None
+
+    async def on_state(self, node: str, payload: bytes) -> State | None:
+        """Record the config version a node's state reports, and wake whoever waits for it; the state."""
         if not payload:
-            return  # a cleared retained state
+            return None  # a cleared retained state
         try:
-            version = State.model_validate_json(payload).config
+            state = State.model_validate_json(payload)
         except ValidationError as exc:
             self.errors.report("bad_state", f"state of {node} is invalid: {exc.errors()[0]['msg']}",
                                topic=self.topics.state(node), node=node)
-            return
+            return None
+        version = state.config
         if version is None or self._applied.get(node) == version:
-            return  # most states are relay changes: no registry write for them
+            return state  # most states are relay changes: no registry write for them
         if await self.store.set_config_applied(node, version):
             log.info("config_applied", node=node, version=version)
         self._applied[node] = version
         for wanted, future in self._appliers.get(node, []):
             if version >= wanted and not future.done():
                 future.set_result(None)
+        return state
 
     async def wait_applied(self, node: str, version: int, timeout: float) -> bool:
         """True once the node reports config ``version`` (or a later one) within ``timeout`` seconds."""
