@@ -11,6 +11,7 @@ from ..contracts.provisioning import PROVISIONER_SERVICE
 from ..settings import CommonSettings
 from . import main
 from .common import (
+    CliError,
     Column,
     emit,
     fleet_options,
@@ -99,6 +100,9 @@ def config(settings: CommonSettings, timeout: float, node: str, assignments: tup
         click.echo(f"{node}: config version {version} published")
     elif answer["applied"]:
         click.echo(f"{node}: config version {version} applied by the node")
+    elif answer.get("rejected"):
+        raise CliError(f"{node} rejected config version {version}: {answer['rejected']}. It keeps the version it "
+                       f"had; set a value it can use and try again.")
     else:
         click.echo(f"{node}: config version {version} published; the node has not applied it yet (offline?). "
                    f"It applies it when it connects; if it rejected it, `nodefleet logs {node}` says why "

@@ -7,12 +7,13 @@ The same models serve both edges: ``POST /api/provision/register/`` takes a
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from .payloads import Identifier, NodeName
+from .payloads import Identifier, Log, NodeName
 
 PROVISIONER_SERVICE = "provisioner"
 
@@ -103,6 +104,22 @@ class ConfigChange(BaseModel):
     version: int
     applied: bool
     config: dict[str, Any]
+    rejected: str | None = None
+    """Why the node refused this version (its ``bad_config`` log entry), if it did within ``wait``."""
+
+
+CONFIG_REJECTED = "bad_config"
+"""Code of the log entry a node writes when it refuses a config (firmware/normal.py): its ``msg`` is
+``config version <N> rejected: <why>``."""
+_REJECTION = re.compile(r"config version (\d+) rejected: (.+)", re.DOTALL)
+
+
+def config_rejection(entry: Log) -> tuple[int, str] | None:
+    """(version, why) when a node's log entry says it refused a config version, else None."""
+    if entry.code != CONFIG_REJECTED:
+        return None
+    match = _REJECTION.fullmatch(entry.msg)
+    return (int(match[1]), match[2]) if match else None
 
 
 class ListRequest(Request):

@@ -107,6 +107,8 @@ class Service:
             await mqtt.subscribe(self.topics.all_nodes(NodeTopic.STATUS), qos=1)
             await mqtt.subscribe(self.topics.all_nodes(NodeTopic.INFO), qos=1)
             await mqtt.subscribe(self.topics.all_nodes(NodeTopic.STATE), qos=1)
+            # A node refusing a config says so in its log: a waiting `device config` gets the reason.
+            await mqtt.subscribe(self.topics.all_nodes(NodeTopic.LOG), qos=1)
             # Readings for the Homie values only: the latest one is all that matters, so no acknowledgements.
             await mqtt.subscribe(self.topics.all_nodes(NodeTopic.TELEMETRY), qos=0)
             self.mqtt = mqtt
@@ -140,6 +142,8 @@ class Service:
             self._spawn(self._on_state(parsed.node, payload))
         elif parsed.kind == NodeTopic.TELEMETRY:
             self._spawn(self.homie.on_telemetry(parsed.node, payload))
+        elif parsed.kind == NodeTopic.LOG:
+            self.registry.on_log(parsed.node, payload)
 
     async def _on_state(self, node: str, payload: bytes) -> None:
         state = await self.registry.on_state(node, payload)

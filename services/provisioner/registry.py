@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from nodefleet.contracts import OFFLINE, ONLINE, Config, Info, State, Topics
+from nodefleet.contracts import OFFLINE, ONLINE, Config, Info, Log, State, Topics
 from nodefleet.contracts.provisioning import (
     ConfigChange,
     ConfigRequest,
@@ -32,6 +32,7 @@ from nodefleet.contracts.provisioning import (
     RegisterRequest,
     Registration,
     StatusRequest,
+    config_rejection,
 )
 from nodefleet.fleet import ErrorReporter
 from nodefleet.logging import get_logger
@@ -90,7 +91,9 @@ class Registry:
         self._online: dict[str, bool] = {}
         self._info: dict[str, Info] = {}
         self._applied: dict[str, int] = {}  # config version each node last reported
-        self._appliers: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
+        # Waiting config changes: version -> resolved with None once applied, or with the node's reason if refused.
+        self._appliers: dict[str, list[tuple[int, asyncio.Future[str | None]]]] = {}
+        self._rejected: dict[str, tuple[int, str]] = {}  # the last config version each node refused, and why
         self._discovery: asyncio.Queue[list[tuple[str, str]]] = asyncio.Queue()
         self._provisioning = 0
         self._settled: set[str] = set()  # nodes seen provisioned: their reconnects skip the first-online UPDATE
@@ -135,8 +138,9 @@ class Registry:
         async def config(data: dict[str, Any]) -> Any:
             request = ConfigRequest.model_validate(data)
             config = await self.change_config(request)
-            applied = await self.wait_applied(request.node, config.version, request.wait) if request.wait else False
-            return ConfigChange(node=request.node, version=config.version, applied=applied,
+            applied, rejected = (await self.wait_applied(request.node, config.version, request.wait)
+                                 if request.wait else (False, None))
+            return ConfigChange(node=request.node, version=config.version, applied=applied, rejected=rejected,
                                 config=config.model_dump(mode="json", by_alias=True)).model_dump(mode="json")
 
         async def remove(data: dict[str, Any]) -> Any:
@@ -300,19 +304,40 @@ class Registry:
                 future.set_result(None)
         return state
 
-    async def wait_applied(self, node: str, version: int, timeout: float) -> bool:
-        """True once the node reports config ``version`` (or a later one) within ``timeout`` seconds."""
+    def on_log(self, node: str, payload: bytes) -> None:
+        """A node's log entry: if it refused a config version, remember why and tell whoever waits for it."""
+        if not payload or b"rejected" not in payload:
+            return  # logs are the telemetry service's to store and report; only config refusals matter here
+        try:
+            rejection = config_rejection(Log.model_validate_json(payload))
+        except ValidationError:
+            return
+        if rejection is None:
+            return
+        version, why = rejection
+        # Kept: the refusal may arrive before the request that published the version starts waiting.
+        self._rejected[node] = rejection
+        for wanted, future in self._appliers.get(node, []):
+            if wanted == version and not future.done():
+                future.set_result(why)
+
+    async def wait_applied(self, node: str, version: int, timeout: float) -> tuple[bool, str | None]:
+        """(applied, rejected): whether the node reported config ``version`` (or a later one) within ``timeout``
+        seconds, or why it refused that version."""
         if self._applied.get(node, 0) >= version:
-            return True
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            return True, None
+        rejected = self._rejected.get(node)
+        if rejected is not None and rejected[0] == version:
+            return False, rejected[1]
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         waiting = self._appliers.setdefault(node, [])
         waiting.append((version, future))
         try:
             async with asyncio.timeout(timeout):
-                await future
-            return True
+                rejected = await future
+            return rejected is None, rejected
         except TimeoutError:
-            return False
+            return False, None
         finally:
             waiting.remove((version, future))
             if not waiting:
@@ -360,6 +385,7 @@ class Registry:
         self._online.pop(node, None)
         self._applied.pop(node, None)
         self._settled.discard(node)
+        self._rejected.pop(node, None)
         self._locks.pop(node, None)
         log.info("revoked", node=node, reason=reason)
 

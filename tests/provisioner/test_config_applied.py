@@ -54,9 +54,9 @@ async def test_the_node_applies_a_config_and_rejects_one_it_cannot_use(tmp_path,
             assert code == 0 and [(r["config_version"], r["config_applied"]) for r in json.loads(out)] == [(2, 2)]
 
             # Pin 34 passes the provisioner's model but is input-only on the ESP32: the node refuses it.
-            code, out = await _cli("device", "config", name, "--set", "pins.outputs.relay=34", "--apply-timeout", "2",
-                                   *broker)
-            assert code == 0 and "config version 3 published; the node has not applied it yet" in out, out
+            code, out = await _cli("device", "config", name, "--set", "pins.outputs.relay=34", *broker)
+            assert code == 1 and f"{name} rejected config version 3: pins.outputs.relay=34" in out, out
+            assert "It keeps the version it had" in out
             entry = json.loads(await logs.wait(topics.log(name), lambda p: b"bad_config" in p))
             assert "version 3 rejected" in entry["msg"] and "pins.outputs.relay=34" in entry["msg"]
             row = await service.registry.store.device(name)
