@@ -9,7 +9,7 @@ the launcher starts it again on the same flash directory.
 
 ``SimFleet`` runs N of them against a broker (``nodefleet sim``), and
 ``run_demo`` is the hook ``nodefleet up --demo N`` calls.  Demo nodes are
-registered through the provisioner like real devices (``register_demo_nodes``),
+registered through the provisioner like real devices (``register_nodes``),
 so on a secured broker each logs in as its own user, limited to its prefix.
 """
 
@@ -294,7 +294,7 @@ class _Provisioner:
         try:
             return await self._requester.request(PROVISIONER_SERVICE, action, data, timeout=REGISTER_TIMEOUT)
         except RequestError as exc:
-            raise SimError(f"the provisioner did not {action} the demo nodes: {exc}") from exc
+            raise SimError(f"the provisioner did not {action} the simulated nodes: {exc}") from exc
 
     async def start(self) -> None:
         await self._requester.start()
@@ -304,16 +304,19 @@ class _Provisioner:
             self._requester.feed(message)
 
 
-async def register_demo_nodes(*, count: int, mqtt_url: str, topics: Topics, store: Path | None,
-                              scope: str, home_id: str = DEMO_HOME) -> list[Registration]:
-    """Registrations for ``count`` demo nodes: the stored ones the provisioner still holds, new ones for the rest.
+async def register_nodes(*, count: int, mqtt_url: str, topics: Topics, store: Path | None, scope: str,
+                         name_prefix: str = DEMO_PREFIX, home_id: str = DEMO_HOME) -> list[Registration]:
+    """Registrations for ``count`` simulated nodes: the stored ones the provisioner still holds, new ones for the rest.
+
+    ``mqtt_url`` must be allowed to send fleet requests (the operator's login); device names are
+    ``<name_prefix>-000``, ``-001``, ... and the provisioner makes the node names from them.
 
     ``store`` keeps them (0600: they hold passwords) so a restart reuses the same nodes.  ``scope`` names
     the broker and whether it checks node credentials; registrations made in another scope are removed and
     made again (a node registered on an open broker has no user on a secured one, nor on another broker).
     """
     stored = _load_registrations(store)
-    client_id = f"nodefleet-demo-{uuid.uuid4().hex[:8]}"
+    client_id = f"nodefleet-sim-{uuid.uuid4().hex[:8]}"
     try:
         async with client(BrokerAddress.parse(mqtt_url), client_id=client_id) as connection:
             provisioner = _Provisioner(connection, topics, client_id)
@@ -331,8 +334,8 @@ async def register_demo_nodes(*, count: int, mqtt_url: str, topics: Topics, stor
                     if name not in keep_names and name in active:
                         await provisioner("remove", NodeRequest(node=name).model_dump(mode="json"))
                 taken = {entry.mqtt_config.node_name.rsplit("-", 1)[0] for entry in kept}
-                wanted = [f"{DEMO_PREFIX}-{i:03d}" for i in range(count * 2)
-                          if f"{DEMO_PREFIX}-{i:03d}" not in taken][:count - len(kept)]
+                wanted = [f"{name_prefix}-{i:03d}" for i in range(count * 2)
+                          if f"{name_prefix}-{i:03d}" not in taken][:count - len(kept)]
                 limit = asyncio.Semaphore(REGISTER_CONCURRENCY)
 
                 async def register(device_name: str) -> Registration:
@@ -346,7 +349,7 @@ async def register_demo_nodes(*, count: int, mqtt_url: str, topics: Topics, stor
                 with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                     await reader
     except aiomqtt.MqttError as exc:
-        raise SimError(f"cannot reach the broker to register the demo nodes: {exc}") from exc
+        raise SimError(f"cannot reach the broker to register the simulated nodes: {exc}") from exc
     except ValidationError as exc:
         raise SimError(f"unexpected answer from the provisioner: {exc.errors()[0]['msg']}") from exc
     registrations = sorted([*kept, *made], key=lambda entry: entry.mqtt_config.node_name)
@@ -376,15 +379,17 @@ def _save_registrations(store: Path, registrations: Sequence[Registration], scop
 
 
 async def run_demo(*, count: int, mqtt_url: str, ready: asyncio.Event, topic_root: str = "home",
-                   fleet_root: str = "fleet", store: Path | None = None, scope: str = "") -> None:
-    """``nodefleet up --demo N``: register N nodes with the provisioner and run them until cancelled.
+                   fleet_root: str = "fleet", register: bool = False, store: Path | None = None,
+                   scope: str = "") -> None:
+    """``nodefleet up --demo N``: run N nodes until cancelled; ``ready`` once all processes run.
 
-    ``mqtt_url`` logs in as the operator (fleet requests); each node logs in with its own registration.
-    ``ready`` is set once all processes run.
+    With ``register`` (as ``nodefleet up`` does) the nodes are registered with the provisioner first
+    (``register_nodes``; ``mqtt_url`` is the operator's login) and each logs in as itself; without, they
+    all use ``mqtt_url`` (an open broker).
     """
     topics = Topics(root=topic_root, fleet=fleet_root)
-    registrations = await register_demo_nodes(count=count, mqtt_url=mqtt_url, topics=topics, store=store,
-                                              scope=scope)
+    registrations = await register_nodes(count=count, mqtt_url=mqtt_url, topics=topics, store=store,
+                                         scope=scope) if register else []
     fleet = SimFleet(mqtt_url=mqtt_url, count=count, topics=topics, name_prefix=DEMO_PREFIX,
                      registrations=registrations)
     try:

@@ -179,3 +179,31 @@ def test_acl_filter_coverage(allowed: str, requested: str, covered: bool) -> Non
     from nodefleet.embedded.amqtt_access import filter_covers
 
     assert filter_covers(allowed, requested) is covered
+
+
+def test_as_nodefleet_up_runs_it_a_service_cannot_use_the_admin_topic() -> None:
+    """Users with every ordinary topic (services, the operator) beside the dynamic-security admin."""
+    import json
+
+    from broker_thread import BrokerThread
+
+    from nodefleet.contracts import Topics
+
+    admin, service = ("provisioner", "admin-pw"), ("operator", "operator-pw")
+    with BrokerThread(dynsec_admin=admin, users=dict([service]), allow_anonymous=False) as broker:
+        assert Probe(broker.host, broker.port).try_connect() != 0, "anonymous clients are refused"
+        assert Probe(broker.host, broker.port, username=service[0], password="wrong").try_connect() != 0
+        operator = Probe(broker.host, broker.port, username=service[0], password=service[1]).connect()
+        boss = Probe(broker.host, broker.port, username=admin[0], password=admin[1]).connect()
+        try:
+            boss.subscribe(Topics.dynsec_response())
+            command = {"commands": [{"command": "createClient", "username": "intruder", "password": "pw"}]}
+            operator.publish(Topics.dynsec_control(), json.dumps(command))
+            assert boss.nothing_within(QUIET) == [], "the broker answered a service's dynamic-security command"
+            assert Probe(broker.host, broker.port, username="intruder", password="pw").try_connect() != 0
+            assert broker.call(broker.broker.stats)["publish_denied"] >= 1
+            boss.publish(Topics.dynsec_control(), json.dumps(command))
+            assert json.loads(boss.get().payload)["responses"][0] == {"command": "createClient"}
+        finally:
+            operator.close()
+            boss.close()

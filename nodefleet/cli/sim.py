@@ -8,9 +8,11 @@ from pathlib import Path
 
 import click
 
+from ..contracts.provisioning import Registration
 from ..mqtt import BrokerAddress
+from ..paths import OPERATOR, CredentialsFileError, LocalCredentials, default_data_dir
 from ..settings import CommonSettings
-from ..sim import SimError, SimFleet
+from ..sim import SimError, SimFleet, register_nodes
 from . import main
 from .common import (
     NOT_RUNNING_HINT,
@@ -20,6 +22,8 @@ from .common import (
     run,
     stop_on_signals,
 )
+
+REGISTRATIONS_FILE = "registrations.json"
 
 
 @main.command()
@@ -33,8 +37,11 @@ from .common import (
               help="Where the nodes' flash directories live  [default: a new temporary directory]")
 @click.option("--duration", type=click.FloatRange(min=0), default=0, metavar="SECONDS",
               help="Stop after this long (0 = until Ctrl-C)")
+@click.option("--register", is_flag=True,
+              help="Register each node with the provisioner first, so it logs in as its own user (needed on a "
+                   "secured broker such as `nodefleet up`'s); kept in --workdir and reused when given")
 def sim(settings: CommonSettings, count: int, telemetry_period: int, name_prefix: str, workdir: Path | None,
-        duration: float) -> None:
+        duration: float, register: bool) -> None:
     """Run simulated nodes: the node firmware on the MicroPython unix port.
 
     Each node connects with its last will, publishes online, info and state,
@@ -42,20 +49,44 @@ def sim(settings: CommonSettings, count: int, telemetry_period: int, name_prefix
 
     \b
     Examples:
-      nodefleet sim --nodes 10
-      nodefleet sim --nodes 100 --telemetry-period 30 --broker mqtt://127.0.0.1:1883
+      nodefleet sim --nodes 10 --register                # against `nodefleet up`
+      nodefleet sim --nodes 100 --telemetry-period 30 --broker mqtt://127.0.0.1:1883   # an open broker
     """
     address = BrokerAddress.parse(settings.mqtt_url)
     try:
         socket.create_connection((address.host, address.port), timeout=3).close()
     except OSError as exc:
         raise CliError(f"cannot reach the broker at {address.url} ({exc}): {NOT_RUNNING_HINT}") from exc
+    if not register and _is_local_operator(address):
+        raise click.UsageError("the broker of `nodefleet up` refuses nodes without their own login: add --register "
+                               "(each node is registered with the provisioner and logs in as itself)")
+    registrations: list[Registration] = []
+    if register:
+        store = workdir / REGISTRATIONS_FILE if workdir else None
+        if workdir:
+            workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            registrations = run(register_nodes(count=count, mqtt_url=settings.mqtt_url, topics=settings.topics,
+                                               store=store, scope=address.url, name_prefix=name_prefix))
+        except SimError as exc:
+            raise CliError(f"{exc} (is the provisioner running? `nodefleet up` runs it)") from exc
     try:
         fleet = SimFleet(mqtt_url=settings.mqtt_url, count=count, topics=settings.topics, name_prefix=name_prefix,
-                         telemetry_period=telemetry_period, workdir=workdir)
+                         telemetry_period=telemetry_period, workdir=workdir, registrations=registrations)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--name-prefix") from exc
     run(_serve(fleet, duration))
+
+
+def _is_local_operator(address: BrokerAddress) -> bool:
+    """Whether the nodes would log in as the operator of a secured `nodefleet up` (its login picked up here)."""
+    if address.username != OPERATOR:
+        return False
+    try:
+        stored = LocalCredentials.read(default_data_dir())
+    except CredentialsFileError:
+        return False
+    return stored is not None and stored.passwords.get(OPERATOR) == address.password
 
 
 async def _serve(fleet: SimFleet, duration: float) -> None:

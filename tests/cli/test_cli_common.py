@@ -1,4 +1,4 @@
-"""Pure parts of the CLI: times, durations, output formats, the data directory."""
+"""Pure parts of the CLI: times, durations, output formats, the data directory, the stored broker logins."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import click
 import pytest
 
 from nodefleet.cli.common import Column, build_settings, emit, iso_time, parse_duration, parse_time, relative
-from nodefleet.paths import default_data_dir
+from nodefleet.mqtt import BrokerAddress
+from nodefleet.paths import CREDENTIALS_FILE, OPERATOR, CredentialsFileError, LocalCredentials, default_data_dir
 
 NOW = 1_800_000_000.0
 
@@ -79,6 +80,9 @@ def test_settings_from_options_and_environment(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_data_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("NODEFLEET_DATA_DIR", str(tmp_path / "chosen"))
+    assert default_data_dir() == tmp_path / "chosen"
+    monkeypatch.delenv("NODEFLEET_DATA_DIR")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     assert default_data_dir() == tmp_path / "nodefleet"
     monkeypatch.setenv("XDG_DATA_HOME", "relative/dir")  # not absolute: ignored, as the XDG spec says
@@ -87,3 +91,48 @@ def test_data_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
     assert default_data_dir() == tmp_path / ".local" / "share" / "nodefleet"
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     assert default_data_dir() == Path("/var/lib/nodefleet")
+
+
+def test_broker_logins_are_made_once_and_kept_private(tmp_path: Path) -> None:
+    made = LocalCredentials.ensure(tmp_path, ["provisioner", OPERATOR])
+    made.listening_on("127.0.0.1", 1884)
+    made.save()
+    path = tmp_path / CREDENTIALS_FILE
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert len(set(made.passwords.values())) == 2 and all(len(secret) >= 24 for secret in made.passwords.values())
+    again = LocalCredentials.ensure(tmp_path, ["provisioner", OPERATOR, "ota"])  # a new service gets a password
+    assert {k: again.passwords[k] for k in made.passwords} == made.passwords and "ota" in again.passwords
+    again.save()
+    assert LocalCredentials.read(tmp_path).passwords == again.passwords  # type: ignore[union-attr]
+    assert path.stat().st_mode & 0o777 == 0o600
+    url = BrokerAddress.parse(again.url(OPERATOR, "127.0.0.1", 1884))
+    assert (url.username, url.password, url.port) == (OPERATOR, again.passwords[OPERATOR], 1884)
+    # Only the broker they were made for: its port, on this machine.
+    assert again.serves("127.0.0.1", 1884) and again.serves("localhost", 1884)
+    assert not again.serves("127.0.0.1", 1883) and not again.serves("broker.lan", 1884)
+    path.write_text("{not json")
+    with pytest.raises(CredentialsFileError, match="delete the file"):
+        LocalCredentials.read(tmp_path)
+
+
+def test_commands_log_in_to_the_local_broker_on_their_own(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("NODEFLEET_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("NODEFLEET_MQTT_URL", raising=False)
+    assert build_settings(broker=None, topic_root=None, fleet_root=None).mqtt_url == "mqtt://127.0.0.1:1883"
+    stored = LocalCredentials.ensure(tmp_path, [OPERATOR])
+    stored.listening_on("0.0.0.0", 1883)
+    stored.save()
+    login = BrokerAddress.parse(build_settings(broker=None, topic_root=None, fleet_root=None).mqtt_url)
+    assert (login.username, login.password, login.host) == (OPERATOR, stored.passwords[OPERATOR], "127.0.0.1")
+    monkeypatch.setenv("NODEFLEET_MQTT_URL", "mqtt://localhost:1883")
+    assert BrokerAddress.parse(build_settings(broker=None, topic_root=None, fleet_root=None).mqtt_url).username == OPERATOR
+    # A login given in the URL wins; another broker gets no password of ours.
+    given = build_settings(broker="mqtt://me:secret@127.0.0.1:1883", topic_root=None, fleet_root=None)
+    assert given.mqtt_url == "mqtt://me:secret@127.0.0.1:1883"
+    assert build_settings(broker="mqtt://127.0.0.1:1999", topic_root=None, fleet_root=None).mqtt_url == "mqtt://127.0.0.1:1999"
+    assert build_settings(broker="mqtt://broker.lan:1883", topic_root=None, fleet_root=None).mqtt_url == "mqtt://broker.lan:1883"
+    # An unreadable file is reported, and the command goes on without it.
+    (tmp_path / CREDENTIALS_FILE).write_text("[]")
+    assert build_settings(broker=None, topic_root=None, fleet_root=None).mqtt_url == "mqtt://localhost:1883"
+    assert "unreadable" in capsys.readouterr().err
