@@ -181,6 +181,10 @@ async def serve(settings: ProvisionerSettings, *, ready: asyncio.Event | None = 
     """Run the provisioner until cancelled; ``started`` (tests, benchmarks) receives the running service."""
     log.info("provisioner_starting", broker=BrokerAddress.parse(settings.mqtt_url).url,
              credentials=settings.credentials)
+    if settings.credentials == "none":
+        log.warning("credentials_unchecked", detail="node credentials are handed out but the broker is not told of "
+                    "them: any client may use any topic. Set NODEFLEET_PROVISIONER_CREDENTIALS=dynsec for a broker "
+                    "with dynamic security")
     pool = await _database(settings)
     service = Service(settings, pool)
     if settings.default_home:
