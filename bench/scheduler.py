@@ -26,7 +26,9 @@ import json
 import multiprocessing
 import os
 import shutil
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -41,6 +43,7 @@ from nodefleet.contracts import Topics
 from nodefleet.contracts.topics import Command
 from nodefleet.embedded.mosquitto import Mosquitto, free_port
 from nodefleet.embedded.postgres import EmbeddedPostgres
+from services.scheduler.publisher import connect_packet
 
 ROOT = Path(__file__).resolve().parents[1]
 SPAWN = multiprocessing.get_context("spawn")
@@ -90,26 +93,64 @@ def baseline(dues: list[float], results) -> None:
 
 
 class Receiver:
-    """Stamps each switch command on arrival, in paho's network thread."""
+    """A bare MQTT 3.1.1 subscriber on a socket: a thread stamps each chunk it reads, packets are parsed afterwards.
+
+    The thread does nothing but ``recv`` and append, so it reads far faster than
+    a broker delivers; a decoding subscriber (paho: about 35k messages/s here)
+    would itself be the bottleneck of a 10,000-command second.  Every message
+    in a chunk gets the chunk's arrival time.
+    """
 
     def __init__(self, broker: Mosquitto, topics: Topics) -> None:
-        self.arrivals: list[tuple[float, str, str]] = []
-        self.subscribed = threading.Event()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bench-rx-{uuid.uuid4().hex[:6]}")
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *a: self.subscribed.set()
-        self.client.on_connect = lambda c, *a: c.subscribe(f"{topics.root}/+/set/{Command.SWITCH.value}", qos=0)
-        self.client.connect(broker.host, broker.port)
-        self.client.loop_start()
+        self.chunks: list[tuple[float, bytes]] = []
+        self.sock = socket.create_connection((broker.host, broker.port), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # keepalive 0: the broker expects no pings during the measurement
+        self.sock.sendall(connect_packet(f"bench-rx-{uuid.uuid4().hex[:6]}", 0, None, None))
+        topic = f"{topics.root}/+/set/{Command.SWITCH.value}".encode()
+        body = struct.pack(">HH", 1, len(topic)) + topic + b"\x00"  # packet id 1, one filter at QoS 0
+        self.sock.sendall(b"\x82" + bytes((len(body),)) + body)
+        answer = b""
+        while len(answer) < 9:  # CONNACK (4 bytes) and SUBACK (5 bytes)
+            answer += self.sock.recv(9 - len(answer))
+        if answer[:2] != b"\x20\x02" or answer[3] != 0 or answer[4] != 0x90 or answer[8] != 0:
+            raise SystemExit(f"the receiver could not subscribe: {answer.hex()}")
+        self.sock.settimeout(None)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
 
-    def _on_message(self, client, userdata, message) -> None:
-        now = time.time()
-        body = json.loads(message.payload)
-        self.arrivals.append((now, message.topic.split("/")[-3], body.get("run_id", "")))
+    def _read(self) -> None:
+        while data := self.sock.recv(1 << 20):
+            self.chunks.append((time.time(), data))
 
     def stop(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.thread.join(10)
+        self.sock.close()
+
+    def arrivals(self) -> list[tuple[float, str, str]]:
+        """(arrival, node, run_id) of every switch command, in order."""
+        out = []
+        buf = bytearray()
+        for stamp, data in self.chunks:
+            buf += data
+            pos = 0
+            while pos + 2 <= len(buf):
+                length, shift, at = 0, 0, pos + 1
+                while at < len(buf) and buf[at] & 0x80:
+                    length |= (buf[at] & 0x7F) << shift
+                    shift, at = shift + 7, at + 1
+                if at >= len(buf) or at + 1 + (length | buf[at] << shift) > len(buf):
+                    break
+                length |= buf[at] << shift
+                body = bytes(buf[at + 1:at + 1 + length])
+                if buf[pos] >> 4 == 3:  # PUBLISH at QoS 0: topic length, topic, payload
+                    size = struct.unpack_from(">H", body)[0]
+                    topic = body[2:2 + size].decode()
+                    out.append((stamp, topic.split("/")[-3], json.loads(body[2 + size:]).get("run_id", "")))
+                pos = at + 1 + length
+            del buf[:pos]
+        return out
 
 
 def publish_fleet(broker: Mosquitto, topics: Topics, nodes: list[tuple[str, int, int, str]]) -> float:
@@ -159,7 +200,6 @@ def main() -> None:
                                          stdout=subprocess.DEVNULL, stderr=(workdir / "scheduler.log").open("w"))
             time.sleep(3)  # the scheduler connects, migrates and settles on an empty fleet
             receiver = Receiver(broker, topics)
-            receiver.subscribed.wait(10)
             first = int(time.time() + args.lead)
             nodes = plan(args.nodes, first, spread)
             took = publish_fleet(broker, topics, nodes)
@@ -183,7 +223,7 @@ def main() -> None:
             due_of = {name: start + GRACE for name, start, _, _ in nodes}
             counts: dict[tuple[str, str], int] = {}
             late = []
-            for arrived, node, run_id in receiver.arrivals:
+            for arrived, node, run_id in receiver.arrivals():
                 counts[(node, run_id)] = counts.get((node, run_id), 0) + 1
                 if counts[(node, run_id)] == 1 and node in due_of:
                     late.append((arrived - due_of[node]) * 1000)

@@ -34,7 +34,8 @@ from .store import TRANSIENT, Event, Store, StoreUnavailable
 log = get_logger(__name__)
 
 CHECK, RESUME, TAKEOVER = "check", "resume", "takeover"
-CLAIM_CHUNK = 1000  # claims per database round trip; sending one chunk overlaps the next claim
+CLAIM_CHUNK = 1000  # claims per database round trip; sending one chunk overlaps the next claims
+CLAIMS_IN_FLIGHT = 2  # chunks the database works on at once (the pool has 4 connections)
 
 SendBackups = Callable[[list[Event]], Awaitable[None]]
 Publish = Callable[[str, list[Event]], Awaitable[None]]
@@ -179,24 +180,11 @@ class Planner:
                 done[kind].append((view.name, due.run, detail))
         if to_claim:
             began = self.clock()
-            sent: list[Event] = []
-            claim_time = 0.0
-            for i in range(0, len(to_claim), CLAIM_CHUNK):
-                chunk = to_claim[i:i + CLAIM_CHUNK]
-                # While this claim waits for the database, the previous chunk's commands are written out.
-                asked = self.clock()
-                won = await self.store.claim(chunk)
-                claim_time += self.clock() - asked
-                if await self._queue(won):
-                    sent += won
-                won_ids = {(n, r.run_id) for n, r, _ in won}
-                for node, run, _ in chunk:
-                    if (node, run.run_id) not in won_ids:
-                        self._recheck(node, run)
+            sent, claim_wait = await self._claim_and_queue(to_claim)
             queued = self.clock()
             await self._confirm(sent)
             log.debug("backups", sent=len(sent), late_ms=round((began - batch[0].at) * 1000, 1),
-                      queued_ms=round((queued - began) * 1000, 1), claim_ms=round(claim_time * 1000, 1),
+                      queued_ms=round((queued - began) * 1000, 1), claim_wait_ms=round(claim_wait * 1000, 1),
                       confirmed_ms=round((self.clock() - queued) * 1000, 1))
         for view, after in to_plan:
             self._plan_after(view, after)
@@ -207,6 +195,34 @@ class Planner:
             setattr(self.counts, _COUNTER[kind], getattr(self.counts, _COUNTER[kind]) + len(recorded))
             if recorded:
                 await self.publish(kind, recorded)
+
+    async def _claim_and_queue(self, to_claim: list[Event]) -> tuple[list[Event], float]:
+        """Claim in chunks, a few in flight; a chunk's won backups go to the publisher as soon as its claim returns.
+
+        Returns the backups queued and the time spent waiting for claims.
+        """
+        chunks = [to_claim[i:i + CLAIM_CHUNK] for i in range(0, len(to_claim), CLAIM_CHUNK)]
+        claims = [asyncio.create_task(self.store.claim(chunk)) for chunk in chunks[:CLAIMS_IN_FLIGHT]]
+        sent: list[Event] = []
+        waited = 0.0
+        try:
+            for i, chunk in enumerate(chunks):
+                asked = self.clock()
+                won = await claims[i]
+                waited += self.clock() - asked
+                if i + CLAIMS_IN_FLIGHT < len(chunks):
+                    claims.append(asyncio.create_task(self.store.claim(chunks[i + CLAIMS_IN_FLIGHT])))
+                if await self._queue(won):
+                    sent += won
+                won_ids = {(n, r.run_id) for n, r, _ in won}
+                for node, run, _ in chunk:
+                    if (node, run.run_id) not in won_ids:
+                        self._recheck(node, run)
+        finally:
+            for task in claims:
+                task.cancel()  # after a failed claim: the others are retried with the whole batch
+            await asyncio.gather(*claims, return_exceptions=True)
+        return sent, waited
 
     def classify(self, view: NodeView, run: Run, now: float, *, resumed: bool) -> tuple[str | None, str | None]:
         """What to do about ``run`` now: ``run``, ``skipped``, ``miss``, ``claim`` or None (nothing)."""
