@@ -32,8 +32,8 @@ from pydantic import ValidationError
 
 from .embedded.postgres import EmbeddedPostgres, PostgresError, port_is_free
 from .logging import get_logger
-from .mqtt import BrokerAddress
-from .paths import DYNSEC_ADMIN, OPERATOR, CredentialsFileError, LocalCredentials
+from .paths import OPERATOR, CredentialsFileError
+from .runtime_access import BrokerAccess
 from .runtime_checks import (
     EXIT_FORCED,
     EXIT_USAGE,
@@ -76,8 +76,6 @@ log = get_logger(__name__)
 DEFAULT_MQTT_PORT = 1883
 DEFAULT_DB_PORT = 15432
 DATABASE_NAME = "nodefleet"
-DYNSEC_FILE = "dynamic-security.json"
-PROVISIONER = "provisioner"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -146,7 +144,7 @@ class Runtime:
         self._abort = asyncio.Event()
         self._postgres: EmbeddedPostgres | None = None
         self._lock: DataDirLock | None = None
-        self._credentials: LocalCredentials | None = None
+        self._access = BrokerAccess(embedded=options.embedded_broker)
 
     # -- start ---------------------------------------------------------------
     async def start(self) -> RuntimeInfo:
@@ -168,8 +166,9 @@ class Runtime:
                 "log_level": self.options.log_level,
                 **self.options.service_overrides,
             }
-            units = [_unit(spec, {**overrides, **self._broker_settings(spec.name, broker_url)}) for spec in specs]
-            units += [make(self._login(OPERATOR, broker_url), database_url) for make in self._extras]
+            units = [_unit(spec, {**overrides, **self._access.service_settings(spec.name, broker_url)})
+                     for spec in specs]
+            units += [make(self._access.login(OPERATOR, broker_url), database_url) for make in self._extras]
             for unit in units:
                 await self._start_unit(unit)
                 self._checkpoint()
@@ -185,8 +184,8 @@ class Runtime:
             services=[spec.name for spec in specs],
             extras=[unit.name for unit in units[len(specs):]],
             startup_seconds=round(time.monotonic() - began, 3),
-            credentials_file=self._credentials.path if self._credentials else None,
-            operator_url=self._login(OPERATOR, broker_url) if self._credentials else None,
+            credentials_file=self._access.credentials.path if self._access.credentials else None,
+            operator_url=self._access.login(OPERATOR, broker_url) if self._access.credentials else None,
         )
         log.info("up_ready", broker=info.broker_url, database=info.database_url, data_dir=str(info.data_dir),
                  services=info.services, extras=info.extras, startup_seconds=info.startup_seconds)
@@ -259,43 +258,6 @@ class Runtime:
             return
         log.info("postgres_stopped", mode="fast")
 
-    def _broker_settings(self, service: str, broker_url: str) -> dict[str, Any]:
-        """How one service reaches the broker: its own user, and for the provisioner the dynamic-security admin."""
-        if self._credentials is None:
-            # An external broker (or an insecure embedded one): every service uses the given URL; the
-            # provisioner's NODEFLEET_PROVISIONER_CREDENTIALS decides whether the broker checks node passwords.
-            insecure = {"credentials": "none"} if self.options.embedded_broker and service == PROVISIONER else {}
-            return {"mqtt_url": broker_url, **insecure}
-        if service == PROVISIONER:
-            return {"mqtt_url": self._login(DYNSEC_ADMIN, broker_url), "credentials": "dynsec"}
-        return {"mqtt_url": self._login(service, broker_url)}
-
-    def _login(self, username: str, broker_url: str) -> str:
-        """``broker_url`` with ``username``'s stored password; unchanged when the broker is not ours to secure."""
-        if self._credentials is None:
-            return broker_url
-        address = BrokerAddress.parse(broker_url)
-        return self._credentials.url(username, address.host, address.port)
-
-    def _secure_broker_options(self, services: list[str]) -> dict[str, Any]:
-        """The embedded broker's users (a password each, made once and kept 0600 in the data directory)."""
-        usernames = [DYNSEC_ADMIN, OPERATOR, *(name for name in services if name != PROVISIONER)]
-        try:
-            credentials = LocalCredentials.ensure(self.options.data_dir, usernames)
-            credentials.listening_on(self.options.mqtt_host, self.options.mqtt_port)
-            credentials.save()
-        except (CredentialsFileError, OSError) as exc:
-            raise StartupError(f"cannot keep the broker credentials in {self.options.data_dir}: {exc}") from exc
-        self._credentials = credentials
-        passwords = credentials.passwords
-        return {
-            "allow_anonymous": False,
-            "users": {name: passwords[name] for name in usernames if name != DYNSEC_ADMIN},
-            "dynsec_admin": (DYNSEC_ADMIN, passwords[DYNSEC_ADMIN]),
-            # Node users and roles (password hashes only) survive a restart.
-            "dynsec_file": self.options.data_dir / DYNSEC_FILE,
-        }
-
     async def _start_broker(self, services: list[str]) -> str:
         if not self.options.embedded_broker:
             assert self.options.broker_url is not None
@@ -307,13 +269,19 @@ class Runtime:
             raise StartupError(
                 f"the embedded MQTT broker is not available ({exc}): use an existing broker with --broker mqtt://host:port"
             ) from exc
-        security = self._secure_broker_options(services) if self.options.secure else {"allow_anonymous": True}
+        if self.options.secure:
+            try:
+                self._access = BrokerAccess.secured(self.options.data_dir, services, host=self.options.mqtt_host,
+                                                    port=self.options.mqtt_port)
+            except (CredentialsFileError, OSError) as exc:
+                raise StartupError(f"cannot keep the broker credentials in {self.options.data_dir}: {exc}") from exc
         try:
             # Retained config, schedules and states must survive a restart of `nodefleet up`.
             # Hashing the users' passwords is slow on purpose: off the event loop.
             broker = await asyncio.to_thread(
                 EmbeddedBroker, host=self.options.mqtt_host, port=self.options.mqtt_port,
-                retained_file=self.options.data_dir / "retained.json", **security,
+                retained_file=self.options.data_dir / "retained.json",
+                **self._access.broker_options(self.options.data_dir),
             )
             await broker.start()
         except BrokerPortInUse as exc:

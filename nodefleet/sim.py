@@ -9,7 +9,7 @@ the launcher starts it again on the same flash directory.
 
 ``SimFleet`` runs N of them against a broker (``nodefleet sim``), and
 ``run_demo`` is the hook ``nodefleet up --demo N`` calls.  Demo nodes are
-registered through the provisioner like real devices (``register_nodes``),
+registered through the provisioner like real devices (``sim_registration``),
 so on a secured broker each logs in as its own user, limited to its prefix.
 """
 
@@ -23,30 +23,22 @@ import shutil
 import signal
 import sysconfig
 import tempfile
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
-from pydantic import ValidationError
-
 from .contracts import Topics
-from .contracts.provisioning import PROVISIONER_SERVICE, DeviceRow, ListRequest, NodeRequest, RegisterRequest, Registration
+from .contracts.provisioning import Registration
 from .embedded.mosquitto import free_port
-from .fleet import Requester, RequestError
 from .logging import get_logger
-from .mqtt import BrokerAddress, client
+from .mqtt import BrokerAddress
 from .paths import mqtt_url
+from .sim_registration import register_nodes
 
 FIRMWARE_DIR = Path(__file__).resolve().parents[1] / "firmware"
 RESTART_EXIT = 75
 HEAP = "110K"
 DEMO_PREFIX = "demo"
-DEMO_HOME = "home"
-REGISTER_TIMEOUT = 15.0
-# Registrations in flight at once (each hashes a password on the broker).
-REGISTER_CONCURRENCY = 8
 
 log = get_logger(__name__)
 
@@ -249,7 +241,7 @@ class SimFleet:
             if login is None:
                 node.provision(broker=mqtt_url, topic_prefix=self.topics.prefix(name), max_backoff=10)
             else:
-                node.provision(broker=mqtt_url_of(login), topic_prefix=login.topic_prefix, max_backoff=10)
+                node.provision(broker=_as_node(mqtt_url, login), topic_prefix=login.topic_prefix, max_backoff=10)
             node.write("config.json", {"v": 1, "version": 1, "telemetry_period": telemetry_period})
             self.nodes.append(node)
 
@@ -278,104 +270,10 @@ class SimFleet:
         await self.stop()
 
 
-def mqtt_url_of(login: Any) -> str:
-    """The broker URL a registration's ``mqtt_config`` hands a node."""
-    return mqtt_url(login.username, login.password, login.broker_host, login.broker_port)
-
-
-class _Provisioner:
-    """Fleet requests to the provisioner over one connection (the operator's)."""
-
-    def __init__(self, connection: aiomqtt.Client, topics: Topics, client_id: str) -> None:
-        self._connection = connection
-        self._requester = Requester(connection, topics, client_id=client_id)
-
-    async def __call__(self, action: str, data: Any) -> Any:
-        try:
-            return await self._requester.request(PROVISIONER_SERVICE, action, data, timeout=REGISTER_TIMEOUT)
-        except RequestError as exc:
-            raise SimError(f"the provisioner did not {action} the simulated nodes: {exc}") from exc
-
-    async def start(self) -> None:
-        await self._requester.start()
-
-    async def serve(self) -> None:
-        async for message in self._connection.messages:
-            self._requester.feed(message)
-
-
-async def register_nodes(*, count: int, mqtt_url: str, topics: Topics, store: Path | None, scope: str,
-                         name_prefix: str = DEMO_PREFIX, home_id: str = DEMO_HOME) -> list[Registration]:
-    """Registrations for ``count`` simulated nodes: the stored ones the provisioner still holds, new ones for the rest.
-
-    ``mqtt_url`` must be allowed to send fleet requests (the operator's login); device names are
-    ``<name_prefix>-000``, ``-001``, ... and the provisioner makes the node names from them.
-
-    ``store`` keeps them (0600: they hold passwords) so a restart reuses the same nodes.  ``scope`` names
-    the broker and whether it checks node credentials; registrations made in another scope are removed and
-    made again (a node registered on an open broker has no user on a secured one, nor on another broker).
-    """
-    stored = _load_registrations(store)
-    client_id = f"nodefleet-sim-{uuid.uuid4().hex[:8]}"
-    try:
-        async with client(BrokerAddress.parse(mqtt_url), client_id=client_id) as connection:
-            provisioner = _Provisioner(connection, topics, client_id)
-            await provisioner.start()
-            reader = asyncio.create_task(provisioner.serve())
-            try:
-                rows = [DeviceRow.model_validate(row) for row in
-                        await provisioner("list", ListRequest(home_id=home_id).model_dump(mode="json"))]
-                active = {row.node for row in rows if row.status != "revoked"}
-                kept = [entry for entry, made_in in stored if made_in == scope and entry.mqtt_config.node_name in active]
-                kept = kept[:count]
-                keep_names = {entry.mqtt_config.node_name for entry in kept}
-                for entry, _ in stored:
-                    name = entry.mqtt_config.node_name
-                    if name not in keep_names and name in active:
-                        await provisioner("remove", NodeRequest(node=name).model_dump(mode="json"))
-                taken = {entry.mqtt_config.node_name.rsplit("-", 1)[0] for entry in kept}
-                wanted = [f"{name_prefix}-{i:03d}" for i in range(count * 2)
-                          if f"{name_prefix}-{i:03d}" not in taken][:count - len(kept)]
-                limit = asyncio.Semaphore(REGISTER_CONCURRENCY)
-
-                async def register(device_name: str) -> Registration:
-                    async with limit:
-                        request = RegisterRequest(home_id=home_id, device_name=device_name)
-                        return Registration.model_validate(await provisioner("register", request.model_dump(mode="json")))
-
-                made = await asyncio.gather(*(register(name) for name in wanted))
-            finally:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                    await reader
-    except aiomqtt.MqttError as exc:
-        raise SimError(f"cannot reach the broker to register the simulated nodes: {exc}") from exc
-    except ValidationError as exc:
-        raise SimError(f"unexpected answer from the provisioner: {exc.errors()[0]['msg']}") from exc
-    registrations = sorted([*kept, *made], key=lambda entry: entry.mqtt_config.node_name)
-    if store is not None:
-        _save_registrations(store, registrations, scope)
-    return registrations
-
-
-def _load_registrations(store: Path | None) -> list[tuple[Registration, str]]:
-    if store is None or not store.exists():
-        return []
-    try:
-        data = json.loads(store.read_text())
-        return [(Registration.model_validate(entry), str(data["scope"])) for entry in data["registrations"]]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("demo_registrations_unreadable", path=str(store), error=str(exc))
-        return []
-
-
-def _save_registrations(store: Path, registrations: Sequence[Registration], scope: str) -> None:
-    body = json.dumps({"scope": scope, "registrations": [r.model_dump(mode="json") for r in registrations]})
-    temporary = store.with_name(f".{store.name}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as out:
-        out.write(body)
-    temporary.replace(store)
+def _as_node(broker_url: str, login: Any) -> str:
+    """``broker_url`` with a registration's login: the broker may have moved since it registered (another port)."""
+    address = BrokerAddress.parse(broker_url)
+    return mqtt_url(login.username, login.password, address.host, address.port)
 
 
 async def run_demo(*, count: int, mqtt_url: str, ready: asyncio.Event, topic_root: str = "home",
@@ -389,7 +287,7 @@ async def run_demo(*, count: int, mqtt_url: str, ready: asyncio.Event, topic_roo
     """
     topics = Topics(root=topic_root, fleet=fleet_root)
     registrations = await register_nodes(count=count, mqtt_url=mqtt_url, topics=topics, store=store,
-                                         scope=scope) if register else []
+                                         scope=scope, name_prefix=DEMO_PREFIX) if register else []
     fleet = SimFleet(mqtt_url=mqtt_url, count=count, topics=topics, name_prefix=DEMO_PREFIX,
                      registrations=registrations)
     try:

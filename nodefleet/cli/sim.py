@@ -12,7 +12,8 @@ from ..contracts.provisioning import Registration
 from ..mqtt import BrokerAddress
 from ..paths import OPERATOR, CredentialsFileError, LocalCredentials, default_data_dir
 from ..settings import CommonSettings
-from ..sim import SimError, SimFleet, register_nodes
+from ..sim import SimError, SimFleet
+from ..sim_registration import RegistrationError, register_nodes
 from . import main
 from .common import (
     NOT_RUNNING_HINT,
@@ -68,7 +69,7 @@ def sim(settings: CommonSettings, count: int, telemetry_period: int, name_prefix
         try:
             registrations = run(register_nodes(count=count, mqtt_url=settings.mqtt_url, topics=settings.topics,
                                                store=store, scope=address.url, name_prefix=name_prefix))
-        except SimError as exc:
+        except RegistrationError as exc:
             raise CliError(f"{exc} (is the provisioner running? `nodefleet up` runs it)") from exc
     try:
         fleet = SimFleet(mqtt_url=settings.mqtt_url, count=count, topics=settings.topics, name_prefix=name_prefix,

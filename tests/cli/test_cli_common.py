@@ -10,9 +10,23 @@ from pathlib import Path
 import click
 import pytest
 
-from nodefleet.cli.common import Column, build_settings, emit, iso_time, parse_duration, parse_time, relative
+from nodefleet.cli.common import (
+    Column,
+    build_settings,
+    emit,
+    iso_time,
+    parse_duration,
+    parse_time,
+    relative,
+)
 from nodefleet.mqtt import BrokerAddress
-from nodefleet.paths import CREDENTIALS_FILE, OPERATOR, CredentialsFileError, LocalCredentials, default_data_dir
+from nodefleet.paths import (
+    CREDENTIALS_FILE,
+    OPERATOR,
+    CredentialsFileError,
+    LocalCredentials,
+    default_data_dir,
+)
 
 NOW = 1_800_000_000.0
 

@@ -20,7 +20,13 @@ from nodefleet.contracts import Topics
 from nodefleet.contracts.provisioning import Registration
 from nodefleet.embedded.mosquitto import free_port
 from nodefleet.mqtt import BrokerAddress, client
-from nodefleet.paths import CREDENTIALS_FILE, DYNSEC_ADMIN, OPERATOR, LocalCredentials, mqtt_url
+from nodefleet.paths import (
+    CREDENTIALS_FILE,
+    DYNSEC_ADMIN,
+    OPERATOR,
+    LocalCredentials,
+    mqtt_url,
+)
 from nodefleet.runtime_services import discover_services
 
 from .helpers import cli_env, nodefleet
@@ -122,15 +128,16 @@ async def test_up_refuses_strangers_and_gives_every_client_its_own_login(
     assert await received(node, [f"{first.topic_prefix}/set/#", f"{topics.root}/#"], operator, [mine, theirs]) == {mine}
     assert await refused(mqtt_url(first.username, second.password, "127.0.0.1", port))
 
-    # A restart reuses the logins and the registered demo nodes.
+    # A restart (here on another port) reuses the logins and the registered demo nodes.
     assert await up.stop(signal.SIGINT, group=True) == 0, up.stderr[-3000:]
-    again = launch_up(*args, data_dir=data_dir, env=up_env(topics))
+    port = free_port()
+    again = launch_up("--mqtt-port", str(port), *args[2:], data_dir=data_dir, env=up_env(topics))
     await again.wait_ready()
     print(f"secured nodefleet up with 2 demo nodes ready after {again.ready_after:.2f} s (existing data directory)")
     assert LocalCredentials.read(data_dir).passwords == stored.passwords  # type: ignore[union-attr]
     assert json.loads((data_dir / "demo-nodes.json").read_text())["registrations"] == saved
-    assert not await refused(node)
-    await wait_for(lambda: demo_nodes_online(broker, topics, data_dir, 2), timeout=30, interval=0.3)
+    assert not await refused(mqtt_url(first.username, first.password, "127.0.0.1", port))
+    await wait_for(lambda: demo_nodes_online(f"mqtt://127.0.0.1:{port}", topics, data_dir, 2), timeout=30, interval=0.3)
     assert '"registered"' not in again.stderr  # nothing registered twice
     assert await again.stop(signal.SIGINT, group=True) == 0, again.stderr[-3000:]
 
