@@ -43,6 +43,7 @@ from .runtime_checks import (
     StartupInterrupted,
     probe_broker,
     probe_database,
+    without_password,
 )
 from .runtime_services import (
     SERVICE_NAMES,
@@ -187,8 +188,9 @@ class Runtime:
             credentials_file=self._access.credentials.path if self._access.credentials else None,
             operator_url=self._access.login(OPERATOR, broker_url) if self._access.credentials else None,
         )
-        log.info("up_ready", broker=info.broker_url, database=info.database_url, data_dir=str(info.data_dir),
-                 services=info.services, extras=info.extras, startup_seconds=info.startup_seconds)
+        log.info("up_ready", broker=without_password(info.broker_url), database=without_password(info.database_url),
+                 data_dir=str(info.data_dir), services=info.services, extras=info.extras,
+                 startup_seconds=info.startup_seconds)
         return info
 
     def _checkpoint(self) -> None:

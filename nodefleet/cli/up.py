@@ -25,6 +25,7 @@ from ..runtime import (
     Unit,
     run,
 )
+from ..runtime_checks import without_password
 from ..settings import CommonSettings
 from . import main
 
@@ -45,10 +46,11 @@ def print_banner(info: RuntimeInfo) -> None:
                                   fg="red", bold=True)
     database_kind = "embedded PostgreSQL" if info.embedded_database else "external"
     services = ", ".join(info.services) if info.services else "none found (no services/<name> package installed)"
+    broker_url = shown(info.broker_url)
     lines = [
         click.style(f"nodefleet is up (ready in {info.startup_seconds:.1f} s)", bold=True),
-        f"  broker     {info.broker_url}  ({broker_kind})",
-        f"  database   {info.database_url}  ({database_kind})",
+        f"  broker     {broker_url}  ({broker_kind})",
+        f"  database   {without_password(info.database_url)}  ({database_kind})",
     ]
     if info.embedded_database:
         lines.append(f"  data       {info.data_dir}")
@@ -57,14 +59,23 @@ def print_banner(info: RuntimeInfo) -> None:
     lines.append(f"  services   {services}")
     if info.extras:
         lines.append(f"  also       {', '.join(info.extras)}")
-    hint = "" if info.broker_url.endswith(f":{DEFAULT_MQTT_PORT}") else f" --broker {info.broker_url}"
+    hint = "" if broker_url.endswith(f":{DEFAULT_MQTT_PORT}") else f" --broker {broker_url}"
     # The commands find the logins in the data directory; a directory other than the default must be named.
     env = "" if info.credentials_file is None or info.data_dir == default_data_dir().expanduser().resolve() \
         else f"{DATA_DIR_VARIABLE}={shlex.quote(str(info.data_dir))} "
     lines.append(f"  try        {env}nodefleet devices{hint}   |   {env}nodefleet telemetry tail{hint}")
-    lines += connection_lines(info)
+    if info.embedded_broker:  # an external broker's logins are its owner's
+        lines += connection_lines(info)
     lines.append("  Ctrl-C stops everything (twice forces).")
     click.echo("\n".join(lines))
+
+
+def shown(url: str) -> str:
+    """A broker URL fit for the screen: a password replaced by the word PASSWORD."""
+    address = BrokerAddress.parse(url)
+    if address.password is None:
+        return url
+    return f"mqtt://{address.username}:PASSWORD@{address.host}:{address.port}"
 
 
 def connection_lines(info: RuntimeInfo) -> list[str]:
@@ -77,12 +88,10 @@ def connection_lines(info: RuntimeInfo) -> list[str]:
         login = f" -u {shlex.quote(address.username)} -P {shlex.quote(address.password)}"
         openhab_login = f', username="{address.username}", password="{address.password}"'
     topic_root = CommonSettings().topic_root
-    return [
-        f"  mqtt       mosquitto_sub -h {host} -p {address.port}{login} -t '{topic_root}/#' -v"
-        f"   (mosquitto_pub: same -h -p -u -P)",
-        f'  openHAB    Bridge mqtt:broker:nodefleet "nodefleet" [ host="{host}", port={address.port}, '
-        f"secure=false{openhab_login} ]",
-    ]
+    mosquitto = f"mosquitto_sub -h {host} -p {address.port}{login} -t '{topic_root}/#' -v"
+    openhab = (f'Bridge mqtt:broker:nodefleet "nodefleet" [ host="{host}", port={address.port}, '
+               f"secure=false{openhab_login} ]")
+    return [f"  mqtt       {mosquitto}   (mosquitto_pub: same -h -p -u -P)", f"  openHAB    {openhab}"]
 
 
 def _options(function: Any) -> Any:

@@ -8,16 +8,27 @@ import sys
 import uuid
 from pathlib import Path
 
+import aiomqtt
 import asyncpg
 import pytest
-
 from conftest import wait_for
+
 from nodefleet import runtime_services
 from nodefleet.contracts import Topics
 from nodefleet.embedded.mosquitto import free_port
 from nodefleet.embedded.postgres import port_is_free
 from nodefleet.mqtt import BrokerAddress, client
-from nodefleet.runtime import LOCK_FILE, Runtime, RuntimeOptions, ServiceSpec, StartupError, StartupInterrupted, discover_services
+from nodefleet.paths import DYNSEC_ADMIN, OPERATOR, LocalCredentials
+from nodefleet.runtime import (
+    LOCK_FILE,
+    Runtime,
+    RuntimeOptions,
+    ServiceSpec,
+    StartupError,
+    StartupInterrupted,
+    Unit,
+    discover_services,
+)
 from nodefleet.runtime_services import ServiceLoadError
 from nodefleet.settings import CommonSettings
 
@@ -195,3 +206,54 @@ async def test_bad_service_settings_are_a_clear_error(monkeypatch, data_dir: Pat
     runtime = Runtime(options(data_dir, mosquitto, topics, database_url=database), services=[spec])
     with pytest.raises(StartupError, match="settings of service strict are invalid.*volume"):
         await runtime.start()
+
+
+class ProvisionerSettingsStandIn(CommonSettings):
+    """The one provisioner setting the runtime sets: how node credentials reach the broker."""
+
+    credentials: str = "none"
+
+
+@pytest.mark.parametrize("secure", [True, False])
+async def test_each_service_logs_in_to_the_embedded_broker_as_itself(secure: bool, data_dir: Path, database: str,
+                                                                     topics: Topics) -> None:
+    echo, provisioner = EchoService(), EchoService()
+    specs = [echo.spec("echo"), ServiceSpec(name="provisioner", serve=provisioner.serve,
+                                            settings_class=ProvisionerSettingsStandIn)]
+    extra_urls: list[str] = []
+
+    def extra(broker_url: str, database_url: str) -> Unit:
+        extra_urls.append(broker_url)
+        return Unit(name="extra", run=lambda ready: asyncio.sleep(3600), reports_ready=False)
+
+    runtime = Runtime(RuntimeOptions(data_dir=data_dir, mqtt_port=free_port(), database_url=database, secure=secure,
+                                     service_overrides={"topic_root": topics.root, "fleet_root": topics.fleet}),
+                      services=specs, extras=[extra])
+    info = await runtime.start()
+    try:
+        echo_login, admin_login = (BrokerAddress.parse(s.settings.mqtt_url) for s in (echo, provisioner))  # type: ignore[union-attr]
+        if not secure:
+            assert info.credentials_file is None and not (data_dir / "broker-credentials.json").exists()
+            assert echo_login.username is None and admin_login.username is None
+            assert provisioner.settings.credentials == "none"  # type: ignore[union-attr]
+            async with client(BrokerAddress.parse(info.broker_url), client_id="anonymous"):
+                pass
+            return
+        stored = LocalCredentials.read(data_dir)
+        assert stored is not None and info.credentials_file == stored.path
+        assert (echo_login.username, echo_login.password) == ("echo", stored.passwords["echo"])
+        assert (admin_login.username, admin_login.password) == (DYNSEC_ADMIN, stored.passwords[DYNSEC_ADMIN])
+        assert provisioner.settings.credentials == "dynsec"  # type: ignore[union-attr]
+        assert extra_urls == [info.operator_url] and BrokerAddress.parse(info.operator_url).username == OPERATOR
+        with pytest.raises(aiomqtt.MqttCodeError):
+            async with client(BrokerAddress.parse(info.broker_url), client_id="anonymous"):
+                pass
+        # The echo service answers the operator: both logged in as themselves.
+        async with client(BrokerAddress.parse(info.operator_url), client_id="operator-test") as mqtt:
+            await mqtt.subscribe(f"{topics.root}/echo/pong", qos=1)
+            await mqtt.publish(f"{topics.root}/echo/ping", b"hello", qos=1)
+            async with asyncio.timeout(5):
+                message = await anext(aiter(mqtt.messages))
+        assert message.payload == b"hello"
+    finally:
+        await runtime.stop()

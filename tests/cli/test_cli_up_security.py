@@ -195,3 +195,20 @@ async def _online_named(broker: str, env: dict[str, str], prefix: str) -> set[st
     result = await nodefleet("devices", "--format", "json", "--broker", broker, env=env)
     online = {row["node"] for row in json.loads(result.stdout or "[]") if row["online"] and row["node"].startswith(prefix)}
     return online if len(online) >= 2 else set()
+
+
+async def test_an_external_brokers_login_is_used_and_never_shown(launch_up, data_dir: Path, topics: Topics,
+                                                                 secured_mosquitto) -> None:
+    from broker_security import SERVICE
+
+    login = mqtt_url(SERVICE[0], SERVICE[1], secured_mosquitto.host, secured_mosquitto.port)
+    up = launch_up("--broker", login, "--db-port", str(free_port()), "--log-format", "json",
+                   data_dir=data_dir, env=up_env(topics))
+    banner = await up.wait_ready()
+    assert banner["broker"] == f"mqtt://{SERVICE[0]}:PASSWORD@127.0.0.1:{secured_mosquitto.port}  (external)"
+    assert not (data_dir / CREDENTIALS_FILE).exists() and "mosquitto_sub" not in up.stdout
+    # The services logged in with the URL's user: the telemetry service answers.
+    result = await nodefleet("devices", "--broker", login, env=cli_env(topics, data_dir=data_dir))
+    assert result.code == 0, result.stderr
+    assert await up.stop(signal.SIGINT, group=True) == 0, up.stderr[-3000:]
+    assert SERVICE[1] not in up.stdout and SERVICE[1] not in up.stderr
