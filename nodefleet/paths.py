@@ -92,9 +92,11 @@ class LocalCredentials:
                 found.changed = True
         return found
 
-    def listening_on(self, host: str, port: int) -> None:
-        if self.listener != (host, port):
-            self.listener = (host, port)
+    def listening_on(self, host: str, port: int | None) -> None:
+        """Where the secured broker listens now; ``port=None``: nowhere (it runs open, the commands need no login)."""
+        listener = (host, port) if port is not None else None
+        if self.listener != listener:
+            self.listener = listener
             self.changed = True
 
     def save(self) -> None:

@@ -271,12 +271,14 @@ class Runtime:
             raise StartupError(
                 f"the embedded MQTT broker is not available ({exc}): use an existing broker with --broker mqtt://host:port"
             ) from exc
-        if self.options.secure:
-            try:
+        try:
+            if self.options.secure:
                 self._access = BrokerAccess.secured(self.options.data_dir, services, host=self.options.mqtt_host,
                                                     port=self.options.mqtt_port)
-            except (CredentialsFileError, OSError) as exc:
-                raise StartupError(f"cannot keep the broker credentials in {self.options.data_dir}: {exc}") from exc
+            else:
+                self._access = BrokerAccess.open(self.options.data_dir)
+        except (CredentialsFileError, OSError) as exc:
+            raise StartupError(f"cannot keep the broker credentials in {self.options.data_dir}: {exc}") from exc
         try:
             # Retained config, schedules and states must survive a restart of `nodefleet up`.
             # Hashing the users' passwords is slow on purpose: off the event loop.
@@ -300,6 +302,10 @@ class Runtime:
         except Exception as exc:  # stopping must go on to the database
             log.error("broker_stop_failed", error=repr(exc))
             return
+        try:
+            self._access.stopped()
+        except OSError as exc:
+            log.warning("credentials_update_failed", error=str(exc))
         log.info("broker_stopped")
 
     async def _start_unit(self, unit: Unit) -> None:

@@ -38,6 +38,21 @@ class BrokerAccess:
         credentials.save()
         return cls(credentials, embedded=True)
 
+    @classmethod
+    def open(cls, data_dir: Path) -> BrokerAccess:
+        """An open embedded broker; logins kept from a secured run stay, but no longer name a listener."""
+        kept = LocalCredentials.read(data_dir)
+        if kept is not None and kept.listener is not None:
+            kept.listening_on("", None)
+            kept.save()
+        return cls(embedded=True)
+
+    def stopped(self) -> None:
+        """The broker stopped: the commands stop logging in to whatever listens on its port next."""
+        if self.credentials is not None:
+            self.credentials.listening_on("", None)
+            self.credentials.save()
+
     def broker_options(self, data_dir: Path) -> dict[str, Any]:
         """Keyword arguments of ``EmbeddedBroker`` for its access control."""
         if self.credentials is None:

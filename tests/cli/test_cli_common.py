@@ -124,6 +124,8 @@ def test_broker_logins_are_made_once_and_kept_private(tmp_path: Path) -> None:
     # Only the broker they were made for: its port, on this machine.
     assert again.serves("127.0.0.1", 1884) and again.serves("localhost", 1884)
     assert not again.serves("127.0.0.1", 1883) and not again.serves("broker.lan", 1884)
+    again.listening_on("", None)  # stopped, or running open
+    assert not again.serves("127.0.0.1", 1884)
     path.write_text("{not json")
     with pytest.raises(CredentialsFileError, match="delete the file"):
         LocalCredentials.read(tmp_path)

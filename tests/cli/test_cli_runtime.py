@@ -257,3 +257,5 @@ async def test_each_service_logs_in_to_the_embedded_broker_as_itself(secure: boo
         assert message.payload == b"hello"
     finally:
         await runtime.stop()
+    if secure:  # the commands no longer log in to whatever listens on that port next
+        assert LocalCredentials.read(data_dir).listener is None  # type: ignore[union-attr]

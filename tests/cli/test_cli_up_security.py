@@ -139,7 +139,10 @@ async def test_up_refuses_strangers_and_gives_every_client_its_own_login(
     assert not await refused(mqtt_url(first.username, first.password, "127.0.0.1", port))
     await wait_for(lambda: demo_nodes_online(f"mqtt://127.0.0.1:{port}", topics, data_dir, 2), timeout=30, interval=0.3)
     assert '"registered"' not in again.stderr  # nothing registered twice
+    assert LocalCredentials.read(data_dir).serves("127.0.0.1", port)  # type: ignore[union-attr]
     assert await again.stop(signal.SIGINT, group=True) == 0, again.stderr[-3000:]
+    # Stopped: the commands no longer log in to whatever listens on that port next.
+    assert not LocalCredentials.read(data_dir).serves("127.0.0.1", port)  # type: ignore[union-attr]
 
 
 async def test_insecure_is_an_explicit_open_broker(launch_up, data_dir: Path, topics: Topics) -> None:
