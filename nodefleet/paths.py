@@ -84,7 +84,7 @@ class LocalCredentials:
 
     @classmethod
     def ensure(cls, data_dir: Path, usernames: Iterable[str]) -> LocalCredentials:
-        """The stored credentials with a password for each of ``usernames`` (new ones generated and saved)."""
+        """The stored credentials with a password for each of ``usernames`` (new ones generated; ``save`` keeps them)."""
         found = cls.read(data_dir) or cls(path=data_dir / CREDENTIALS_FILE, passwords={}, changed=True)
         for username in usernames:
             if username not in found.passwords:
