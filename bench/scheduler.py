@@ -1,21 +1,28 @@
-"""Scheduler benchmark: ``python -m bench.scheduler [--quick]``.
+"""Scheduler benchmark: ``python -m bench.scheduler [--quick] [--spread S]``.
 
 N nodes (10,000) whose rules fall due within the same minute; the nodes are
 stand-ins that never execute (a publisher retains their config, schedule,
 ``online`` status and an idle state), so every run needs the scheduler's
 backup.  Each node gets a tz offset of a whole number of seconds, so its
-``HH:MM`` rule starts at its own second of the minute (``--spread`` seconds,
-60 by default; 1 puts every run on the same second).
+``HH:MM`` rule starts at its own second of the minute.
 
-The scheduler runs as deployed (its own process, PostgreSQL claims); a paho
-subscriber in this process stamps each ``set/switch`` on arrival.  Lateness
-is arrival minus (run start + grace).  Baseline, in a separate process during
-the same minute: plain asyncio ``loop.call_at`` lateness for the same number
-of timers at the same due times.  The last line printed is JSON.
+"Fall due in the same minute" is read as rules written for one ``HH:MM`` by
+nodes whose clocks and zones differ: the default ``--spread 60`` puts an equal
+share of the runs on each second of the minute (about 167 a second).
+``--spread 1`` is the worst case the contract allows, every run on the same
+second (the same ``HH:MM`` in the same zone); its figures are in
+``bench/README.md``.  The JSON line says which spread was measured.
+
+The scheduler runs as deployed (its own process, PostgreSQL claims); a bare
+socket subscriber in this process stamps each ``set/switch`` as it is read
+(see ``Receiver``).  Lateness is arrival minus (run start + grace).  Baseline,
+in a separate process during the same minute: plain asyncio ``loop.call_at``
+lateness for the same number of timers at the same due times.  The last line
+printed is JSON: the issue's keys plus ``spread_s`` and ``grace_s``.
 
 ``BENCH_SCHEDULER_LOG=debug`` makes the scheduler log each batch's timing
-(due to claim, claim, queued, confirmed); ``BENCH_KEEP=1`` keeps the work
-directory with ``scheduler.log``.
+(due to claim, waiting for claims, queued, confirmed); ``BENCH_KEEP=1`` keeps
+the work directory with ``scheduler.log``.
 """
 
 from __future__ import annotations

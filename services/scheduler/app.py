@@ -73,11 +73,12 @@ class Scheduler:
             topic = self._switch_topics[node] = self.topics.set(node, Command.SWITCH)
         return topic
 
-    async def send_backups(self, won: list[Event]) -> None:
-        """Write the won backups to the broker at QoS 1, all in one go (raises NotSent if not connected)."""
-        self.publisher.publish([(self._switch_topic(node), switch_command(run)) for node, run, _ in won], qos=1)
+    async def send_backups(self, won: list[Event]) -> asyncio.Future[None]:
+        """Write the won backups at QoS 1 in one go; done when the broker acknowledged them (NotSent: not connected)."""
+        acked = self.publisher.publish([(self._switch_topic(node), switch_command(run)) for node, run, _ in won], qos=1)
         for node, run, detail in won[:3]:
             log.info("backup_sent", node=node, run_id=run.run_id, until=run.end, detail=detail, batch=len(won))
+        return acked
 
     async def publish_events(self, kind: str, events: list[Event]) -> None:
         now = time.time()

@@ -37,7 +37,9 @@ CHECK, RESUME, TAKEOVER = "check", "resume", "takeover"
 CLAIM_CHUNK = 1000  # claims per database round trip; sending one chunk overlaps the next claims
 CLAIMS_IN_FLIGHT = 2  # chunks the database works on at once (the pool has 4 connections)
 
-SendBackups = Callable[[list[Event]], Awaitable[None]]
+Acked = asyncio.Future[None]
+SendBackups = Callable[[list[Event]], Awaitable[Acked]]
+"""Writes the backups out; the future it returns is done once the broker acknowledged all of them."""
 Publish = Callable[[str, list[Event]], Awaitable[None]]
 
 
@@ -75,6 +77,7 @@ class Planner:
         self._heap: list[tuple[float, int, Due]] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
+        self._confirming: set[asyncio.Task[None]] = set()
 
     def view(self, node: str) -> NodeView:
         found = self.nodes.get(node)
@@ -124,6 +127,13 @@ class Planner:
 
     # -- running -----------------------------------------------------------
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            for task in self._confirming:
+                task.cancel()
+
+    async def _run(self) -> None:
         while True:
             self._wake.clear()
             now = self.clock()
@@ -180,12 +190,11 @@ class Planner:
                 done[kind].append((view.name, due.run, detail))
         if to_claim:
             began = self.clock()
-            sent, claim_wait = await self._claim_and_queue(to_claim)
-            queued = self.clock()
-            await self._confirm(sent)
-            log.debug("backups", sent=len(sent), late_ms=round((began - batch[0].at) * 1000, 1),
-                      queued_ms=round((queued - began) * 1000, 1), claim_wait_ms=round(claim_wait * 1000, 1),
-                      confirmed_ms=round((self.clock() - queued) * 1000, 1))
+            written, claim_wait = await self._claim_and_queue(to_claim)
+            for won, acked in written:  # after the whole batch is out: marking it sent must not slow its claims
+                self._confirm_later(won, acked, began)
+            log.debug("backups", sent=sum(len(won) for won, _ in written), late_ms=round((began - batch[0].at) * 1000, 1),
+                      queued_ms=round((self.clock() - began) * 1000, 1), claim_wait_ms=round(claim_wait * 1000, 1))
         for view, after in to_plan:
             self._plan_after(view, after)
         for due in takeovers:
@@ -196,14 +205,14 @@ class Planner:
             if recorded:
                 await self.publish(kind, recorded)
 
-    async def _claim_and_queue(self, to_claim: list[Event]) -> tuple[list[Event], float]:
+    async def _claim_and_queue(self, to_claim: list[Event]) -> tuple[list[tuple[list[Event], Acked]], float]:
         """Claim in chunks, a few in flight; a chunk's won backups go to the publisher as soon as its claim returns.
 
-        Returns the backups queued and the time spent waiting for claims.
+        Returns the backups written out (with the acknowledgement of each chunk) and the time spent waiting for claims.
         """
         chunks = [to_claim[i:i + CLAIM_CHUNK] for i in range(0, len(to_claim), CLAIM_CHUNK)]
         claims = [asyncio.create_task(self.store.claim(chunk)) for chunk in chunks[:CLAIMS_IN_FLIGHT]]
-        sent: list[Event] = []
+        written: list[tuple[list[Event], Acked]] = []
         waited = 0.0
         try:
             for i, chunk in enumerate(chunks):
@@ -212,8 +221,9 @@ class Planner:
                 waited += self.clock() - asked
                 if i + CLAIMS_IN_FLIGHT < len(chunks):
                     claims.append(asyncio.create_task(self.store.claim(chunks[i + CLAIMS_IN_FLIGHT])))
-                if await self._queue(won):
-                    sent += won
+                acked = await self._send(won)
+                if acked is not None:
+                    written.append((won, acked))
                 won_ids = {(n, r.run_id) for n, r, _ in won}
                 for node, run, _ in chunk:
                     if (node, run.run_id) not in won_ids:
@@ -222,7 +232,7 @@ class Planner:
             for task in claims:
                 task.cancel()  # after a failed claim: the others are retried with the whole batch
             await asyncio.gather(*claims, return_exceptions=True)
-        return sent, waited
+        return written, waited
 
     def classify(self, view: NodeView, run: Run, now: float, *, resumed: bool) -> tuple[str | None, str | None]:
         """What to do about ``run`` now: ``run``, ``skipped``, ``miss``, ``claim`` or None (nothing)."""
@@ -236,31 +246,43 @@ class Planner:
             return "miss", "node offline at the due time"
         return "claim", "resumed after the node came back" if resumed else f"state did not follow within {self.grace:g} s"
 
-    async def _queue(self, won: list[Event]) -> bool:
-        """Hand the won backups to the MQTT client; False (and a recheck after the lease) if it cannot take them."""
+    async def _send(self, won: list[Event]) -> Acked | None:
+        """Write the won backups out; None (and a recheck after the lease) if the publisher cannot take them."""
         if not won:
-            return False
+            return None
         try:
-            await self.send(won)
+            return await self.send(won)
         except NotSent as exc:
-            # Not sent: our claims stay unsent, so after the lease we (or another instance) take them over.
-            log.warning("backup_not_sent", error=str(exc), count=len(won))
-            for node, run, _ in won:
-                self._recheck(node, run)
-            return False
-        return True
+            self._not_sent(won, exc)
+            return None
 
-    async def _confirm(self, sent: list[Event]) -> None:
-        if not sent:
+    def _confirm_later(self, sent: list[Event], acked: Acked, written: float) -> None:
+        """Mark backups sent once the broker acknowledged them, in the background: the next due second does not wait."""
+        task = asyncio.create_task(self._confirm(sent, acked, written))
+        self._confirming.add(task)
+        task.add_done_callback(self._confirming.discard)
+
+    def _not_sent(self, won: list[Event], exc: BaseException) -> None:
+        # Our claims stay unsent, so after the lease we (or another instance) take them over and send again;
+        # the node treats a run id it already executed as a no-op.
+        log.warning("backup_not_sent", error=str(exc) or type(exc).__name__, count=len(won))
+        for node, run, _ in won:
+            self._recheck(node, run)
+
+    async def _confirm(self, sent: list[Event], acked: Acked, written: float) -> None:
+        try:
+            await asyncio.wait_for(acked, self.lease)
+        except (NotSent, TimeoutError) as exc:
+            self._not_sent(sent, exc)
             return
-        await asyncio.sleep(0)  # let the socket writer start on the commands first
-        await self.store.mark_sent([(node, run.run_id) for node, run, _ in sent])
+        log.debug("backups_acknowledged", count=len(sent), ack_ms=round((self.clock() - written) * 1000, 1))
+        try:
+            await self.store.mark_sent([(node, run.run_id) for node, run, _ in sent])
+        except (StoreUnavailable, *TRANSIENT) as exc:
+            self._not_sent(sent, exc)
+            return
         self.counts.backups += len(sent)
         await self.publish("backup", sent)
-
-    async def _send(self, won: list[Event]) -> None:
-        if await self._queue(won):
-            await self._confirm(won)
 
     def _recheck(self, node: str, run: Run) -> None:
         view = self.nodes[node]
@@ -273,7 +295,10 @@ class Planner:
         if await self.store.take_over(due.node, due.run.run_id, self.lease):
             log.warning("backup_taken_over", node=due.node, run_id=due.run.run_id)
             self.counts.takeovers += 1
-            await self._send([(due.node, due.run, "taken over from an instance that did not send it")])
+            won = [(due.node, due.run, "taken over from an instance that did not send it")]
+            acked = await self._send(won)
+            if acked is not None:
+                self._confirm_later(won, acked, self.clock())
         else:
             self._recheck(due.node, due.run)
 

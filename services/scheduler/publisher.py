@@ -6,8 +6,9 @@ and walks every pending call on each call, and paho under it walks every
 unacknowledged message on each PUBACK once an in-flight window is set, so
 10,000 backups due in one second took seconds.  A connection that only
 publishes needs little of the protocol: CONNECT/CONNACK, PUBLISH/PUBACK and
-PINGREQ/PINGRESP, written here on an asyncio protocol.  QoS 1 packets carry
-ids; ``unacked`` holds the ones the broker has not acknowledged yet.
+PINGREQ/PINGRESP, written here on an asyncio protocol.  A QoS 1 batch comes
+back as a future that is done once the broker acknowledged every message of
+it, or fails with :class:`NotSent` if the connection closed first.
 """
 
 from __future__ import annotations
@@ -75,14 +76,25 @@ def publish_packet(topic: bytes, payload: bytes, qos: int, packet_id: int) -> by
     return bytes((0x30 | qos << 1,)) + _length(len(head) + len(payload)) + head + payload
 
 
+class _Batch:
+    """The QoS 1 messages of one ``publish`` call the broker has not acknowledged yet."""
+
+    __slots__ = ("acked", "remaining")
+
+    def __init__(self, size: int, acked: asyncio.Future[None]) -> None:
+        self.remaining = size
+        self.acked = acked
+
+
 class _Link(asyncio.Protocol):
     """One TCP connection: reads CONNACK, PUBACKs and PINGRESPs; anything else closes it."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.connack: asyncio.Future[int] = loop.create_future()
         self.closed: asyncio.Future[BaseException | None] = loop.create_future()
-        self.unacked: set[int] = set()
+        self.unacked: dict[int, _Batch] = {}  # packet id -> its batch
         self.heard = time.monotonic()
         self._next_id = 0
         self._buffer = bytearray()
@@ -92,6 +104,10 @@ class _Link(asyncio.Protocol):
         self.transport = transport
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        lost = NotSent(f"the connection closed before the broker acknowledged them ({exc or 'closed'})")
+        for batch in {id(b): b for b in self.unacked.values()}.values():
+            if not batch.acked.done():
+                batch.acked.set_exception(lost)
         if not self.connack.done():
             self.connack.set_exception(ConnectionError("the broker closed the connection before CONNACK"))
         if not self.closed.done():
@@ -116,7 +132,11 @@ class _Link(asyncio.Protocol):
                 break
             kind = buf[pos] >> 4
             if kind == _PUBACK and length == 2:
-                self.unacked.discard(buf[at + 1] << 8 | buf[at + 2])
+                batch = self.unacked.pop(buf[at + 1] << 8 | buf[at + 2], None)
+                if batch is not None:
+                    batch.remaining -= 1
+                    if not batch.remaining and not batch.acked.done():
+                        batch.acked.set_result(None)
             elif kind == _CONNACK and length == 2 and not self.connack.done():
                 self.connack.set_result(buf[at + 2])
             elif kind != _PINGRESP:
@@ -130,20 +150,25 @@ class _Link(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def write(self, messages: Sequence[tuple[str, bytes]], qos: int) -> None:
+    def write(self, messages: Sequence[tuple[str, bytes]], qos: int) -> asyncio.Future[None]:
         transport = self.transport
         if transport is None or transport.is_closing() or not self.connack.done():
             raise NotSent("not connected to the broker")
         if qos and len(self.unacked) + len(messages) > MAX_UNACKED:
             raise NotSent(f"{len(self.unacked)} publishes not acknowledged by the broker yet")
+        acked: asyncio.Future[None] = self.loop.create_future()
+        batch = _Batch(len(messages), acked)
         packets = []
         for topic, payload in messages:
             packet_id = 0
             if qos:
                 packet_id = self._free_id()
-                self.unacked.add(packet_id)
+                self.unacked[packet_id] = batch
             packets.append(publish_packet(topic.encode(), payload, qos, packet_id))
         transport.write(b"".join(packets))  # one write: the kernel sends the batch back to back
+        if not qos:
+            acked.set_result(None)  # QoS 0: nothing comes back
+        return acked
 
     def _free_id(self) -> int:
         while True:
@@ -167,14 +192,22 @@ class Publisher:
         """QoS 1 publishes of the current connection the broker has not acknowledged."""
         return len(self._link.unacked) if self._link is not None else 0
 
-    def publish(self, messages: Sequence[tuple[str, bytes]], *, qos: int = 1) -> None:
-        """Write ``(topic, payload)`` messages at QoS 0 or 1 in one go, without waiting for acknowledgements."""
+    def publish(self, messages: Sequence[tuple[str, bytes]], *, qos: int = 1) -> asyncio.Future[None]:
+        """Write ``(topic, payload)`` messages at QoS 0 or 1 in one go; raises :class:`NotSent` if not connected.
+
+        Returns at once with a future that is done when the broker acknowledged every
+        QoS 1 message of the batch (at once for QoS 0), or fails with :class:`NotSent`
+        if the connection closed before.
+        """
         if qos not in (0, 1):
             raise ValueError(f"qos {qos}: this publisher speaks QoS 0 and 1")
         if self._link is None:
             raise NotSent("not connected to the broker")
-        if messages:
-            self._link.write(messages, qos)
+        if not messages:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        return self._link.write(messages, qos)
 
     async def run(self) -> None:
         """Connect, keep alive, reconnect with backoff; until cancelled."""
@@ -214,12 +247,13 @@ class Publisher:
     async def _keep_alive(self, link: _Link) -> None:
         """PINGREQ every half keepalive; a broker silent for a whole keepalive after one is gone."""
         interval = self.keepalive / 2
-        while not link.closed.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(link.closed), interval)
-            except TimeoutError:
-                if time.monotonic() - link.heard > self.keepalive + interval:
-                    link.close()
-                    raise TimeoutError(f"the broker answered nothing for {self.keepalive + interval:g} s") from None
-                assert link.transport is not None
-                link.transport.write(_PINGREQ)
+        while True:
+            # asyncio.wait, not wait_for: Python 3.11's wait_for loses a cancellation that meets the connection's end.
+            await asyncio.wait([link.closed], timeout=interval)
+            if link.closed.done():
+                return
+            if time.monotonic() - link.heard > self.keepalive + interval:
+                link.close()
+                raise TimeoutError(f"the broker answered nothing for {self.keepalive + interval:g} s")
+            assert link.transport is not None
+            link.transport.write(_PINGREQ)
