@@ -1,8 +1,9 @@
 """When runs fall due, and what the scheduler does then: nothing, record, or send the backup.
 
 One heap of due checks for every node; one task pops every check that is due
-and handles them as a batch (one database round trip for all the claims of a
-batch), so ten thousand runs due in the same second go out together.
+and handles them as a batch (claims in chunks of a thousand per database round
+trip, two chunks in flight, each chunk's commands written as soon as its claim
+returns), so ten thousand runs due in the same second go out together.
 
 At ``start + grace`` a run is classified:
 
@@ -11,8 +12,9 @@ At ``start + grace`` a run is classified:
 * the window is over                      -> ``miss``;
 * the node is offline                     -> ``miss``; resumed if it comes back inside the window;
 * otherwise                               -> claim the ``backup``; the instance that wins sends
-  ``SwitchCommand(state, until=end, run_id)``; a loser checks again after the lease and takes
-  over a claim whose instance died before sending.
+  ``SwitchCommand(state, until=end, run_id)`` and marks it sent once the broker acknowledged it
+  (if not, it checks again after the lease); a loser checks again after the lease and takes
+  over a claim whose instance died before its command was acknowledged.
 """
 
 from __future__ import annotations
