@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import struct
 import time
 import uuid
 from dataclasses import asdict, dataclass
 
 from nodefleet.contracts import Topics
-from nodefleet.ingest import packets
+from nodefleet import mqtt_packets as packets
 
 
 @dataclass
@@ -30,17 +29,6 @@ class LoadResult:
     @property
     def rate(self) -> float:
         return self.acked / self.seconds if self.seconds else 0.0
-
-
-def _publish_packet(topic: bytes, payload: bytes, packet_id: int) -> bytes:
-    body_len = 2 + len(topic) + 2 + len(payload)
-    header = bytearray((0x32,))
-    while True:
-        byte, body_len = body_len & 0x7F, body_len >> 7
-        header.append(byte | 0x80 if body_len else byte)
-        if not body_len:
-            break
-    return bytes(header) + struct.pack(">H", len(topic)) + topic + struct.pack(">H", packet_id) + payload
 
 
 async def publish(
@@ -93,7 +81,7 @@ async def publish(
             node_index, rnd = i % len(nodes), i // len(nodes)
             packet_id = packet_id % 65535 + 1
             payload = json.dumps({"v": 1, "seq": seq_base + rnd, "ts": now, "readings": {"temperature": 21.5, "humidity": 48, "rssi": -61}})
-            out.append(_publish_packet(topic_bytes[node_index], payload.encode(), packet_id))
+            out.append(packets.publish(topic_bytes[node_index], payload.encode(), 1, packet_id))
         writer.write(b"".join(out))
         sent += n
         await writer.drain()

@@ -46,11 +46,11 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
+from nodefleet import mqtt_packets as packets
 from nodefleet.contracts import Topics
 from nodefleet.contracts.topics import Command
 from nodefleet.embedded.mosquitto import Mosquitto, free_port
 from nodefleet.embedded.postgres import EmbeddedPostgres
-from services.scheduler.publisher import connect_packet
 
 ROOT = Path(__file__).resolve().parents[1]
 SPAWN = multiprocessing.get_context("spawn")
@@ -113,10 +113,9 @@ class Receiver:
         self.sock = socket.create_connection((broker.host, broker.port), timeout=10)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # keepalive 0: the broker expects no pings during the measurement
-        self.sock.sendall(connect_packet(f"bench-rx-{uuid.uuid4().hex[:6]}", 0, None, None))
-        topic = f"{topics.root}/+/set/{Command.SWITCH.value}".encode()
-        body = struct.pack(">HH", 1, len(topic)) + topic + b"\x00"  # packet id 1, one filter at QoS 0
-        self.sock.sendall(b"\x82" + bytes((len(body),)) + body)
+        self.sock.sendall(packets.connect(f"bench-rx-{uuid.uuid4().hex[:6]}", clean_session=True, keepalive=0))
+        # packet id 1, one filter at QoS 0
+        self.sock.sendall(packets.subscribe(1, [(f"{topics.root}/+/set/{Command.SWITCH.value}", 0)]))
         answer = b""
         while len(answer) < 9:  # CONNACK (4 bytes) and SUBACK (5 bytes)
             answer += self.sock.recv(9 - len(answer))

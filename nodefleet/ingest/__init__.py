@@ -8,7 +8,7 @@ its bounded buffer is full it stops reading the socket, so the broker keeps
 the rest queued in the persistent session.
 """
 
-from .packets import ProtocolError
+from ..mqtt_packets import ProtocolError
 from .subscriber import AckingSubscriber, ConnectionRefused, Inbound
 
 __all__ = ["AckingSubscriber", "ConnectionRefused", "Inbound", "ProtocolError"]

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from ..backoff import Backoff
 from ..logging import get_logger
 from ..mqtt import BrokerAddress
-from . import packets
-from .packets import ProtocolError
+from .. import mqtt_packets as packets
+from ..mqtt_packets import ProtocolError
 
 log = get_logger(__name__)
 

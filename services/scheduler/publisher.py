@@ -14,10 +14,10 @@ it, or fails with :class:`NotSent` if the connection closed first.
 from __future__ import annotations
 
 import asyncio
-import struct
 import time
 from collections.abc import Sequence
 
+from nodefleet import mqtt_packets as packets
 from nodefleet.backoff import Backoff
 from nodefleet.logging import get_logger
 from nodefleet.mqtt import BrokerAddress
@@ -26,10 +26,6 @@ log = get_logger(__name__)
 
 MAX_UNACKED = 60_000  # packet ids are 16 bits; keep a margin so finding a free one stays quick
 CONNECT_TIMEOUT = 10.0
-_CONNACK, _PUBACK, _PINGRESP = 2, 4, 13
-_PINGREQ = b"\xc0\x00"
-_REFUSED = {1: "unacceptable protocol version", 2: "client id rejected", 3: "server unavailable",
-            4: "bad user name or password", 5: "not authorised"}
 
 
 class NotSent(Exception):
@@ -38,42 +34,6 @@ class NotSent(Exception):
 
 class ConnectRefused(ConnectionError):
     """The broker answered CONNECT with a refusal."""
-
-
-def _length(n: int) -> bytes:
-    """MQTT's variable-length integer (the fixed header's remaining length)."""
-    out = bytearray()
-    while True:
-        n, byte = divmod(n, 128)
-        out.append(byte | 0x80 if n else byte)
-        if not n:
-            return bytes(out)
-
-
-def _text(value: str) -> bytes:
-    raw = value.encode()
-    return struct.pack(">H", len(raw)) + raw
-
-
-def connect_packet(client_id: str, keepalive: int, username: str | None, password: str | None) -> bytes:
-    """CONNECT, clean session, no will (the service's main session carries the last will)."""
-    flags, payload = 0x02, _text(client_id)
-    if username is not None:
-        flags |= 0x80
-        payload += _text(username)
-        if password is not None:  # 3.1.1 allows a password only with a user name
-            flags |= 0x40
-            payload += _text(password)
-    body = _text("MQTT") + bytes((4, flags)) + struct.pack(">H", keepalive) + payload
-    return b"\x10" + _length(len(body)) + body
-
-
-def publish_packet(topic: bytes, payload: bytes, qos: int, packet_id: int) -> bytes:
-    if qos:
-        head = struct.pack(">H", len(topic)) + topic + struct.pack(">H", packet_id)
-    else:
-        head = struct.pack(">H", len(topic)) + topic
-    return bytes((0x30 | qos << 1,)) + _length(len(head) + len(payload)) + head + payload
 
 
 class _Batch:
@@ -97,7 +57,7 @@ class _Link(asyncio.Protocol):
         self.unacked: dict[int, _Batch] = {}  # packet id -> its batch
         self.heard = time.monotonic()
         self._next_id = 0
-        self._buffer = bytearray()
+        self._reader = packets.PacketReader()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -115,36 +75,24 @@ class _Link(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.heard = time.monotonic()
-        buf = self._buffer
-        buf += data
-        pos, size = 0, len(buf)
-        while pos + 2 <= size:
-            length, shift, at = 0, 0, pos + 1
-            while at < size and buf[at] & 0x80 and shift < 21:
-                length |= (buf[at] & 0x7F) << shift
-                shift += 7
-                at += 1
-            if at >= size:
-                break  # the length bytes are not all in yet
-            length |= buf[at] << shift
-            end = at + 1 + length
-            if end > size:
-                break
-            kind = buf[pos] >> 4
-            if kind == _PUBACK and length == 2:
-                batch = self.unacked.pop(buf[at + 1] << 8 | buf[at + 2], None)
-                if batch is not None:
-                    batch.remaining -= 1
-                    if not batch.remaining and not batch.acked.done():
-                        batch.acked.set_result(None)
-            elif kind == _CONNACK and length == 2 and not self.connack.done():
-                self.connack.set_result(buf[at + 2])
-            elif kind != _PINGRESP:
-                log.warning("publisher_unexpected_packet", kind=kind, length=length)
-                self.close()
-                return
-            pos = end
-        del buf[:pos]
+        try:
+            for first, body in self._reader.feed(data):
+                kind = first & 0xF0
+                if kind == packets.PUBACK and len(body) == 2:
+                    batch = self.unacked.pop(body[0] << 8 | body[1], None)
+                    if batch is not None:
+                        batch.remaining -= 1
+                        if not batch.remaining and not batch.acked.done():
+                            batch.acked.set_result(None)
+                elif kind == packets.CONNACK and len(body) == 2 and not self.connack.done():
+                    self.connack.set_result(body[1])
+                elif kind != packets.PINGRESP:
+                    log.warning("publisher_unexpected_packet", kind=kind >> 4, length=len(body))
+                    self.close()
+                    return
+        except packets.ProtocolError as exc:
+            log.warning("publisher_bad_stream", error=str(exc))
+            self.close()
 
     def close(self) -> None:
         if self.transport is not None:
@@ -158,14 +106,14 @@ class _Link(asyncio.Protocol):
             raise NotSent(f"{len(self.unacked)} publishes not acknowledged by the broker yet")
         acked: asyncio.Future[None] = self.loop.create_future()
         batch = _Batch(len(messages), acked)
-        packets = []
+        out = []
         for topic, payload in messages:
             packet_id = 0
             if qos:
                 packet_id = self._free_id()
                 self.unacked[packet_id] = batch
-            packets.append(publish_packet(topic.encode(), payload, qos, packet_id))
-        transport.write(b"".join(packets))  # one write: the kernel sends the batch back to back
+            out.append(packets.publish(topic.encode(), payload, qos, packet_id))
+        transport.write(b"".join(out))  # one write: the kernel sends the batch back to back
         if not qos:
             acked.set_result(None)  # QoS 0: nothing comes back
         return acked
@@ -228,11 +176,12 @@ class Publisher:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 await loop.create_connection(lambda: link, self.address.host, self.address.port)
                 assert link.transport is not None
-                link.transport.write(connect_packet(self.client_id, self.keepalive, self.address.username,
-                                                    self.address.password))
+                # Clean session, no will: the service's main session carries the last will.
+                link.transport.write(packets.connect(self.client_id, clean_session=True, keepalive=self.keepalive,
+                                                     username=self.address.username, password=self.address.password))
                 code = await link.connack
             if code != 0:
-                raise ConnectRefused(f"broker refused the connection: {_REFUSED.get(code, f'code {code}')}")
+                raise ConnectRefused(f"broker refused the connection: {packets.CONNACK_REASONS.get(code, f'code {code}')}")
             self._link = link
             self.connected.set()
             await self._keep_alive(link)
@@ -256,4 +205,4 @@ class Publisher:
                 link.close()
                 raise TimeoutError(f"the broker answered nothing for {self.keepalive + interval:g} s")
             assert link.transport is not None
-            link.transport.write(_PINGREQ)
+            link.transport.write(packets.PINGREQ_PACKET)

@@ -12,12 +12,8 @@ import pytest
 from nodefleet import mqtt
 from nodefleet.embedded.mosquitto import Mosquitto, free_port
 from nodefleet.mqtt import BrokerAddress
-from services.scheduler.publisher import (
-    NotSent,
-    Publisher,
-    connect_packet,
-    publish_packet,
-)
+from nodefleet import mqtt_packets as packets
+from services.scheduler.publisher import NotSent, Publisher
 
 
 @contextlib.asynccontextmanager
@@ -33,11 +29,12 @@ async def running(publisher: Publisher):
 
 def test_packets_follow_mqtt_311():
     # CONNECT: "MQTT", level 4, clean session + user name + password, keepalive 30.
-    assert connect_packet("c", 30, "u", "p") == b"\x10\x13\x00\x04MQTT\x04\xc2\x00\x1e\x00\x01c\x00\x01u\x00\x01p"
-    assert publish_packet(b"a/b", b"hi", 1, 258) == b"\x32\x09\x00\x03a/b\x01\x02hi"
-    assert publish_packet(b"a/b", b"hi", 0, 0) == b"\x30\x07\x00\x03a/bhi"
+    assert packets.connect("c", clean_session=True, keepalive=30, username="u", password="p") == \
+        b"\x10\x13\x00\x04MQTT\x04\xc2\x00\x1e\x00\x01c\x00\x01u\x00\x01p"
+    assert packets.publish(b"a/b", b"hi", 1, 258) == b"\x32\x09\x00\x03a/b\x01\x02hi"
+    assert packets.publish(b"a/b", b"hi", 0) == b"\x30\x07\x00\x03a/bhi"
     # A remaining length over 127 takes two bytes.
-    assert publish_packet(b"t", b"x" * 200, 0, 0)[:3] == b"\x30\xcb\x01"
+    assert packets.publish(b"t", b"x" * 200, 0)[:3] == b"\x30\xcb\x01"
 
 
 async def test_a_batch_arrives_whole_and_is_acknowledged(broker):

@@ -11,7 +11,8 @@ import asyncpg
 from conftest import wait_for
 from nodefleet.contracts import Topics
 from nodefleet.embedded.mosquitto import Mosquitto
-from nodefleet.ingest import AckingSubscriber, packets
+from nodefleet import mqtt_packets as packets
+from nodefleet.ingest import AckingSubscriber
 from nodefleet.mqtt import BrokerAddress, client
 
 from .helpers import make_settings, start, stop

@@ -1,9 +1,11 @@
-"""The few MQTT 3.1.1 packets a subscriber needs, encoded and decoded.
+"""The few MQTT 3.1.1 packets our own clients need, encoded and decoded.
 
-Only what :mod:`nodefleet.ingest.subscriber` sends (CONNECT, SUBSCRIBE,
-PUBACK, PINGREQ, DISCONNECT) and receives (CONNACK, SUBACK, PUBLISH,
-PINGRESP).  :class:`PacketReader` splits a byte stream into packets without
-copying more than each packet's own bytes.
+Two clients of our own speak MQTT without a library: the acking subscriber
+of :mod:`nodefleet.ingest` (sends CONNECT, SUBSCRIBE, PUBACK, PINGREQ,
+DISCONNECT; receives CONNACK, SUBACK, PUBLISH, PINGRESP) and the scheduler's
+publish-only connection (sends CONNECT, PUBLISH, PINGREQ; receives CONNACK,
+PUBACK, PINGRESP).  :class:`PacketReader` splits a byte stream into packets
+without copying more than each packet's own bytes.
 """
 
 from __future__ import annotations
@@ -72,6 +74,12 @@ def connect(
     if password is not None:
         body += _string(password)
     return _packet(CONNECT, body)
+
+
+def publish(topic: bytes, payload: bytes, qos: int, packet_id: int = 0) -> bytes:
+    """A PUBLISH (not retained, not a duplicate); ``packet_id`` only for QoS 1 and 2."""
+    head = struct.pack(">H", len(topic)) + topic + (struct.pack(">H", packet_id) if qos else b"")
+    return bytes((PUBLISH | qos << 1,)) + _length(len(head) + len(payload)) + head + payload
 
 
 def subscribe(packet_id: int, filters: list[tuple[str, int]]) -> bytes:
