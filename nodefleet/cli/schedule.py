@@ -10,10 +10,10 @@ import click
 from pydantic import ValidationError
 
 from ..contracts import WEEKDAYS, Schedule
+from ..contracts.queries import TELEMETRY_SERVICE, RunEventsQuery
 from ..contracts.scheduling import (
     SCHEDULER_SERVICE,
-    HistoryQuery,
-    HistoryRow,
+    RunEventRow,
     ShowAnswer,
     ShowQuery,
 )
@@ -209,7 +209,13 @@ HISTORY_COLUMNS = (
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True, metavar="SECONDS")
 @fleet_options
 def history(settings: CommonSettings, node: str, limit: int, fmt: str, timeout: float) -> None:
-    """NODE's runs, backups, misses and skipped runs, newest first (kept by the scheduler)."""
+    """NODE's runs, backups, misses and skipped runs, newest first.
+
+    The scheduler publishes them as run events; the telemetry service stores
+    them for NODEFLEET_TELEMETRY_LOG_RETENTION_DAYS days and answers this, so
+    it must be running (the scheduler need not be).  The JSON output also carries `sent` (a backup: when the broker acknowledged
+    the command) and `received` (when telemetry got the event).
+    """
     rows = run(_history(settings, node, limit, timeout))
     emit(rows, HISTORY_COLUMNS, fmt, title=f"{node}: {len(rows)} run event(s)" if fmt == "table" else None)
     if not rows:
@@ -219,7 +225,8 @@ def history(settings: CommonSettings, node: str, limit: int, fmt: str, timeout: 
 async def _history(settings: CommonSettings, node: str, limit: int, timeout: float) -> list[dict[str, Any]]:
     async with connect(settings) as connection:
         try:
-            data = await _request(connection, "history", HistoryQuery(node=node, limit=limit), timeout)
+            data = await request_on(connection, TELEMETRY_SERVICE, "run_events", RunEventsQuery(node=node, limit=limit),
+                                    timeout=timeout)
         except CliError as exc:
-            raise CliError(f"{exc}; the scheduler keeps the history") from exc
-    return [row.model_dump(mode="json") for row in parse_rows(data, HistoryRow, "schedule history")]
+            raise CliError(f"{exc}; the telemetry service keeps the run history") from exc
+    return [row.model_dump(mode="json") for row in parse_rows(data, RunEventRow, "schedule history")]

@@ -74,3 +74,15 @@ class LogRow(Query):
     msg: str
     reset_cause: str | None = None
     trace: str | None = None
+
+
+class RunEventsQuery(Query):
+    """``telemetry/run_events``: a node's scheduler run events, newest first.
+
+    Answered with :class:`~nodefleet.contracts.scheduling.RunEventRow` rows (that
+    module holds the run event models).
+    """
+
+    action: Annotated[str, Field(exclude=True)] = "run_events"
+    node: NodeName
+    limit: Annotated[int, Field(ge=1, le=10_000)] = 100

@@ -2,8 +2,11 @@
 
 A node's schedule itself is the retained :class:`~nodefleet.contracts.payloads.Schedule`
 on ``Topics.schedule(node)``; anyone may set it.  The scheduler publishes one
-:class:`RunEvent` per run outcome on ``Topics.scheduler_events()`` and keeps them
-for ``nodefleet schedule history`` (its own table, not the telemetry service's).
+:class:`RunEvent` per run outcome on ``Topics.scheduler_events()`` (QoS 1); the
+telemetry service stores them and answers
+:class:`~nodefleet.contracts.queries.RunEventsQuery` with :class:`RunEventRow`
+for ``nodefleet schedule history``.  The scheduler's own event table is its
+claim store, not a history anyone reads.
 """
 
 from __future__ import annotations
@@ -35,24 +38,18 @@ class RunRecord(Part):
     end: Epoch
     instance: ShortText
     detail: Text | None = None
+    sent: Epoch | None = None
+    """backup only: when the broker acknowledged the command (the event is published after that)."""
 
 
 class RunEvent(Payload, RunRecord):
     """A RunRecord as published on ``Topics.scheduler_events()``."""
 
 
-class HistoryQuery(Query):
-    """``scheduler/history``: a node's run events, newest first."""
+class RunEventRow(RunRecord):
+    """A RunRecord as the telemetry service stored it; ``received`` is when telemetry got it."""
 
-    action: Annotated[str, Field(exclude=True)] = "history"
-    node: NodeName
-    limit: Annotated[int, Field(ge=1, le=10_000)] = 100
-
-
-class HistoryRow(RunRecord):
-    """A recorded RunRecord; ``sent`` is when a backup was handed to the broker."""
-
-    sent: Epoch | None = None
+    received: Epoch
 
 
 class ShowQuery(Query):

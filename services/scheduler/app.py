@@ -2,8 +2,10 @@
 
 ``serve`` loads the last valid schedules from PostgreSQL, subscribes to every
 node's retained schedule, config (for tz), state and status, waits for the
-retained messages to settle, then runs the planner.  Fleet requests
-``scheduler/history`` and ``scheduler/show`` are answered on the same session.
+retained messages to settle, then runs the planner.  The fleet request
+``scheduler/show`` is answered on the same session.  Run events go out on
+``Topics.scheduler_events()``; the telemetry service keeps them for
+``nodefleet schedule history``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,12 @@ def switch_command(run: Run) -> bytes:
     return json.dumps({"v": 1, "state": state, "until": run.end, "run_id": run.run_id}).encode()
 
 
+def _event_acks(acked: asyncio.Future[None]) -> None:
+    """Nothing waits for the events' acknowledgements; a connection lost first is only logged."""
+    if not acked.cancelled() and acked.exception() is not None:
+        log.warning("run_events_not_acknowledged", error=str(acked.exception()))
+
+
 class Scheduler:
     def __init__(self, settings: SchedulerSettings, store: Store) -> None:
         self.settings = settings
@@ -95,11 +103,17 @@ class Scheduler:
                          "action": run.action, "start": run.start, "end": run.end, "instance": self.settings.instance}
                 if detail is not None:
                     event["detail"] = detail
+                if kind == "backup":
+                    # Backup events are published only once the broker acknowledged the command and it was marked sent.
+                    event["sent"] = now
                 messages.append((self.events_topic, json.dumps(event).encode()))
             try:
-                self.publisher.publish(messages, qos=0)
+                # QoS 1: the telemetry service keeps the history from these and its persistent session
+                # queues them while it is away; a QoS 0 event would be lost then.
+                acked = self.publisher.publish(messages, qos=1)
             except NotSent:
-                return  # events are a notice; the table keeps the record
+                return  # not connected: the claim table still holds the record, the history misses it
+            acked.add_done_callback(_event_acks)
             await asyncio.sleep(0)  # let commands and other work through
         if kind != "run":
             log.info("run_event", kind=kind, count=len(events), first=events[0][1].run_id, node=events[0][0])

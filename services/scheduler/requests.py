@@ -1,17 +1,15 @@
-"""Fleet requests the scheduler answers: ``history`` (run events, newest first) and ``show``."""
+"""The fleet request the scheduler answers: ``show``.
+
+Run history is not asked here: the telemetry service stores the run events
+(``telemetry/run_events``); the scheduler's own event table is its claim store.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any
 
-from nodefleet.contracts.scheduling import (
-    HistoryQuery,
-    HistoryRow,
-    RunView,
-    ShowAnswer,
-    ShowQuery,
-)
+from nodefleet.contracts.scheduling import RunView, ShowAnswer, ShowQuery
 from nodefleet.fleet import Handler
 
 from .rulebook import Run, next_start, window
@@ -25,11 +23,6 @@ def _run_view(run: Run | None) -> RunView | None:
 
 
 def handlers(scheduler: Scheduler) -> dict[str, Handler]:
-    async def history(data: dict[str, Any]) -> list[dict[str, Any]]:
-        query = HistoryQuery.model_validate(data)
-        rows = await scheduler.store.history(query.node, query.limit)
-        return [HistoryRow.model_validate(row).model_dump(mode="json") for row in rows]
-
     async def show(data: dict[str, Any]) -> dict[str, Any]:
         query = ShowQuery.model_validate(data)
         view = scheduler.planner.nodes.get(query.node)
@@ -41,4 +34,4 @@ def handlers(scheduler: Scheduler) -> dict[str, Handler]:
             open=_run_view(window(view.rules, view.tz, now)), next=_run_view(next_start(view.rules, view.tz, now)),
         ).model_dump(mode="json")
 
-    return {"history": history, "show": show}
+    return {"show": show}

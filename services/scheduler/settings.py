@@ -16,6 +16,6 @@ class SchedulerSettings(CommonSettings):
         5.0, "Seconds after which another instance takes over a claimed backup that was never sent", "lease",
         gt=0, le=600,
     )
-    history_days: int = _own(90, "Days of run events kept for `nodefleet schedule history`", "history_days", ge=1)
+    history_days: int = _own(90, "Days of run events kept in the claim table (`scheduler_events`)", "history_days", ge=1)
     keepalive: int = _own(30, "MQTT keepalive in seconds", "keepalive", ge=5, le=600)
     db_retry_max: float = _own(10.0, "Longest pause (s) between database reconnection attempts", "db_retry_max", gt=0)

@@ -151,12 +151,6 @@ class Store:
                WHERE e.node = u.n AND e.run_id = u.r AND e.kind = 'backup'""",
             time.time(), [n for n, _ in sent], [r for _, r in sent])
 
-    async def history(self, node: str, limit: int) -> list[dict[str, Any]]:
-        rows = await self.pool.fetch(
-            """SELECT ts, node, run_id, rule, kind, action, start, "end", instance, detail, sent
-               FROM scheduler_events WHERE node = $1 ORDER BY ts DESC, kind LIMIT $2""", node, limit)
-        return [dict(row) for row in rows]
-
     async def prune(self, days: int) -> int:
         result = await self.pool.execute("DELETE FROM scheduler_events WHERE ts < $1", time.time() - days * 86400)
         return int(result.split()[-1])

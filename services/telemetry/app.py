@@ -1,4 +1,4 @@
-"""The telemetry service: node topics in, PostgreSQL out, fleet queries answered.
+"""The telemetry service: node topics and scheduler run events in, PostgreSQL out, fleet queries answered.
 
 Start order: database reachable (retried with backoff), schema migrated,
 partitions ready, then the ingest session subscribes.  ``ready`` is set once
@@ -36,6 +36,7 @@ _EXPIRE = (
     "DELETE FROM device_logs WHERE received < now() - make_interval(days => $1)",
     "DELETE FROM availability WHERE time < now() - make_interval(days => $1)",
     "DELETE FROM command_acks WHERE received < now() - make_interval(days => $1)",
+    "DELETE FROM run_events WHERE time < now() - make_interval(days => $1)",
 )
 
 
@@ -63,6 +64,7 @@ async def _maintenance_loop(pool: asyncpg.Pool, settings: TelemetrySettings) -> 
 
 def ingest_filters(settings: TelemetrySettings) -> list[str]:
     filters = [settings.topics.all_nodes(kind) for kind in SUBSCRIBED_KINDS]
+    filters.append(settings.topics.scheduler_events())
     if settings.shared_group:
         filters = [settings.topics.shared(settings.shared_group, f) for f in filters]
     return filters

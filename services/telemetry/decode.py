@@ -1,5 +1,7 @@
 """Turn received MQTT messages into rows to store, or into rejections.
 
+Node topics, plus the scheduler's run events on ``Topics.scheduler_events()``.
+
 Pure functions over bytes and the clock: no I/O here, so every kind of bad
 input is testable in memory.  A rejection names a stable ``code`` that is
 counted and reported on the errors topic.
@@ -15,6 +17,7 @@ from pydantic import ValidationError
 
 from nodefleet.contracts import ONLINE, OFFLINE, Ack, Info, Log, NodeTopic, State, Telemetry, TopicError, Topics
 from nodefleet.contracts.payloads import MAX_PAYLOAD_BYTES
+from nodefleet.contracts.scheduling import RunEvent
 from nodefleet.ingest import Inbound
 
 DAY = 86_400
@@ -48,6 +51,7 @@ class Decoded:
     logs: list[tuple[str, Log, float]] = field(default_factory=list)
     acks: list[tuple[str, Ack, float]] = field(default_factory=list)
     statuses: list[tuple[str, bool, float]] = field(default_factory=list)
+    run_events: list[tuple[str, RunEvent, float]] = field(default_factory=list)
     seen: dict[str, tuple[float, float]] = field(default_factory=dict)
     rejected: list[Rejected] = field(default_factory=list)
 
@@ -69,6 +73,7 @@ class Decoder:
         self.topics = topics
         self.retention = retention_days * DAY
         self.max_clock_ahead = max_clock_ahead
+        self.events_topic = topics.scheduler_events()
         self._parsed: dict[str, tuple[str, NodeTopic]] = {}
 
     def _parse_topic(self, topic: str) -> tuple[str, NodeTopic]:
@@ -94,6 +99,8 @@ class Decoder:
 
     def _one(self, message: Inbound, out: Decoded, now: float) -> Rejected | None:
         topic = message.topic
+        if topic == self.events_topic:
+            return self._run_event(message, out)
         try:
             node, kind = self._parse_topic(topic)
         except TopicError as exc:
@@ -134,4 +141,17 @@ class Decoder:
         except ValueError as exc:  # readings that JSON cannot carry (NaN, infinity)
             return Rejected("bad_payload", str(exc), topic, node)
         out.see(node, received)
+        return None
+
+    def _run_event(self, message: Inbound, out: Decoded) -> Rejected | None:
+        """A scheduler run event; it says nothing about whether its node was heard, so ``seen`` stays as it is."""
+        payload = message.payload
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            return Rejected("too_large", f"{len(payload)} bytes, the limit is {MAX_PAYLOAD_BYTES}", message.topic)
+        try:
+            event = RunEvent.model_validate_json(payload)
+        except ValidationError as exc:
+            code = "bad_json" if exc.errors()[0]["type"] == "json_invalid" else "bad_payload"
+            return Rejected(code, _first_error(exc), message.topic)
+        out.run_events.append((event.node, event, message.received))
         return None

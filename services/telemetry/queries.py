@@ -1,4 +1,4 @@
-"""Answers to the fleet requests the CLI sends (``devices``, ``telemetry``, ``logs``)."""
+"""Answers to the fleet requests the CLI sends (``devices``, ``telemetry``, ``logs``, ``run_events``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,16 @@ from typing import Any
 
 import asyncpg
 
-from nodefleet.contracts.queries import DeviceRow, DevicesQuery, LogRow, LogsQuery, TelemetryQuery, TelemetryRow
+from nodefleet.contracts.queries import (
+    DeviceRow,
+    DevicesQuery,
+    LogRow,
+    LogsQuery,
+    RunEventsQuery,
+    TelemetryQuery,
+    TelemetryRow,
+)
+from nodefleet.contracts.scheduling import RunEventRow
 from nodefleet.fleet import Handler
 
 from .db import TRANSIENT, StorageUnavailable
@@ -33,6 +42,16 @@ SELECT node, extract(epoch FROM received)::float8 AS received, extract(epoch FRO
        seq, level, code, msg, reset_cause, trace
 FROM device_logs WHERE node = $1
 ORDER BY received DESC, seq DESC
+LIMIT $2
+"""
+
+_RUN_EVENTS = """
+SELECT node, run_id, kind, rule, action, instance, detail,
+       extract(epoch FROM time)::float8 AS ts, extract(epoch FROM start)::float8 AS start,
+       extract(epoch FROM "end")::float8 AS "end", extract(epoch FROM sent)::float8 AS sent,
+       extract(epoch FROM received)::float8 AS received
+FROM run_events WHERE node = $1
+ORDER BY time DESC, kind
 LIMIT $2
 """
 
@@ -64,5 +83,10 @@ class Queries:
         rows = await self._fetch(_LOGS, query.node, query.limit)
         return [LogRow(**dict(row)).model_dump(mode="json") for row in rows]
 
+    async def run_events(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+        query = RunEventsQuery.model_validate(data)
+        rows = await self._fetch(_RUN_EVENTS, query.node, query.limit)
+        return [RunEventRow(**dict(row)).model_dump(mode="json") for row in rows]
+
     def handlers(self) -> dict[str, Handler]:
-        return {"devices": self.devices, "telemetry": self.telemetry, "logs": self.logs}
+        return {"devices": self.devices, "telemetry": self.telemetry, "logs": self.logs, "run_events": self.run_events}

@@ -17,7 +17,7 @@ class TelemetrySettings(CommonSettings):
         "shared_group",
     )
     retention_days: int = _own(30, "Days of telemetry kept; older daily partitions are dropped", "retention_days", ge=1)
-    log_retention_days: int = _own(90, "Days of device logs, availability history and acks kept", "log_retention_days", ge=1)
+    log_retention_days: int = _own(90, "Days of device logs, availability history, acks and run events kept", "log_retention_days", ge=1)
     partitions_ahead: int = _own(2, "Daily partitions created ahead of today", "partitions_ahead", ge=1, le=30)
     max_clock_ahead: float = _own(
         86_400.0, "Telemetry whose device time is further in the future (seconds) is rejected", "max_clock_ahead", gt=0

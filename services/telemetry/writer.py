@@ -89,6 +89,19 @@ ON CONFLICT DO NOTHING
 """
 
 
+# One statement for a batch of run events (a scheduler burst is thousands); the key keeps
+# a copy from a second scheduler instance or a redelivery out, also within one batch.
+_RUN_EVENTS = """
+INSERT INTO run_events (node, run_id, kind, rule, action, start, "end", time, received, sent, instance, detail)
+SELECT node, run_id, kind, rule, action, to_timestamp(start), to_timestamp("end"), to_timestamp(ts),
+       to_timestamp(received), to_timestamp(sent), instance, detail
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::float8[], $8::float8[],
+            $9::float8[], $10::float8[], $11::text[], $12::text[])
+     AS e(node, run_id, kind, rule, action, start, "end", ts, received, sent, instance, detail)
+ON CONFLICT DO NOTHING
+"""
+
+
 class BatchWriter:
     """Owns one connection (the staging table is per connection) and writes batches."""
 
@@ -183,13 +196,22 @@ class BatchWriter:
             ])
         if batch.acks:
             await conn.executemany(_ACK, [(n, a.id, a.status, a.error, a.state_seq, r) for n, a, r in batch.acks])
+        if batch.run_events:
+            events = batch.run_events
+            await conn.execute(
+                _RUN_EVENTS,
+                [n for n, _, _ in events], [e.run_id for _, e, _ in events], [e.kind for _, e, _ in events],
+                [e.rule for _, e, _ in events], [e.action for _, e, _ in events], [e.start for _, e, _ in events],
+                [e.end for _, e, _ in events], [e.ts for _, e, _ in events], [r for _, _, r in events],
+                [e.sent for _, e, _ in events], [e.instance for _, e, _ in events], [e.detail for _, e, _ in events],
+            )
 
     async def _write_one_by_one(self, batch: Decoded) -> list[Rejected]:
         refused: list[Rejected] = []
         singles: list[tuple[Decoded, str, str]] = []
         for row in batch.telemetry:
             singles.append((Decoded(telemetry=[row], seen=batch.seen), row.node, "telemetry"))
-        for kind in ("statuses", "states", "infos", "logs", "acks"):
+        for kind in ("statuses", "states", "infos", "logs", "acks", "run_events"):
             for item in getattr(batch, kind):
                 singles.append((Decoded(seen=batch.seen, **{kind: [item]}), item[0], kind))
         for single, node, kind in singles:

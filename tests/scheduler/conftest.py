@@ -1,10 +1,13 @@
-"""Fixtures for the scheduler tests: real simulated nodes, Mosquitto, PostgreSQL and the scheduler itself."""
+"""Fixtures for the scheduler tests: real simulated nodes, Mosquitto, PostgreSQL, the scheduler itself and,
+where run history is read, the telemetry service that stores the run events."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -22,6 +25,8 @@ from nodefleet.fleet import Requester
 from nodefleet.sim import SimNode
 from services.scheduler.app import serve
 from services.scheduler.settings import SchedulerSettings
+from services.telemetry.app import serve as serve_telemetry
+from services.telemetry.settings import TelemetrySettings
 
 FAST_CONFIG = {"v": 1, "version": 1, "telemetry_period": 60, "ap_after": 60}
 GRACE = 2.0
@@ -161,6 +166,36 @@ async def scheduler(mosquitto: Mosquitto, topics: Topics, database: str):
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@pytest.fixture
+async def telemetry(mosquitto: Mosquitto, topics: Topics, database: str):
+    """The telemetry service beside the scheduler, on the same roots and database: it keeps the run history."""
+    settings = TelemetrySettings(mqtt_url=mosquitto.url, database_url=database, topic_root=topics.root,
+                                 fleet_root=topics.fleet, client_id=f"telemetry-{uuid.uuid4().hex[:8]}", instance="test",
+                                 flush_interval=0.02, maintenance_interval=3600)
+    ready = asyncio.Event()
+    task = asyncio.create_task(serve_telemetry(settings, ready=ready))
+    waiter = asyncio.create_task(ready.wait())
+    done, _ = await asyncio.wait([task, waiter], timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        task.result()
+    assert ready.is_set(), "telemetry service did not get ready"
+    yield settings
+    waiter.cancel()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def cli(mosquitto: Mosquitto, topics: Topics, *args: str) -> tuple[int, str, str]:
+    """``nodefleet schedule ARGS`` in a subprocess on the test's roots: (exit code, stdout, stderr)."""
+    env = {**os.environ, "NODEFLEET_MQTT_URL": mosquitto.url, "NODEFLEET_TOPIC_ROOT": topics.root,
+           "NODEFLEET_FLEET_ROOT": topics.fleet}
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "nodefleet", "schedule", *args, env=env,
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    return process.returncode or 0, out.decode(), err.decode()
 
 
 def schedule(version: int, *rules: dict[str, Any]) -> dict[str, Any]:

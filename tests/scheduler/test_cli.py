@@ -1,25 +1,17 @@
-"""``nodefleet schedule set|show|history`` against a running scheduler."""
+"""``nodefleet schedule set|show|history`` against a running scheduler and telemetry service."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
+import time
 
 import click
 import pytest
+from conftest import wait_for
 
 from nodefleet.cli.schedule import parse_days
 
-
-async def cli(mosquitto, topics, *args: str) -> tuple[int, str, str]:
-    env = {**os.environ, "NODEFLEET_MQTT_URL": mosquitto.url, "NODEFLEET_TOPIC_ROOT": topics.root,
-           "NODEFLEET_FLEET_ROOT": topics.fleet}
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "nodefleet", "schedule", *args, env=env,
-                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(process.communicate(), 30)
-    return process.returncode or 0, out.decode(), err.decode()
+from .conftest import GRACE, aligned, cli, node_config
 
 
 def test_days():
@@ -31,7 +23,7 @@ def test_days():
         parse_days("weekdays")
 
 
-async def test_set_show_history(scheduler, watch, mosquitto, topics):
+async def test_set_show_history(telemetry, scheduler, watch, mosquitto, topics):
     await scheduler()
     code, _, err = await cli(mosquitto, topics, "set", "kitchen", "--at", "06:00", "--for", "30m", "--days", "mon-fri")
     assert code == 0, err
@@ -57,3 +49,34 @@ async def test_set_show_history(scheduler, watch, mosquitto, topics):
     assert code == 0 and "water" in out and "next:" in out
     code, out, err = await cli(mosquitto, topics, "history", "kitchen")
     assert code == 0 and "no run events" in err
+
+
+async def test_history_shows_what_telemetry_stored(telemetry, scheduler, watch, mosquitto, topics):
+    """A rule of a node that never came online: the scheduler's miss reaches the history through telemetry."""
+    start, offset, at = aligned(8)  # the CLI's `set` takes a couple of seconds before the schedule is out
+    await watch.retain(topics.config("porch"), node_config(offset))
+    await scheduler()
+    code, _, err = await cli(mosquitto, topics, "set", "porch", "--at", at, "--for", "30s", "--id", "light")
+    assert code == 0, err
+    assert time.time() < start, "the schedule must be out before the run is due"
+    miss = await watch.wait(topics.scheduler_events(), lambda e: e["kind"] == "miss", timeout=GRACE + 12)
+
+    async def history() -> list[dict]:
+        code, out, err = await cli(mosquitto, topics, "history", "porch", "--format", "json")
+        assert code == 0, err
+        return json.loads(out)
+
+    [row] = await wait_for(history, timeout=10)
+    assert {k: row[k] for k in ("node", "run_id", "rule", "kind", "action", "instance", "sent")} == {
+        "node": "porch", "run_id": miss["run_id"], "rule": "light", "kind": "miss", "action": "on",
+        "instance": "sched-a", "sent": None}
+    assert (row["start"], row["end"]) == (start, start + 30) and "offline" in row["detail"]
+    assert row["ts"] == pytest.approx(miss["ts"], abs=1e-5) and row["received"] >= row["ts"] - 1
+    code, out, err = await cli(mosquitto, topics, "history", "porch")
+    assert code == 0, err
+    assert "porch: 1 run event(s)" in out and miss["run_id"] in out and "miss" in out and "sched-a" in out
+
+
+async def test_history_without_the_telemetry_service_says_so(watch, mosquitto, topics):
+    code, _, err = await cli(mosquitto, topics, "history", "porch", "--timeout", "0.5")
+    assert code == 1 and "telemetry service keeps the run history" in err
