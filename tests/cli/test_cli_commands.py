@@ -31,11 +31,17 @@ from .helpers import as_dicts, cli_env, nodefleet, responder
 pytestmark = pytest.mark.timeout(60)
 
 NOW = time.time()
-DEVICES = [
-    DeviceRow(node="kitchen", online=True, availability_changed=NOW - 3600, last_seen=NOW - 12, relay="ON",
-              mode="auto", state_seq=7, fw="1.4.2", chip_id="a1b2c3"),
-    DeviceRow(node="attic", online=False, availability_changed=NOW - 7200, last_seen=NOW - 7300),
-]
+
+
+def devices(now: float) -> list[DeviceRow]:
+    return [
+        DeviceRow(node="kitchen", online=True, availability_changed=now - 3600, last_seen=now - 12, relay="ON",
+                  mode="auto", state_seq=7, fw="1.4.2", chip_id="a1b2c3"),
+        DeviceRow(node="attic", online=False, availability_changed=now - 7200, last_seen=now - 7300),
+    ]
+
+
+DEVICES = devices(NOW)
 ROWS = [
     TelemetryRow(node="kitchen", time=NOW - 120, received=NOW - 119.5, seq=41, readings={"temperature": 21.5, "humidity": 40}),
     TelemetryRow(node="kitchen", time=NOW - 60, received=NOW - 59.5, seq=42, readings={"temperature": 21.75, "rssi": -61}),
@@ -76,7 +82,9 @@ def args(mosquitto, *rest: str) -> list[str]:
 
 async def test_devices_in_every_format(mosquitto, topics: Topics) -> None:
     env = cli_env(topics)
-    async with responder(mosquitto.url, topics, Recorder().handlers()):
+    made = time.time()  # not at import: other tests may run for minutes before this one
+    rows = devices(made)
+    async with responder(mosquitto.url, topics, Recorder().handlers(devices=rows)):
         table = await nodefleet(*args(mosquitto, "devices"), env=env)
         as_json = await nodefleet(*args(mosquitto, "devices", "--format", "json"), env=env)
         as_csv = await nodefleet(*args(mosquitto, "devices", "--format", "csv"), env=env)
@@ -84,13 +92,13 @@ async def test_devices_in_every_format(mosquitto, topics: Topics) -> None:
     lines = table.stdout.splitlines()
     kitchen = next(line for line in lines if "kitchen" in line)
     attic = next(line for line in lines if "attic" in line)
-    # The rows were made at import; the table shows their age when it was printed.
+    # The table shows the rows' age when it was printed.
     seen_ago = int(re.search(r"(\d+) s ago", kitchen).group(1))
-    assert 12 <= seen_ago <= 12 + time.time() - NOW + 1
+    assert 12 <= seen_ago <= 12 + time.time() - made + 1
     assert "online" in kitchen and "ON" in kitchen and "auto" in kitchen and "1.4.2" in kitchen
     assert "offline" in attic and "2 h ago" in attic
     assert lines.index(attic) < lines.index(kitchen)  # sorted by name
-    assert json.loads(as_json.stdout) == sorted(as_dicts(DEVICES), key=lambda row: row["node"])
+    assert json.loads(as_json.stdout) == sorted(as_dicts(rows), key=lambda row: row["node"])
     parsed = list(csv.DictReader(io.StringIO(as_csv.stdout)))
     assert [row["node"] for row in parsed] == ["attic", "kitchen"]
     assert parsed[1]["online"] == "online" and parsed[1]["last_seen"].endswith("Z")
