@@ -19,6 +19,7 @@ from nodefleet.contracts.provisioning import PROVISIONER_SERVICE
 from nodefleet.fleet import ErrorReporter, answer, presence
 from nodefleet.logging import get_logger
 from nodefleet.mqtt import BrokerAddress, client
+from nodefleet.pg_errors import TRANSIENT
 
 from . import store, tz
 from .credentials import CredentialError, Credentials, DynamicSecurity, NoCredentials
@@ -38,7 +39,7 @@ async def _database(settings: ProvisionerSettings) -> asyncpg.Pool:
             async with pool.acquire() as conn:
                 await store.migrate(conn)
             return pool
-        except (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError) as exc:
+        except TRANSIENT as exc:
             log.warning("database_unavailable", error=str(exc) or type(exc).__name__, retry_in=round(delay, 2))
         await asyncio.sleep(delay)
         delay = min(delay * 2, settings.db_retry_max)

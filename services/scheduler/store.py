@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from nodefleet import migrations
+from nodefleet import migrations, pg_errors
 from nodefleet.backoff import Backoff
 from nodefleet.logging import get_logger
 from nodefleet.migrations import Migration
@@ -50,10 +50,7 @@ MIGRATIONS = [
 ]
 _LOCK = 0x5C4ED01E  # advisory lock: two instances starting together migrate one after the other
 
-TRANSIENT: tuple[type[BaseException], ...] = (
-    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
-    asyncpg.OperatorInterventionError, asyncpg.InsufficientResourcesError, asyncpg.TransactionRollbackError,
-)
+TRANSIENT = pg_errors.TRANSIENT  # re-exported for the planner
 
 
 class StoreUnavailable(RuntimeError):

@@ -11,21 +11,14 @@ import json
 
 import asyncpg
 
+from nodefleet import pg_errors
 from nodefleet.backoff import Backoff
 from nodefleet.logging import get_logger
 
 log = get_logger(__name__)
 
-TRANSIENT: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,  # includes a connection closed under us
-    asyncpg.PostgresConnectionError,  # class 08
-    asyncpg.OperatorInterventionError,  # class 57: shutdown, cannot connect now
-    asyncpg.InsufficientResourcesError,  # class 53: disk full, too many connections
-    asyncpg.TransactionRollbackError,  # class 40: deadlock, serialization failure
-)
-"""Errors after which the same work can simply be retried later."""
+TRANSIENT = pg_errors.TRANSIENT
+"""Errors after which the same work can simply be retried later (re-exported for the telemetry modules)."""
 
 
 class StorageUnavailable(RuntimeError):
