@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
-from nodefleet.contracts import Topics
+
+from nodefleet.contracts import ErrorEvent, Topics
+from nodefleet.mqtt import BrokerAddress, client
 from services.telemetry.app import serve
 from services.telemetry.settings import TelemetrySettings
 
@@ -49,3 +53,21 @@ async def stop(task: asyncio.Task[None]) -> None:
         await task
     except asyncio.CancelledError:
         pass
+
+
+@contextlib.asynccontextmanager
+async def collecting_errors(mosquitto, topics: Topics) -> AsyncIterator[list[ErrorEvent]]:
+    """Every ErrorEvent published on the errors topic while the block runs, in a list that fills as they come."""
+    events: list[ErrorEvent] = []
+    async with client(BrokerAddress.parse(mosquitto.url), client_id=f"err-{uuid.uuid4().hex[:8]}") as watcher:
+        await watcher.subscribe(topics.errors(), qos=1)
+
+        async def collect() -> None:
+            async for message in watcher.messages:
+                events.append(ErrorEvent.model_validate_json(message.payload))
+
+        collector = asyncio.create_task(collect())
+        try:
+            yield events
+        finally:
+            collector.cancel()

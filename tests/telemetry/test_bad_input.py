@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 
 from conftest import wait_for
-from nodefleet.contracts import MAX_PAYLOAD_BYTES, ErrorEvent, Topics
+
+from nodefleet.contracts import MAX_PAYLOAD_BYTES, Topics
 from nodefleet.ingest import Inbound
-from nodefleet.mqtt import BrokerAddress, client
 from services.telemetry import schema
 from services.telemetry.decode import Decoder
 
-from .helpers import start, stop
+from .helpers import collecting_errors, start, stop
 
 BAD = [
     ("bad_json", "telemetry", "n1", b"{not json"),
@@ -40,41 +39,30 @@ def test_decoder_names_each_kind_of_bad_input(topics: Topics):
 
 
 async def test_bad_input_is_counted_reported_and_survived(service, publisher, mosquitto, topics: Topics):
-    events: list[ErrorEvent] = []
-    async with client(BrokerAddress.parse(mosquitto.url), client_id=f"err-{uuid.uuid4().hex[:8]}") as watcher:
-        await watcher.subscribe(topics.errors(), qos=1)
+    async with collecting_errors(mosquitto, topics) as events:
+        for _, kind, node, payload in BAD:
+            # Bad node names cannot be built through Topics: that is the point of the test.
+            await publisher.publish(f"{topics.root}/{node}/{kind}", payload, qos=1)
+        good = {"v": 1, "seq": 1, "ts": time.time(), "readings": {"temperature": 21.5}}
+        await publisher.publish(topics.telemetry("n1"), json.dumps(good), qos=1)
+        await wait_for(lambda: service.db.fetchval("SELECT count(*) FROM telemetry"), timeout=10)
+        await wait_for(lambda: len(events) >= len(BAD), timeout=10)
+        assert not service.task.done()
+        assert sorted(e.code for e in events) == sorted(code for code, *_ in BAD)
+        assert all(e.service == "telemetry" for e in events)
+        assert {e.node for e in events if e.code != "bad_topic"} == {"n1"}
 
-        async def collect() -> None:
-            async for message in watcher.messages:
-                events.append(ErrorEvent.model_validate_json(message.payload))
-
-        collector = asyncio.create_task(collect())
+        # Rejected messages were acknowledged: the resumed session does not get them again.
+        await stop(service.task)
+        events.clear()
+        again = await start(service.settings)
         try:
-            for _, kind, node, payload in BAD:
-                # Bad node names cannot be built through Topics: that is the point of the test.
-                await publisher.publish(f"{topics.root}/{node}/{kind}", payload, qos=1)
-            good = {"v": 1, "seq": 1, "ts": time.time(), "readings": {"temperature": 21.5}}
-            await publisher.publish(topics.telemetry("n1"), json.dumps(good), qos=1)
-            await wait_for(lambda: service.db.fetchval("SELECT count(*) FROM telemetry"), timeout=10)
-            await wait_for(lambda: len(events) >= len(BAD), timeout=10)
-            assert not service.task.done()
-            assert sorted(e.code for e in events) == sorted(code for code, *_ in BAD)
-            assert all(e.service == "telemetry" for e in events)
-            assert {e.node for e in events if e.code != "bad_topic"} == {"n1"}
-
-            # Rejected messages were acknowledged: the resumed session does not get them again.
-            await stop(service.task)
-            events.clear()
-            again = await start(service.settings)
-            try:
-                await publisher.publish(topics.telemetry("n1"), json.dumps({**good, "seq": 2}), qos=1)
-                await wait_for(lambda: service.db.fetchval("SELECT count(*) = 2 FROM telemetry"), timeout=10)
-                await asyncio.sleep(0.3)
-                assert events == []
-            finally:
-                await stop(again)
+            await publisher.publish(topics.telemetry("n1"), json.dumps({**good, "seq": 2}), qos=1)
+            await wait_for(lambda: service.db.fetchval("SELECT count(*) = 2 FROM telemetry"), timeout=10)
+            await asyncio.sleep(0.3)
+            assert events == []
         finally:
-            collector.cancel()
+            await stop(again)
 
 
 async def test_a_value_the_database_refuses_costs_only_its_own_message(service, publisher, topics: Topics):

@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-import uuid
 
 import pytest
 from conftest import wait_for
 
-from nodefleet.contracts import ErrorEvent, Topics
+from nodefleet.contracts import Topics
 from nodefleet.contracts.queries import RunEventsQuery
 from nodefleet.contracts.scheduling import RunEventRow
 from nodefleet.fleet import RequestError
 from nodefleet.ingest import Inbound
-from nodefleet.mqtt import BrokerAddress, client
 from services.telemetry.app import ingest_filters, maintain
 from services.telemetry.db import create_pool
 from services.telemetry.decode import Decoder
 
-from .helpers import make_settings
+from .helpers import collecting_errors, make_settings
 from .test_queries_and_schema import _ask
 
 
@@ -56,38 +53,27 @@ def test_the_events_topic_is_subscribed_also_when_shared(mosquitto, database, to
 
 
 async def test_run_events_are_stored_once_and_answered_newest_first(service, publisher, mosquitto, topics: Topics):
-    errors: list[ErrorEvent] = []
-    async with client(BrokerAddress.parse(mosquitto.url), client_id=f"err-{uuid.uuid4().hex[:8]}") as watcher:
-        await watcher.subscribe(topics.errors(), qos=1)
+    async with collecting_errors(mosquitto, topics) as errors:
+        now = time.time()
+        backup = event("n1", "water-1", "backup", now - 60, detail="state did not follow within 10 s", sent=now - 59.9)
+        # Two instances publish the same backup; only the one that won the claim sends it, but both may report.
+        second = {**backup, "instance": "sched-b", "ts": now - 59}
+        topic = topics.scheduler_events()
+        for body in (backup, second, event("n1", "water-2", "run", now - 30), event("n2", "water-1", "miss", now)):
+            await publisher.publish(topic, json.dumps(body), qos=1)
+        await publisher.publish(topic, b"{not json", qos=1)
+        await publisher.publish(topic, json.dumps(event("n1", "water-3", "toggled", now)), qos=1)
+        await wait_for(lambda: service.db.fetchval("SELECT count(*) = 3 FROM run_events"), timeout=10)
+        await wait_for(lambda: len(errors) >= 2, timeout=10)
+        assert sorted(e.code for e in errors) == ["bad_json", "bad_payload"]
+        assert all(e.topic == topic and e.service == "telemetry" for e in errors)
 
-        async def collect() -> None:
-            async for message in watcher.messages:
-                errors.append(ErrorEvent.model_validate_json(message.payload))
-
-        collector = asyncio.create_task(collect())
-        try:
-            now = time.time()
-            backup = event("n1", "water-1", "backup", now - 60, detail="state did not follow within 10 s", sent=now - 59.9)
-            # Two instances publish the same backup; only the one that won the claim sends it, but both may report.
-            second = {**backup, "instance": "sched-b", "ts": now - 59}
-            topic = topics.scheduler_events()
-            for body in (backup, second, event("n1", "water-2", "run", now - 30), event("n2", "water-1", "miss", now)):
-                await publisher.publish(topic, json.dumps(body), qos=1)
-            await publisher.publish(topic, b"{not json", qos=1)
-            await publisher.publish(topic, json.dumps(event("n1", "water-3", "toggled", now)), qos=1)
-            await wait_for(lambda: service.db.fetchval("SELECT count(*) = 3 FROM run_events"), timeout=10)
-            await wait_for(lambda: len(errors) >= 2, timeout=10)
-            assert sorted(e.code for e in errors) == ["bad_json", "bad_payload"]
-            assert all(e.topic == topic and e.service == "telemetry" for e in errors)
-
-            # A later copy (another batch: a redelivery) is not stored again either.
-            await publisher.publish(topic, json.dumps(second), qos=1)
-            await publisher.publish(topic, json.dumps(event("n3", "water-1", "skipped", now)), qos=1)
-            await wait_for(lambda: service.db.fetchval("SELECT count(*) = 4 FROM run_events"), timeout=10)
-            assert await service.db.fetchval("SELECT count(*) FROM run_events WHERE node = 'n1' AND kind = 'backup'") == 1
-            assert not service.task.done()
-        finally:
-            collector.cancel()
+        # A later copy (another batch: a redelivery) is not stored again either.
+        await publisher.publish(topic, json.dumps(second), qos=1)
+        await publisher.publish(topic, json.dumps(event("n3", "water-1", "skipped", now)), qos=1)
+        await wait_for(lambda: service.db.fetchval("SELECT count(*) = 4 FROM run_events"), timeout=10)
+        assert await service.db.fetchval("SELECT count(*) FROM run_events WHERE node = 'n1' AND kind = 'backup'") == 1
+        assert not service.task.done()
 
     rows = [RunEventRow.model_validate(row) for row in await _ask(mosquitto, topics, "run_events", RunEventsQuery(node="n1"))]
     assert [(r.run_id, r.kind) for r in rows] == [("water-2", "run"), ("water-1", "backup")]
