@@ -50,6 +50,7 @@ from nodefleet.embedded.dynsec import mosquitto_dynsec_config
 from nodefleet.embedded.mosquitto import Mosquitto, free_port
 from nodefleet.embedded.postgres import EmbeddedPostgres
 from nodefleet.fleet import Requester, RequestError
+from nodefleet.processes import stop_process
 
 ADMIN = ("provisioner", "bench-admin-pw")
 
@@ -175,12 +176,7 @@ async def run(broker: Mosquitto | EmbeddedBrokerProcess, database: str, count: i
             feeder.cancel()
             echo.cancel()
     finally:
-        service.terminate()
-        try:
-            service.wait(10)
-        except subprocess.TimeoutExpired:
-            service.kill()
-            service.wait()
+        stop_process(service)
     if not latencies:
         raise SystemExit("no device was provisioned")
     figures = {
@@ -225,13 +221,7 @@ class EmbeddedBrokerProcess:
         raise SystemExit("the embedded broker did not start within 20 s")
 
     def __exit__(self, *exc: object) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        stop_process(self._process)
 
 
 def _measure(broker_kind: str, work: Path, database: str, count: int, concurrency: int, credentials: str) -> dict:

@@ -51,6 +51,7 @@ from nodefleet.contracts import Topics
 from nodefleet.contracts.topics import Command
 from nodefleet.embedded.mosquitto import Mosquitto, free_port
 from nodefleet.embedded.postgres import EmbeddedPostgres
+from nodefleet.processes import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 SPAWN = multiprocessing.get_context("spawn")
@@ -250,9 +251,7 @@ def main() -> None:
                  f"max {result['all_sent_within_ms']} ms; asyncio call_at baseline p99 {result['baseline_p99_ms']} ms")
             print(json.dumps(result), flush=True)
     finally:
-        if scheduler is not None and scheduler.poll() is None:
-            scheduler.terminate()
-            scheduler.wait(10)
+        stop_process(scheduler)
         postgres.stop("immediate")
         if not os.environ.get("BENCH_KEEP"):
             shutil.rmtree(workdir, ignore_errors=True)

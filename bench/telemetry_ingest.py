@@ -33,6 +33,7 @@ import asyncpg
 from nodefleet.contracts import NodeTopic, Topics
 from nodefleet.embedded.mosquitto import Mosquitto, free_port
 from nodefleet.embedded.postgres import EmbeddedPostgres
+from nodefleet.processes import stop_process
 
 from .baseline import run_baseline
 from .loadgen import run_publisher
@@ -108,11 +109,7 @@ class Service:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_process(self.process)
 
 
 async def wait_rows(database: str, *, seq_from: int, expected: int, stall: float = 20.0) -> None:

@@ -28,6 +28,7 @@ from nodefleet.embedded import mosquitto
 from nodefleet.embedded.dynsec import MOSQUITTO_PLUGIN
 from nodefleet.embedded.mosquitto import free_port
 from nodefleet.mqtt import BrokerAddress, client
+from nodefleet.processes import stop_process
 from services.provisioner.credentials import DynamicSecurity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,13 +159,7 @@ class InitScriptBroker:
 
     def stop(self) -> None:
         # The script execs Mosquitto, so this pid is the broker itself.
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 5)
 
     def url(self, user: str, password: str) -> str:
         return f"mqtt://{user}:{password}@127.0.0.1:{self.port}"

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from nodefleet.processes import stop_process
+
 INFLIGHT = 10_000
 QUEUED = 1_000_000
 
@@ -84,13 +86,7 @@ class Mosquitto:
         raise MosquittoError(f"mosquitto did not listen on {self.host}:{self.port} within {timeout:g} s")
 
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        stop_process(self._process, 5)
         self._process = None
 
     def __enter__(self) -> Mosquitto:

@@ -18,6 +18,7 @@ from nodefleet.contracts import NODE_PAYLOADS, Topics
 from nodefleet.contracts.topics import Command, NodeTopic
 from nodefleet.embedded.mosquitto import Mosquitto
 from nodefleet.sim import SimNode
+from background import in_background
 
 # Short periods so each test takes seconds: the same knobs a real deployment sets through config.
 FAST_CONFIG = {"v": 1, "version": 1, "telemetry_period": 1, "ap_after": 1}
@@ -99,13 +100,8 @@ async def watching(broker: Mosquitto, topics: Topics, node: str) -> AsyncIterato
     async with client:
         watch = Watch(client, topics, node)
         await client.subscribe(f"{topics.prefix(node)}/#", qos=1)
-        task = asyncio.create_task(watch.feed())
-        try:
+        async with in_background(watch.feed()):
             yield watch
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await task
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import aiomqtt
 
 from nodefleet import mqtt
 from nodefleet.contracts import Info, Topics
+from background import in_background
 
 from .conftest import ADMIN
 
@@ -54,13 +55,8 @@ async def watching(broker: Any, *filters: str) -> AsyncIterator[Watcher]:
         watcher = Watcher(client)
         for topic_filter in filters:
             await client.subscribe(topic_filter, qos=1)
-        task = asyncio.create_task(watcher.feed())
-        try:
+        async with in_background(watcher.feed()):
             yield watcher
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await task
 
 
 async def come_online(client: aiomqtt.Client, topics: Topics, node: str, chip_id: str,

@@ -23,6 +23,7 @@ from nodefleet.contracts.topics import Command, NodeTopic
 from nodefleet.embedded.mosquitto import Mosquitto
 from nodefleet.fleet import Requester
 from nodefleet.sim import SimNode
+from background import in_background
 from services.scheduler.app import serve
 from services.scheduler.settings import SchedulerSettings
 from services.telemetry.app import serve as serve_telemetry
@@ -108,13 +109,8 @@ async def watch(mosquitto: Mosquitto, topics: Topics) -> AsyncIterator[Watch]:
         await client.subscribe(f"{topics.root}/#", qos=1)
         await client.subscribe(f"{topics.fleet}/#", qos=1)
         await w.requester.start()
-        task = asyncio.create_task(w.feed())
-        try:
+        async with in_background(w.feed()):
             yield w
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await task
 
 
 @pytest.fixture

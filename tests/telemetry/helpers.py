@@ -12,6 +12,7 @@ import asyncpg
 
 from nodefleet.contracts import ErrorEvent, Topics
 from nodefleet.mqtt import BrokerAddress, client
+from background import in_background
 from services.telemetry.app import serve
 from services.telemetry.settings import TelemetrySettings
 
@@ -66,8 +67,5 @@ async def collecting_errors(mosquitto, topics: Topics) -> AsyncIterator[list[Err
             async for message in watcher.messages:
                 events.append(ErrorEvent.model_validate_json(message.payload))
 
-        collector = asyncio.create_task(collect())
-        try:
+        async with in_background(collect()):
             yield events
-        finally:
-            collector.cancel()

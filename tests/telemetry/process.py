@@ -17,6 +17,7 @@ import aiomqtt
 
 from nodefleet.contracts import Topics
 from nodefleet.mqtt import BrokerAddress, client
+from nodefleet.processes import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,13 +65,7 @@ class ServiceProcess:
         self.process.wait(10)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def rss_mb(self) -> float:
         assert self.process is not None
