@@ -84,6 +84,9 @@ class EmbeddedPostgres:
 
     @property
     def running(self) -> bool:
+        if not self.initialised:
+            # Nothing can run on a data directory that was never initialised (and its system user may not exist yet).
+            return False
         try:
             self._run("pg_ctl", "-D", str(self.data_dir), "status", timeout=10)
         except PostgresError:
