@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -252,7 +253,7 @@ def main() -> None:
         return
     count = args.devices or (1000 if args.quick else 5000)
     work = Path(tempfile.mkdtemp(prefix="nodefleet-bench-provision-"))
-    postgres = EmbeddedPostgres(work / "pg", port=free_port(), settings={"fsync": "off"})
+    postgres = EmbeddedPostgres(work / "pg", port=free_port(), password=secrets.token_urlsafe(16), settings={"fsync": "off"})
     postgres.start()
     kinds = ["embedded", "mosquitto"] if args.broker == "both" else [args.broker]
     try:

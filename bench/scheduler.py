@@ -32,6 +32,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import secrets
 import shutil
 import socket
 import statistics
@@ -192,7 +193,7 @@ def main() -> None:
     spread = max(1, min(60, args.spread))
 
     workdir = Path(tempfile.mkdtemp(prefix="nodefleet-bench-sched-"))
-    postgres = EmbeddedPostgres(workdir / "pg", port=free_port(), settings={"fsync": "off"})
+    postgres = EmbeddedPostgres(workdir / "pg", port=free_port(), password=secrets.token_urlsafe(16), settings={"fsync": "off"})
     scheduler = None
     try:
         with Mosquitto() as broker:

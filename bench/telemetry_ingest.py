@@ -21,6 +21,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -165,7 +166,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="nodefleet-bench-"))
     broker = Mosquitto()
-    postgres = EmbeddedPostgres(work / "pg", port=free_port())
+    postgres = EmbeddedPostgres(work / "pg", port=free_port(), password=secrets.token_urlsafe(16))
     broker.start()
     service = None
     try:

@@ -1,10 +1,10 @@
-"""Where nodefleet keeps its per-user data (the embedded database, the lock file, the broker's own passwords).
+"""Where nodefleet keeps its per-user data (the embedded database, the lock file, the local passwords).
 
 :class:`LocalCredentials` holds the passwords ``nodefleet up`` generates once
-per data directory for the users of its embedded broker (the provisioner as
-dynamic-security admin, each service, and ``operator`` for the CLI and
-openHAB), plus where that broker last listened, so the ``nodefleet``
-commands can log in to it without being told.
+per data directory: one for each user of its embedded broker (the provisioner
+as dynamic-security admin, each service, and ``operator`` for the CLI and
+openHAB), where that broker last listened, so the ``nodefleet`` commands can
+log in to it without being told, and the embedded PostgreSQL's password.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ class LocalCredentials:
     path: Path
     passwords: dict[str, str]
     listener: tuple[str, int] | None = None
+    database_password: str | None = None
     changed: bool = field(default=False, repr=False)
 
     @classmethod
@@ -72,6 +73,8 @@ class LocalCredentials:
             passwords = {str(name): str(secret) for name, secret in data["passwords"].items()}
             listener = data.get("listener")
             where = (str(listener["host"]), int(listener["port"])) if listener else None
+            database = data.get("database")  # absent in files written before the database had a password
+            database_password = str(database["password"]) if database else None
         except FileNotFoundError:
             return None
         except PermissionError as exc:
@@ -80,7 +83,7 @@ class LocalCredentials:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CredentialsFileError(f"the broker credentials in {path} are unreadable ({exc}): delete the file and "
                                        f"restart `nodefleet up` to make new ones") from exc
-        return cls(path=path, passwords=passwords, listener=where)
+        return cls(path=path, passwords=passwords, listener=where, database_password=database_password)
 
     @classmethod
     def ensure(cls, data_dir: Path, usernames: Iterable[str]) -> LocalCredentials:
@@ -91,6 +94,16 @@ class LocalCredentials:
                 found.passwords[username] = secrets.token_urlsafe(18)  # 144 random bits
                 found.changed = True
         return found
+
+    @classmethod
+    def for_database(cls, data_dir: Path) -> str:
+        """The embedded PostgreSQL's password, made and saved on first use; OSError, CredentialsFileError."""
+        found = cls.ensure(data_dir, [])
+        if found.database_password is None:
+            found.database_password = secrets.token_urlsafe(24)
+            found.changed = True
+        found.save()
+        return found.database_password
 
     def listening_on(self, host: str, port: int | None) -> None:
         """Where the secured broker listens now; ``port=None``: nowhere (it runs open, the commands need no login)."""
@@ -105,7 +118,8 @@ class LocalCredentials:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         body = {"passwords": self.passwords,
-                "listener": {"host": self.listener[0], "port": self.listener[1]} if self.listener else None}
+                "listener": {"host": self.listener[0], "port": self.listener[1]} if self.listener else None,
+                "database": {"user": "postgres", "password": self.database_password} if self.database_password else None}
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as out:

@@ -30,9 +30,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .embedded.postgres import EmbeddedPostgres, PostgresError, port_is_free
+from .embedded.postgres import (
+    SYSTEM_USER,
+    EmbeddedPostgres,
+    PostgresError,
+    port_is_free,
+)
 from .logging import get_logger
-from .paths import OPERATOR, CredentialsFileError
+from .paths import OPERATOR, CredentialsFileError, LocalCredentials
 from .runtime_access import BrokerAccess
 from .runtime_checks import (
     EXIT_FORCED,
@@ -87,6 +92,8 @@ class RuntimeOptions:
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = DEFAULT_MQTT_PORT
     db_port: int = DEFAULT_DB_PORT
+    # As root, the embedded PostgreSQL runs as this system user, made on first start.
+    postgres_system_user: str = SYSTEM_USER
     broker_url: str | None = None
     database_url: str | None = None
     log_format: LogFormat = "auto"
@@ -227,11 +234,17 @@ class Runtime:
             await asyncio.to_thread(server.create_database, DATABASE_NAME)
         except PostgresError as exc:
             raise StartupError(f"the embedded PostgreSQL did not start: {exc} (its log: {server.log_file})") from exc
-        log.info("postgres_started", dsn=server.dsn(DATABASE_NAME), data_dir=str(server.data_dir))
+        log.info("postgres_started", dsn=without_password(server.dsn(DATABASE_NAME)), data_dir=str(server.data_dir))
         return server.dsn(DATABASE_NAME)
 
     def _embedded_postgres(self) -> EmbeddedPostgres:
-        return EmbeddedPostgres(self.options.data_dir / "postgres", port=self.options.db_port, host=self.options.host)
+        try:
+            # Made on first start and kept with the broker logins (mode 0600); every service logs in with it.
+            password = LocalCredentials.for_database(self.options.data_dir)
+        except (CredentialsFileError, OSError) as exc:
+            raise StartupError(f"cannot keep the database password in {self.options.data_dir}: {exc}") from exc
+        return EmbeddedPostgres(self.options.data_dir / "postgres", port=self.options.db_port, host=self.options.host,
+                                password=password, system_user=self.options.postgres_system_user)
 
     async def _stop_orphan_postgres(self) -> None:
         """We hold the data directory's lock, so a server running on it was left by an `up` that was killed."""

@@ -8,6 +8,7 @@ tests never see each other's messages or rows.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -66,7 +67,7 @@ def secured_broker(request: pytest.FixtureRequest):
 def postgres() -> Iterator[EmbeddedPostgres]:
     server = EmbeddedPostgres(
         Path(tempfile.mkdtemp(prefix="nodefleet-pg-")) / "data",
-        port=free_port(),
+        port=free_port(), password=secrets.token_urlsafe(16),
         # Tests do not need crash durability of the database itself; this saves seconds.
         settings={"fsync": "off", "full_page_writes": "off"},
     )

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from .. import logging as nodefleet_logging
+from ..embedded.postgres import SYSTEM_USER
 from ..mqtt import BrokerAddress
 from ..paths import DATA_DIR_VARIABLE, default_data_dir
 from ..runtime import (
@@ -101,7 +102,10 @@ def _options(function: Any) -> Any:
         click.option("--mqtt-host", default="127.0.0.1", show_default=True, metavar="ADDRESS",
                      help="Address the embedded broker listens on (0.0.0.0 lets devices on your network in)"),
         click.option("--db-port", type=click.IntRange(1, 65535), default=DEFAULT_DB_PORT, show_default=True,
-                     help="Port of the embedded PostgreSQL (loopback only)"),
+                     help="Port of the embedded PostgreSQL (loopback only; password in the data directory)"),
+        click.option("--pg-system-user", default=SYSTEM_USER, show_default=True, metavar="NAME",
+                     envvar="NODEFLEET_PG_SYSTEM_USER",
+                     help="As root: the system user the embedded PostgreSQL runs as (created on first start)"),
         click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help=f"Where the embedded PostgreSQL, the retained messages and the broker logins are kept  "
                           f"[default: ${DATA_DIR_VARIABLE} or {default_data_dir()}]"),
@@ -129,7 +133,7 @@ def _options(function: Any) -> Any:
 
 @main.command()
 @_options
-def up(*, mqtt_port: int, mqtt_host: str, db_port: int, data_dir: Path | None, broker: str | None,
+def up(*, mqtt_port: int, mqtt_host: str, db_port: int, pg_system_user: str, data_dir: Path | None, broker: str | None,
        database: str | None, log_format: str, log_level: str, insecure: bool, demo: int = 0) -> None:
     """Run everything in one process: MQTT broker, PostgreSQL and every service.
 
@@ -161,6 +165,7 @@ def up(*, mqtt_port: int, mqtt_host: str, db_port: int, data_dir: Path | None, b
         mqtt_host=mqtt_host,
         mqtt_port=mqtt_port,
         db_port=db_port,
+        postgres_system_user=pg_system_user,
         broker_url=broker,
         database_url=database,
         log_format=log_format,  # type: ignore[arg-type]

@@ -45,6 +45,13 @@ def operator_url(data_dir: Path, port: int) -> str:
     return stored.url(OPERATOR, "127.0.0.1", port)
 
 
+def database_url(data_dir: Path, port: int) -> str:
+    """The embedded PostgreSQL of the `nodefleet up` that keeps its data in ``data_dir``, with its password."""
+    stored = LocalCredentials.read(data_dir)
+    assert stored is not None and stored.database_password, f"no database password in {data_dir}"
+    return f"postgresql://postgres:{stored.database_password}@127.0.0.1:{port}/nodefleet"
+
+
 @dataclass
 class Result:
     code: int

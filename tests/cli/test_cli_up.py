@@ -21,7 +21,15 @@ from nodefleet.embedded.postgres import EmbeddedPostgres, port_is_free
 from nodefleet.mqtt import BrokerAddress, client
 from nodefleet.runtime_services import discover_services
 
-from .helpers import children_of, cli_env, nodefleet, operator_url, postmaster_pid, process_alive
+from .helpers import (
+    children_of,
+    cli_env,
+    database_url,
+    nodefleet,
+    operator_url,
+    postmaster_pid,
+    process_alive,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,7 +62,11 @@ async def test_up_starts_stops_cleanly_and_keeps_data(launch_up, data_dir: Path,
     assert f":{db_port}/nodefleet" in banner["database"] and banner["data"] == str(data_dir)
     assert banner["services"] == SERVICES and banner["services"].startswith("telemetry")
     assert await mqtt_round_trip(operator_url(data_dir, mqtt_port), f"{topics.root}/probe") == b"round trip"
-    dsn = f"postgresql://postgres@127.0.0.1:{db_port}/nodefleet"
+    # The database takes only its password (kept beside the broker logins, readable by this user alone).
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{db_port}/nodefleet")
+    assert (data_dir / "broker-credentials.json").stat().st_mode & 0o777 == 0o600
+    dsn = database_url(data_dir, db_port)
     connection = await asyncpg.connect(dsn)
     await connection.execute("CREATE TABLE kept (note text); INSERT INTO kept VALUES ('written in the first run')")
     await connection.close()

@@ -152,7 +152,10 @@ async def test_insecure_is_an_explicit_open_broker(launch_up, data_dir: Path, to
     banner = await up.wait_ready()
     print(f"insecure nodefleet up with 1 demo node ready after {up.ready_after:.2f} s")
     assert "INSECURE" in banner["broker"] and "insecure_broker" in up.stderr
-    assert not (data_dir / CREDENTIALS_FILE).exists() and "logins" not in up.stdout
+    # The file keeps only the database's password: no broker logins, no listener for the commands to log in to.
+    kept = LocalCredentials.read(data_dir)
+    assert kept is not None and kept.passwords == {} and kept.listener is None and kept.database_password
+    assert "logins" not in up.stdout
     broker = f"mqtt://127.0.0.1:{port}"
     assert await mqtt_round_trip(broker, f"{topics.root}/anonymous") == b"round trip"
     assert re.search(r"mosquitto_sub -h 127\.0\.0\.1 -p \d+ -t", up.stdout)  # no login to paste
@@ -209,7 +212,8 @@ async def test_an_external_brokers_login_is_used_and_never_shown(launch_up, data
                    data_dir=data_dir, env=up_env(topics))
     banner = await up.wait_ready()
     assert banner["broker"] == f"mqtt://{SERVICE[0]}:PASSWORD@127.0.0.1:{secured_mosquitto.port}  (external)"
-    assert not (data_dir / CREDENTIALS_FILE).exists() and "mosquitto_sub" not in up.stdout
+    kept = LocalCredentials.read(data_dir)  # the embedded database's password only: that broker is not ours
+    assert kept is not None and kept.passwords == {} and kept.listener is None and "mosquitto_sub" not in up.stdout
     # The services logged in with the URL's user: the telemetry service answers.
     result = await nodefleet("devices", "--broker", login, env=cli_env(topics, data_dir=data_dir))
     assert result.code == 0, result.stderr

@@ -7,6 +7,7 @@ fixtures, firmware = sys.argv[1], sys.argv[2]
 sys.path.insert(0, firmware)
 
 import commands  # noqa: E402
+import hal  # noqa: E402
 import logic  # noqa: E402
 import node  # noqa: E402
 import settings  # noqa: E402
@@ -22,6 +23,10 @@ class App:
     def restart_soon(self):
         App.restarted = True
 
+
+# The fixtures describe one moment (the ts of set_time.json): the node's clock is put there, whatever today is.
+with open(fixtures + "/set_time.json") as f:
+    hal.set_time(json.load(f)["ts"])
 
 for name in sorted(os.listdir(fixtures)):
     if not name.endswith(".json"):

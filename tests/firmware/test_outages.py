@@ -5,13 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import UTC, datetime, timedelta
 
 from nodefleet.contracts import Schedule
 from nodefleet.contracts.topics import NodeTopic
 from nodefleet.embedded.mosquitto import Mosquitto
 
 from .conftest import watching
-from .test_logic import MONDAY_0600_UTC
+
+
+def next_0600_utc(after: float) -> datetime:
+    """The first 06:00 UTC at least a minute after ``after``: the node's clock only ever jumps forward to it."""
+    moment = datetime.fromtimestamp(after + 60, UTC)
+    due = moment.replace(hour=6, minute=0, second=0, microsecond=0)
+    return due if due >= moment else due + timedelta(days=1)
 
 
 async def _until(node, check, timeout: float = 10.0) -> dict:
@@ -37,8 +44,9 @@ async def test_wifi_lost_keeps_the_schedule_opens_the_ap_and_reconnects(node, wa
     # ap_after is 1 s in the test config.
     await _until(node, lambda b: b["ap"] and b["led"] == "ap")
 
-    # The rule comes due while offline: it runs on the local clock.
-    await node.ctl(f"clock {MONDAY_0600_UTC - 2}")
+    # The rule comes due while offline: it runs on the local clock (telemetry taken before the jump is older).
+    due = next_0600_utc((await node.ctl())["time"])
+    await node.ctl(f"clock {int(due.timestamp()) - 2}")
     await _until(node, lambda b: b["relay"] == 1)
     await asyncio.sleep(1.5)  # telemetry keeps being taken, buffered on the node
 
@@ -46,7 +54,7 @@ async def test_wifi_lost_keeps_the_schedule_opens_the_ap_and_reconnects(node, wa
     back = (await node.ctl("wifi 1"))["time"]
     assert await watch.wait("status", lambda s: s == "online", since=mark, timeout=15) == "online"
     state = await watch.wait("state", since=mark)
-    assert state["relay"] == "ON" and state["rule"] == "offline" and state["run_id"] == "offline-20261123"
+    assert state["relay"] == "ON" and state["rule"] == "offline" and state["run_id"] == f"offline-{due:%Y%m%d}"
     await _until(node, lambda b: not b["ap"] and b["led"] == "ok")
     buffered = await watch.wait("telemetry", since=mark)
     assert buffered["ts"] <= back - 1

@@ -7,14 +7,15 @@ configured by environment variables only, as in a container.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import tempfile
 import uuid
 from pathlib import Path
 
 import asyncpg
 import pytest
-
 from conftest import wait_for
+
 from nodefleet.contracts import Topics
 from nodefleet.embedded.mosquitto import free_port
 from nodefleet.embedded.postgres import EmbeddedPostgres
@@ -86,7 +87,7 @@ async def test_kill_9_mid_stream_loses_and_duplicates_nothing(mosquitto, databas
 def private_postgres():
     """A PostgreSQL of its own, so stopping it disturbs no other test."""
     server = EmbeddedPostgres(
-        Path(tempfile.mkdtemp(prefix="nodefleet-pg-outage-")) / "data", port=free_port(),
+        Path(tempfile.mkdtemp(prefix="nodefleet-pg-outage-")) / "data", port=free_port(), password=secrets.token_urlsafe(16),
         settings={"fsync": "off", "full_page_writes": "off"},
     )
     server.start()
