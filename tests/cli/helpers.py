@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
 import re
 import signal
 import subprocess
@@ -130,15 +131,19 @@ def postmaster_pid(data_dir: Path) -> int | None:
 class UpProcess:
     """``nodefleet up`` as a child process; output goes to files so no pipe can fill up."""
 
-    def __init__(self, args: list[str], *, env: dict[str, str], workdir: Path) -> None:
+    def __init__(self, args: list[str], *, env: dict[str, str], workdir: Path, uid: int | None = None) -> None:
+        """``uid``: run as that user (and its own group), as a person without root would."""
         workdir.mkdir(parents=True, exist_ok=True)
         tag = uuid.uuid4().hex[:6]
         self.stdout_path = workdir / f"up-{tag}.out"
         self.stderr_path = workdir / f"up-{tag}.err"
         self.launched = time.monotonic()
+        as_user: dict[str, Any] = {}
+        if uid is not None:
+            as_user = {"user": uid, "group": pwd.getpwuid(uid).pw_gid, "extra_groups": [], "cwd": env.get("HOME", "/")}
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "nodefleet", "up", *args], env=env,
+                [sys.executable, "-m", "nodefleet", "up", *args], env=env, **as_user,
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                 start_new_session=True,  # its own process group, as in a terminal
             )
