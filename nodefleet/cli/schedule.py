@@ -133,7 +133,9 @@ async def _set(settings: CommonSettings, node: str, rule: dict[str, Any], replac
             Schedule.model_validate(new)
         except ValidationError as exc:
             first = exc.errors()[0]
-            raise CliError(f"invalid rule ({'.'.join(map(str, first['loc']))}: {first['msg']}): fix the options") from exc
+            # A message that names its rule says it in words already (the node's own wording).
+            why = first["msg"] if first["type"] == "hhmm" else f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
+            raise CliError(f"invalid rule ({why}): fix the options") from exc
         reason = engine_check(new)
         if reason:
             raise CliError(f"the node would reject this schedule: {reason}; change the rule or use --replace")

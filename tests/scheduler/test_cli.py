@@ -37,6 +37,9 @@ async def test_set_show_history(telemetry, scheduler, watch, mosquitto, topics):
         {"id": "water", "at": "06:00", "duration": 1200, "days": ["sat", "sun"], "action": "on", "enabled": True,
          "every": 14400, "end": "22:00"},
     ]
+    # A time that is not one is refused in words (the node's own), not as a regular expression.
+    code, _, err = await cli(mosquitto, topics, "set", "kitchen", "--at", "25:99", "--for", "5m")
+    assert code == 1 and "rule on-2599: at must be HH:MM" in err and "pattern" not in err, err
     # A rule that conflicts with one held is refused before anything is published.
     code, _, err = await cli(mosquitto, topics, "set", "kitchen", "--at", "06:10", "--for", "5m", "--action", "off")
     assert code == 1 and "overlap with opposite actions" in err
