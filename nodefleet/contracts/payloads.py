@@ -122,6 +122,9 @@ class State(Payload):
     ts: Epoch | None = None
     config: Annotated[int, Field(ge=1)] | None = None
     """Version of the retained config the node applied; absent until it has one (a rejected one is logged)."""
+    schedule: int | None = None
+    """Version of the retained schedule the node applied (like ``config``); absent from firmware that does
+    not report it. A rejected one is logged (``bad_schedule``) and the previous version stays in force."""
 
 
 class Telemetry(Payload):
