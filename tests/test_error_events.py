@@ -6,10 +6,11 @@ import asyncio
 import time
 import uuid
 
+from background import in_background
+
 from nodefleet import mqtt
 from nodefleet.contracts import ErrorEvent
 from nodefleet.fleet import ErrorReporter
-from background import in_background
 
 
 async def test_a_storm_is_summarised_when_its_window_closes(mosquitto, topics):

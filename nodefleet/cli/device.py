@@ -69,7 +69,7 @@ COLUMNS = (
 @format_option
 @provisioner_timeout
 @click.option("--home", "home_id", help="Only devices of this home")
-@click.option("--status", type=click.Choice(["pending", "provisioned", "revoked"]), help="Only devices in this state")
+@click.option("--status", type=click.Choice(["pending", "provisioned", "unprovisioned", "revoked"]), help="Only devices in this state")
 def list_devices(settings: CommonSettings, fmt: str, timeout: float, home_id: str | None, status: str | None) -> None:
     """List registered devices (from the provisioner's registry)."""
     data = {k: v for k, v in {"home_id": home_id, "status": status}.items() if v}

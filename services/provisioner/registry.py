@@ -173,9 +173,12 @@ class Registry:
         config = Config(version=1, tz=tz.offsets(zone, now=time.time()), tz_name=zone)
         # A placeholder chip id (a phone app's temp_...) is not kept: the first online binds the real one.
         chip_id = None if is_temporary_chip(request.chip_id) else request.chip_id
-        row = dict(node=node, home_id=request.home_id, device_name=request.device_name, provisioning_id=provisioning_id,
-                   chip_id=chip_id, expires=expires, username=node, credential_hash=credential_hash(password),
-                   config=config.model_dump(mode="json", by_alias=True), max_per_home=self.max_devices_per_home)
+        row: dict[str, Any] = {
+            "node": node, "home_id": request.home_id, "device_name": request.device_name,
+            "provisioning_id": provisioning_id, "chip_id": chip_id, "expires": expires, "username": node,
+            "credential_hash": credential_hash(password), "config": config.model_dump(mode="json", by_alias=True),
+            "max_per_home": self.max_devices_per_home,
+        }
         try:
             await self.store.insert_device(**row)
         except Conflict as exc:

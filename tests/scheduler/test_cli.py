@@ -125,7 +125,7 @@ async def test_show_without_the_scheduler_takes_the_nodes_word(telemetry, watch,
                                qos=1)
 
     async def shown() -> dict:
-        code, out, err = await cli(mosquitto, topics, "show", "n2", "--format", "json", "--timeout", "0.5")
+        code, out, _ = await cli(mosquitto, topics, "show", "n2", "--format", "json", "--timeout", "0.5")
         data = json.loads(out)
         return data if code == 1 and "HH:MM" in (data["rejected"] or {}).get("reason", "") else {}
 
