@@ -42,6 +42,12 @@ async def _until_status(port: int, provisioning_id: str, wanted: str, timeout: f
     return body
 
 
+async def _info(node: SimNode) -> dict:
+    status, info = await http(node.http_port, "GET", "/api/info")
+    assert status == 200 and info["mode"] == "normal", info
+    return info
+
+
 def test_what_counts_as_a_temporary_chip_id():
     assert is_temporary_chip(None) and is_temporary_chip("temp_1234567890")
     assert not is_temporary_chip("a1b2c3d4e5f6") and not is_temporary_chip("temporary")
@@ -153,6 +159,12 @@ async def test_delete_restart_on_the_node_unprovisions_it_in_the_registry(tmp_pa
             assert (await http(node.http_port, "POST", "/api/wifi", {"ssid": "simnet", "password": "simpass"}))[0] == 200
             assert (await http(node.http_port, "POST", "/api/restart"))[0] == 200
             await _until_status(port, reg["provisioning_id"], "provisioned")
+            # A copy of that log entry arriving now (a boot ago) is stale: the node stays provisioned.
+            info = await _info(node)
+            async with node_client(dynsec_broker, cfg["username"], cfg["password"]) as client:
+                entry = {"v": 1, "seq": 999, "level": "info", "code": "unprovisioned",
+                         "msg": f"unprovisioned at boot {info['boot_count'] - 2}: WiFi settings wiped"}
+                await client.publish(topics.log(cfg["node_name"]), json.dumps(entry), qos=1)
             await asyncio.sleep(0.5)
             assert (await _status(port, reg["provisioning_id"]))["status"] == "provisioned"
             assert "Traceback" not in node.output()
