@@ -46,8 +46,9 @@ class Request(BaseModel):
 
 class RegisterRequest(Request):
     """Register a device.  Registering the same device again while its registration is still pending (a failed
-    attempt retried) replaces that registration: same home and name with a placeholder or the same chip id, or
-    the same real chip id.  A provisioned device is never replaced (409)."""
+    attempt retried) or unprovisioned replaces that registration: same home and name with chip ids that do not
+    contradict (a placeholder on either side, or the same chip), or the same real chip id.  A provisioned
+    device is never replaced (409)."""
 
     home_id: HomeId
     device_name: DeviceName

@@ -182,8 +182,9 @@ class Registry:
         try:
             await self.store.insert_device(**row)
         except Conflict as exc:
-            # The same device registered again after a failed attempt: its pending registration gives way.
-            old = await self.store.replaceable_pending(request.home_id, request.device_name, chip_id) \
+            # The same device registered again (a failed attempt retried, or after it un-provisioned itself): its
+            # old registration gives way.
+            old = await self.store.replaceable(request.home_id, request.device_name, chip_id) \
                 if exc.clash else None
             if old is None:
                 raise

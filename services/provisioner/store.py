@@ -120,13 +120,14 @@ class Store:
         if result.endswith(" 0"):
             raise Conflict(f"home {home_id!r} already has {max_per_home} devices (the limit): remove some first")
 
-    async def replaceable_pending(self, home_id: str, device_name: str, chip_id: str | None) -> str | None:
-        """The pending registration a new one of the same device replaces (a retry): same home and name with a
-        placeholder chip or the same one, or the same real chip id; None if there is none (a provisioned device,
-        or a pending one registered to another real chip, is not replaced)."""
+    async def replaceable(self, home_id: str, device_name: str, chip_id: str | None) -> str | None:
+        """The registration a new one of the same device replaces: a pending one (a retry after a failed
+        attempt) or one whose node un-provisioned itself, with the same home and name and no contradicting chip
+        (either side a placeholder, or the same chip), or with the same real chip under any name.  None if there
+        is none: a provisioned device, or one bound to another real chip, is never replaced."""
         return await self.pool.fetchval(
-            "SELECT node FROM provisioner_devices WHERE status = 'pending' AND ("
-            " (home_id = $1 AND lower(device_name) = lower($2) AND (chip_id IS NULL OR chip_id = $3))"
+            "SELECT node FROM provisioner_devices WHERE status IN ('pending', 'unprovisioned') AND ("
+            " (home_id = $1 AND lower(device_name) = lower($2) AND ($3::text IS NULL OR chip_id IS NULL OR chip_id = $3))"
             " OR ($3::text IS NOT NULL AND chip_id = $3)) ORDER BY created DESC LIMIT 1",
             home_id, device_name, chip_id)
 

@@ -170,3 +170,46 @@ async def test_delete_restart_on_the_node_unprovisions_it_in_the_registry(tmp_pa
             assert "Traceback" not in node.output()
         finally:
             await node.stop()
+
+
+async def test_an_unprovisioned_device_registered_again_gives_way(service, dynsec_mosquitto, topics):
+    """After `DELETE /api/restart` the app runs the whole flow again, with the same name: a new registration."""
+    port = service.http_port
+    _, first = await http(port, "POST", REGISTER, {"home_id": "home", "device_name": "Pump", "chip_id": "temp_1"})
+    cfg = first["mqtt_config"]
+    async with node_client(dynsec_mosquitto, cfg["username"], cfg["password"]) as client:
+        await come_online(client, topics, cfg["node_name"], "chip-pump")
+        await _until_status(port, first["provisioning_id"], "provisioned")
+        entry = {"v": 1, "seq": 1, "level": "info", "code": "unprovisioned",
+                 "msg": "unprovisioned at boot 0: WiFi settings wiped by DELETE /api/restart"}
+        await client.publish(topics.log(cfg["node_name"]), json.dumps(entry), qos=1)
+        await _until_status(port, first["provisioning_id"], "unprovisioned")
+    status, second = await http(port, "POST", REGISTER, {"home_id": "home", "device_name": "Pump",
+                                                        "chip_id": "temp_2"})
+    assert status == 201, second
+    assert (await _status(port, first["provisioning_id"]))["status"] == "revoked"
+    new = second["mqtt_config"]
+    async with node_client(dynsec_mosquitto, new["username"], new["password"]) as client:
+        await come_online(client, topics, new["node_name"], "chip-pump")  # the chip moves to the new registration
+        body = await _until_status(port, second["provisioning_id"], "provisioned")
+    assert body["chip_id"] == "chip-pump"
+
+
+async def test_the_chip_of_an_unprovisioned_device_moves_to_its_new_registration(service, dynsec_mosquitto, topics):
+    port = service.http_port
+    _, first = await http(port, "POST", REGISTER, {"home_id": "home", "device_name": "Old name"})
+    cfg = first["mqtt_config"]
+    async with node_client(dynsec_mosquitto, cfg["username"], cfg["password"]) as client:
+        await come_online(client, topics, cfg["node_name"], "chip-moved")
+        await _until_status(port, first["provisioning_id"], "provisioned")
+        entry = {"v": 1, "seq": 1, "level": "info", "code": "unprovisioned", "msg": "unprovisioned at boot 0: wiped"}
+        await client.publish(topics.log(cfg["node_name"]), json.dumps(entry), qos=1)
+        await _until_status(port, first["provisioning_id"], "unprovisioned")
+    # Registered anew under another name, without its chip id: the chip moves at the first online.
+    _, second = await http(port, "POST", REGISTER, {"home_id": "home", "device_name": "New name"})
+    new = second["mqtt_config"]
+    async with node_client(dynsec_mosquitto, new["username"], new["password"]) as client:
+        await come_online(client, topics, new["node_name"], "chip-moved")
+        body = await _until_status(port, second["provisioning_id"], "provisioned")
+    assert body["chip_id"] == "chip-moved"
+    assert (await _status(port, first["provisioning_id"]))["status"] == "revoked"

@@ -43,7 +43,7 @@ async def test_register_and_status_over_mqtt(service, dynsec_mosquitto, topics):
             # Bad input: each a clear error reply, nothing registered.
             bad = [
                 ({"home_id": "nowhere", "device_name": "x"}, "unknown home"),
-                ({"home_id": "home", "device_name": "Kitchen lamp"}, "already exists"),
+                ({"home_id": "home", "device_name": "Kitchen lamp", "chip_id": "another-chip"}, "already exists"),
                 ({"home_id": "home", "device_name": "y" * 65}, "at most 64"),
                 ({"home_id": "home", "device_name": "z", "extra": 1}, "Extra inputs"),
                 ({"home_id": "home"}, "Field required"),
