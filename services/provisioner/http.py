@@ -73,7 +73,8 @@ class HttpEdge:
             self._server = await asyncio.start_server(self._connection, self.host, self.port, limit=MAX_HEAD)
         except OSError as exc:
             raise HttpEdgeError(f"the provisioner's HTTP edge cannot listen on {self.host}:{self.port} ({exc.strerror}): "
-                                f"choose another port with NODEFLEET_PROVISIONER_HTTP_PORT (-1 turns it off)") from exc
+                                f"choose another port with NODEFLEET_PROVISIONER_HTTP_PORT (`nodefleet up --http-port`; -1 "
+                                f"turns it off)") from exc
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("http_edge_listening", host=self.host, port=self.port)
 
