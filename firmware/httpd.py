@@ -7,6 +7,12 @@ _REASON = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
            413: "Payload Too Large", 500: "Internal Server Error"}
 
 
+def wrong_method(path, allowed):
+    """The 405 answer for a known path asked with another method (the Allow header comes from "allow")."""
+    allow = ", ".join(allowed)
+    return 405, {"error": "use %s %s" % (" or ".join(allowed), path), "allow": allow}
+
+
 def body_json(data):
     """The request body as a JSON object, or raise ValueError with what to send instead."""
     try:
@@ -24,6 +30,8 @@ async def _answer(w, status, content):
     else:
         ctype, body = "application/json", json.dumps(content).encode()
     extra = "WWW-Authenticate: Basic realm=\"node\"\r\n" if status == 401 else ""
+    if status == 405 and isinstance(content, dict) and "allow" in content:
+        extra = "Allow: %s\r\n" % content["allow"]
     head = "HTTP/1.0 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%sConnection: close\r\n\r\n" % (
         status, _REASON.get(status, ""), ctype, len(body), extra)
     w.write(head.encode())

@@ -69,6 +69,11 @@ def check_mqtt(b):
     return m
 
 
+# Known paths and their methods: another method is 405, an unknown path 404.
+_ALLOWED = {"/": ("GET",), "/api/info": ("GET",), "/api/wifi": ("POST",), "/api/mqtt": ("POST",),
+            "/api/restart": ("POST", "DELETE")}
+
+
 class Portal:
     def __init__(self, fw, caps):
         self.fw = fw
@@ -84,6 +89,11 @@ class Portal:
     def route(self, method, path, data, auth):
         if method != "GET":
             self.touched = True
+        allowed = _ALLOWED.get(path)
+        if allowed is None:
+            return 404, {"error": "use GET /api/info, POST /api/wifi, POST /api/mqtt, POST or DELETE /api/restart"}
+        if method not in allowed:
+            return httpd.wrong_method(path, allowed)
         if method == "GET" and path == "/":
             return 200, _PAGE % (hal.chip_id(), self.error or "Enter the WiFi and MQTT settings.")
         if method == "GET" and path == "/api/info":
@@ -103,7 +113,7 @@ class Portal:
             except ValueError as exc:
                 return 400, {"error": str(exc)}
             return 200, {"ok": True}
-        return 404, {"error": "use GET /api/info, POST /api/wifi, POST /api/mqtt, POST or DELETE /api/restart"}
+        return 500, {"error": "no handler for %s %s" % (method, path)}
 
 
 async def _restart():

@@ -40,9 +40,19 @@ def _page(app):
                     "valid" if n.payload()["time_valid"] else "not set", _esc(rules), _esc(errors))
 
 
+# Known paths and their methods: another method is 405, an unknown path 404.
+_ALLOWED = {"/": ("GET",), "/api/info": ("GET",), "/api/state": ("GET",), "/api/switch": ("POST",),
+            "/api/stop": ("POST",), "/api/logic": ("POST",), "/api/restart": ("POST", "DELETE")}
+
+
 def _route(app, method, path, data, auth):
     if not _authorized(app, auth):
         return 401, {"error": "password required: log in with any user name and the node's web password"}
+    allowed = _ALLOWED.get(path)
+    if allowed is None:
+        return 404, {"error": "use GET /, GET /api/state|info, POST /api/switch|stop|logic|restart, DELETE /api/restart"}
+    if method not in allowed:
+        return httpd.wrong_method(path, allowed)
     if method == "GET" and path == "/":
         return 200, _page(app)
     if method == "GET" and path == "/api/info":
@@ -60,10 +70,12 @@ def _route(app, method, path, data, auth):
         import store
 
         store.remove("wifi.json")
+        # Said before leaving, so the backend stops counting the node as provisioned (restart_soon lets it go out);
+        # the boot count lets a late copy (sent after the next provisioning) be told from a fresh one.
+        app.errlog.add("unprovisioned", "unprovisioned at boot %d: WiFi settings wiped by DELETE /api/restart, "
+                       "restarting into provisioning mode" % app.boot_count, "info", app.ts())
         app.restart_soon()
         return 200, {"ok": True, "next": "provisioning mode"}
-    if method != "POST" or path not in ("/api/switch", "/api/stop", "/api/logic", "/api/restart"):
-        return 404, {"error": "use GET /, GET /api/state, POST /api/switch|stop|logic|restart"}
     import commands
 
     try:

@@ -3,7 +3,7 @@
 Requests go to ``Topics.request(service, action)`` as a FleetRequest carrying
 ``transaction`` and ``reply_to``; the service answers on ``reply_to`` with a
 FleetReply.  Error events go to ``Topics.errors()``, at most ``burst`` per
-code each ``window`` seconds, with the count of those left out.
+code each ``window`` seconds; when a window closes, a summary event counts those left out.
 """
 
 from __future__ import annotations
@@ -105,12 +105,17 @@ class _Bucket:
     window_start: float
     sent: int = 0
     suppressed: int = 0
+    last: tuple[str, str | None, str | None] | None = None  # detail, topic, node of the last one left out
 
 
 @dataclass
 class ErrorReporter:
     """Counts every rejection, logs it, and publishes rate-limited ErrorEvents.
 
+    At most ``burst`` events per code each ``window`` seconds; when a window
+    in which some were left out closes, one summary event of that code says
+    how many (``suppressed``) and quotes the last of them, so a storm is
+    reported when it happens, not with the next event minutes later.
     ``report`` never blocks and never raises: events wait in a bounded queue
     drained by ``run``; when it is full the event is counted as suppressed.
     """
@@ -122,40 +127,80 @@ class ErrorReporter:
     counts: dict[str, int] = field(default_factory=dict)
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
     _queue: asyncio.Queue[ErrorEvent] = field(default_factory=lambda: asyncio.Queue(maxsize=100))
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)  # an event queued, or a window began leaving some out
 
     def report(self, code: str, detail: str, *, topic: str | None = None, node: str | None = None) -> None:
         self.counts[code] = self.counts.get(code, 0) + 1
+        self._wake.set()
         now = time.time()
         bucket = self._buckets.setdefault(code, _Bucket(now))
         if now - bucket.window_start >= self.window:
-            bucket.window_start, bucket.sent = now, 0
+            self._close_window(code, bucket, now)
         if bucket.sent >= self.burst:
             # A flood of bad input must not flood the log either: the count keeps it.
             bucket.suppressed += 1
+            bucket.last = (detail, topic, node)
             log.debug("rejected", code=code, detail=detail, topic=topic, node=node)
             return
-        log.warning("rejected", code=code, detail=detail, topic=topic, node=node, suppressed=bucket.suppressed)
+        log.warning("rejected", code=code, detail=detail, topic=topic, node=node)
+        if self._enqueue(self._event(now, code, detail, topic, node, 0)):
+            bucket.sent += 1
+        else:
+            bucket.suppressed += 1
+            bucket.last = (detail, topic, node)
+
+    def close_windows(self, now: float | None = None) -> float | None:
+        """Summarise every window that has ended with events left out; seconds until the next one ends (None:
+        no window has anything left out)."""
+        now = time.time() if now is None else now
+        wait = None
+        for code, bucket in self._buckets.items():
+            if not bucket.suppressed:
+                continue
+            left = bucket.window_start + self.window - now
+            if left <= 0:
+                self._close_window(code, bucket, now)
+            else:
+                wait = left if wait is None else min(wait, left)
+        return wait
+
+    def _close_window(self, code: str, bucket: _Bucket, now: float) -> None:
+        """Start a new window; one summary event for what the old one left out."""
+        if bucket.suppressed and bucket.last is not None:
+            detail, topic, node = bucket.last
+            summary = self._event(now, code, f"{bucket.suppressed} more {code} event(s) left out in the last "
+                                  f"{self.window:g} s; the last: {detail}", topic, node, bucket.suppressed)
+            log.warning("rejected_summary", code=code, suppressed=bucket.suppressed, detail=detail)
+            if not self._enqueue(summary):
+                return  # the queue is full: the count waits for the next window's close
+        bucket.window_start, bucket.sent, bucket.suppressed, bucket.last = now, 0, 0, None
+
+    def _event(self, now: float, code: str, detail: str, topic: str | None, node: str | None,
+               suppressed: int) -> ErrorEvent:
         try:
-            event = ErrorEvent(
-                ts=now, service=self.service, code=code, detail=detail[:1024],
-                topic=topic[:256] if topic else None, node=node, suppressed=bucket.suppressed,
-            )
+            return ErrorEvent(ts=now, service=self.service, code=code, detail=detail[:1024],
+                              topic=topic[:256] if topic else None, node=node, suppressed=suppressed)
         except ValidationError:  # a node name that is itself the bad input
-            event = ErrorEvent(ts=now, service=self.service, code=code, detail=detail[:1024], suppressed=bucket.suppressed)
+            return ErrorEvent(ts=now, service=self.service, code=code, detail=detail[:1024], suppressed=suppressed)
+
+    def _enqueue(self, event: ErrorEvent) -> bool:
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
-            bucket.suppressed += 1
-            return
-        bucket.sent += 1
-        bucket.suppressed = 0
+            return False
+        return True
 
     async def run(self, client: aiomqtt.Client) -> None:
-        """Publish queued events until cancelled."""
+        """Publish queued events, and each window's summary when it closes, until cancelled."""
         topic = self.topics.errors()
         while True:
-            event = await self._queue.get()
-            await client.publish(topic, event.model_dump_json(), qos=0)
+            while not self._queue.empty():
+                await client.publish(topic, self._queue.get_nowait().model_dump_json(), qos=0)
+            self._wake.clear()
+            wait = self.close_windows()
+            if self._queue.empty():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
 
 
 @contextlib.asynccontextmanager

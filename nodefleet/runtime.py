@@ -46,6 +46,7 @@ from .runtime_checks import (
     DataDirLock,
     StartupError,
     StartupInterrupted,
+    edge_port,
     probe_broker,
     probe_database,
     without_password,
@@ -64,6 +65,7 @@ __all__ = [
     "SERVICE_NAMES",
     "DATABASE_NAME",
     "DEFAULT_DB_PORT",
+    "DEFAULT_HTTP_PORT",
     "DEFAULT_MQTT_PORT",
     "LOCK_FILE",
     "Runtime",
@@ -81,6 +83,7 @@ log = get_logger(__name__)
 
 DEFAULT_MQTT_PORT = 1883
 DEFAULT_DB_PORT = 15432
+DEFAULT_HTTP_PORT = 8080
 DATABASE_NAME = "nodefleet"
 
 
@@ -94,6 +97,9 @@ class RuntimeOptions:
     db_port: int = DEFAULT_DB_PORT
     # As root, the embedded PostgreSQL runs as this system user, made on first start.
     postgres_system_user: str = SYSTEM_USER
+    # The provisioner's HTTP edge (the phone app): 0 picks a free port, -1 turns it off; host None: mqtt_host.
+    http_port: int = DEFAULT_HTTP_PORT
+    http_host: str | None = None
     broker_url: str | None = None
     database_url: str | None = None
     log_format: LogFormat = "auto"
@@ -128,6 +134,8 @@ class RuntimeInfo:
     # Set when the embedded broker is secured: where its passwords are and the operator's login.
     credentials_file: Path | None = None
     operator_url: str | None = None
+    # Where the provisioner's HTTP edge listens (None: off, or no provisioner).
+    http_url: str | None = None
 
     @property
     def secured(self) -> bool:
@@ -164,6 +172,7 @@ class Runtime:
                 await self._stop_orphan_postgres()
             self._check_ports()
             specs = list(self._services) if self._services is not None else _discover()
+            edge = self._edge(specs)
             database_url = await self._start_database()
             self._checkpoint()
             broker_url = await self._start_broker([spec.name for spec in specs])
@@ -174,8 +183,8 @@ class Runtime:
                 "log_level": self.options.log_level,
                 **self.options.service_overrides,
             }
-            units = [_unit(spec, {**overrides, **self._access.service_settings(spec.name, broker_url)})
-                     for spec in specs]
+            units = [_unit(spec, {**overrides, **self._access.service_settings(spec.name, broker_url),
+                                  **(edge if spec.name == "provisioner" else {})}) for spec in specs]
             units += [make(self._access.login(OPERATOR, broker_url), database_url) for make in self._extras]
             for unit in units:
                 await self._start_unit(unit)
@@ -194,6 +203,7 @@ class Runtime:
             startup_seconds=round(time.monotonic() - began, 3),
             credentials_file=self._access.credentials.path if self._access.credentials else None,
             operator_url=self._access.login(OPERATOR, broker_url) if self._access.credentials else None,
+            http_url=f"http://{edge['http_host']}:{edge['http_port']}" if edge.get("http_port", -1) >= 0 else None,
         )
         log.info("up_ready", broker=without_password(info.broker_url), database=without_password(info.database_url),
                  data_dir=str(info.data_dir), services=info.services, extras=info.extras,
@@ -220,6 +230,14 @@ class Runtime:
                 f"--db-port, or use an existing server with --database postgresql://...",
                 exit_code=EXIT_USAGE,
             )
+
+    def _edge(self, specs: list[ServiceSpec]) -> dict[str, Any]:
+        """The provisioner's HTTP edge settings, its port checked (and chosen, for 0) before anything starts."""
+        if not any(spec.name == "provisioner" for spec in specs):
+            return {}
+        host = self.options.http_host or self.options.mqtt_host
+        port = edge_port(host, self.options.http_port)
+        return {"http_host": host, "http_port": -1 if port is None else port}
 
     async def _start_database(self) -> str:
         if not self.options.embedded_database:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import socket
 from pathlib import Path
 from typing import IO
 
@@ -72,6 +73,23 @@ class DataDirLock:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def edge_port(host: str, port: int) -> int | None:
+    """The port the provisioner's HTTP edge gets: ``port`` if free (StartupError naming --http-port if taken),
+    a free one for 0, None for -1 (off)."""
+    if port < 0:
+        return None
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise StartupError(
+                f"HTTP port {port} on {host} (the provisioner's HTTP edge) is already taken (another `nodefleet up`, "
+                f"or another web server?): choose another with --http-port (0 picks a free one, -1 turns the edge "
+                f"off)", exit_code=EXIT_USAGE) from exc
+        return probe.getsockname()[1]
 
 
 async def probe_broker(url: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import click
@@ -68,7 +69,7 @@ COLUMNS = (
 @format_option
 @provisioner_timeout
 @click.option("--home", "home_id", help="Only devices of this home")
-@click.option("--status", type=click.Choice(["pending", "provisioned", "revoked"]), help="Only devices in this state")
+@click.option("--status", type=click.Choice(["pending", "provisioned", "unprovisioned", "revoked"]), help="Only devices in this state")
 def list_devices(settings: CommonSettings, fmt: str, timeout: float, home_id: str | None, status: str | None) -> None:
     """List registered devices (from the provisioner's registry)."""
     data = {k: v for k, v in {"home_id": home_id, "status": status}.items() if v}
@@ -113,9 +114,16 @@ def config(settings: CommonSettings, timeout: float, node: str, assignments: tup
 @fleet_options
 @provisioner_timeout
 @click.argument("node", callback=node_name)
-@click.confirmation_option(prompt="Revoke this device's credentials and clear its retained topics?")
-def remove(settings: CommonSettings, timeout: float, node: str) -> None:
-    """Revoke NODE: credentials removed from the broker, its retained config, schedule, state and discovery cleared."""
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (needed without a terminal)")
+def remove(settings: CommonSettings, timeout: float, node: str, yes: bool) -> None:
+    """Revoke NODE: credentials removed from the broker, its retained config, schedule, state and discovery cleared.
+
+    Asks first on a terminal; in a script pass --yes.
+    """
+    if not yes:
+        if not sys.stdin.isatty():
+            raise CliError(f"not removing {node}: there is no terminal to confirm on; pass --yes to remove it")
+        click.confirm(f"Revoke {node}'s credentials and clear its retained topics?", abort=True)
     run(provisioner_request(settings, "remove", {"node": node}, timeout=timeout))
     click.echo(f"{node}: revoked")
 

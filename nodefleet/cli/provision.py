@@ -129,6 +129,9 @@ async def provision_flow(flow: Flow, *, name: str, home: str, ssid: str, wifi_pa
             step("online")
             return {"node": mqtt_config["node_name"], "provisioning_id": registration["provisioning_id"],
                     "chip_id": info.get("chip_id"), "connected_at": status.get("connected_at")}
+        if status and status.get("status") in ("chip_mismatch", "chip_in_use"):
+            raise StepError("online", f"the device came online but was refused ({status['status']}): "
+                            f"{status.get('error')}")
         await asyncio.sleep(0.5)
     raise StepError("online", f"{mqtt_config['node_name']} did not come online within {flow.timeout:g} s: check the "
                     f"WiFi name and password and that the broker {mqtt_config['broker_host']}:"

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
 import click
 from pydantic import ValidationError
 
-from ..contracts import WEEKDAYS, Schedule
-from ..contracts.queries import TELEMETRY_SERVICE, RunEventsQuery
+from ..contracts import WEEKDAYS, Schedule, State
+from ..contracts.queries import TELEMETRY_SERVICE, LogRow, LogsQuery, RunEventsQuery
 from ..contracts.scheduling import (
+    SCHEDULE_REJECTED,
     SCHEDULER_SERVICE,
     RunEventRow,
     ShowAnswer,
@@ -69,16 +71,27 @@ def engine_check(schedule: dict[str, Any]) -> str | None:
     return check_schedule(schedule)
 
 
-async def _retained_schedule(connection: Connection, topic: str) -> dict[str, Any] | None:
-    await connection.client.subscribe(topic, qos=1)
-    try:
+async def _retained(connection: Connection, *topics: str) -> dict[str, Any]:
+    """The retained JSON of each topic that has one (waits at most RETAINED_WAIT for those that do not)."""
+    for topic in topics:
+        await connection.client.subscribe(topic, qos=1)
+    found: dict[str, Any] = {}
+    with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(RETAINED_WAIT):
             async for message in connection.client.messages:
-                if str(message.topic) == topic:
-                    return json.loads(message.payload) if message.payload else None  # type: ignore[arg-type]
-    except (TimeoutError, ValueError):
-        return None
-    return None
+                topic = str(message.topic)
+                if topic in topics and topic not in found:
+                    try:
+                        found[topic] = json.loads(message.payload) if message.payload else None  # type: ignore[arg-type]
+                    except ValueError:
+                        found[topic] = None
+                    if len(found) == len(topics):
+                        break
+    return {topic: value for topic, value in found.items() if value is not None}
+
+
+async def _retained_schedule(connection: Connection, topic: str) -> dict[str, Any] | None:
+    return (await _retained(connection, topic)).get(topic)
 
 
 async def _request(connection: Connection, action: str, query: Any, timeout: float) -> Any:
@@ -133,7 +146,9 @@ async def _set(settings: CommonSettings, node: str, rule: dict[str, Any], replac
             Schedule.model_validate(new)
         except ValidationError as exc:
             first = exc.errors()[0]
-            raise CliError(f"invalid rule ({'.'.join(map(str, first['loc']))}: {first['msg']}): fix the options") from exc
+            # A message that names its rule says it in words already (the node's own wording).
+            why = first["msg"] if first["type"] == "hhmm" else f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
+            raise CliError(f"invalid rule ({why}): fix the options") from exc
         reason = engine_check(new)
         if reason:
             raise CliError(f"the node would reject this schedule: {reason}; change the rule or use --replace")
@@ -160,34 +175,95 @@ RULE_COLUMNS = (
               help="How long to wait for the scheduler's view")
 @fleet_options
 def show(settings: CommonSettings, node: str, fmt: str, timeout: float) -> None:
-    """Show NODE's retained schedule, and (if the scheduler runs) its open and next run."""
-    run(_show(settings, node, fmt, timeout))
+    """Show the schedule NODE and the scheduler run, and (if the scheduler runs) its open and next run.
+
+    A retained schedule the node or the scheduler rejected is marked with the
+    reason, and the command exits 1: the rules shown are the version still in
+    force, not the rejected ones.
+    """
+    shown = run(_show(settings, node, timeout))
+    rejected = shown["rejected"]
+    if fmt == "json":
+        click.echo(json.dumps(shown, indent=2))
+    else:
+        _print_show(node, shown, fmt)
+    if rejected is not None:
+        held = shown["running"]["version"] if shown["running"] else shown["node_applied"]
+        raise CliError(f"{node}'s retained schedule version {rejected['version']} was rejected: {rejected['reason']}; "
+                       f"{'version ' + str(held) if held else 'no schedule'} stays in force. Fix it with "
+                       f"`nodefleet schedule set {node} ...`")
 
 
-async def _show(settings: CommonSettings, node: str, fmt: str, timeout: float) -> None:
+async def _show(settings: CommonSettings, node: str, timeout: float) -> dict[str, Any]:
+    """What is retained, what the node reports it applied, what the scheduler holds, and the verdict."""
     async with connect(settings) as connection:
-        current = await _retained_schedule(connection, connection.topics.schedule(node))
+        topics = connection.topics
+        found = await _retained(connection, topics.schedule(node), topics.state(node))
+        retained = found.get(topics.schedule(node))
+        try:
+            applied = State.model_validate(found[topics.state(node)]).schedule if topics.state(node) in found else None
+        except ValidationError:
+            applied = None
         try:
             view = ShowAnswer.model_validate(await _request(connection, "show", ShowQuery(node=node), timeout))
-        except CliError as exc:  # no scheduler running: show the retained schedule alone
+        except CliError as exc:  # no scheduler running: the retained schedule and the node's word alone
             view = None
             note(f"no view from the scheduler ({exc})")
-    if fmt == "json":
-        click.echo(json.dumps({"retained": current, "scheduler": view.model_dump(mode="json") if view else None}, indent=2))
-        return
-    if not isinstance(current, dict):
-        note(f"{node} has no schedule: set one with `nodefleet schedule set {node} --at 06:00 --for 30m`")
-    else:
+        retained_version = retained.get("version") if isinstance(retained, dict) else None
+        running: dict[str, Any] | None
+        rejected: dict[str, Any] | None = None
+        if view is not None:
+            running = view.schedule
+            if view.rejected:
+                rejected = {"version": retained_version, "reason": view.rejected, "by": "scheduler"}
+        else:
+            node_refused = applied is not None and retained_version is not None and applied != retained_version
+            running = retained if not node_refused else None
+            if node_refused:
+                reason = await _node_refusal(connection, node, timeout)
+                rejected = {"version": retained_version, "reason": reason, "by": "node"}
+    return {"retained": retained, "running": running, "node_applied": applied, "rejected": rejected,
+            "scheduler": view.model_dump(mode="json") if view else None}
+
+
+async def _node_refusal(connection: Connection, node: str, timeout: float) -> str:
+    """The node's newest ``bad_schedule`` log entry, from the telemetry service's store."""
+    try:
+        rows = parse_rows(await request_on(connection, TELEMETRY_SERVICE, "logs", LogsQuery(node=node, limit=50),
+                                           timeout=timeout), LogRow, "logs")
+    except CliError as exc:
+        return f"the node did not apply it (its reason is in its log; no answer from telemetry: {exc})"
+    for row in rows:
+        if row.code == SCHEDULE_REJECTED:
+            return row.msg
+    return "the node did not apply it (no bad_schedule entry in its log yet)"
+
+
+def _print_show(node: str, shown: dict[str, Any], fmt: str) -> None:
+    running, rejected, applied = shown["running"], shown["rejected"], shown["node_applied"]
+    if isinstance(running, dict):
         rows = [{k: r.get(k) for k in ("id", "at", "duration", "days", "action", "every", "end", "enabled")}
-                for r in current.get("rules", []) if isinstance(r, dict)]
-        emit(rows, RULE_COLUMNS, fmt, title=f"{node}: schedule version {current.get('version')}")
+                for r in running.get("rules", []) if isinstance(r, dict)]
+        who = "the scheduler holds" if shown["scheduler"] else "retained"
+        emit(rows, RULE_COLUMNS, fmt, title=f"{node}: schedule version {running.get('version')} in force ({who})")
+    elif shown["retained"] is None and rejected is None:
+        note(f"{node} has no schedule: set one with `nodefleet schedule set {node} --at 06:00 --for 30m`")
+    elif applied is not None:
+        click.echo(f"{node}: the node keeps version {applied} (its rules are retained no more; the scheduler, "
+                   f"which `nodefleet up` runs, shows them)")
+    else:
+        click.echo(f"{node}: no valid schedule in force")
+    if applied is not None:
+        click.echo(f"node: applied version {applied}")
+    if rejected is not None:
+        click.echo(f"REJECTED: retained version {rejected['version']} (by the {rejected['by']}): {rejected['reason']}")
+    view = shown["scheduler"]
     if view is not None:
-        if view.rejected:
-            held = view.schedule.get("version") if view.schedule else None
-            note(f"the retained schedule was rejected ({view.rejected}); node and scheduler keep version {held}")
-        for label, item in (("open now", view.open), ("next", view.next)):
+        for label in ("open", "next"):
+            item = view.get(label)
             if item is not None:
-                click.echo(f"{label}: {item.run_id} {item.action} {local_time(item.start)} - {local_time(item.end)}")
+                click.echo(f"{'open now' if label == 'open' else label}: {item['run_id']} {item['action']} "
+                           f"{local_time(item['start'])} - {local_time(item['end'])}")
 
 
 HISTORY_COLUMNS = (

@@ -13,11 +13,13 @@ from typing import Any
 import click
 
 from .. import logging as nodefleet_logging
+from ..contracts.provisioning import HTTP_REGISTER_PATH, HTTP_STATUS_PATH
 from ..embedded.postgres import SYSTEM_USER
 from ..mqtt import BrokerAddress
 from ..paths import DATA_DIR_VARIABLE, default_data_dir
 from ..runtime import (
     DEFAULT_DB_PORT,
+    DEFAULT_HTTP_PORT,
     DEFAULT_MQTT_PORT,
     Runtime,
     RuntimeInfo,
@@ -34,6 +36,8 @@ from . import main
 DEMO_AVAILABLE = importlib.util.find_spec("nodefleet.sim") is not None
 DEMO_FILE = "demo-nodes.json"
 WIDE_OPEN_HOSTS = ("0.0.0.0", "::")
+HTTP_PORT_VARIABLE = "NODEFLEET_PROVISIONER_HTTP_PORT"
+HTTP_HOST_VARIABLE = "NODEFLEET_PROVISIONER_HTTP_HOST"
 
 
 def print_banner(info: RuntimeInfo) -> None:
@@ -57,6 +61,10 @@ def print_banner(info: RuntimeInfo) -> None:
         lines.append(f"  data       {info.data_dir}")
     if info.credentials_file is not None:
         lines.append(f"  logins     {info.credentials_file}  (mode 0600; the nodefleet commands read it)")
+    if info.http_url is not None:
+        edge = info.http_url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//127.0.0.1:")
+        lines.append(f"  http       {edge}  (the provisioner's HTTP edge for the phone app: POST "
+                     f"{HTTP_REGISTER_PATH}, GET {HTTP_STATUS_PATH}<id>)")
     lines.append(f"  services   {services}")
     if info.extras:
         lines.append(f"  also       {', '.join(info.extras)}")
@@ -106,6 +114,11 @@ def _options(function: Any) -> Any:
         click.option("--pg-system-user", default=SYSTEM_USER, show_default=True, metavar="NAME",
                      envvar="NODEFLEET_PG_SYSTEM_USER",
                      help="As root: the system user the embedded PostgreSQL runs as (created on first start)"),
+        click.option("--http-port", type=click.IntRange(-1, 65535), default=DEFAULT_HTTP_PORT, show_default=True,
+                     envvar=HTTP_PORT_VARIABLE, show_envvar=True,
+                     help="Port of the provisioner's HTTP edge (the phone app's register and status); 0 picks a "
+                          "free one, -1 turns it off. It listens on --mqtt-host unless "
+                          "NODEFLEET_PROVISIONER_HTTP_HOST says otherwise"),
         click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help=f"Where the embedded PostgreSQL, the retained messages and the broker logins are kept  "
                           f"[default: ${DATA_DIR_VARIABLE} or {default_data_dir()}]"),
@@ -133,8 +146,8 @@ def _options(function: Any) -> Any:
 
 @main.command()
 @_options
-def up(*, mqtt_port: int, mqtt_host: str, db_port: int, pg_system_user: str, data_dir: Path | None, broker: str | None,
-       database: str | None, log_format: str, log_level: str, insecure: bool, demo: int = 0) -> None:
+def up(*, mqtt_port: int, mqtt_host: str, db_port: int, pg_system_user: str, http_port: int, data_dir: Path | None,
+       broker: str | None, database: str | None, log_format: str, log_level: str, insecure: bool, demo: int = 0) -> None:
     """Run everything in one process: MQTT broker, PostgreSQL and every service.
 
     With nothing but the package installed, starts an embedded MQTT broker
@@ -150,7 +163,7 @@ def up(*, mqtt_port: int, mqtt_host: str, db_port: int, pg_system_user: str, dat
     \b
     Examples:
       nodefleet up
-      nodefleet up --mqtt-port 1884 --db-port 15433
+      nodefleet up --mqtt-port 1884 --db-port 15433 --http-port 8081   # beside another one
       nodefleet up --broker mqtt://provisioner:PASSWORD@127.0.0.1:1883   # your own Mosquitto
       nodefleet up --database postgresql://me@db.local:5432/nodefleet
       nodefleet up --insecure --demo 3                 # open broker, for experiments
@@ -166,6 +179,8 @@ def up(*, mqtt_port: int, mqtt_host: str, db_port: int, pg_system_user: str, dat
         mqtt_port=mqtt_port,
         db_port=db_port,
         postgres_system_user=pg_system_user,
+        http_port=http_port,
+        http_host=os.environ.get(HTTP_HOST_VARIABLE) or None,
         broker_url=broker,
         database_url=database,
         log_format=log_format,  # type: ignore[arg-type]

@@ -15,7 +15,17 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from .topics import NODE_NAME_PATTERN
 
@@ -62,7 +72,9 @@ Seq = Annotated[int, Field(ge=0, lt=2**63)]
 Epoch = Annotated[float, Field(ge=0, lt=2**33)]
 Seconds = Annotated[int, Field(ge=0, le=7 * 86400)]
 ReadingName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
-HHMM = Annotated[str, StringConstraints(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
+HHMM_PATTERN = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+HHMM = Annotated[str, WithJsonSchema({"type": "string", "pattern": f"^{HHMM_PATTERN.pattern}$"})]
+"""A time of day, 00:00-23:59; checked by the models that use it so the message is the firmware's own words."""
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -110,6 +122,9 @@ class State(Payload):
     ts: Epoch | None = None
     config: Annotated[int, Field(ge=1)] | None = None
     """Version of the retained config the node applied; absent until it has one (a rejected one is logged)."""
+    schedule: int | None = None
+    """Version of the retained schedule the node applied (like ``config``); absent from firmware that does
+    not report it. A rejected one is logged (``bad_schedule``) and the previous version stays in force."""
 
 
 class Telemetry(Payload):
@@ -284,6 +299,19 @@ class Rule(Part):
     every: Annotated[int, Field(ge=300, le=86400)] | None = None
     end: HHMM | None = None
 
+    @field_validator("at", "end", mode="before")
+    @classmethod
+    def _hhmm(cls, value: Any, info: ValidationInfo) -> Any:
+        # Worded like the node's and the scheduler's check (firmware/rules.py), not as a regular expression.
+        if value is None and info.field_name == "end":
+            return value
+        if not isinstance(value, str) or HHMM_PATTERN.fullmatch(value) is None:
+            rule = info.data.get("id", "?")
+            if info.field_name == "end":
+                raise PydanticCustomError("hhmm", "rule {rule}: an interval rule needs end as HH:MM", {"rule": rule})
+            raise PydanticCustomError("hhmm", "rule {rule}: at must be HH:MM", {"rule": rule})
+        return value
+
     @field_validator("days")
     @classmethod
     def _unique_days(cls, days: list[Weekday]) -> list[Weekday]:
@@ -349,8 +377,9 @@ class FleetReply(Payload):
 class ErrorEvent(Payload):
     """``fleet/errors``: something was rejected or failed.
 
-    Services rate-limit these; ``suppressed`` counts the events of the same
-    ``code`` left out since the previous one that was published.
+    Services rate-limit these per ``code``; when a window in which some were
+    left out closes, one summary event of that code carries their count in
+    ``suppressed`` (0 on every other event) and quotes the last one.
     """
 
     ts: Epoch

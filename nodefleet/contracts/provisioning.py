@@ -21,7 +21,21 @@ HomeId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")
 DeviceName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
 ProvisioningId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 ZoneName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_+/-]{1,64}$")]
-DeviceStatus = Literal["pending", "provisioned", "revoked"]
+DeviceStatus = Literal["pending", "provisioned", "unprovisioned", "revoked"]
+"""A device in the registry: ``pending`` (registered, not yet online), ``provisioned`` (came online with its
+chip), ``unprovisioned`` (the node said it was un-provisioned; its next online provisions it again),
+``revoked`` (removed, or expired while pending)."""
+Refusal = Literal["chip_mismatch", "chip_in_use"]
+"""Why a registered device that came online was not provisioned (see ProvisioningStatus)."""
+
+TEMPORARY_CHIP_PREFIX = "temp_"
+
+
+def is_temporary_chip(chip_id: str | None) -> bool:
+    """True for a placeholder chip id: absent, or starting with ``temp_`` (a phone app registers one before it
+    can read the node's real chip id).  A placeholder is not stored: the first online binds the chip that came
+    online with the device's credentials.  Any other chip id is real, and a different chip is refused."""
+    return chip_id is None or chip_id.startswith(TEMPORARY_CHIP_PREFIX)
 
 
 class Request(BaseModel):
@@ -31,9 +45,15 @@ class Request(BaseModel):
 
 
 class RegisterRequest(Request):
+    """Register a device.  Registering the same device again while its registration is still pending (a failed
+    attempt retried) or unprovisioned replaces that registration: same home and name with chip ids that do not
+    contradict (a placeholder on either side, or the same chip), or the same real chip id.  A provisioned
+    device is never replaced (409)."""
+
     home_id: HomeId
     device_name: DeviceName
     chip_id: Identifier | None = None
+    """The node's chip id if known; absent or ``temp_...`` is a placeholder (see :func:`is_temporary_chip`)."""
 
     @field_validator("device_name")
     @classmethod
@@ -68,7 +88,15 @@ class ProvisioningStatus(BaseModel):
     provisioning_id: ProvisioningId
     is_provisioned: bool
     device_id: NodeName
-    status: DeviceStatus
+    status: DeviceStatus | Refusal
+    """The device's status, or (while pending) why its last online was refused: ``chip_mismatch`` (another
+    chip than the registered one came online with its credentials) or ``chip_in_use`` (the chip is bound to
+    another device); ``error`` says what to do."""
+    chip_id: str | None = None
+    """The chip id registered (None for a placeholder) or bound at the first online."""
+    reported_chip_id: str | None = None
+    """With a refusal: the chip that came online."""
+    error: str | None = None
     connected_at: datetime | None = None
     config_version: int | None = None
     config_applied: int | None = None
@@ -120,6 +148,22 @@ def config_rejection(entry: Log) -> tuple[int, str] | None:
         return None
     match = _REJECTION.fullmatch(entry.msg)
     return (int(match[1]), match[2]) if match else None
+
+
+UNPROVISIONED = "unprovisioned"
+"""Code of the log entry a node writes when it is un-provisioned (``DELETE /api/restart`` on its web API,
+firmware/web.py) just before it restarts into provisioning mode: its ``msg`` is
+``unprovisioned at boot <N>: ...`` with the node's boot count, so a copy delivered after the node came back
+(a later boot) is recognised as stale."""
+_UNPROVISIONED = re.compile(r"unprovisioned at boot (\d+)\b.*", re.DOTALL)
+
+
+def unprovisioned_at(entry: Log) -> int | None:
+    """The boot count at which a node's log entry says it was un-provisioned, else None."""
+    if entry.code != UNPROVISIONED:
+        return None
+    match = _UNPROVISIONED.fullmatch(entry.msg)
+    return int(match[1]) if match else None
 
 
 class ListRequest(Request):

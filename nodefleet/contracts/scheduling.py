@@ -19,6 +19,9 @@ from .payloads import Epoch, Identifier, NodeName, Part, Payload, ShortText, Tex
 from .queries import Query
 
 SCHEDULER_SERVICE = "scheduler"
+SCHEDULE_REJECTED = "bad_schedule"
+"""Code of the log entry a node writes (firmware/normal.py), and of the scheduler's error event, when a
+retained schedule is refused; the previous version stays in force (the node's ``State.schedule``)."""
 
 RunKind = Literal["run", "backup", "miss", "skipped"]
 """run: the node executed it; backup: the scheduler sent it; miss: the node was

@@ -144,7 +144,7 @@ class Service:
         elif parsed.kind == NodeTopic.TELEMETRY:
             self._spawn(self.homie.on_telemetry(parsed.node, payload))
         elif parsed.kind == NodeTopic.LOG:
-            self.registry.on_log(parsed.node, payload)
+            self._spawn(self.registry.on_log(parsed.node, payload))
 
     async def _on_state(self, node: str, payload: bytes) -> None:
         state = await self.registry.on_state(node, payload)

@@ -3,8 +3,9 @@
     POST /api/provision/register/       {home_id, device_name, chip_id?} -> 201 Registration
     GET  /api/provision/status/<id>     -> 200 ProvisioningStatus
 
-JSON only, one request per connection, bounded sizes and times; bad input
-gets a 4xx with ``{"error": "..."}``.
+JSON bodies (whatever Content-Type they declare), one request per connection,
+bounded sizes and times; bad input gets a 4xx with ``{"error": "..."}``; a
+wrong method on a known path is 405 with an ``Allow`` header.
 """
 
 from __future__ import annotations
@@ -46,9 +47,10 @@ class HttpEdgeError(RuntimeError):
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, allow: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.allow = allow
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -71,7 +73,8 @@ class HttpEdge:
             self._server = await asyncio.start_server(self._connection, self.host, self.port, limit=MAX_HEAD)
         except OSError as exc:
             raise HttpEdgeError(f"the provisioner's HTTP edge cannot listen on {self.host}:{self.port} ({exc.strerror}): "
-                                f"choose another port with NODEFLEET_PROVISIONER_HTTP_PORT (-1 turns it off)") from exc
+                                f"choose another port with NODEFLEET_PROVISIONER_HTTP_PORT (`nodefleet up --http-port`; -1 "
+                                f"turns it off)") from exc
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("http_edge_listening", host=self.host, port=self.port)
 
@@ -82,6 +85,7 @@ class HttpEdge:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._open += 1
+        allow = ""
         try:
             try:
                 if self._open > MAX_CONNECTIONS:
@@ -91,13 +95,14 @@ class HttpEdge:
                 status, answer = await self._route(method, path, body)
             except HttpError as exc:
                 status, answer = exc.status, {"error": str(exc)}
+                allow = f"Allow: {exc.allow}\r\n" if exc.allow else ""
                 self.errors.report("http_bad_request", f"{exc.status}: {exc}")
             except TimeoutError:
                 status, answer = 400, {"error": f"request not complete within {READ_TIMEOUT:g} s"}
             payload = json.dumps(answer).encode()
             writer.write(
                 f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload
+                f"{allow}Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload
             )
             await writer.drain()
         except (ConnectionError, OSError):
@@ -138,16 +143,14 @@ class HttpEdge:
                 body = await reader.readexactly(length)
             except asyncio.IncompleteReadError as exc:
                 raise HttpError(400, "body shorter than its Content-Length") from exc
-            content_type = headers.get("content-type", "application/json").split(";")[0].strip()
-            if content_type != "application/json":
-                raise HttpError(415, "send the body as application/json")
+            # The body is read as JSON whatever type it declares: `curl -d` says form-urlencoded.
         return parts[0], parts[1].split("?")[0], body
 
     async def _route(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
         try:
             if path in (REGISTER, REGISTER.rstrip("/")):
                 if method != "POST":
-                    raise HttpError(405, f"use POST {REGISTER}")
+                    raise HttpError(405, f"use POST {REGISTER}", allow="POST")
                 try:
                     data = json.loads(body)
                 except (ValueError, UnicodeDecodeError) as exc:
@@ -158,7 +161,7 @@ class HttpEdge:
                 return 201, registration.model_dump(mode="json")
             if path.startswith(STATUS):
                 if method != "GET":
-                    raise HttpError(405, f"use GET {STATUS}<provisioning_id>")
+                    raise HttpError(405, f"use GET {STATUS}<provisioning_id>", allow="GET")
                 provisioning_id = path[len(STATUS):].strip("/")
                 if len(provisioning_id) != 32 or any(c not in "0123456789abcdef" for c in provisioning_id):
                     raise HttpError(400, "a provisioning id is 32 hex digits")

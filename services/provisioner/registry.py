@@ -33,6 +33,8 @@ from nodefleet.contracts.provisioning import (
     Registration,
     StatusRequest,
     config_rejection,
+    is_temporary_chip,
+    unprovisioned_at,
 )
 from nodefleet.fleet import ErrorReporter
 from nodefleet.logging import get_logger
@@ -169,11 +171,25 @@ class Registry:
         expires = datetime.now(UTC) + timedelta(seconds=self.pending_ttl)
         zone = await self.store.home_tz(request.home_id)
         config = Config(version=1, tz=tz.offsets(zone, now=time.time()), tz_name=zone)
-        await self.store.insert_device(
-            node=node, home_id=request.home_id, device_name=request.device_name, provisioning_id=provisioning_id,
-            chip_id=request.chip_id, expires=expires, username=node, credential_hash=credential_hash(password),
-            config=config.model_dump(mode="json", by_alias=True), max_per_home=self.max_devices_per_home,
-        )
+        # A placeholder chip id (a phone app's temp_...) is not kept: the first online binds the real one.
+        chip_id = None if is_temporary_chip(request.chip_id) else request.chip_id
+        row: dict[str, Any] = {
+            "node": node, "home_id": request.home_id, "device_name": request.device_name,
+            "provisioning_id": provisioning_id, "chip_id": chip_id, "expires": expires, "username": node,
+            "credential_hash": credential_hash(password), "config": config.model_dump(mode="json", by_alias=True),
+            "max_per_home": self.max_devices_per_home,
+        }
+        try:
+            await self.store.insert_device(**row)
+        except Conflict as exc:
+            # The same device registered again (a failed attempt retried, or after it un-provisioned itself): its
+            # old registration gives way.
+            old = await self.store.replaceable(request.home_id, request.device_name, chip_id) \
+                if exc.clash else None
+            if old is None:
+                raise
+            await self.remove(old, reason=f"replaced by a new registration ({node})")
+            await self.store.insert_device(**row)
         # The row first (it claims the name and chip id), then the broker: no database connection is held while
         # the broker works.  If the broker refuses, the row goes too; if this process dies in between, the
         # pending row expires like any unclaimed registration.
@@ -193,9 +209,13 @@ class Registry:
 
     async def status(self, provisioning_id: str) -> ProvisioningStatus:
         row = await self.store.by_provisioning_id(provisioning_id)
+        refused = row["refused_code"] if row["status"] in ("pending", "unprovisioned") else None
         return ProvisioningStatus(provisioning_id=provisioning_id, is_provisioned=row["status"] == "provisioned",
-                                  device_id=row["node"], status=row["status"], connected_at=row["first_connected"],
-                                  config_version=row["config_version"], config_applied=row["config_applied"])
+                                  device_id=row["node"], status=refused or row["status"],
+                                  connected_at=row["first_connected"], config_version=row["config_version"],
+                                  config_applied=row["config_applied"], chip_id=row["chip_id"],
+                                  reported_chip_id=row["refused_chip"] if refused else None,
+                                  error=row["refused_reason"] if refused else None)
 
     async def list(self, request: ListRequest) -> list[DeviceRow]:
         rows = await self.store.list(home_id=request.home_id, status=request.status)
@@ -238,10 +258,9 @@ class Registry:
             if online and info is not None and node not in self._settled:
                 # The common case of a burst first: a pending node's first online is one UPDATE.
                 try:
-                    row = await self.store.mark_provisioned(node, info.chip_id, list(info.caps))
+                    row = await self._mark_provisioned(node, info)
                 except Conflict as exc:
-                    self.errors.report("chip_in_use", f"{node} not provisioned: {exc}", topic=self.topics.info(node),
-                                       node=node)
+                    await self._refuse(node, "chip_in_use", info.chip_id, f"{node} not provisioned: {exc}")
                     return
                 if row is not None:
                     await self._provisioned(node, row, info)
@@ -257,15 +276,32 @@ class Registry:
             if not online or info is None:
                 return
             if row["chip_id"] and row["chip_id"] != info.chip_id:
-                self.errors.report("chip_mismatch", f"{node} is registered to chip {row['chip_id']} but chip "
-                                   f"{info.chip_id} came online with its credentials; refused",
-                                   topic=self.topics.info(node), node=node)
+                why = (f"{node} is registered to chip {row['chip_id']} but chip {info.chip_id} came online with its "
+                       f"credentials; refused: register the device with its real chip id (or a temp_ placeholder), "
+                       f"or remove it with `nodefleet device remove {node}`")
+                await self._refuse(node, "chip_mismatch", info.chip_id, why)
                 return
             if row["status"] == "provisioned":
                 self._settled.add(node)
                 await self.store.touch(node)
                 if not availability_changed:  # its first info of a connection
                     await self.publish(*discovery.homie_state(node, ONLINE), True)
+
+    async def _mark_provisioned(self, node: str, info: Info) -> Any:
+        """The first-online UPDATE; a chip still bound to a device its node un-provisioned moves to this one."""
+        try:
+            return await self.store.mark_provisioned(node, info.chip_id, list(info.caps))
+        except Conflict:
+            holder = await self.store.chip_holder(info.chip_id)
+            if holder is None or holder == node or (await self.store.device(holder))["status"] != "unprovisioned":
+                raise
+        await self.remove(holder, reason=f"its chip {info.chip_id} was provisioned again as {node}")
+        return await self.store.mark_provisioned(node, info.chip_id, list(info.caps))
+
+    async def _refuse(self, node: str, code: str, chip_id: str, why: str) -> None:
+        """A refused online: an error event, and the reason kept for the device's status."""
+        self.errors.report(code, why, topic=self.topics.info(node), node=node)
+        await self.store.set_refused(node, code, chip_id, why)
 
     async def _provisioned(self, node: str, row: Any, info: Info) -> None:
         """Just provisioned: its retained config now, its discovery behind the configs of a burst."""
@@ -304,14 +340,20 @@ class Registry:
                 future.set_result(None)
         return state
 
-    def on_log(self, node: str, payload: bytes) -> None:
-        """A node's log entry: if it refused a config version, remember why and tell whoever waits for it."""
-        if not payload or b"rejected" not in payload:
-            return  # logs are the telemetry service's to store and report; only config refusals matter here
+    async def on_log(self, node: str, payload: bytes) -> None:
+        """A node's log entry: a refused config version (remember why, tell whoever waits), or the node saying
+        it was un-provisioned; the telemetry service stores and reports the rest."""
+        if not payload or (b"rejected" not in payload and b"unprovisioned" not in payload):
+            return
         try:
-            rejection = config_rejection(Log.model_validate_json(payload))
+            entry = Log.model_validate_json(payload)
         except ValidationError:
             return
+        boot = unprovisioned_at(entry)
+        if boot is not None:
+            await self.unprovision(node, boot)
+            return
+        rejection = config_rejection(entry)
         if rejection is None:
             return
         version, why = rejection
@@ -320,6 +362,20 @@ class Registry:
         for wanted, future in self._appliers.get(node, []):
             if wanted == version and not future.done():
                 future.set_result(why)
+
+    async def unprovision(self, node: str, boot: int) -> None:
+        """The node said it was un-provisioned at boot ``boot``: provisioned no more until its next online."""
+        info = self._info.get(node)
+        if info is not None and info.boot_count > boot:
+            log.info("unprovisioned_stale", node=node, boot=boot, now=info.boot_count)
+            return  # a copy sent late, after the node came back: it is online again since
+        async with self._lock(node):
+            if not await self.store.unprovision(node):
+                return
+            self._settled.discard(node)
+            self._info.pop(node, None)  # its next online (new WiFi, same login) is a first online again
+        await self.publish(*discovery.homie_state(node, OFFLINE), True)
+        log.info("unprovisioned", node=node, boot=boot)
 
     async def wait_applied(self, node: str, version: int, timeout: float) -> tuple[bool, str | None]:
         """(applied, rejected): whether the node reported config ``version`` (or a later one) within ``timeout``
@@ -378,8 +434,11 @@ class Registry:
             await self.store.revoke(conn, node)
             await self.credentials.remove(node)
             await self.discovery_idle()
+        # Discovery first, acknowledged by the broker, then the rest: an entity still alive in Home Assistant
+        # would otherwise render the emptied state ("'value_json' is undefined").
+        await asyncio.gather(*(self.publish(topic, b"", True) for topic in discovery.removal(self.topics, node)))
         cleared = [self.topics.config(node), self.topics.schedule(node), self.topics.state(node),
-                   self.topics.info(node), self.topics.status(node), *discovery.removal(self.topics, node)]
+                   self.topics.info(node), self.topics.status(node)]
         await asyncio.gather(*(self.publish(topic, b"", True) for topic in cleared))
         self._info.pop(node, None)
         self._online.pop(node, None)

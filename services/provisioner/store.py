@@ -30,7 +30,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 MIGRATION_LOCK = 0x6E6F_6465_0101
 
 _DEVICE_COLUMNS = ("node, home_id, device_name, provisioning_id, chip_id, status, created, expires, first_connected, "
-                   "last_seen, username, config, config_version, config_applied, caps")
+                   "last_seen, username, config, config_version, config_applied, caps, refused_code, refused_chip, refused_reason")
 
 
 class RegistryError(ValueError):
@@ -39,6 +39,11 @@ class RegistryError(ValueError):
 
 class Conflict(RegistryError):
     """The request clashes with what is registered (a taken name, a bound chip id, a revoked device)."""
+
+    def __init__(self, message: str, *, clash: str | None = None) -> None:
+        super().__init__(message)
+        self.clash = clash
+        """``name`` or ``chip`` when a registration clashed with an active device's name or chip id."""
 
 
 class NotFound(LookupError):
@@ -104,14 +109,27 @@ class Store:
                 max_per_home,
             )
         except asyncpg.UniqueViolationError as exc:
+            clash = {"provisioner_devices_active_name": "name",
+                     "provisioner_devices_active_chip": "chip"}.get(exc.constraint_name or "")
             what = {
-                "provisioner_devices_active_name": f"a device named {device_name!r} already exists in home {home_id!r}: "
-                                                   f"choose another name or remove that device first",
-                "provisioner_devices_active_chip": f"chip {chip_id!r} is already registered: remove its device first",
-            }.get(exc.constraint_name or "", f"registration clashes with an existing one ({exc.constraint_name})")
-            raise Conflict(what) from exc
+                "name": f"a device named {device_name!r} already exists in home {home_id!r}: "
+                        f"choose another name or remove that device first",
+                "chip": f"chip {chip_id!r} is already registered: remove its device first",
+            }.get(clash or "", f"registration clashes with an existing one ({exc.constraint_name})")
+            raise Conflict(what, clash=clash) from exc
         if result.endswith(" 0"):
             raise Conflict(f"home {home_id!r} already has {max_per_home} devices (the limit): remove some first")
+
+    async def replaceable(self, home_id: str, device_name: str, chip_id: str | None) -> str | None:
+        """The registration a new one of the same device replaces: a pending one (a retry after a failed
+        attempt) or one whose node un-provisioned itself, with the same home and name and no contradicting chip
+        (either side a placeholder, or the same chip), or with the same real chip under any name.  None if there
+        is none: a provisioned device, or one bound to another real chip, is never replaced."""
+        return await self.pool.fetchval(
+            "SELECT node FROM provisioner_devices WHERE status IN ('pending', 'unprovisioned') AND ("
+            " (home_id = $1 AND lower(device_name) = lower($2) AND ($3::text IS NULL OR chip_id IS NULL OR chip_id = $3))"
+            " OR ($3::text IS NOT NULL AND chip_id = $3)) ORDER BY created DESC LIMIT 1",
+            home_id, device_name, chip_id)
 
     async def discard_pending(self, node: str) -> None:
         """Forget a registration whose broker credentials could not be created."""
@@ -135,7 +153,8 @@ class Store:
         return row
 
     async def mark_provisioned(self, node: str, chip_id: str, caps: list[str]) -> asyncpg.Record | None:
-        """Pending -> provisioned with its chip id bound, in one statement (bursts of first onlines).
+        """Pending (or unprovisioned) -> provisioned with its chip id bound, in one statement (bursts of first
+        onlines).
 
         Returns the device, or None when it is not a pending device registered to this chip (or to no chip):
         the caller then reads the row to say why.  Raises Conflict when another active device holds the chip
@@ -144,16 +163,33 @@ class Store:
         try:
             return await self.pool.fetchrow(
                 "UPDATE provisioner_devices SET status = 'provisioned', chip_id = $2, caps = $3, expires = NULL,"
-                " first_connected = now(), last_seen = now()"
-                " WHERE node = $1 AND status = 'pending' AND (chip_id IS NULL OR chip_id = $2)"
+                " first_connected = now(), last_seen = now(), refused_code = NULL, refused_chip = NULL,"
+                " refused_reason = NULL"
+                " WHERE node = $1 AND status IN ('pending', 'unprovisioned') AND (chip_id IS NULL OR chip_id = $2)"
                 f" RETURNING {_DEVICE_COLUMNS}",
                 node, chip_id, caps,
             )
         except asyncpg.UniqueViolationError as exc:
-            holder = await self.pool.fetchval(
-                "SELECT node FROM provisioner_devices WHERE chip_id = $1 AND status <> 'revoked'", chip_id)
+            holder = await self.chip_holder(chip_id)
             raise Conflict(f"chip {chip_id} is already bound to {holder}: run `nodefleet device remove {holder}` "
-                           f"to move the chip to {node}") from exc
+                           f"to move the chip to {node}", clash="chip") from exc
+
+    async def chip_holder(self, chip_id: str) -> str | None:
+        """The active device the chip is bound to."""
+        return await self.pool.fetchval(
+            "SELECT node FROM provisioner_devices WHERE chip_id = $1 AND status <> 'revoked'", chip_id)
+
+    async def set_refused(self, node: str, code: str, chip_id: str, reason: str) -> None:
+        """Remember why a pending device's online was refused, for its status."""
+        await self.pool.execute(
+            "UPDATE provisioner_devices SET refused_code = $2, refused_chip = $3, refused_reason = $4"
+            " WHERE node = $1 AND status IN ('pending', 'unprovisioned')", node, code, chip_id, reason)
+
+    async def unprovision(self, node: str) -> bool:
+        """Provisioned -> unprovisioned (the node said so); False if it was not provisioned."""
+        result = await self.pool.execute(
+            "UPDATE provisioner_devices SET status = 'unprovisioned' WHERE node = $1 AND status = 'provisioned'", node)
+        return result.endswith(" 1")
 
     async def touch(self, node: str, caps: list[str] | None = None) -> None:
         if caps is None:

@@ -51,6 +51,8 @@ class Decoded:
     logs: list[tuple[str, Log, float]] = field(default_factory=list)
     acks: list[tuple[str, Ack, float]] = field(default_factory=list)
     statuses: list[tuple[str, bool, float]] = field(default_factory=list)
+    removals: list[tuple[str, float]] = field(default_factory=list)
+    """Nodes whose retained status was cleared (removed), with the time it was."""
     run_events: list[tuple[str, RunEvent, float]] = field(default_factory=list)
     seen: dict[str, tuple[float, float]] = field(default_factory=dict)
     rejected: list[Rejected] = field(default_factory=list)
@@ -109,6 +111,12 @@ class Decoder:
         if len(payload) > MAX_PAYLOAD_BYTES:
             return Rejected("too_large", f"{len(payload)} bytes, the limit is {MAX_PAYLOAD_BYTES}", topic, node)
         received = message.received
+        if not payload and kind in (NodeTopic.STATUS, NodeTopic.STATE, NodeTopic.INFO):
+            # A retained message cleared: a removal (the provisioner empties status, state and info) is not bad
+            # input and not the node being heard; the emptied status marks the node removed.
+            if kind is NodeTopic.STATUS:
+                out.removals.append((node, received))
+            return None
         try:
             if kind is NodeTopic.TELEMETRY:
                 reading = Telemetry.model_validate_json(payload)

@@ -26,6 +26,7 @@ SELECT n.node, n.online,
        extract(epoch FROM n.last_seen)::float8 AS last_seen,
        s.relay, s.mode, s.seq AS state_seq, i.fw, i.chip_id
 FROM nodes n LEFT JOIN node_state s USING (node) LEFT JOIN node_info i USING (node)
+WHERE n.removed IS NULL
 ORDER BY n.node
 """
 

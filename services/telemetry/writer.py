@@ -49,7 +49,12 @@ ON CONFLICT DO NOTHING
 _SEEN = """
 INSERT INTO nodes (node, first_seen, last_seen)
 SELECT node, to_timestamp(first), to_timestamp(last) FROM unnest($1::text[], $2::float8[], $3::float8[]) AS s(node, first, last)
-ON CONFLICT (node) DO UPDATE SET last_seen = GREATEST(nodes.last_seen, EXCLUDED.last_seen)
+ON CONFLICT (node) DO UPDATE SET last_seen = GREATEST(nodes.last_seen, EXCLUDED.last_seen),
+    removed = CASE WHEN EXCLUDED.last_seen > nodes.removed THEN NULL ELSE nodes.removed END
+"""
+
+_REMOVED = """
+UPDATE nodes SET removed = to_timestamp($2) WHERE node = $1 AND last_seen <= to_timestamp($2)
 """
 
 _STATUS = """
@@ -183,6 +188,8 @@ class BatchWriter:
             await conn.execute(_SEEN, nodes, [batch.seen[n][0] for n in nodes], [batch.seen[n][1] for n in nodes])
         if batch.statuses:
             await conn.executemany(_STATUS, sorted(batch.statuses, key=lambda s: s[2]))
+        if batch.removals:
+            await conn.executemany(_REMOVED, sorted(batch.removals))
         if batch.states:
             await conn.executemany(_STATE, [
                 (n, s.seq, s.relay, s.mode, s.rule, s.run_id, s.until, s.ts, r, s.model_dump_json())
@@ -211,7 +218,7 @@ class BatchWriter:
         singles: list[tuple[Decoded, str, str]] = []
         for row in batch.telemetry:
             singles.append((Decoded(telemetry=[row], seen=batch.seen), row.node, "telemetry"))
-        for kind in ("statuses", "states", "infos", "logs", "acks", "run_events"):
+        for kind in ("statuses", "removals", "states", "infos", "logs", "acks", "run_events"):
             for item in getattr(batch, kind):
                 singles.append((Decoded(seen=batch.seen, **{kind: [item]}), item[0], kind))
         for single, node, kind in singles:

@@ -30,6 +30,8 @@ def cli_env(topics: Topics | None = None, *, data_dir: Path | None = None, **ext
     ``data_dir`` is where the commands look for the broker logins of a secured `nodefleet up`.
     """
     env = {key: value for key, value in os.environ.items() if not key.startswith("NODEFLEET_")}
+    # `nodefleet up` in a test takes a free port for the provisioner's HTTP edge, never the shared 8080.
+    env["NODEFLEET_PROVISIONER_HTTP_PORT"] = "0"
     if topics is not None:
         env["NODEFLEET_TOPIC_ROOT"] = topics.root
         env["NODEFLEET_FLEET_ROOT"] = topics.fleet
@@ -173,7 +175,7 @@ class UpProcess:
         self.ready_after = time.monotonic() - self.launched
         banner = {}
         for line in self.stdout.splitlines():
-            match = re.match(r"\s+(broker|database|data|services)\s+(\S.*)$", line)
+            match = re.match(r"\s+(broker|database|data|http|services)\s+(\S.*)$", line)
             if match:
                 banner[match.group(1)] = match.group(2)
         return banner

@@ -179,6 +179,11 @@ async def test_usage_errors_say_what_to_do(mosquitto, topics: Topics) -> None:
     assert bad_node.code == 2 and "invalid node name" in bad_node.stderr
 
 
+async def test_device_remove_without_a_terminal_says_to_pass_yes(mosquitto, topics: Topics) -> None:
+    asked = await nodefleet(*args(mosquitto, "device", "remove", "kitchen"), env=cli_env(topics))  # stdin: /dev/null
+    assert asked.code == 1 and "pass --yes" in asked.stderr and "kitchen" in asked.stderr, asked
+
+
 async def test_help_texts_have_examples() -> None:
     for command in (["up"], ["devices"], ["telemetry", "tail"], ["telemetry", "query"], ["logs"]):
         result = await nodefleet(*command, "--help", env=cli_env())

@@ -209,9 +209,11 @@ async def test_bad_service_settings_are_a_clear_error(monkeypatch, data_dir: Pat
 
 
 class ProvisionerSettingsStandIn(CommonSettings):
-    """The one provisioner setting the runtime sets: how node credentials reach the broker."""
+    """The provisioner settings the runtime sets: how node credentials reach the broker, where its HTTP edge is."""
 
     credentials: str = "none"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
 
 
 @pytest.mark.parametrize("secure", [True, False])
@@ -227,11 +229,15 @@ async def test_each_service_logs_in_to_the_embedded_broker_as_itself(secure: boo
         return Unit(name="extra", run=lambda ready: asyncio.sleep(3600), reports_ready=False)
 
     runtime = Runtime(RuntimeOptions(data_dir=data_dir, mqtt_port=free_port(), database_url=database, secure=secure,
-                                     service_overrides={"topic_root": topics.root, "fleet_root": topics.fleet}),
+                                     http_port=0, service_overrides={"topic_root": topics.root, "fleet_root": topics.fleet}),
                       services=specs, extras=[extra])
     info = await runtime.start()
     try:
         echo_login, admin_login = (BrokerAddress.parse(s.settings.mqtt_url) for s in (echo, provisioner))  # type: ignore[union-attr]
+        # The provisioner alone gets the HTTP edge: a free port (asked with 0) chosen before start, in the info.
+        edge_port = provisioner.settings.http_port  # type: ignore[union-attr]
+        assert edge_port > 0 and info.http_url == f"http://127.0.0.1:{edge_port}"
+        assert not hasattr(echo.settings, "http_port")
         if not secure:
             assert info.credentials_file is None and not (data_dir / "broker-credentials.json").exists()
             assert echo_login.username is None and admin_login.username is None

@@ -52,13 +52,17 @@ async def mqtt_round_trip(broker_url: str, topic: str) -> bytes:
 
 
 async def test_up_starts_stops_cleanly_and_keeps_data(launch_up, data_dir: Path, topics: Topics) -> None:
-    mqtt_port, db_port = free_port(), free_port()
-    ports = ("--mqtt-port", str(mqtt_port), "--db-port", str(db_port), "--log-format", "json")
+    mqtt_port, db_port, http_port = free_port(), free_port(), free_port()
+    ports = ("--mqtt-port", str(mqtt_port), "--db-port", str(db_port), "--http-port", str(http_port),
+             "--log-format", "json")
     up = launch_up(*ports, data_dir=data_dir, env=up_env(topics))
     banner = await up.wait_ready()
     print(f"nodefleet up ready after {up.ready_after:.2f} s (fresh data directory, from launch)")
     broker_url = f"mqtt://127.0.0.1:{mqtt_port}"
     assert banner["broker"].startswith(broker_url) and "embedded" in banner["broker"]
+    # The provisioner's HTTP edge is where the banner says, and answers the phone app.
+    assert banner["http"].startswith(f"http://127.0.0.1:{http_port}  ") and "/api/provision/register/" in banner["http"]
+    assert await _http_status(http_port, "/api/provision/status/" + "0" * 32) == 404
     assert f":{db_port}/nodefleet" in banner["database"] and banner["data"] == str(data_dir)
     assert banner["services"] == SERVICES and banner["services"].startswith("telemetry")
     assert await mqtt_round_trip(operator_url(data_dir, mqtt_port), f"{topics.root}/probe") == b"round trip"
@@ -101,6 +105,16 @@ async def test_up_starts_stops_cleanly_and_keeps_data(launch_up, data_dir: Path,
     assert postmaster_pid(data_dir) is None and not any(process_alive(pid) for pid in children)
 
 
+async def _http_status(port: int, path: str) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    return int(answer.split(b" ")[1])
+
+
 async def _demo_nodes_online(broker_url: str, topics: Topics, data_dir: Path) -> bool:
     """Both demo nodes (registered by the provisioner: ``demo-000-<hex>``) are online."""
     result = await nodefleet("devices", "--format", "json", "--broker", broker_url,
@@ -139,13 +153,14 @@ async def test_up_with_external_broker_end_to_end(launch_up, data_dir: Path, top
         assert await up.stop(signal.SIGTERM) == 0, up.stderr[-3000:]
 
 
-@pytest.mark.parametrize("taken", ["--mqtt-port", "--db-port"])
+@pytest.mark.parametrize("taken", ["--mqtt-port", "--db-port", "--http-port"])
 async def test_a_taken_port_is_named_and_nothing_starts(taken: str, data_dir: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         busy = holder.getsockname()[1]
-        ports = {"--mqtt-port": str(free_port()), "--db-port": str(free_port()), taken: str(busy)}
+        ports = {"--mqtt-port": str(free_port()), "--db-port": str(free_port()), "--http-port": str(free_port()),
+                 taken: str(busy)}
         result = await nodefleet("up", *[item for pair in ports.items() for item in pair], "--data-dir", str(data_dir),
                                  env=cli_env())
     assert result.code == 2, result.stderr

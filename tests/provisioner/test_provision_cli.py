@@ -56,9 +56,12 @@ async def test_provision_a_simulated_node_then_change_and_remove_it(tmp_path, dy
                                    "--backend-url", f"http://127.0.0.1:{service.http_port}",
                                    "--device-url", f"http://127.0.0.1:{free_port()}")
             assert code == 1 and "step 'device info' failed" in out, out
+            # Retrying the same device replaces its pending registration (the first attempt failed).
             code, out = await _cli("provision", *broker, "--name", "Via HTTP", "--ssid", "s", "--wifi-password", "p",
-                                   "--backend-url", f"http://127.0.0.1:{service.http_port}")
-            assert code == 1 and "step 'register' failed" in out and "already exists" in out, out
+                                   "--backend-url", f"http://127.0.0.1:{service.http_port}",
+                                   "--device-url", f"http://127.0.0.1:{free_port()}")
+            assert code == 1 and "step 'device info' failed" in out, out
+            assert len(await service.registry.store.list(home_id="home", status="revoked")) == 1
 
             code, out = await _cli("provision", *broker, "--name", "RO purifier", "--ssid", "simnet",
                                    "--wifi-password", "simpass", "--device-url", f"http://127.0.0.1:{node.http_port}",

@@ -38,13 +38,13 @@ async def test_register_and_status_over_mqtt(service, dynsec_mosquitto, topics):
                                              {"provisioning_id": reply["provisioning_id"]})
             assert status == {"provisioning_id": reply["provisioning_id"], "is_provisioned": False,
                               "device_id": reply["mqtt_config"]["node_name"], "status": "pending",
-                              "connected_at": None, "config_version": 1, "config_applied": None}
+                              "connected_at": None, "config_version": 1, "config_applied": None,
+                              "chip_id": "c0ffee", "reported_chip_id": None, "error": None}
             # Bad input: each a clear error reply, nothing registered.
             bad = [
                 ({"home_id": "nowhere", "device_name": "x"}, "unknown home"),
-                ({"home_id": "home", "device_name": "Kitchen lamp"}, "already exists"),
+                ({"home_id": "home", "device_name": "Kitchen lamp", "chip_id": "another-chip"}, "already exists"),
                 ({"home_id": "home", "device_name": "y" * 65}, "at most 64"),
-                ({"home_id": "home", "device_name": "z", "chip_id": "c0ffee"}, "already registered"),
                 ({"home_id": "home", "device_name": "z", "extra": 1}, "Extra inputs"),
                 ({"home_id": "home"}, "Field required"),
             ]
@@ -71,7 +71,6 @@ async def test_http_edge(service, topics):
         (("POST", "/api/provision/register/", b"{not json"), 400, "not valid JSON"),
         (("POST", "/api/provision/register/", [1, 2]), 400, "JSON object"),
         (("POST", "/api/provision/register/", {"home_id": "nope", "device_name": "x"}), 404, "unknown home"),
-        (("POST", "/api/provision/register/", {"home_id": "home", "device_name": "Pump"}), 409, "already exists"),
         (("POST", "/api/provision/register/", {"home_id": "home", "device_name": ""}), 400, "device_name"),
         (("POST", "/api/provision/register/", b"x" * 20_000), 413, "larger than"),
         (("POST", "/api/provision/register/", {"home_id": "home", "device_name": "bad\u0007name"}), 400, "printable"),
@@ -79,6 +78,7 @@ async def test_http_edge(service, topics):
          "chip_id"),
         (("POST", "/api/provision/register/", {"home_id": "Home Sweet", "device_name": "x"}), 400, "home_id"),
         (("GET", "/api/provision/register/", None), 405, "use POST"),
+        (("DELETE", "/api/provision/status/" + "0" * 32, None), 405, "use GET"),
         (("GET", "/api/provision/status/" + "0" * 32, None), 404, "no registration"),
         (("GET", "/api/provision/status/xyz", None), 400, "32 hex"),
         (("GET", "/elsewhere", None), 404, "no such path"),

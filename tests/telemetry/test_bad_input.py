@@ -85,3 +85,14 @@ async def test_a_partition_dropped_behind_the_service_is_created_again(service, 
     await publisher.publish(topics.telemetry("p1"), json.dumps({"v": 1, "seq": 2, "ts": now, "readings": {}}), qos=1)
     await wait_for(lambda: service.db.fetchval("SELECT count(*) FROM telemetry"), timeout=10)
     assert [r["seq"] for r in await service.db.fetch("SELECT seq FROM telemetry")] == [2]
+
+
+def test_cleared_retained_messages_are_a_removal_not_bad_input(topics: Topics):
+    """The provisioner's removal empties status, state and info: the emptied status marks the node removed."""
+    decoder = Decoder(topics, retention_days=30, max_clock_ahead=86_400)
+    now = time.time()
+    batch = [Inbound(f"{topics.root}/n1/{kind}", b"", now, 1, 1) for kind in ("state", "info", "status")]
+    batch.append(Inbound(f"{topics.root}/n1/telemetry", b"", now, 1, 1))
+    decoded = decoder.decode(batch, now=now)
+    assert decoded.removals == [("n1", now)] and not decoded.seen
+    assert [r.code for r in decoded.rejected] == ["bad_json"]  # an empty reading is still bad input
