@@ -93,6 +93,7 @@ elif mode == "download":
     gc.collect()
     base = gc.mem_alloc()
     handled = 0
+    busy = 0
     with open(args[0], "rb") as f:
         head = bytearray(4)
         while f.readinto(head) == 4:
@@ -101,7 +102,9 @@ elif mode == "download":
             f.readinto(frame)
             gc.collect()
             before = gc.mem_alloc()
+            t0 = time.ticks_us()
             r = d.handle(frame)
+            busy += time.ticks_diff(time.ticks_us(), t0)
             alloc_max = max(alloc_max, gc.mem_alloc() - before)
             results[r] = results.get(r, 0) + 1
             handled += 1
@@ -115,7 +118,7 @@ elif mode == "download":
     out({"resumed": d.resumed, "start": start, "count": d.count, "complete": d.complete(), "verified": verified,
          "results": results, "bad": d.bad, "got": d.got, "missing": d.missing()[:20], "bytes": d.bytes_done(),
          "base": base, "alloc_max": alloc_max, "verify_alloc": verify_alloc,
-         "heap": gc.mem_alloc() + gc.mem_free(), "want": d.want("s1", 8)})
+         "heap": gc.mem_alloc() + gc.mem_free(), "want": d.want("s1", 8), "us_per_frame": busy // max(handled, 1)})
 
 elif mode == "slots":
     # Boots, as the bootloader would see them: select on trial, a boot that never confirms, rollback, confirm.
