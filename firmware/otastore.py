@@ -1,5 +1,8 @@
 # One OTA download on flash: block table, image in the inactive slot, and a bitmap that survives a power cut.
 import hashlib
+import json
+import os
+import struct
 from binascii import a2b_base64, b2a_base64, unhexlify
 
 import hal
@@ -146,3 +149,44 @@ class Download:
     def clear(self):
         store.remove(PROGRESS)
         store.remove(TABLE)
+
+
+# -- nfi1 images: modules laid out by `nodefleet ota build` ----------------------
+def image_files(slot=None):
+    # [[path, offset, size], ...] from the image's own header (the inactive slot unless named).
+    head = bytearray(8)
+    hal.slot_read(0, head, slot)
+    if head[:4] != b"NFI1":
+        raise ValueError("not an nfi1 image")
+    buf = bytearray(struct.unpack(">I", head[4:])[0])
+    hal.slot_read(8, buf, slot)
+    return json.loads(bytes(buf))["files"]
+
+
+def _mkdirs(path):
+    part = ""
+    for name in path.split("/")[:-1]:
+        part = part + "/" + name if part else name
+        try:
+            os.mkdir(part)
+        except OSError:
+            pass  # already there
+
+
+def unpack(dest, buf, slot=None):
+    # Copy the image's modules into directory dest through buf; returns how many.
+    files = image_files(slot)
+    mv = memoryview(buf)
+    for path, off, size in files:
+        if path.startswith("/") or ".." in path.split("/"):
+            raise ValueError("bad path in image: %s" % path)
+        name = dest + "/" + path
+        _mkdirs(name)
+        with open(name, "wb") as f:
+            done = 0
+            while done < size:
+                n = min(len(buf), size - done)
+                hal.slot_read(off + done, mv[:n], slot)
+                f.write(mv[:n])
+                done += n
+    return len(files)

@@ -30,7 +30,8 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from .contracts.ota import DEFAULT_BLOCK_SIZE, MAX_IMAGE_BYTES, Manifest, ManifestFile, canonical_json
+from .contracts.ota import (DEFAULT_BLOCK_SIZE, KIND_BLOCK, KIND_TABLE, MAX_IMAGE_BYTES, Manifest, ManifestFile,
+                            canonical_json, encode_frame, table_chunks)
 
 RELEASE_MAGIC = b"NFR1"
 IMAGE_MAGIC = b"NFI1"
@@ -57,6 +58,22 @@ class Release:
             if f.path == path:
                 return self.image[f.offset:f.offset + f.size]
         raise KeyError(path)
+
+    def units(self) -> int:
+        """Frames of a whole download: the block-table chunks, then the blocks."""
+        return table_chunks(len(self.manifest.blocks), self.manifest.block_size) + len(self.manifest.blocks)
+
+    def frame(self, unit: int) -> bytes:
+        """The frame of ``unit`` (the bit order of ``Want.have``), as the ota service publishes it."""
+        bs, rid = self.manifest.block_size, self.manifest.release_id()
+        tables = table_chunks(len(self.manifest.blocks), bs)
+        if not 0 <= unit < self.units():
+            raise IndexError(f"release {self.manifest.version} has {self.units()} units, not {unit + 1}")
+        if unit < tables:
+            return encode_frame(kind=KIND_TABLE, index=unit, release_id=rid,
+                                data=self.manifest.table()[unit * bs:(unit + 1) * bs])
+        index = unit - tables
+        return encode_frame(kind=KIND_BLOCK, index=index, release_id=rid, data=self.image[index * bs:(index + 1) * bs])
 
 
 def mpy_cross() -> str:

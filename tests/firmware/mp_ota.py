@@ -120,6 +120,12 @@ elif mode == "download":
          "base": base, "alloc_max": alloc_max, "verify_alloc": verify_alloc,
          "heap": gc.mem_alloc() + gc.mem_free(), "want": d.want("s1", 8), "us_per_frame": busy // max(handled, 1)})
 
+elif mode == "unpack":
+    import otastore
+
+    hal.slot_boot()
+    out({"files": otastore.unpack(args[0], bytearray(1024))})
+
 elif mode == "slots":
     # Boots, as the bootloader would see them: select on trial, a boot that never confirms, rollback, confirm.
     import hal.simslot as slots

@@ -208,7 +208,8 @@ def test_a_real_release_downloads_and_verifies_on_the_node(tmp_path):
     from nodefleet.ota_release import build
 
     rel = build(FIRMWARE_DIR, version="1.4.0", target="unix")
-    sequence = frames(rel.image, rel.manifest)
+    sequence = [rel.frame(u) for u in range(rel.units())]
+    assert sequence == frames(rel.image, rel.manifest)
     rng = random.Random(11)
     rng.shuffle(sequence)  # any order: blocks before their table chunk wait for a repair
     node = flash(tmp_path, rel.manifest, sequence)
@@ -219,7 +220,16 @@ def test_a_real_release_downloads_and_verifies_on_the_node(tmp_path):
     saved = ota.bitmap_bits(json.loads((node / "ota.json").read_text())["have"], len(sequence))
     missing = [u for u, have in enumerate(saved) if not have]
     assert set(in_ram) <= set(missing) and len(missing) - len(in_ram) < 8
-    ordered = frames(rel.image, rel.manifest)
-    flash(tmp_path, rel.manifest, [ordered[u] for u in missing])
+    flash(tmp_path, rel.manifest, [rel.frame(u) for u in missing])
     (second,) = mp(node, "download", str(tmp_path / "frames.bin"), "-1", "8")
     assert second["complete"] and second["verified"] and (node / "slot1.bin").read_bytes() == rel.image
+    # The modules come out of the slot as the builder compiled them.
+    assert mp(node, "unpack", "app1") == [{"files": len(rel.manifest.files)}]
+    for f in rel.manifest.files:
+        assert (node / "app1" / f.path).read_bytes() == rel.file(f.path), f.path
+    # ... and the interpreter loads them (xtensawin bytecode runs on the unix port).
+    done = subprocess.run([interpreter(), "-X", f"heapsize={HEAP}", "-c",
+                           "import sys; sys.path.insert(0, 'app1'); import ota, logic, hal; "
+                           "print(ota.__file__, hal.SLOT_FORMAT, ota.version_key('1.4.0-rc.1') < ota.version_key('1.4.0'))"],
+                          cwd=node, capture_output=True, text=True, timeout=30)
+    assert done.stdout.split() == ["app1/ota.mpy", "nfi1", "True"], done.stdout + done.stderr
