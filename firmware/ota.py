@@ -64,9 +64,10 @@ def check_offer(offer, node, key, running, slot_format, capacity):
         if len(table) != (blocks * DIGEST + bs - 1) // bs:
             return "bad_offer", "table lists %d digests" % len(table)
         newer = version_key(offer["release"]) > version_key(running)
+        msg = auth_message(node, offer)
     except (KeyError, TypeError, ValueError) as exc:
         return "bad_offer", "malformed offer: %r" % exc
-    if not equal(hmac_sha256(key, auth_message(node, offer)), tag):
+    if not equal(hmac_sha256(key, msg), tag):
         return "bad_tag", "offer tag does not verify with this node's key"
     if offer.get("format", "nfi1") != slot_format:
         return "bad_format", "image format %s, this node installs %s" % (offer.get("format"), slot_format)

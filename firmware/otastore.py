@@ -14,6 +14,13 @@ TABLE = "ota_table.bin"
 SAVE_EVERY = 8  # units written between bitmap saves: a resume fetches at most this many again
 
 
+def _size(name):
+    try:
+        return os.stat(name)[6]
+    except OSError:
+        return -1
+
+
 def _ones(buf):
     n = 0
     for b in buf:
@@ -43,10 +50,10 @@ class Download:
         self.slot = hal.slot_info()["next"]
         saved = store.load(PROGRESS) or {}
         have = a2b_base64(saved["have"]) if "have" in saved else b""
+        self.have = bytearray(have)
         self.resumed = (saved.get("sha256") == offer["sha256"] and saved.get("slot") == self.slot
-                        and len(have) == (self.units + 7) // 8)
+                        and len(have) == (self.units + 7) // 8 and _size(TABLE) >= self._table_end())
         if self.resumed:
-            self.have = bytearray(have)
             self.bad = saved.get("bad", 0)
         else:
             # A new download: the bitmap is saved empty before the first write, so a stale one never resumes.
@@ -60,6 +67,14 @@ class Download:
     # -- bitmap --------------------------------------------------------------
     def has(self, u):
         return self.have[u >> 3] & (0x80 >> (u & 7))
+
+    def _table_end(self):
+        # Bytes the table file must hold for the table chunks the bitmap claims.
+        end = 0
+        for i in range(self.nt):
+            if self.has(i):
+                end = i * self.bs + min(self.bs, self.blocks * ota.DIGEST - i * self.bs)
+        return end
 
     def complete(self):
         return self.count == self.units

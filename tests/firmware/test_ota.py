@@ -233,3 +233,16 @@ def test_a_real_release_downloads_and_verifies_on_the_node(tmp_path):
                            "print(ota.__file__, hal.SLOT_FORMAT, ota.version_key('1.4.0-rc.1') < ota.version_key('1.4.0'))"],
                           cwd=node, capture_output=True, text=True, timeout=30)
     assert done.stdout.split() == ["app1/ota.mpy", "nfi1", "True"], done.stdout + done.stderr
+
+
+def test_a_bitmap_without_its_table_starts_afresh(tmp_path):
+    image, manifest = release(20_000, seed=9)
+    good = frames(image, manifest)
+    node = flash(tmp_path, manifest, good[:4])
+    (first,) = mp(node, "download", str(tmp_path / "frames.bin"), "-1", "1")
+    assert first["count"] == 4
+    (node / "ota_table.bin").unlink()  # the bitmap claims a table chunk the flash no longer holds
+    flash(tmp_path, manifest, good)
+    (again,) = mp(node, "download", str(tmp_path / "frames.bin"), "-1", "8")
+    assert not again["resumed"] and again["start"] == 0 and again["results"] == {"ok": len(good)}
+    assert again["verified"]
