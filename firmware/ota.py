@@ -1,7 +1,6 @@
 # OTA checks without I/O: the offer's HMAC-SHA256 tag, frame headers, version order (docs/ota.md).
 import hashlib
 import struct
-
 from binascii import unhexlify
 
 HEADER = ">2sBBI8sI"  # magic NF, version 1, kind, index, release id, data length

@@ -30,8 +30,17 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from .contracts.ota import (DEFAULT_BLOCK_SIZE, KIND_BLOCK, KIND_TABLE, MAX_IMAGE_BYTES, Manifest, ManifestFile,
-                            canonical_json, encode_frame, table_chunks)
+from .contracts.ota import (
+    DEFAULT_BLOCK_SIZE,
+    KIND_BLOCK,
+    KIND_TABLE,
+    MAX_IMAGE_BYTES,
+    Manifest,
+    ManifestFile,
+    canonical_json,
+    encode_frame,
+    table_chunks,
+)
 
 RELEASE_MAGIC = b"NFR1"
 IMAGE_MAGIC = b"NFI1"

@@ -14,8 +14,17 @@ from click.testing import CliRunner
 
 from nodefleet.cli import main
 from nodefleet.contracts import ota
-from nodefleet.ota_release import (MPY_ARCH, ReleaseError, build, compile_modules, decode, encode, read, sources,
-                                   write)
+from nodefleet.ota_release import (
+    MPY_ARCH,
+    ReleaseError,
+    build,
+    compile_modules,
+    decode,
+    encode,
+    read,
+    sources,
+    write,
+)
 from nodefleet.sim import FIRMWARE_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
