@@ -9,6 +9,8 @@ import time
 sys.path.insert(0, sys.argv[1])
 mode = sys.argv[2]
 args = sys.argv[3:]
+# The frame buffer comes first, while the heap is whole: after the imports 4 KiB in one piece may not be free.
+FRAME = bytearray(20 + 4096)
 if "--with-firmware" in args:
     args.remove("--with-firmware")
     import normal  # noqa: F401  the normal-mode modules a real node holds while it downloads
@@ -80,13 +82,7 @@ elif mode == "download":
     hal.slot_boot()
     d = otastore.Download(offer, save_every)
     start = d.count
-    gc.collect()
-    free = gc.mem_free()
-    try:
-        buf = bytearray(ota.HEADER_SIZE + d.bs)
-    except MemoryError:
-        out({"no_frame_buffer": ota.HEADER_SIZE + d.bs, "free": free})
-        raise
+    buf = FRAME if len(FRAME) >= ota.HEADER_SIZE + d.bs else bytearray(ota.HEADER_SIZE + d.bs)
     mv = memoryview(buf)
     results = {}
     alloc_max = 0
@@ -118,7 +114,8 @@ elif mode == "download":
     out({"resumed": d.resumed, "start": start, "count": d.count, "complete": d.complete(), "verified": verified,
          "results": results, "bad": d.bad, "got": d.got, "missing": d.missing()[:20], "bytes": d.bytes_done(),
          "base": base, "alloc_max": alloc_max, "verify_alloc": verify_alloc,
-         "heap": gc.mem_alloc() + gc.mem_free(), "want": d.want("s1", 8), "us_per_frame": busy // max(handled, 1)})
+         "heap": gc.mem_alloc() + gc.mem_free(), "want": d.want("s1", 8),
+         "progress": d.progress("verified" if verified else "downloading", seq=3, rate=1000.5), "us_per_frame": busy // max(handled, 1)})
 
 elif mode == "unpack":
     import otastore

@@ -134,6 +134,9 @@ def test_download_refuses_bad_frames_and_writes_only_good_blocks(tmp_path):
     (second,) = mp(node_files, "download", str(tmp_path / "frames.bin"), "-1", "8")
     assert second["resumed"] and second["start"] == 7 and second["results"] == {"ok": 2}
     assert second["complete"] and second["verified"] and second["bytes"] == len(image)
+    # What the node will publish passes the contract's models.
+    assert ota.Progress.model_validate(first["progress"]).bytes == 5 * 4096 + len(image) - 7 * 4096
+    assert ota.Progress.model_validate(second["progress"]).state == "verified"
     assert (node / "slot1.bin").read_bytes() == image
 
 
