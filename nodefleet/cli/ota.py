@@ -81,6 +81,11 @@ def build_command(firmware_dir: Path, version: str, output: Path | None, block_s
 def inspect_command(release_file: Path, as_json: bool) -> None:
     """Check a release file against its manifest and show what it holds.
 
+    \b
+    Examples:
+      nodefleet ota inspect nodefleet-1.4.0.nfr
+      nodefleet ota inspect nodefleet-1.4.0.nfr --json | jq .blocks
+
     Exits with an error naming the first thing that does not match (a
     changed block, a truncated file, a bad manifest).
     """
