@@ -49,7 +49,10 @@ class Download:
         self.unsaved = 0
         self.slot = hal.slot_info()["next"]
         saved = store.load(PROGRESS) or {}
-        have = a2b_base64(saved["have"]) if "have" in saved else b""
+        try:
+            have = a2b_base64(saved.get("have", ""))
+        except (TypeError, ValueError):
+            have = b""  # a damaged bitmap: start afresh
         self.have = bytearray(have)
         self.resumed = (saved.get("sha256") == offer["sha256"] and saved.get("slot") == self.slot
                         and len(have) == (self.units + 7) // 8 and _size(TABLE) >= self._table_end())

@@ -238,13 +238,18 @@ def test_a_real_release_downloads_and_verifies_on_the_node(tmp_path):
     assert done.stdout.split() == ["app1/ota.mpy", "nfi1", "True"], done.stdout + done.stderr
 
 
-def test_a_bitmap_without_its_table_starts_afresh(tmp_path):
+@pytest.mark.parametrize("damage", ["table file gone", "bitmap not base64"])
+def test_a_saved_download_that_cannot_be_trusted_starts_afresh(tmp_path, damage):
     image, manifest = release(20_000, seed=9)
     good = frames(image, manifest)
     node = flash(tmp_path, manifest, good[:4])
     (first,) = mp(node, "download", str(tmp_path / "frames.bin"), "-1", "1")
     assert first["count"] == 4
-    (node / "ota_table.bin").unlink()  # the bitmap claims a table chunk the flash no longer holds
+    if damage == "table file gone":
+        (node / "ota_table.bin").unlink()  # the bitmap claims a table chunk the flash no longer holds
+    else:
+        saved = json.loads((node / "ota.json").read_text())
+        (node / "ota.json").write_text(json.dumps({**saved, "have": "!!"}))
     flash(tmp_path, manifest, good)
     (again,) = mp(node, "download", str(tmp_path / "frames.bin"), "-1", "8")
     assert not again["resumed"] and again["start"] == 0 and again["results"] == {"ok": len(good)}
