@@ -10,12 +10,15 @@ import pytest
 from pydantic import ValidationError
 
 from nodefleet import contracts as c
+from nodefleet.contracts import ota
 
 FIXTURES = Path(c.__file__).parent / "fixtures"
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def fixture_model(name: str) -> type[c.Payload]:
+    if name.startswith("ota_"):
+        return ota.OTA_PAYLOADS[name.split("_")[1]]
     if name.startswith("set_"):
         return c.COMMAND_PAYLOADS[name.removeprefix("set_").split("_")[0]]
     special = {"fleet_request": c.FleetRequest, "fleet_reply": c.FleetReply, "error_event": c.ErrorEvent}
@@ -37,6 +40,7 @@ def test_there_is_a_fixture_for_every_payload_kind() -> None:
     assert set(c.NODE_PAYLOADS) <= names
     assert set(c.COMMAND_PAYLOADS) <= names
     assert {"fleet", "error"} <= names
+    assert set(ota.OTA_PAYLOADS) <= {p.stem.split("_")[1] for p in FIXTURES.glob("ota_*.json")}
 
 
 @pytest.mark.parametrize(
@@ -86,7 +90,7 @@ def test_topics_build_and_parse() -> None:
         c.Topics(root="home/#")
 
 
-_TOPIC_LITERAL = re.compile(r"""["'][^"'\n]*\b(?:telemetry|state|status|schedule|config|info|ack|log|set|request|reply|errors)/[^"'\n]*["']|["'](?:home|fleet|\$share)/[^"'\n]*["']""")
+_TOPIC_LITERAL = re.compile(r"""["'][^"'\n]*\b(?:telemetry|state|status|schedule|config|info|ack|log|set|request|reply|errors|ota)/[^"'\n]*["']|["'](?:home|fleet|\$share)/[^"'\n]*["']""")
 
 
 def test_no_topic_literal_outside_the_contracts_module() -> None:
@@ -99,3 +103,95 @@ def test_no_topic_literal_outside_the_contracts_module() -> None:
                 if _TOPIC_LITERAL.search(line):
                     offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert not offenders, "topic strings belong in nodefleet/contracts/topics.py:\n" + "\n".join(offenders)
+
+
+# -- OTA -----------------------------------------------------------------------
+
+FIXTURE_KEY = ota.device_key(b"nodefleet-fixture-master-key", "ro-purifier")
+"""The key ota_offer.json is tagged with (see fixtures/README.md)."""
+
+
+def _fixture(name: str) -> dict:
+    return json.loads((FIXTURES / name).read_text())
+
+
+def test_ota_topics() -> None:
+    t = c.Topics(root="x/home", fleet="x/fleet")
+    assert t.ota("ro-1", c.OtaTopic.OFFER) == "x/home/ro-1/ota/offer"
+    assert t.ota_stream("1.5.0-rc.1") == "x/fleet/ota/data/1.5.0-rc.1"
+    assert t.all_ota(c.OtaTopic.PROGRESS) == "x/home/+/ota/progress"
+    assert t.parse("x/home/ro-1/ota/want") == c.ParsedTopic("ro-1", None, ota=c.OtaTopic.WANT)
+    # The node may read its offer, its repairs and every shared stream; nothing else of the fleet.
+    assert t.node_ota_inbox("ro-1") == ["x/home/ro-1/ota/offer", "x/home/ro-1/ota/data"]
+    assert t.ota_streams() in t.node_inbox("ro-1")
+    for bad in ("1.4", "v1.4.0", "1.4.0/x", "1.4.0+build", "request"):
+        with pytest.raises(c.TopicError):
+            t.ota_stream(bad)
+    with pytest.raises(c.TopicError):
+        t.parse("x/home/ro-1/ota/nope")
+
+
+def test_offer_fixture_is_tagged_for_its_node_only() -> None:
+    offer = ota.Offer.model_validate(_fixture("ota_offer.json"))
+    manifest = ota.Manifest.model_validate(_fixture("ota_manifest.json"))
+    assert offer.verify(FIXTURE_KEY, "ro-purifier")
+    assert manifest.offer(node="ro-purifier", key=FIXTURE_KEY, stream=offer.stream, rollout=offer.rollout) == offer
+    assert not offer.verify(FIXTURE_KEY, "kitchen")
+    assert not offer.verify(ota.device_key(b"nodefleet-fixture-master-key", "kitchen"), "ro-purifier")
+    # Every authenticated field changes the tag; stream and rollout do not count.
+    for change in ({"force": True}, {"size": 5001, "blocks": 2}, {"sha256": "0" * 64}, {"release": "1.4.1"},
+                   {"table": ["1" * 64]}, {"block_size": 5120}, {"format": "esp32-app"}):
+        assert not offer.model_copy(update=change).verify(FIXTURE_KEY, "ro-purifier"), change
+    assert offer.model_copy(update={"stream": "elsewhere", "rollout": None}).verify(FIXTURE_KEY, "ro-purifier")
+
+
+def test_table_frame_fixture_matches_the_manifest() -> None:
+    manifest = ota.Manifest.model_validate(_fixture("ota_manifest.json"))
+    frame = ota.decode_frame((FIXTURES / "ota_table_frame.bin").read_bytes())
+    assert (frame.kind, frame.index, frame.release_id) == (ota.KIND_TABLE, 0, manifest.release_id())
+    assert frame.data == manifest.table() and len(frame.data) == 2 * ota.DIGEST_SIZE
+    assert ota.encode_frame(kind=frame.kind, index=0, release_id=frame.release_id, data=frame.data) == \
+        (FIXTURES / "ota_table_frame.bin").read_bytes()
+
+
+def test_frames_and_bitmaps() -> None:
+    rid = bytes(range(8))
+    raw = ota.encode_frame(kind=ota.KIND_BLOCK, index=300, release_id=rid, data=b"x" * 4096)
+    assert len(raw) == ota.FRAME_HEADER_SIZE + 4096 == 4116
+    assert ota.decode_frame(raw) == ota.Frame(ota.KIND_BLOCK, 300, rid, b"x" * 4096)
+    for bad in (raw[:10], raw[:-1], b"XX" + raw[2:], raw[:3] + b"\x09" + raw[4:]):
+        with pytest.raises(ota.FrameError):
+            ota.decode_frame(bad)
+    with pytest.raises(ota.FrameError):
+        ota.encode_frame(kind=3, index=0, release_id=rid, data=b"")
+    want = ota.Want(release="1.4.0", session="s1", got=0, window=8, have=ota.bitmap({0, 9, 10}, 11))
+    assert want.missing(11) == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert ota.Want.model_validate(_fixture("ota_want.json")).missing(3) == [1]
+    with pytest.raises(ota.FrameError):
+        want.missing(20)
+
+
+@pytest.mark.parametrize(
+    ("model", "change", "why"),
+    [
+        (ota.Manifest, {"blocks": []}, "no blocks"),
+        (ota.Manifest, {"size": 9000}, "block count does not match the size"),
+        (ota.Manifest, {"version": "1.4"}, "not a version"),
+        (ota.Manifest, {"block_size": 1000}, "block size not a multiple of 1 KiB"),
+        (ota.Manifest, {"files": []}, "nfi1 without files"),
+        (ota.Manifest, {"files": [{"path": "../x.mpy", "offset": 0, "size": 1, "sha256": "0" * 64}]}, "path escapes"),
+        (ota.Manifest, {"files": [{"path": "a", "offset": 4990, "size": 20, "sha256": "0" * 64}]}, "file past the end"),
+        (ota.Offer, {"blocks": 3}, "blocks do not match the size"),
+        (ota.Offer, {"table": []}, "no table digests"),
+        (ota.Offer, {"tag": "ABC"}, "tag not hex"),
+        (ota.Progress, {"state": "failed"}, "failure without a reason"),
+        (ota.Progress, {"state": "paused"}, "unknown state"),
+        (ota.Progress, {"bytes": 6000}, "more bytes than the image"),
+        (ota.Want, {"window": 0}, "no window"),
+        (ota.Want, {"have": "not base64!"}, "bitmap not base64"),
+    ],
+)
+def test_bad_ota_payloads_are_rejected(model: type[c.Payload], change: dict, why: str) -> None:
+    name = {ota.Manifest: "ota_manifest", ota.Offer: "ota_offer", ota.Progress: "ota_progress", ota.Want: "ota_want"}
+    with pytest.raises(ValidationError):
+        model.model_validate({**_fixture(name[model] + ".json"), **change})

@@ -9,7 +9,7 @@ import click
 from .. import __version__
 
 # Each module registers its commands on ``main`` when imported.
-COMMAND_MODULES = ("up", "devices", "telemetry", "logs", "sim", "provision", "device", "schedule")
+COMMAND_MODULES = ("up", "devices", "telemetry", "logs", "sim", "provision", "device", "schedule", "ota")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -2,6 +2,6 @@
 
 from .payloads import *  # noqa: F403
 from .payloads import __all__ as _payloads
-from .topics import OFFLINE, ONLINE, Command, NodeTopic, ParsedTopic, Topics, TopicError, validate_node_name
+from .topics import OFFLINE, ONLINE, Command, NodeTopic, OtaTopic, ParsedTopic, Topics, TopicError, validate_node_name
 
-__all__ = [*_payloads, "OFFLINE", "ONLINE", "Command", "NodeTopic", "ParsedTopic", "Topics", "TopicError", "validate_node_name"]
+__all__ = [*_payloads, "OFFLINE", "ONLINE", "Command", "NodeTopic", "OtaTopic", "ParsedTopic", "Topics", "TopicError", "validate_node_name"]

@@ -17,6 +17,9 @@ from enum import StrEnum
 NODE_NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,62}"
 _NODE_NAME = re.compile(NODE_NAME_PATTERN)
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]{1,64}")
+RELEASE_PATTERN = r"[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,4}(?:-[0-9A-Za-z.]{1,32})?"
+"""A release is named by its version (``1.4.0``, ``1.5.0-rc.1``); it is also a topic segment."""
+_RELEASE = re.compile(RELEASE_PATTERN)
 
 SHARED_PREFIX = "$share/"
 """MQTT shared subscriptions: ``$share/<group>/<filter>``."""
@@ -52,6 +55,26 @@ class Command(StrEnum):
     TIME = "time"
 
 
+class OtaTopic(StrEnum):
+    """What may follow ``<root>/N/ota/`` (see docs/ota.md)."""
+
+    OFFER = "offer"
+    """ota -> node, retained: the release on offer and its tag; empty clears it."""
+    DATA = "data"
+    """ota -> node: binary frames that repair this node's gaps."""
+    WANT = "want"
+    """node -> ota: what the node has (bitmap) and how much more it can take (window)."""
+    PROGRESS = "progress"
+    """node -> ota and everyone: state transitions and download progress."""
+
+
+def validate_release(release: str) -> str:
+    """Return ``release`` if it is a release version usable as a topic segment, else raise TopicError."""
+    if not _RELEASE.fullmatch(release):
+        raise TopicError(f"invalid release {release!r}: use a version such as 1.4.0 or 1.5.0-rc.1")
+    return release
+
+
 def validate_node_name(node: str) -> str:
     """Return ``node`` if it is a valid node slug, else raise TopicError."""
     if not _NODE_NAME.fullmatch(node):
@@ -72,6 +95,7 @@ class ParsedTopic:
     node: str
     kind: NodeTopic | None
     command: Command | None = None
+    ota: OtaTopic | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +145,26 @@ class Topics:
     def set(self, node: str, command: Command) -> str:
         return f"{self.root}/{validate_node_name(node)}/set/{command.value}"
 
+    def ota(self, node: str, kind: OtaTopic) -> str:
+        """``<root>/N/ota/<kind>``: offer and repair frames to the node, want and progress from it."""
+        return f"{self.root}/{validate_node_name(node)}/ota/{kind.value}"
+
+    def ota_stream(self, release: str) -> str:
+        """The one data stream of ``release`` that every node downloading it shares (not retained)."""
+        return f"{self.fleet}/ota/data/{validate_release(release)}"
+
+    def ota_streams(self) -> str:
+        """Filter of every release's shared stream: what a node's ACL lets it subscribe to."""
+        return f"{self.fleet}/ota/data/+"
+
+    def all_ota(self, kind: OtaTopic) -> str:
+        """Filter matching ``ota/<kind>`` of every node, e.g. ``home/+/ota/progress``."""
+        return f"{self.root}/+/ota/{kind.value}"
+
+    def node_ota_inbox(self, node: str) -> list[str]:
+        """The OTA topics a downloading node subscribes to, besides the stream its offer names."""
+        return [self.ota(node, OtaTopic.OFFER), self.ota(node, OtaTopic.DATA)]
+
     def prefix(self, node: str) -> str:
         """The prefix a node owns (``home/N``), as handed out at provisioning."""
         return f"{self.root}/{validate_node_name(node)}"
@@ -139,9 +183,13 @@ class Topics:
         return f"{SHARED_PREFIX}{_validate_segment(group, 'shared group')}/{topic_filter}"
 
     def node_inbox(self, node: str) -> list[str]:
-        """What a node subscribes to: only what is addressed to it."""
+        """What a node may subscribe to: only what is addressed to it, and the shared OTA streams.
+
+        ``ota/#`` covers :meth:`node_ota_inbox` and is what today's firmware subscribes to; it narrows
+        to ``node_ota_inbox`` when the receiver is wired in (the node must not read its own progress).
+        """
         prefix = self.prefix(node)
-        return [f"{prefix}/set/#", f"{prefix}/config", f"{prefix}/schedule", f"{prefix}/ota/#"]
+        return [f"{prefix}/set/#", f"{prefix}/config", f"{prefix}/schedule", f"{prefix}/ota/#", self.ota_streams()]
 
     def parse(self, topic: str) -> ParsedTopic:
         """Split a node topic into node and kind; raise TopicError if it does not parse."""
@@ -157,6 +205,8 @@ class Topics:
                 return ParsedTopic(node, NodeTopic(rest[0]))
             if len(rest) == 2 and rest[0] == "set":
                 return ParsedTopic(node, None, Command(rest[1]))
+            if len(rest) == 2 and rest[0] == "ota":
+                return ParsedTopic(node, None, ota=OtaTopic(rest[1]))
         except ValueError:
             pass
         raise TopicError(f"topic {topic!r} has an unknown kind {'/'.join(rest)!r}")

@@ -1,0 +1,220 @@
+# One OTA download on flash: block table, image in the inactive slot, and a bitmap that survives a power cut.
+import hashlib
+import json
+import os
+import struct
+from binascii import a2b_base64, b2a_base64, unhexlify
+
+import hal
+import ota
+import store
+
+PROGRESS = "ota.json"
+TABLE = "ota_table.bin"
+SAVE_EVERY = 8  # units written between bitmap saves: a resume fetches at most this many again
+
+
+def _size(name):
+    try:
+        return os.stat(name)[6]
+    except OSError:
+        return -1
+
+
+def _ones(buf):
+    n = 0
+    for b in buf:
+        while b:
+            b &= b - 1
+            n += 1
+    return n
+
+
+class Download:
+    # Frames arrive in any order and any number of times; each is checked before anything is written.
+
+    def __init__(self, offer, save_every=SAVE_EVERY):
+        self.offer = offer
+        self.release = offer["release"]
+        self.bs = offer.get("block_size", 4096)
+        self.size = offer["size"]
+        self.blocks = offer["blocks"]
+        self.tables = [unhexlify(h) for h in offer["table"]]
+        self.nt = len(self.tables)
+        self.units = self.nt + self.blocks
+        self.rid = unhexlify(offer["sha256"])[:8]
+        self.save_every = save_every
+        self.digest = bytearray(ota.DIGEST)
+        self.got = 0
+        self.unsaved = 0
+        self.slot = hal.slot_info()["next"]
+        saved = store.load(PROGRESS) or {}
+        try:
+            have = a2b_base64(saved.get("have", ""))
+        except (TypeError, ValueError):
+            have = b""  # a damaged bitmap: start afresh
+        self.have = bytearray(have)
+        self.resumed = (saved.get("sha256") == offer["sha256"] and saved.get("slot") == self.slot
+                        and len(have) == (self.units + 7) // 8 and _size(TABLE) >= self._table_end())
+        if self.resumed:
+            self.bad = saved.get("bad", 0)
+        else:
+            # A new download: the bitmap is saved empty before the first write, so a stale one never resumes.
+            self.have = bytearray((self.units + 7) // 8)
+            self.bad = 0
+            hal.slot_begin(self.size)
+            open(TABLE, "wb").close()
+            self.save()
+        self.count = _ones(self.have)
+
+    # -- bitmap --------------------------------------------------------------
+    def has(self, u):
+        return self.have[u >> 3] & (0x80 >> (u & 7))
+
+    def _table_end(self):
+        # Bytes the table file must hold for the table chunks the bitmap claims.
+        end = 0
+        for i in range(self.nt):
+            if self.has(i):
+                end = i * self.bs + min(self.bs, self.blocks * ota.DIGEST - i * self.bs)
+        return end
+
+    def complete(self):
+        return self.count == self.units
+
+    def missing(self):
+        return [u for u in range(self.units) if not self.has(u)]
+
+    def bytes_done(self):
+        n = 0
+        for i in range(self.blocks):
+            if self.has(self.nt + i):
+                n += min(self.bs, self.size - i * self.bs)
+        return n
+
+    def save(self):
+        store.save(PROGRESS, {"release": self.release, "sha256": self.offer["sha256"], "slot": self.slot,
+                              "have": b2a_base64(bytes(self.have), newline=False).decode(), "bad": self.bad})
+        self.unsaved = 0
+
+    def want(self, session, window):
+        return {"v": 1, "release": self.release, "session": session, "got": self.got, "window": window,
+                "have": b2a_base64(bytes(self.have), newline=False).decode()}
+
+    def progress(self, state, seq=None, ts=None, rate=None, code=None, reason=None):
+        # A Progress payload of this download (nodefleet.contracts.ota.Progress).
+        p = {"v": 1, "release": self.release, "state": state, "bytes": self.bytes_done(), "size": self.size,
+             "bad": self.bad}
+        for k, v in (("seq", seq), ("ts", ts), ("rate", rate), ("code", code), ("reason", reason),
+                     ("rollout", self.offer.get("rollout"))):
+            if v is not None:
+                p[k] = v
+        return p
+
+    # -- frames --------------------------------------------------------------
+    def handle(self, frame):
+        # "ok" written, "dup" already had it, "early" block before its table chunk, "foreign", "bad" refused.
+        self.got += 1
+        try:
+            kind, index, rid, n = ota.header(frame)
+        except ValueError:
+            self.bad += 1
+            return "bad"
+        if rid != self.rid:
+            return "foreign"  # another release's frame (e.g. an older repair still in flight)
+        data = memoryview(frame)[ota.HEADER_SIZE:]
+        bs = self.bs
+        if kind == ota.KIND_TABLE:
+            u = index
+            ok = index < self.nt and n == min(bs, self.blocks * ota.DIGEST - index * bs)
+        else:
+            u = self.nt + index
+            ok = index < self.blocks and n == min(bs, self.size - index * bs)
+        if not ok:
+            self.bad += 1
+            return "bad"
+        if self.has(u):
+            return "dup"
+        if kind == ota.KIND_TABLE:
+            if not ota.equal(hashlib.sha256(data).digest(), self.tables[index]):
+                self.bad += 1
+                return "bad"
+            with open(TABLE, "r+b") as f:
+                f.seek(index * bs)
+                f.write(data)
+        else:
+            if not self.has(index * ota.DIGEST // bs):
+                return "early"
+            with open(TABLE, "rb") as f:
+                f.seek(index * ota.DIGEST)
+                f.readinto(self.digest)
+            if not ota.equal(hashlib.sha256(data).digest(), self.digest):
+                self.bad += 1
+                return "bad"
+            hal.slot_write(index * bs, data)
+        # Written first, marked after: a saved bitmap never claims a block that is not on flash.
+        self.have[u >> 3] |= 0x80 >> (u & 7)
+        self.count += 1
+        self.unsaved += 1
+        if self.unsaved >= self.save_every or self.complete():
+            self.save()
+        return "ok"
+
+    # -- the whole image -----------------------------------------------------
+    def verify(self, buf=None):
+        # Read the slot back and hash the whole image: what will boot, not what arrived.
+        buf = buf or bytearray(self.bs)
+        mv = memoryview(buf)
+        h = hashlib.sha256()
+        off = 0
+        while off < self.size:
+            n = min(len(buf), self.size - off)
+            hal.slot_read(off, mv[:n])
+            h.update(mv[:n])
+            off += n
+        return ota.equal(h.digest(), unhexlify(self.offer["sha256"]))
+
+    def clear(self):
+        store.remove(PROGRESS)
+        store.remove(TABLE)
+
+
+# -- nfi1 images: modules laid out by `nodefleet ota build` ----------------------
+def image_files(slot=None):
+    # [[path, offset, size], ...] from the image's own header (the inactive slot unless named).
+    head = bytearray(8)
+    hal.slot_read(0, head, slot)
+    if head[:4] != b"NFI1":
+        raise ValueError("not an nfi1 image")
+    buf = bytearray(struct.unpack(">I", head[4:])[0])
+    hal.slot_read(8, buf, slot)
+    return json.loads(bytes(buf))["files"]
+
+
+def _mkdirs(path):
+    part = ""
+    for name in path.split("/")[:-1]:
+        part = part + "/" + name if part else name
+        try:
+            os.mkdir(part)
+        except OSError:
+            pass  # already there
+
+
+def unpack(dest, buf, slot=None):
+    # Copy the image's modules into directory dest through buf; returns how many.
+    files = image_files(slot)
+    mv = memoryview(buf)
+    for path, off, size in files:
+        if path.startswith("/") or ".." in path.split("/"):
+            raise ValueError("bad path in image: %s" % path)
+        name = dest + "/" + path
+        _mkdirs(name)
+        with open(name, "wb") as f:
+            done = 0
+            while done < size:
+                n = min(len(buf), size - done)
+                hal.slot_read(off + done, mv[:n], slot)
+                f.write(mv[:n])
+                done += n
+    return len(files)
