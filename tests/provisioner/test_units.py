@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 import pytest
@@ -30,6 +32,14 @@ def test_offsets_of_zones_without_changes_and_south_of_the_equator() -> None:
     assert [o.offset for o in sydney] == [39600, 36000, 39600]
     with pytest.raises(UnknownZone, match="IANA"):
         offsets("Not/AZone", now=NOW)
+
+
+def test_zones_resolve_on_a_machine_without_a_time_zone_database() -> None:
+    """Slim containers have no /usr/share/zoneinfo: the tzdata package (a dependency) answers instead."""
+    script = ("import zoneinfo; zoneinfo.reset_tzpath(to=[]); from services.provisioner.tz import offsets; "
+              f"print([o.offset for o in offsets('Europe/Berlin', now={NOW})])")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and done.stdout.strip() == "[3600, 7200, 3600]", done.stderr
 
 
 class FakeAccess:
