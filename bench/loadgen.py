@@ -14,8 +14,8 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
-from nodefleet import mqtt_packets as packets
 from nodefleet.contracts import Topics
+from nodefleet.wire import packets
 
 
 @dataclass

@@ -40,9 +40,7 @@ import time
 import uuid
 from pathlib import Path
 
-import aiomqtt
-
-from nodefleet import mqtt
+from nodefleet import wire
 from nodefleet.contracts import FleetReply, FleetRequest, Info, NodeTopic, Topics
 from nodefleet.contracts.provisioning import PROVISIONER_SERVICE
 from nodefleet.contracts.topics import HA_DISCOVERY_BASE
@@ -65,7 +63,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _feed(client: aiomqtt.Client, requester: Requester, on_other=None) -> None:
+async def _feed(client: wire.Client, requester: Requester, on_other=None) -> None:
     async for message in client.messages:
         if not requester.feed(message) and on_other is not None:
             on_other(message)
@@ -104,11 +102,11 @@ async def _burst(requester: Requester, service: str, action: str, bodies: list[d
     return results, errors, time.perf_counter() - started
 
 
-async def _echo(client: aiomqtt.Client, topics: Topics) -> None:
+async def _echo(client: wire.Client, topics: Topics) -> None:
     """The baseline responder: answers every request at once and concurrently (as the provisioner does), no work."""
     pending: set[asyncio.Task] = set()
     async for message in client.messages:
-        request = FleetRequest.model_validate_json(message.payload)  # type: ignore[arg-type]
+        request = FleetRequest.model_validate_json(message.payload)
         reply = FleetReply(transaction=request.transaction, status="ok", data={})
         task = asyncio.create_task(client.publish(request.reply_to, reply.model_dump_json(), qos=1))
         pending.add(task)
@@ -117,7 +115,7 @@ async def _echo(client: aiomqtt.Client, topics: Topics) -> None:
 
 async def run(broker: Mosquitto | EmbeddedBrokerProcess, database: str, count: int, concurrency: int, credentials: str) -> dict:
     topics = Topics(root=f"b{uuid.uuid4().hex[:6]}/home", fleet=f"b{uuid.uuid4().hex[:6]}/fleet")
-    admin = mqtt.BrokerAddress(broker.host, broker.port, *ADMIN)
+    admin = wire.BrokerAddress(broker.host, broker.port, *ADMIN)
     env = {**os.environ, "NODEFLEET_MQTT_URL": f"mqtt://{ADMIN[0]}:{ADMIN[1]}@{broker.host}:{broker.port}",
            "NODEFLEET_DATABASE_URL": database, "NODEFLEET_TOPIC_ROOT": topics.root,
            "NODEFLEET_FLEET_ROOT": topics.fleet, "NODEFLEET_PROVISIONER_CREDENTIALS": credentials,
@@ -125,10 +123,11 @@ async def run(broker: Mosquitto | EmbeddedBrokerProcess, database: str, count: i
            "NODEFLEET_PROVISIONER_DEFAULT_TZ": "Europe/Berlin"}
     service = subprocess.Popen([sys.executable, "-m", "services.provisioner"], env=env, stdin=subprocess.DEVNULL)
     try:
-        async with mqtt.client(admin, client_id=f"bench-{uuid.uuid4().hex[:8]}", max_queued_outgoing=100_000,
-                        nodelay=True) as client, \
-                mqtt.client(admin, client_id=f"echo-{uuid.uuid4().hex[:8]}", nodelay=True) as echo_client:
-            client.pending_calls_threshold = echo_client.pending_calls_threshold = 100_000  # bursts on purpose
+        # Bursts on purpose: no warnings about many pending publishes.
+        async with wire.Client(admin, client_id=f"bench-{uuid.uuid4().hex[:8]}", max_queued_outgoing=100_000,
+                               nodelay=True, pending_calls=100_000) as client, \
+                wire.Client(admin, client_id=f"echo-{uuid.uuid4().hex[:8]}", nodelay=True,
+                            pending_calls=100_000) as echo_client:
             requester = Requester(client, topics, client_id=f"bench{uuid.uuid4().hex[:8]}")
             await requester.start()
             provisioned_at: dict[str, float] = {}
@@ -136,8 +135,8 @@ async def run(broker: Mosquitto | EmbeddedBrokerProcess, database: str, count: i
             discovered: set[str] = set()
             switch_configs = f"{HA_DISCOVERY_BASE}/switch/+/relay/config"
 
-            def on_other(message: aiomqtt.Message) -> None:
-                topic = str(message.topic)
+            def on_other(message: wire.Message) -> None:
+                topic = message.topic
                 if topic.startswith(f"{HA_DISCOVERY_BASE}/"):
                     discovered.add(topic.split("/")[2])
                 else:

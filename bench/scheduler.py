@@ -47,12 +47,12 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
-from nodefleet import mqtt_packets as packets
 from nodefleet.contracts import Topics
 from nodefleet.contracts.topics import Command
 from nodefleet.embedded.mosquitto import Mosquitto, free_port
 from nodefleet.embedded.postgres import EmbeddedPostgres
 from nodefleet.processes import stop_process
+from nodefleet.wire import packets
 
 ROOT = Path(__file__).resolve().parents[1]
 SPAWN = multiprocessing.get_context("spawn")

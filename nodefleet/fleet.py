@@ -1,4 +1,4 @@
-"""The fleet request/reply envelope and rate-limited error events, over aiomqtt.
+"""The fleet request/reply envelope and rate-limited error events, over a :class:`nodefleet.wire.Client`.
 
 Requests go to ``Topics.request(service, action)`` as a FleetRequest carrying
 ``transaction`` and ``reply_to``; the service answers on ``reply_to`` with a
@@ -16,23 +16,23 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiomqtt
 from pydantic import BaseModel, ValidationError
 
 from .contracts import OFFLINE, ONLINE, ErrorEvent, FleetReply, FleetRequest, Topics
+from .errors import RequestError, WireError
 from .logging import get_logger
+from .wire import Client, Message
 
 log = get_logger(__name__)
 
 
-class RequestError(RuntimeError):
-    """A fleet request was answered with an error, or not answered in time."""
+__all__ = ["ErrorReporter", "Handler", "RequestError", "Requester", "answer", "presence"]
 
 
 class Requester:
     """Sends fleet requests from one connected client and waits for their replies."""
 
-    def __init__(self, client: aiomqtt.Client, topics: Topics, *, client_id: str) -> None:
+    def __init__(self, client: Client, topics: Topics, *, client_id: str) -> None:
         self._client = client
         self._topics = topics
         self.reply_topic = topics.reply(client_id)
@@ -41,12 +41,12 @@ class Requester:
     async def start(self) -> None:
         await self._client.subscribe(self.reply_topic, qos=1)
 
-    def feed(self, message: aiomqtt.Message) -> bool:
+    def feed(self, message: Message) -> bool:
         """Route a received message to its waiting request; True if it was a reply."""
-        if str(message.topic) != self.reply_topic:
+        if message.topic != self.reply_topic:
             return False
         try:
-            reply = FleetReply.model_validate_json(message.payload)  # type: ignore[arg-type]
+            reply = FleetReply.model_validate_json(message.payload)
         except ValidationError as exc:
             log.warning("bad_reply", error=str(exc))
             return True
@@ -79,7 +79,7 @@ class Requester:
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
-async def answer(client: aiomqtt.Client, payload: bytes, handlers: dict[str, Handler], action: str, errors: ErrorReporter) -> None:
+async def answer(client: Client, payload: bytes, handlers: dict[str, Handler], action: str, errors: ErrorReporter) -> None:
     """Answer one fleet request with ``handlers[action]``; every failure becomes an error reply."""
     try:
         request = FleetRequest.model_validate_json(payload)
@@ -190,7 +190,7 @@ class ErrorReporter:
             return False
         return True
 
-    async def run(self, client: aiomqtt.Client) -> None:
+    async def run(self, client: Client) -> None:
         """Publish queued events, and each window's summary when it closes, until cancelled."""
         topic = self.topics.errors()
         while True:
@@ -204,7 +204,7 @@ class ErrorReporter:
 
 
 @contextlib.asynccontextmanager
-async def presence(client: aiomqtt.Client, status_topic: str, errors: ErrorReporter) -> AsyncIterator[None]:
+async def presence(client: Client, status_topic: str, errors: ErrorReporter) -> AsyncIterator[None]:
     """A connected service: retained ``online`` now, ``offline`` when stopped, error events meanwhile.
 
     The client's last will publishes ``offline`` after a crash; a clean stop
@@ -215,7 +215,7 @@ async def presence(client: aiomqtt.Client, status_topic: str, errors: ErrorRepor
     try:
         yield
     except asyncio.CancelledError:
-        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+        with contextlib.suppress(WireError, TimeoutError):
             await asyncio.wait_for(client.publish(status_topic, OFFLINE, qos=1, retain=True), 1.0)
         raise
     finally:

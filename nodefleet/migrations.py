@@ -13,6 +13,7 @@ from pathlib import Path
 
 import asyncpg
 
+from .errors import StorageError
 from .logging import get_logger
 
 log = get_logger(__name__)
@@ -21,7 +22,7 @@ _FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 _TABLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
-class MigrationError(RuntimeError):
+class MigrationError(StorageError):
     """A migration file is misnamed, or a migration failed to apply."""
 
 

@@ -41,6 +41,7 @@ from .contracts.ota import (
     encode_frame,
     table_chunks,
 )
+from .errors import InputError
 
 RELEASE_MAGIC = b"NFR1"
 IMAGE_MAGIC = b"NFI1"
@@ -52,7 +53,7 @@ Target = Literal["esp32", "unix"]
 _LEFT_OUT: dict[str, tuple[str, ...]] = {"esp32": ("main.py", "hal/sim*.py"), "unix": ("main.py", "hal/esp32*.py")}
 
 
-class ReleaseError(Exception):
+class ReleaseError(InputError):
     """A release that cannot be built, or a release file that is not what its manifest says."""
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from .errors import StorageError
+
 APP_NAME = "nodefleet"
 # As root, PostgreSQL runs as its own system user, which must be able to walk to the data;
 # under /var/lib that needs no change to the permissions of root's home directory.
@@ -46,11 +48,11 @@ def default_data_dir() -> Path:
 
 
 def mqtt_url(username: str, password: str, host: str, port: int) -> str:
-    """``mqtt://user:password@host:port`` with both quoted, as :meth:`nodefleet.mqtt.BrokerAddress.parse` reads it."""
+    """``mqtt://user:password@host:port`` with both quoted, as :meth:`nodefleet.wire.BrokerAddress.parse` reads it."""
     return f"mqtt://{quote(username, safe='')}:{quote(password, safe='')}@{host}:{port}"
 
 
-class CredentialsFileError(RuntimeError):
+class CredentialsFileError(StorageError):
     """The credentials file exists but cannot be read or is not ours."""
 
 

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .mqtt import BrokerAddress
 from .paths import DYNSEC_ADMIN, OPERATOR, LocalCredentials
+from .wire import BrokerAddress
 
 DYNSEC_FILE = "dynamic-security.json"
 PROVISIONER = "provisioner"

@@ -14,10 +14,10 @@ import socket
 from pathlib import Path
 from typing import IO
 
-import aiomqtt
 import asyncpg
 
-from . import mqtt
+from . import wire
+from .errors import StartupError
 
 LOCK_FILE = "nodefleet-up.lock"
 PROBE_TIMEOUT = 5.0
@@ -26,16 +26,10 @@ EXIT_FAILED = 1
 EXIT_FORCED = 130
 
 
-class StartupError(RuntimeError):
-    """The system could not come up; the message says what to do next."""
-
-    def __init__(self, message: str, *, exit_code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class StartupInterrupted(Exception):
+class StartupInterrupted(StartupError):
     """A stop was requested while starting; everything started has been stopped."""
+
+    exit_code = 0
 
 
 class DataDirLock:
@@ -95,15 +89,15 @@ def edge_port(host: str, port: int) -> int | None:
 async def probe_broker(url: str) -> None:
     """Connect once to an external broker, so a wrong --broker fails now and clearly."""
     try:
-        address = mqtt.BrokerAddress.parse(url)
-    except mqtt.BrokerUrlError as exc:
+        address = wire.BrokerAddress.parse(url)
+    except wire.BrokerUrlError as exc:
         raise StartupError(str(exc), exit_code=EXIT_USAGE) from exc
-    probe = mqtt.client(address, client_id=f"nodefleet-up-probe-{os.getpid()}")
+    probe = wire.Client(address, client_id=f"nodefleet-up-probe-{os.getpid()}")
     try:
         async with asyncio.timeout(PROBE_TIMEOUT):
             async with probe:
                 pass
-    except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
+    except (wire.WireError, TimeoutError) as exc:
         raise StartupError(f"cannot reach the broker at {address.url} ({exc}): check --broker, or leave it out "
                            f"to run the embedded one") from exc
 

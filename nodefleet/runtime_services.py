@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from .errors import StartupError
 from .logging import get_logger
 from .settings import CommonSettings
 
@@ -36,11 +37,11 @@ HEALTHY_RUN = 60.0
 NO_READY_GRACE = 0.2
 
 
-class ServiceLoadError(RuntimeError):
+class ServiceLoadError(StartupError):
     """A service package exists but does not follow the service seam."""
 
 
-class ServiceStartError(RuntimeError):
+class ServiceStartError(StartupError):
     """A service failed, or did not report ready in time, while starting."""
 
 

@@ -30,10 +30,11 @@ from typing import Any
 from .contracts import Topics
 from .contracts.provisioning import Registration
 from .embedded.mosquitto import free_port
+from .errors import StartupError
 from .logging import get_logger
-from .mqtt import BrokerAddress
 from .paths import mqtt_url
 from .sim_registration import register_nodes
+from .wire import BrokerAddress
 
 FIRMWARE_DIR = Path(__file__).resolve().parents[1] / "firmware"
 RESTART_EXIT = 75
@@ -43,7 +44,7 @@ DEMO_PREFIX = "demo"
 log = get_logger(__name__)
 
 
-class SimError(RuntimeError):
+class SimError(StartupError):
     """The interpreter is missing, or a simulated node did not answer."""
 
 

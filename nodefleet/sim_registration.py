@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 from pydantic import ValidationError
 
 from .contracts import Topics
@@ -31,9 +30,10 @@ from .contracts.provisioning import (
     RegisterRequest,
     Registration,
 )
-from .fleet import Requester, RequestError
+from .errors import RequestError, WireError
+from .fleet import Requester
 from .logging import get_logger
-from .mqtt import BrokerAddress, client
+from .wire import BrokerAddress, Client
 
 log = get_logger(__name__)
 
@@ -44,14 +44,14 @@ REQUEST_TIMEOUT = 15.0
 CONCURRENCY = 8
 
 
-class RegistrationError(RuntimeError):
+class RegistrationError(RequestError):
     """The provisioner did not answer, or refused; the message says which request."""
 
 
 class _Provisioner:
     """Fleet requests to the provisioner over one connection (the operator's)."""
 
-    def __init__(self, connection: aiomqtt.Client, topics: Topics, client_id: str) -> None:
+    def __init__(self, connection: Client, topics: Topics, client_id: str) -> None:
         self._connection = connection
         self._requester = Requester(connection, topics, client_id=client_id)
 
@@ -83,7 +83,7 @@ async def register_nodes(*, count: int, mqtt_url: str, topics: Topics, store: Pa
     stored = _load_registrations(store)
     client_id = f"nodefleet-sim-{uuid.uuid4().hex[:8]}"
     try:
-        async with client(BrokerAddress.parse(mqtt_url), client_id=client_id) as connection:
+        async with Client(BrokerAddress.parse(mqtt_url), client_id=client_id) as connection:
             provisioner = _Provisioner(connection, topics, client_id)
             await provisioner.start()
             reader = asyncio.create_task(provisioner.serve())
@@ -113,9 +113,9 @@ async def register_nodes(*, count: int, mqtt_url: str, topics: Topics, store: Pa
                 made = await asyncio.gather(*(register(name) for name in wanted))
             finally:
                 reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                with contextlib.suppress(asyncio.CancelledError, WireError):
                     await reader
-    except aiomqtt.MqttError as exc:
+    except WireError as exc:
         raise RegistrationError(f"cannot reach the broker to register the simulated nodes: {exc}") from exc
     except ValidationError as exc:
         raise RegistrationError(f"unexpected answer from the provisioner: {exc.errors()[0]['msg']}") from exc

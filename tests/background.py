@@ -9,6 +9,8 @@ from typing import Any
 
 import aiomqtt
 
+from nodefleet.wire import WireError
+
 
 @contextlib.asynccontextmanager
 async def in_background(work: Coroutine[Any, Any, Any]) -> AsyncIterator[asyncio.Task[Any]]:
@@ -18,5 +20,5 @@ async def in_background(work: Coroutine[Any, Any, Any]) -> AsyncIterator[asyncio
         yield task
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError, WireError):
             await task

@@ -19,7 +19,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import aiomqtt
 import pytest
 import yaml
 
@@ -27,8 +26,8 @@ from nodefleet.contracts import Topics
 from nodefleet.embedded import mosquitto
 from nodefleet.embedded.dynsec import MOSQUITTO_PLUGIN
 from nodefleet.embedded.mosquitto import free_port
-from nodefleet.mqtt import BrokerAddress, client
 from nodefleet.processes import stop_process
+from nodefleet.wire import BrokerAddress, BrokerRefused, Client
 from services.provisioner.credentials import DynamicSecurity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,16 +174,16 @@ def init_folder() -> Iterator[Path]:
 
 async def _refused(url: str) -> bool:
     try:
-        async with client(BrokerAddress.parse(url), client_id="refused-probe"):
+        async with Client(BrokerAddress.parse(url), client_id="refused-probe"):
             return False
-    except aiomqtt.MqttCodeError:
+    except BrokerRefused:
         return True
 
 
 @contextlib.asynccontextmanager
 async def _provisioner(url: str) -> AsyncIterator[DynamicSecurity]:
     """The provisioner's own dynamic-security client, logged in as the admin."""
-    async with client(BrokerAddress.parse(url), client_id="init-test-provisioner") as mqtt:
+    async with Client(BrokerAddress.parse(url), client_id="init-test-provisioner") as mqtt:
         dynsec = DynamicSecurity(mqtt, timeout=5)
         await dynsec.start(mqtt)
 
@@ -203,9 +202,9 @@ async def _provisioner(url: str) -> AsyncIterator[DynamicSecurity]:
 
 async def _received(url: str, watch: str, publisher_url: str, publishes: list[str]) -> set[str]:
     """Topics a watcher on ``watch`` gets when ``publisher_url`` publishes to each of ``publishes``."""
-    async with client(BrokerAddress.parse(url), client_id="init-test-watcher") as watcher:
+    async with Client(BrokerAddress.parse(url), client_id="init-test-watcher") as watcher:
         await watcher.subscribe(watch, qos=1)
-        async with client(BrokerAddress.parse(publisher_url), client_id="init-test-node") as node:
+        async with Client(BrokerAddress.parse(publisher_url), client_id="init-test-node") as node:
             for topic in publishes:
                 await node.publish(topic, b"x", qos=1)
         seen: set[str] = set()
@@ -241,7 +240,7 @@ async def test_init_script_secures_a_real_mosquitto(init_folder: Path) -> None:
         # A service may use every ordinary topic but not the control topics.
         assert await _received(operator, f"{topics.root}/#", broker.url("scheduler", logins["scheduler"]),
                                [other]) == {other}
-        async with client(BrokerAddress.parse(broker.url("telemetry", logins["telemetry"])), client_id="t") as service:
+        async with Client(BrokerAddress.parse(broker.url("telemetry", logins["telemetry"])), client_id="t") as service:
             command = {"commands": [{"command": "createClient", "username": "intruder", "password": "pw"}]}
             await service.publish("$CONTROL/dynamic-security/v1", json.dumps(command), qos=1)
         await asyncio.sleep(0.3)

@@ -8,17 +8,17 @@ import uuid
 
 from background import in_background
 
-from nodefleet import mqtt
+from nodefleet import wire
 from nodefleet.contracts import ErrorEvent
 from nodefleet.fleet import ErrorReporter
 
 
 async def test_a_storm_is_summarised_when_its_window_closes(mosquitto, topics):
     reporter = ErrorReporter("test", topics, burst=3, window=1.0)
-    address = mqtt.BrokerAddress.parse(mosquitto.url)
+    address = wire.BrokerAddress.parse(mosquitto.url)
     events: list[tuple[float, ErrorEvent]] = []
 
-    async with mqtt.client(address, client_id=f"errors-{uuid.uuid4().hex[:6]}") as client:
+    async with wire.Client(address, client_id=f"errors-{uuid.uuid4().hex[:6]}") as client:
         await client.subscribe(topics.errors(), qos=1)
 
         async def collect() -> None:

@@ -28,17 +28,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import aiomqtt
 import click
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from .. import logging as nodefleet_logging
-from .. import mqtt
+from .. import wire
 from ..contracts import Topics
 from ..contracts.queries import TELEMETRY_SERVICE
 from ..contracts.topics import TopicError, validate_node_name
+from ..errors import NodefleetError
 from ..fleet import Requester, RequestError
 from ..paths import OPERATOR, CredentialsFileError, LocalCredentials, default_data_dir
 from ..settings import CommonSettings
@@ -50,12 +50,10 @@ NOT_RUNNING_HINT = "is `nodefleet up` running? use --broker mqtt://host:port (or
 REFUSED_HINT = ("the broker wants a user and password: run the command as the user who ran `nodefleet up` (with "
                 "NODEFLEET_DATA_DIR set if it used --data-dir), or give them: --broker mqtt://user:password@host:port")
 WRONG_LOGIN_HINT = "check the user and password in --broker (or NODEFLEET_MQTT_URL)"
-# CONNACK codes that mean the login was refused: 3.1.1's 4 and 5, as paho 2 reports them (MQTT 5 numbering) or not.
-REFUSED_CODES = (4, 5, 134, 135)
 FORMATS = ("table", "csv", "json")
 
 
-class CliError(click.ClickException):
+class CliError(NodefleetError, click.ClickException):
     """An error shown to the user as ``Error: <message>`` with exit code 1."""
 
 
@@ -85,7 +83,7 @@ def build_settings(*, broker: str | None, topic_root: str | None, fleet_root: st
     given = {"mqtt_url": broker, "topic_root": topic_root, "fleet_root": fleet_root}
     try:
         settings = CommonSettings(**{key: value for key, value in given.items() if value is not None})
-        address = mqtt.BrokerAddress.parse(settings.mqtt_url)
+        address = wire.BrokerAddress.parse(settings.mqtt_url)
         settings.topics  # noqa: B018 - validates both roots
     except (ValidationError, ValueError) as exc:
         raise click.UsageError(str(exc)) from exc
@@ -93,7 +91,7 @@ def build_settings(*, broker: str | None, topic_root: str | None, fleet_root: st
     return settings if login is None else settings.model_copy(update={"mqtt_url": login})
 
 
-def local_login(address: mqtt.BrokerAddress) -> str | None:
+def local_login(address: wire.BrokerAddress) -> str | None:
     """The operator's URL when ``address`` (without a user) is the broker of a secured `nodefleet up` here."""
     if address.username is not None:
         return None
@@ -153,7 +151,7 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Connection:
-    client: aiomqtt.Client
+    client: wire.Client
     client_id: str
     topics: Topics
 
@@ -161,22 +159,22 @@ class Connection:
 @contextlib.asynccontextmanager
 async def connect(settings: CommonSettings) -> AsyncIterator[Connection]:
     """A connected MQTT client with a fresh client id; CliError if the broker is unreachable."""
-    address = mqtt.BrokerAddress.parse(settings.mqtt_url)
+    address = wire.BrokerAddress.parse(settings.mqtt_url)
     client_id = f"nodefleet-cli-{uuid.uuid4().hex[:12]}"
-    client = mqtt.client(address, client_id=client_id)
+    client = wire.Client(address, client_id=client_id)
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT):
             await client.__aenter__()
-    except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+    except (wire.WireError, TimeoutError) as exc:
         reason = str(exc) or f"no answer within {CONNECT_TIMEOUT:g} s"
-        if isinstance(exc, aiomqtt.MqttCodeError) and getattr(exc.rc, "value", exc.rc) in REFUSED_CODES:
+        if isinstance(exc, wire.BrokerRefused) and exc.bad_login:
             hint = WRONG_LOGIN_HINT if address.username else REFUSED_HINT
             raise CliError(f"the broker at {address.url} refused the login ({reason}): {hint}") from exc
         raise CliError(f"cannot reach the broker at {address.url} ({reason}): {NOT_RUNNING_HINT}") from exc
     try:
         yield Connection(client=client, client_id=client_id, topics=settings.topics)
     finally:
-        with contextlib.suppress(aiomqtt.MqttError):
+        with contextlib.suppress(wire.WireError):
             await client.__aexit__(None, None, None)
 
 
@@ -196,11 +194,11 @@ async def request_on(connection: Connection, service: str, action: str, data: An
         if str(exc).startswith("no answer"):
             raise CliError(f"{exc} (start it with `nodefleet up`, or check --broker and --fleet-root)") from exc
         raise CliError(f"the {service} service answered with an error: {exc}") from exc
-    except aiomqtt.MqttError as exc:
+    except wire.WireError as exc:
         raise CliError(f"lost the broker connection ({exc}): {NOT_RUNNING_HINT}") from exc
     finally:
         reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+        with contextlib.suppress(asyncio.CancelledError, wire.WireError):
             await reader
 
 

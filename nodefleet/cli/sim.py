@@ -9,11 +9,11 @@ from pathlib import Path
 import click
 
 from ..contracts.provisioning import Registration
-from ..mqtt import BrokerAddress
 from ..paths import OPERATOR, CredentialsFileError, LocalCredentials, default_data_dir
 from ..settings import CommonSettings
 from ..sim import SimError, SimFleet
 from ..sim_registration import RegistrationError, register_nodes
+from ..wire import BrokerAddress
 from . import main
 from .common import (
     NOT_RUNNING_HINT,

@@ -7,7 +7,6 @@ import json
 import time
 from typing import Any
 
-import aiomqtt
 import click
 from pydantic import ValidationError
 
@@ -15,7 +14,9 @@ from ..contracts import Topics
 from ..contracts.payloads import Telemetry
 from ..contracts.queries import TelemetryQuery, TelemetryRow
 from ..contracts.topics import NodeTopic, TopicError
+from ..errors import WireError
 from ..settings import CommonSettings
+from ..wire import Client
 from . import main
 from .common import (
     NOT_RUNNING_HINT,
@@ -89,17 +90,17 @@ async def _tail(settings: CommonSettings, *, node: str | None, count: int | None
                 return
     try:
         reader.result()
-    except aiomqtt.MqttError as exc:
+    except WireError as exc:
         raise CliError(f"lost the broker connection ({exc}): {NOT_RUNNING_HINT}") from exc
 
 
-async def _print_messages(client: aiomqtt.Client, topics: Topics, *, count: int | None, fmt: str) -> None:
+async def _print_messages(client: Client, topics: Topics, *, count: int | None, fmt: str) -> None:
     shown = 0
     async for message in client.messages:
         received = time.time()
         try:
-            node = topics.parse(str(message.topic)).node
-            reading = Telemetry.model_validate_json(message.payload)  # type: ignore[arg-type]
+            node = topics.parse(message.topic).node
+            reading = Telemetry.model_validate_json(message.payload)
         except ValidationError as exc:
             note(f"skipped a malformed message on {message.topic}: {exc.errors()[0]['msg']}")
             continue

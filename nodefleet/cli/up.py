@@ -15,7 +15,6 @@ import click
 from .. import logging as nodefleet_logging
 from ..contracts.provisioning import HTTP_REGISTER_PATH, HTTP_STATUS_PATH
 from ..embedded.postgres import SYSTEM_USER
-from ..mqtt import BrokerAddress
 from ..paths import DATA_DIR_VARIABLE, default_data_dir
 from ..runtime import (
     DEFAULT_DB_PORT,
@@ -30,6 +29,7 @@ from ..runtime import (
 )
 from ..runtime_checks import without_password
 from ..settings import CommonSettings
+from ..wire import BrokerAddress
 from . import main
 
 # The demo nodes exist only once the simulator is part of the package.

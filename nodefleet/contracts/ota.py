@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
+from ..errors import InputError
 from .payloads import Epoch, Identifier, Part, Payload, Seq, ShortText, Text
 from .topics import RELEASE_PATTERN
 
@@ -268,7 +269,7 @@ def bitmap_bits(have: str, units: int) -> list[bool]:
 # -- frames --------------------------------------------------------------------
 
 
-class FrameError(ValueError):
+class FrameError(InputError):
     """A data frame (or bitmap) that does not follow the OTA wire format."""
 
 

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from ..errors import InputError
+
 NODE_NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,62}"
 _NODE_NAME = re.compile(NODE_NAME_PATTERN)
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -28,7 +30,7 @@ ONLINE = "online"
 OFFLINE = "offline"
 
 
-class TopicError(ValueError):
+class TopicError(InputError):
     """A topic that does not belong to the nodefleet contract."""
 
 

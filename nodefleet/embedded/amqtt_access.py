@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ..contracts.topics import SHARED_PREFIX
+from ..errors import InputError
 
 # PBKDF2-HMAC-SHA512, the scheme of Mosquitto's dynamic-security plugin, at 10x its 101 iterations: about
 # 0.5 ms a check here.  Node passwords are 144 random bits, so the hash need not be slow to keep a leaked state
@@ -25,7 +26,7 @@ _SALT_BYTES = 16
 _LEGACY_SCRYPT = {"n": 2**13, "r": 8, "p": 1}
 
 
-class AccessError(ValueError):
+class AccessError(InputError):
     """A username, password or topic filter the access list cannot hold."""
 
 

@@ -24,6 +24,7 @@ from nodefleet.embedded.amqtt_access import AccessList, TopicAccess
 from nodefleet.embedded.amqtt_broker import NodefleetBroker
 from nodefleet.embedded.amqtt_retained import RetainedFile
 from nodefleet.embedded.dynsec import DynamicSecurity, DynsecBroker, admin_access
+from nodefleet.errors import StartupError
 from nodefleet.logging import get_logger
 
 __all__ = ["BrokerPortInUse", "EmbeddedBroker", "EmbeddedBrokerError", "TopicAccess"]
@@ -31,7 +32,7 @@ __all__ = ["BrokerPortInUse", "EmbeddedBroker", "EmbeddedBrokerError", "TopicAcc
 log = get_logger(__name__)
 
 
-class EmbeddedBrokerError(RuntimeError):
+class EmbeddedBrokerError(StartupError):
     """The embedded broker could not start."""
 
 

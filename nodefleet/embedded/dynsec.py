@@ -42,6 +42,7 @@ from nodefleet.embedded.amqtt_access import (
     _Credential,
 )
 from nodefleet.embedded.amqtt_broker import NodefleetBroker
+from nodefleet.errors import InputError
 from nodefleet.logging import get_logger
 
 log = get_logger(__name__)
@@ -54,7 +55,7 @@ _ACL_TYPES = ("publishClientSend", "publishClientReceive", *_SUBSCRIBE_TYPES, "u
 SetClient = Callable[..., Awaitable[None]]
 
 
-class CommandError(ValueError):
+class CommandError(InputError):
     """A command the dynamic-security layer refuses; its text goes back in the response."""
 
 

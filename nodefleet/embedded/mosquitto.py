@@ -17,13 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from nodefleet.errors import StartupError
 from nodefleet.processes import stop_process
 
 INFLIGHT = 10_000
 QUEUED = 1_000_000
 
 
-class MosquittoError(RuntimeError):
+class MosquittoError(StartupError):
     """Mosquitto is missing or did not start."""
 
 

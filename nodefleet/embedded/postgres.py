@@ -24,6 +24,7 @@ import subprocess
 import warnings
 from pathlib import Path
 
+from ..errors import StartupError
 from ..logging import get_logger
 
 with warnings.catch_warnings():
@@ -40,7 +41,7 @@ _HBA_MARK = "# nodefleet: written at every start"
 _AUTH_FAILED = ("password authentication failed", "no password supplied")
 
 
-class PostgresError(RuntimeError):
+class PostgresError(StartupError):
     """The embedded PostgreSQL could not be initialised, started or stopped."""
 
 

@@ -9,17 +9,16 @@ node status and info (all nodes) and the dynamic-security responses.
 from __future__ import annotations
 
 import asyncio
-import time
 
-import aiomqtt
 import asyncpg
 
+from nodefleet.backoff import Backoff
 from nodefleet.contracts import OFFLINE, NodeTopic, TopicError
 from nodefleet.contracts.provisioning import PROVISIONER_SERVICE
 from nodefleet.fleet import ErrorReporter, answer, presence
 from nodefleet.logging import get_logger
-from nodefleet.mqtt import BrokerAddress, client
 from nodefleet.pg_errors import TRANSIENT
+from nodefleet.wire import BrokerAddress, Client, Message, Reconnect, Will, WireError
 
 from . import store, tz
 from .credentials import CredentialError, Credentials, DynamicSecurity, NoCredentials
@@ -32,7 +31,7 @@ log = get_logger(__name__)
 
 
 async def _database(settings: ProvisionerSettings) -> asyncpg.Pool:
-    delay = 0.2
+    backoff = Backoff(most=settings.db_retry_max, reset_after=float("inf"))
     while True:
         try:
             pool = await store.create_pool(settings.database_url)
@@ -40,9 +39,9 @@ async def _database(settings: ProvisionerSettings) -> asyncpg.Pool:
                 await store.migrate(conn)
             return pool
         except TRANSIENT as exc:
-            log.warning("database_unavailable", error=str(exc) or type(exc).__name__, retry_in=round(delay, 2))
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, settings.db_retry_max)
+            log.warning("database_unavailable", error=str(exc) or type(exc).__name__,
+                        retry_in=round(backoff.next_pause, 2))
+        await backoff.wait()
 
 
 class Service:
@@ -53,7 +52,8 @@ class Service:
         self.errors = ErrorReporter(PROVISIONER_SERVICE, self.topics)
         self.dynsec = DynamicSecurity(timeout=settings.dynsec_timeout) if settings.credentials == "dynsec" else None
         credentials: Credentials = self.dynsec if self.dynsec is not None else NoCredentials()
-        self.mqtt: aiomqtt.Client | None = None
+        self.mqtt: Client | None = None
+        self.reconnect = Reconnect(self.address, event="mqtt_connection_lost")
         self.registry = Registry(
             store=store.Store(pool), credentials=credentials, topics=self.topics, publish=self._publish,
             errors=self.errors, broker_host=settings.broker_host or self.address.host,
@@ -74,27 +74,19 @@ class Service:
         await self.mqtt.publish(topic, payload, qos=1, retain=retain)
 
     async def run_mqtt(self) -> None:
-        """Stay connected (reconnect with backoff) until cancelled."""
-        delay = 0.2
-        while True:
-            started = time.monotonic()
-            try:
-                await self._session()
-            except aiomqtt.MqttError as exc:
-                log.warning("mqtt_connection_lost", broker=self.address.url, error=str(exc), retry_in=round(delay, 2))
-            self.mqtt = None
-            self.subscribed.clear()
-            if time.monotonic() - started > 10:
-                delay = 0.2
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+        """Stay connected (the wire's reconnect policy) until cancelled."""
+        await self.reconnect.run(self._session, down=self._down)
+
+    def _down(self) -> None:
+        self.mqtt = None
+        self.subscribed.clear()
 
     async def _session(self) -> None:
-        will = aiomqtt.Will(self.status_topic, OFFLINE, qos=1, retain=True)
+        will = Will(self.status_topic, OFFLINE, qos=1, retain=True)
         client_id = f"{self.settings.client_id}-{self.settings.instance}"[:64]
-        async with client(self.address, client_id=client_id, will=will, max_queued_outgoing=100_000,
-                          nodelay=True, max_inflight=1000) as mqtt:
-            mqtt.pending_calls_threshold = 100_000  # bursts of retained publishes are expected here
+        # Bursts of retained publishes are expected here: a deep queue, no warnings about many pending calls.
+        async with Client(self.address, client_id=client_id, will=will, max_queued_outgoing=100_000,
+                          nodelay=True, max_inflight=1000, pending_calls=100_000) as mqtt:
             if self.dynsec is not None:
                 await self.dynsec.start(mqtt)
             requests, homie_sets = self.topics.requests(PROVISIONER_SERVICE), set_filter()
@@ -115,19 +107,20 @@ class Service:
             self.mqtt = mqtt
             async with presence(mqtt, self.status_topic, self.errors):
                 self.subscribed.set()
+                self.reconnect.up()
                 async for message in mqtt.messages:
                     self._dispatch(mqtt, message)
 
-    def _dispatch(self, mqtt: aiomqtt.Client, message: aiomqtt.Message) -> None:
+    def _dispatch(self, mqtt: Client, message: Message) -> None:
         if self.dynsec is not None and self.dynsec.feed(message):
             return
-        topic = str(message.topic)
-        payload = bytes(message.payload)  # type: ignore[arg-type]
+        topic = message.topic
+        payload = message.payload
         if topic.startswith(f"{self.topics.fleet}/"):
             action = self.topics.request_action(topic)
             self._spawn(answer(mqtt, payload, self.handlers, action, self.errors))
             return
-        if message.topic.matches(set_filter()):
+        if message.matches(set_filter()):
             self._spawn(self.homie.on_set(topic, payload))
             return
         try:
@@ -159,7 +152,7 @@ class Service:
     async def _guarded(self, work) -> None:
         try:
             await work
-        except (asyncpg.PostgresError, OSError, CredentialError, aiomqtt.MqttError) as exc:
+        except (asyncpg.PostgresError, OSError, WireError) as exc:
             # A node's next status or info retries; the failure is counted and reported.
             self.errors.report("provisioning_failed", str(exc) or type(exc).__name__)
 
@@ -170,7 +163,7 @@ class Service:
                 continue
             try:
                 expired = await self.registry.expire()
-            except (asyncpg.PostgresError, OSError, CredentialError, aiomqtt.MqttError) as exc:
+            except (asyncpg.PostgresError, OSError, WireError) as exc:
                 log.warning("expiry_failed", error=str(exc) or type(exc).__name__)
                 continue
             if expired:

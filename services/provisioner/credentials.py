@@ -8,9 +8,8 @@ both answer it, so the provisioner is the same plain MQTT client on either.
 Each node gets a client named after it and a role ``node-<name>``: publish
 only under its own prefix, subscribe only to its inbox.
 
-Exception tree at this seam::
-
-    CredentialError   the broker refused a command or did not answer in time
+:class:`CredentialError` (a :class:`~nodefleet.errors.WireError`): the broker
+refused a command, did not answer in time, or the connection was lost.
 """
 
 from __future__ import annotations
@@ -21,15 +20,15 @@ import json
 import uuid
 from typing import Any, Protocol
 
-import aiomqtt
-
 from nodefleet.contracts import Topics
+from nodefleet.errors import ConnectionLost, WireError
 from nodefleet.logging import get_logger
+from nodefleet.wire import Client, Message
 
 log = get_logger(__name__)
 
 
-class CredentialError(RuntimeError):
+class CredentialError(WireError):
     """The broker did not take a credential change; nothing was registered."""
 
 
@@ -67,26 +66,26 @@ def _missing(response: dict[str, Any]) -> bool:
 class DynamicSecurity:
     """Sends dynamic-security commands on a connected client; ``feed`` routes the responses back."""
 
-    def __init__(self, client: aiomqtt.Client | None = None, *, timeout: float = 5.0) -> None:
+    def __init__(self, client: Client | None = None, *, timeout: float = 5.0) -> None:
         self.client = client
         self._timeout = timeout
         self._waiting: dict[str, asyncio.Future[list[dict[str, Any]]]] = {}
         self.response_topic = Topics.dynsec_response()
 
-    async def start(self, client: aiomqtt.Client) -> None:
+    async def start(self, client: Client) -> None:
         """Use ``client`` (a new one after each reconnect) and subscribe to the responses."""
         self.client = client
         await client.subscribe(self.response_topic, qos=1)
 
-    def feed(self, message: aiomqtt.Message) -> bool:
+    def feed(self, message: Message) -> bool:
         """Route a received message to the command waiting for it; True if it was a response."""
-        if str(message.topic) != self.response_topic:
+        if message.topic != self.response_topic:
             return False
         try:
-            responses = json.loads(message.payload)["responses"]  # type: ignore[arg-type]
+            responses = json.loads(message.payload)["responses"]
             transaction = str(responses[0].get("correlationData", "")).split(":")[0]
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            log.warning("dynsec_bad_response", payload=bytes(message.payload)[:200])  # type: ignore[arg-type]
+            log.warning("dynsec_bad_response", payload=message.payload[:200])
             return True
         future = self._waiting.pop(transaction, None)
         if future is not None and not future.done():
@@ -101,7 +100,7 @@ class DynamicSecurity:
         self._waiting[transaction] = future
         try:
             if self.client is None:
-                raise aiomqtt.MqttError("not connected")
+                raise ConnectionLost("not connected")
             await self.client.publish(Topics.dynsec_control(), json.dumps(body), qos=1)
             responses = await asyncio.wait_for(future, self._timeout)
         except TimeoutError as exc:
@@ -109,7 +108,7 @@ class DynamicSecurity:
                 f"the broker did not answer dynamic-security commands within {self._timeout:g} s: is its dynamic-security "
                 f"plugin loaded and may this service's user publish to {Topics.dynsec_control()}?"
             ) from exc
-        except aiomqtt.MqttError as exc:
+        except WireError as exc:
             raise CredentialError(f"lost the broker while changing credentials: {exc}") from exc
         finally:
             self._waiting.pop(transaction, None)

@@ -21,6 +21,7 @@ from nodefleet.contracts.provisioning import (
     HTTP_STATUS_PATH,
     RegisterRequest,
 )
+from nodefleet.errors import RequestError, StartupError
 from nodefleet.fleet import ErrorReporter
 from nodefleet.logging import get_logger
 
@@ -42,11 +43,13 @@ _REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 405
             431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
-class HttpEdgeError(RuntimeError):
+class HttpEdgeError(StartupError):
     """The HTTP edge could not start."""
 
 
-class HttpError(Exception):
+class HttpError(RequestError):
+    """Answer the HTTP request with ``status`` and ``{"error": message}``."""
+
     def __init__(self, status: int, message: str, *, allow: str | None = None) -> None:
         super().__init__(message)
         self.status = status

@@ -1,15 +1,15 @@
-"""The registry in PostgreSQL: homes and devices, with versioned migrations.
+r"""The registry in PostgreSQL: homes and devices, with versioned migrations.
 
 Migrations are ``migrations/NNN_name.sql``, applied once each in order under
 an advisory lock and recorded in ``provisioner_schema_migrations`` (distinct
 from the telemetry service's table, as both may share one database).
 
-Exception tree at this seam (all ValueError/LookupError, so a fleet request
-answers them as errors)::
+Errors at this seam are :class:`~nodefleet.errors.InputError` (ValueErrors,
+so a fleet request answers them as errors; the tree is in :mod:`nodefleet.errors`)::
 
-    RegistryError(ValueError)  bad input the registry refused
+    RegistryError              bad input the registry refused
         Conflict               a name, chip id or state clash
-    NotFound(LookupError)      no such home, device or provisioning id
+    NotFound (LookupError)     no such home, device or provisioning id
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 
 from nodefleet import migrations
+from nodefleet.errors import InputError
 from nodefleet.logging import get_logger
 
 log = get_logger(__name__)
@@ -33,7 +34,7 @@ _DEVICE_COLUMNS = ("node, home_id, device_name, provisioning_id, chip_id, status
                    "last_seen, username, config, config_version, config_applied, caps, refused_code, refused_chip, refused_reason")
 
 
-class RegistryError(ValueError):
+class RegistryError(InputError):
     """Input the registry refuses; the message says what to do."""
 
 
@@ -46,7 +47,7 @@ class Conflict(RegistryError):
         """``name`` or ``chip`` when a registration clashed with an active device's name or chip id."""
 
 
-class NotFound(LookupError):
+class NotFound(InputError, LookupError):
     """No such home, device or provisioning id."""
 
 

@@ -17,21 +17,18 @@ import json
 import time
 from typing import Any
 
-import aiomqtt
 from pydantic import ValidationError
 
-from nodefleet.backoff import Backoff
 from nodefleet.contracts import OFFLINE, State
 from nodefleet.contracts.scheduling import SCHEDULER_SERVICE
 from nodefleet.contracts.topics import Command, NodeTopic, TopicError
 from nodefleet.fleet import ErrorReporter, answer, presence
 from nodefleet.logging import get_logger
-from nodefleet.mqtt import BrokerAddress, client
+from nodefleet.wire import BrokerAddress, Client, NotSent, Publisher, Reconnect, Will
 
 from .gcpacer import GcPacer
 from .nodes import BadSchedule, parse_schedule, parse_tz
 from .planner import Planner
-from .publisher import NotSent, Publisher
 from .requests import handlers
 from .rulebook import Run
 from .settings import SchedulerSettings
@@ -69,9 +66,10 @@ class Scheduler:
         self.planner = Planner(store=store, grace=settings.grace, lease=settings.lease, send=self.send_backups,
                                publish=self.publish_events)
         self.address = BrokerAddress.parse(settings.mqtt_url)
-        # Backups and run events go out on a connection of their own (see publisher.py).
+        # Backups and run events go out on a connection of their own (nodefleet.wire.Publisher).
         self.publisher = Publisher(self.address, client_id=f"nodefleet-sched-pub-{settings.instance}"[:64],
                                    keepalive=settings.keepalive)
+        self.reconnect = Reconnect(self.address, event="scheduler_connection_lost")
         self.connected = asyncio.Event()
         self.settled = asyncio.Event()
         self._last_message = time.monotonic()
@@ -169,38 +167,29 @@ class Scheduler:
             group.create_task(self._subscriber())
 
     async def _subscriber(self) -> None:
-        address = self.address
-        backoff = Backoff()
-        while True:
-            backoff.attempt()
-            try:
-                await self._session(address)
-            except aiomqtt.MqttError as exc:
-                log.warning("scheduler_connection_lost", broker=address.url, error=str(exc),
-                            retry_in=round(backoff.next_pause, 2))
-            self.connected.clear()
-            await backoff.wait()
+        await self.reconnect.run(self._session, down=self.connected.clear)
 
-    async def _session(self, address: BrokerAddress) -> None:
+    async def _session(self) -> None:
         status = self.topics.service_status(SCHEDULER_SERVICE, self.settings.instance)
-        will = aiomqtt.Will(status, OFFLINE, qos=1, retain=True)
+        will = Will(status, OFFLINE, qos=1, retain=True)
         client_id = f"nodefleet-scheduler-{self.settings.instance}"[:64]
-        async with client(address, client_id=client_id, will=will, keepalive=self.settings.keepalive) as mqtt:
+        async with Client(self.address, client_id=client_id, will=will, keepalive=self.settings.keepalive) as mqtt:
             for kind in (NodeTopic.SCHEDULE, NodeTopic.CONFIG, NodeTopic.STATE, NodeTopic.STATUS):
                 await mqtt.subscribe(self.topics.all_nodes(kind), qos=1)
             await mqtt.subscribe(self.topics.requests(SCHEDULER_SERVICE), qos=1)
             async with presence(mqtt, status, self.errors):
                 self._last_message = time.monotonic()
                 self.connected.set()
+                self.reconnect.up()
                 request_handlers = handlers(self)
                 requests_prefix = self.topics.requests(SCHEDULER_SERVICE)[:-1]
                 async for message in mqtt.messages:
-                    topic = str(message.topic)
+                    topic = message.topic
                     if topic.startswith(requests_prefix):
                         action = self.topics.request_action(topic)
-                        self._background(answer(mqtt, bytes(message.payload), request_handlers, action, self.errors))
+                        self._background(answer(mqtt, message.payload, request_handlers, action, self.errors))
                     else:
-                        self.on_message(topic, bytes(message.payload))
+                        self.on_message(topic, message.payload)
 
     async def settle(self) -> None:
         """Wait until the retained messages stopped arriving (the nodes' current state is known)."""

@@ -10,13 +10,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from nodefleet.contracts import ONLINE, Config, Schedule, State
+from nodefleet.errors import InputError
 
 from .rulebook import Run, Tz, check_schedule, tz_pairs
 
 SEEN_KEPT = 64  # run ids a node reported, kept per node (the node itself keeps 24)
 
 
-class BadSchedule(ValueError):
+class BadSchedule(InputError):
     """A schedule the contract or the rule engine rejects; the message names the problem."""
 
 

@@ -26,12 +26,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from nodefleet.errors import StorageUnavailable
 from nodefleet.logging import get_logger
+from nodefleet.wire import NotSent
 
 from .nodes import NodeView
-from .publisher import NotSent
 from .rulebook import Run, next_start, window
-from .store import TRANSIENT, Event, Store, StoreUnavailable
+from .store import TRANSIENT, Event, Store
 
 log = get_logger(__name__)
 
@@ -145,7 +146,7 @@ class Planner:
                     batch.append(heapq.heappop(self._heap)[2])
                 try:
                     await self.handle(batch)
-                except (StoreUnavailable, *TRANSIENT) as exc:
+                except (StorageUnavailable, *TRANSIENT) as exc:
                     # The database is away: the same checks again in a second (claims make a retry safe).
                     log.warning("database_unavailable", error=str(exc) or type(exc).__name__, checks=len(batch))
                     for due in batch:
@@ -282,7 +283,7 @@ class Planner:
         log.debug("backups_acknowledged", count=len(sent), ack_ms=round((self.clock() - written) * 1000, 1))
         try:
             await self.store.mark_sent([(node, run.run_id) for node, run, _ in sent])
-        except (StoreUnavailable, *TRANSIENT) as exc:
+        except (StorageUnavailable, *TRANSIENT) as exc:
             self._not_sent(sent, exc)
             return
         self.counts.backups += len(sent)

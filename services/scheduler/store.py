@@ -53,10 +53,6 @@ _LOCK = 0x5C4ED01E  # advisory lock: two instances starting together migrate one
 TRANSIENT = pg_errors.TRANSIENT  # re-exported for the planner
 
 
-class StoreUnavailable(RuntimeError):
-    """PostgreSQL cannot be reached now; the work can be retried."""
-
-
 _CLAIM = """
     INSERT INTO scheduler_events (node, run_id, kind, rule, action, start, "end", ts, instance, detail)
     SELECT n, r, $1, ru, a, s, e, $2, $3, d

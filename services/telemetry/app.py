@@ -15,9 +15,8 @@ import asyncpg
 from nodefleet.contracts import NodeTopic
 from nodefleet.contracts.queries import TELEMETRY_SERVICE
 from nodefleet.fleet import ErrorReporter
-from nodefleet.ingest import AckingSubscriber
 from nodefleet.logging import get_logger
-from nodefleet.mqtt import BrokerAddress
+from nodefleet.wire import AckingSubscriber, BrokerAddress
 
 from . import schema
 from .control import ControlPlane

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import asyncio
 
-import aiomqtt
-
-from nodefleet.backoff import Backoff
 from nodefleet.contracts import OFFLINE
 from nodefleet.contracts.queries import TELEMETRY_SERVICE
 from nodefleet.fleet import ErrorReporter, Handler, answer, presence
 from nodefleet.logging import get_logger
-from nodefleet.mqtt import BrokerAddress, client
+from nodefleet.wire import BrokerAddress, Client, Reconnect, Will
 
 from .settings import TelemetrySettings
 
@@ -31,31 +28,24 @@ class ControlPlane:
         self.errors = errors
         self.address = BrokerAddress.parse(settings.mqtt_url)
         self.status_topic = self.topics.service_status(TELEMETRY_SERVICE, settings.instance)
+        self.reconnect = Reconnect(self.address, event="control_connection_lost")
         self.ready = asyncio.Event()
         self._requests: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
-        """Stay connected (reconnect with backoff) until cancelled."""
-        backoff = Backoff()
-        while True:
-            backoff.attempt()
-            try:
-                await self._session()
-            except aiomqtt.MqttError as exc:
-                log.warning("control_connection_lost", broker=self.address.url, error=str(exc),
-                            retry_in=round(backoff.next_pause, 2))
-            self.ready.clear()
-            await backoff.wait()
+        """Stay connected (the wire's reconnect policy) until cancelled."""
+        await self.reconnect.run(self._session, down=self.ready.clear)
 
     async def _session(self) -> None:
-        will = aiomqtt.Will(self.status_topic, OFFLINE, qos=1, retain=True)
+        will = Will(self.status_topic, OFFLINE, qos=1, retain=True)
         control_id = f"{self.settings.client_id}-control-{self.settings.instance}"[:64]
-        async with client(self.address, client_id=control_id, clean_session=True, will=will) as mqtt:
+        async with Client(self.address, client_id=control_id, clean_session=True, will=will) as mqtt:
             await mqtt.subscribe(self.topics.requests(TELEMETRY_SERVICE), qos=1)
             async with presence(mqtt, self.status_topic, self.errors):
                 self.ready.set()
+                self.reconnect.up()
                 async for message in mqtt.messages:
-                    action = self.topics.request_action(str(message.topic))
-                    task = asyncio.create_task(answer(mqtt, message.payload, self.handlers, action, self.errors))  # type: ignore[arg-type]
+                    action = self.topics.request_action(message.topic)
+                    task = asyncio.create_task(answer(mqtt, message.payload, self.handlers, action, self.errors))
                     self._requests.add(task)
                     task.add_done_callback(self._requests.discard)

@@ -1,8 +1,6 @@
 """Connections to PostgreSQL: codecs, retry with backoff, and which errors are passing.
 
-Exception tree at this seam::
-
-    StorageUnavailable   the database cannot be reached now; retry later
+Raises :class:`nodefleet.errors.StorageUnavailable` when the database cannot be reached now.
 """
 
 from __future__ import annotations
@@ -13,16 +11,13 @@ import asyncpg
 
 from nodefleet import pg_errors
 from nodefleet.backoff import Backoff
+from nodefleet.errors import StorageUnavailable
 from nodefleet.logging import get_logger
 
 log = get_logger(__name__)
 
 TRANSIENT = pg_errors.TRANSIENT
 """Errors after which the same work can simply be retried later (re-exported for the telemetry modules)."""
-
-
-class StorageUnavailable(RuntimeError):
-    """PostgreSQL cannot be reached or refused the work for a passing reason."""
 
 
 def _encode_jsonb(value: str | dict | list) -> bytes:

@@ -15,10 +15,21 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from nodefleet.contracts import ONLINE, OFFLINE, Ack, Info, Log, NodeTopic, State, Telemetry, TopicError, Topics
+from nodefleet.contracts import (
+    OFFLINE,
+    ONLINE,
+    Ack,
+    Info,
+    Log,
+    NodeTopic,
+    State,
+    Telemetry,
+    TopicError,
+    Topics,
+)
 from nodefleet.contracts.payloads import MAX_PAYLOAD_BYTES
 from nodefleet.contracts.scheduling import RunEvent
-from nodefleet.ingest import Inbound
+from nodefleet.wire import Inbound
 
 DAY = 86_400
 _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)

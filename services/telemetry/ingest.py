@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 
 from nodefleet.fleet import ErrorReporter
-from nodefleet.ingest import AckingSubscriber, Inbound
 from nodefleet.logging import get_logger
+from nodefleet.wire import AckingSubscriber, Inbound
 
 from .decode import Decoded, Decoder, Rejected
 from .writer import BatchWriter

@@ -16,9 +16,10 @@ from nodefleet.contracts.queries import (
     TelemetryRow,
 )
 from nodefleet.contracts.scheduling import RunEventRow
+from nodefleet.errors import StorageUnavailable
 from nodefleet.fleet import Handler
 
-from .db import TRANSIENT, StorageUnavailable
+from .db import TRANSIENT
 
 _DEVICES = """
 SELECT n.node, n.online,

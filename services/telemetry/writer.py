@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncpg
 
 from nodefleet.backoff import Backoff
+from nodefleet.errors import StorageUnavailable
 from nodefleet.logging import get_logger
 
 from . import schema
-from .db import TRANSIENT, StorageUnavailable, connect
+from .db import TRANSIENT, connect
 from .decode import Decoded, Rejected
 
 log = get_logger(__name__)

@@ -20,8 +20,8 @@ from typing import Any
 from nodefleet.contracts import Topics
 from nodefleet.contracts.queries import TELEMETRY_SERVICE
 from nodefleet.fleet import ErrorReporter, Handler, answer
-from nodefleet.mqtt import BrokerAddress, client
 from nodefleet.paths import OPERATOR, LocalCredentials
+from nodefleet.wire import BrokerAddress, Client
 
 
 def cli_env(topics: Topics | None = None, *, data_dir: Path | None = None, **extra: str) -> dict[str, str]:
@@ -81,7 +81,7 @@ async def nodefleet(*args: str, env: dict[str, str], timeout: float = 20.0) -> R
 async def responder(broker_url: str, topics: Topics, handlers: dict[str, Handler]) -> AsyncIterator[None]:
     """Answers telemetry fleet requests with ``handlers``, over a real broker (stands in for the service)."""
     errors = ErrorReporter(TELEMETRY_SERVICE, topics)
-    async with client(BrokerAddress.parse(broker_url), client_id=f"responder-{uuid.uuid4().hex[:8]}") as mqtt:
+    async with Client(BrokerAddress.parse(broker_url), client_id=f"responder-{uuid.uuid4().hex[:8]}") as mqtt:
         await mqtt.subscribe(topics.requests(TELEMETRY_SERVICE), qos=1)
 
         async def serve() -> None:

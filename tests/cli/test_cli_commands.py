@@ -24,7 +24,7 @@ import pytest
 from nodefleet.contracts import Topics
 from nodefleet.contracts.queries import DeviceRow, LogRow, TelemetryRow
 from nodefleet.embedded.mosquitto import free_port
-from nodefleet.mqtt import BrokerAddress, client
+from nodefleet.wire import BrokerAddress, Client
 
 from .helpers import as_dicts, cli_env, nodefleet, responder
 
@@ -205,7 +205,7 @@ async def test_tail_prints_messages_as_they_come(mosquitto, topics: Topics) -> N
     env = cli_env(topics)
     one_node = await _start_tail("kitchen", "--count", "2", "--broker", mosquitto.url, env=env)
     every_node = await _start_tail("--count", "3", "--format", "json", "--broker", mosquitto.url, env=env)
-    async with client(BrokerAddress.parse(mosquitto.url), client_id="tail-test-publisher") as mqtt:
+    async with Client(BrokerAddress.parse(mosquitto.url), client_id="tail-test-publisher") as mqtt:
         await mqtt.publish(topics.telemetry("attic"), b'{"v":1,"seq":1,"readings":{"temperature":5.5}}', qos=1)
         await mqtt.publish(topics.telemetry("kitchen"), b"not json", qos=1)
         await mqtt.publish(topics.telemetry("kitchen"), b'{"v":1,"seq":2,"ts":1795000000,"readings":{"humidity":41}}', qos=1)

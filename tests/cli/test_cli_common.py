@@ -19,7 +19,6 @@ from nodefleet.cli.common import (
     parse_time,
     relative,
 )
-from nodefleet.mqtt import BrokerAddress
 from nodefleet.paths import (
     CREDENTIALS_FILE,
     OPERATOR,
@@ -27,6 +26,7 @@ from nodefleet.paths import (
     LocalCredentials,
     default_data_dir,
 )
+from nodefleet.wire import BrokerAddress
 
 NOW = 1_800_000_000.0
 

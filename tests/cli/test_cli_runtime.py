@@ -8,7 +8,6 @@ import sys
 import uuid
 from pathlib import Path
 
-import aiomqtt
 import asyncpg
 import pytest
 from conftest import wait_for
@@ -17,7 +16,6 @@ from nodefleet import runtime_services
 from nodefleet.contracts import Topics
 from nodefleet.embedded.mosquitto import free_port
 from nodefleet.embedded.postgres import port_is_free
-from nodefleet.mqtt import BrokerAddress, client
 from nodefleet.paths import DYNSEC_ADMIN, OPERATOR, LocalCredentials
 from nodefleet.runtime import (
     LOCK_FILE,
@@ -31,6 +29,7 @@ from nodefleet.runtime import (
 )
 from nodefleet.runtime_services import ServiceLoadError
 from nodefleet.settings import CommonSettings
+from nodefleet.wire import BrokerAddress, BrokerRefused, Client
 
 from .helpers import postmaster_pid
 
@@ -55,7 +54,7 @@ class EchoService:
             raise RuntimeError("cannot open the widget store")
         ping, pong = f"{settings.topic_root}/echo/ping", f"{settings.topic_root}/echo/pong"
         try:
-            async with client(BrokerAddress.parse(settings.mqtt_url), client_id=f"echo-{uuid.uuid4().hex[:8]}") as mqtt:
+            async with Client(BrokerAddress.parse(settings.mqtt_url), client_id=f"echo-{uuid.uuid4().hex[:8]}") as mqtt:
                 await mqtt.subscribe(ping, qos=1)
                 assert ready is not None
                 ready.set()
@@ -90,7 +89,7 @@ async def test_runs_a_registered_service_with_the_embedded_database(data_dir: Pa
         assert echo.settings is not None
         assert echo.settings.mqtt_url == mosquitto.url and echo.settings.database_url == info.database_url
         assert echo.settings.topic_root == topics.root
-        async with client(BrokerAddress.parse(mosquitto.url), client_id="echo-test") as mqtt:
+        async with Client(BrokerAddress.parse(mosquitto.url), client_id="echo-test") as mqtt:
             await mqtt.subscribe(f"{topics.root}/echo/pong", qos=1)
             await mqtt.publish(f"{topics.root}/echo/ping", b"hello", qos=1)
             async with asyncio.timeout(5):
@@ -242,7 +241,7 @@ async def test_each_service_logs_in_to_the_embedded_broker_as_itself(secure: boo
             assert info.credentials_file is None and not (data_dir / "broker-credentials.json").exists()
             assert echo_login.username is None and admin_login.username is None
             assert provisioner.settings.credentials == "none"  # type: ignore[union-attr]
-            async with client(BrokerAddress.parse(info.broker_url), client_id="anonymous"):
+            async with Client(BrokerAddress.parse(info.broker_url), client_id="anonymous"):
                 pass
             return
         stored = LocalCredentials.read(data_dir)
@@ -251,11 +250,11 @@ async def test_each_service_logs_in_to_the_embedded_broker_as_itself(secure: boo
         assert (admin_login.username, admin_login.password) == (DYNSEC_ADMIN, stored.passwords[DYNSEC_ADMIN])
         assert provisioner.settings.credentials == "dynsec"  # type: ignore[union-attr]
         assert extra_urls == [info.operator_url] and BrokerAddress.parse(info.operator_url).username == OPERATOR
-        with pytest.raises(aiomqtt.MqttCodeError):
-            async with client(BrokerAddress.parse(info.broker_url), client_id="anonymous"):
+        with pytest.raises(BrokerRefused):
+            async with Client(BrokerAddress.parse(info.broker_url), client_id="anonymous"):
                 pass
         # The echo service answers the operator: both logged in as themselves.
-        async with client(BrokerAddress.parse(info.operator_url), client_id="operator-test") as mqtt:
+        async with Client(BrokerAddress.parse(info.operator_url), client_id="operator-test") as mqtt:
             await mqtt.subscribe(f"{topics.root}/echo/pong", qos=1)
             await mqtt.publish(f"{topics.root}/echo/ping", b"hello", qos=1)
             async with asyncio.timeout(5):

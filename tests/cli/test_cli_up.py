@@ -18,8 +18,8 @@ from conftest import wait_for
 from nodefleet.contracts import Topics
 from nodefleet.embedded.mosquitto import Mosquitto, free_port
 from nodefleet.embedded.postgres import EmbeddedPostgres, port_is_free
-from nodefleet.mqtt import BrokerAddress, client
 from nodefleet.runtime_services import discover_services
+from nodefleet.wire import BrokerAddress, Client
 
 from .helpers import (
     children_of,
@@ -43,7 +43,7 @@ def up_env(topics: Topics) -> dict[str, str]:
 
 
 async def mqtt_round_trip(broker_url: str, topic: str) -> bytes:
-    async with client(BrokerAddress.parse(broker_url), client_id=f"up-test-{uuid.uuid4().hex[:8]}") as mqtt:
+    async with Client(BrokerAddress.parse(broker_url), client_id=f"up-test-{uuid.uuid4().hex[:8]}") as mqtt:
         await mqtt.subscribe(topic, qos=1)
         await mqtt.publish(topic, b"round trip", qos=1)
         async with asyncio.timeout(5):
@@ -129,7 +129,7 @@ async def test_up_with_external_broker_end_to_end(launch_up, data_dir: Path, top
         up = launch_up("--broker", broker.url, "--db-port", str(free_port()), data_dir=data_dir, env=env)
         banner = await up.wait_ready()
         assert banner["broker"] == f"{broker.url}  (external)" and banner["services"] == SERVICES
-        async with client(BrokerAddress.parse(broker.url), client_id="e2e-node") as node:
+        async with Client(BrokerAddress.parse(broker.url), client_id="e2e-node") as node:
             await node.publish(topics.status("porch"), b"online", qos=1, retain=True)
             await node.publish(topics.state("porch"), b'{"v":1,"seq":4,"relay":"ON","mode":"manual"}', qos=1, retain=True)
             for seq in (1, 2, 3):

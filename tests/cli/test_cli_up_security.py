@@ -12,14 +12,12 @@ import stat
 import uuid
 from pathlib import Path
 
-import aiomqtt
 import pytest
 from conftest import wait_for
 
 from nodefleet.contracts import Topics
 from nodefleet.contracts.provisioning import Registration
 from nodefleet.embedded.mosquitto import free_port
-from nodefleet.mqtt import BrokerAddress, client
 from nodefleet.paths import (
     CREDENTIALS_FILE,
     DYNSEC_ADMIN,
@@ -28,6 +26,7 @@ from nodefleet.paths import (
     mqtt_url,
 )
 from nodefleet.runtime_services import discover_services
+from nodefleet.wire import BrokerAddress, BrokerRefused, Client
 
 from .helpers import cli_env, nodefleet
 from .test_cli_up import mqtt_round_trip, up_env
@@ -38,19 +37,19 @@ pytestmark = pytest.mark.timeout(150)
 async def refused(url: str) -> bool:
     """True if the broker refuses this login at CONNECT."""
     try:
-        async with client(BrokerAddress.parse(url), client_id=f"probe-{uuid.uuid4().hex[:8]}"):
+        async with Client(BrokerAddress.parse(url), client_id=f"probe-{uuid.uuid4().hex[:8]}"):
             return False
-    except aiomqtt.MqttCodeError:
+    except BrokerRefused:
         return True
 
 
 async def received(watcher_url: str, watch: list[str], publisher_url: str, topics: list[str]) -> set[str]:
     """The topics a watcher subscribed to ``watch`` receives (retained ones aside) when ``publisher_url``
     publishes to each of ``topics``."""
-    async with client(BrokerAddress.parse(watcher_url), client_id=f"watch-{uuid.uuid4().hex[:8]}") as watcher:
+    async with Client(BrokerAddress.parse(watcher_url), client_id=f"watch-{uuid.uuid4().hex[:8]}") as watcher:
         for topic_filter in watch:
             await watcher.subscribe(topic_filter, qos=1)
-        async with client(BrokerAddress.parse(publisher_url), client_id=f"pub-{uuid.uuid4().hex[:8]}") as publisher:
+        async with Client(BrokerAddress.parse(publisher_url), client_id=f"pub-{uuid.uuid4().hex[:8]}") as publisher:
             for topic in topics:
                 await publisher.publish(topic, b"probe", qos=1)
         seen: set[str] = set()

@@ -9,16 +9,15 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aiomqtt
 import pytest
+from background import in_background
 from pydantic import ValidationError
 
-from nodefleet import mqtt
+from nodefleet import wire
 from nodefleet.contracts import NODE_PAYLOADS, Topics
 from nodefleet.contracts.topics import Command, NodeTopic
 from nodefleet.embedded.mosquitto import Mosquitto
 from nodefleet.sim import SimNode
-from background import in_background
 
 # Short periods so each test takes seconds: the same knobs a real deployment sets through config.
 FAST_CONFIG = {"v": 1, "version": 1, "telemetry_period": 1, "ap_after": 1}
@@ -27,7 +26,7 @@ FAST_CONFIG = {"v": 1, "version": 1, "telemetry_period": 1, "ap_after": 1}
 class Watch:
     """Subscribes to one node's topics; validates every JSON payload the node publishes with the contract models."""
 
-    def __init__(self, client: aiomqtt.Client, topics: Topics, node: str) -> None:
+    def __init__(self, client: wire.Client, topics: Topics, node: str) -> None:
         self.client = client
         self.topics = topics
         self.node = node
@@ -96,7 +95,7 @@ class Watch:
 
 @contextlib.asynccontextmanager
 async def watching(broker: Mosquitto, topics: Topics, node: str) -> AsyncIterator[Watch]:
-    client = mqtt.client(mqtt.BrokerAddress.parse(broker.url), client_id=f"watch-{uuid.uuid4().hex[:8]}")
+    client = wire.Client(wire.BrokerAddress.parse(broker.url), client_id=f"watch-{uuid.uuid4().hex[:8]}")
     async with client:
         watch = Watch(client, topics, node)
         await client.subscribe(f"{topics.prefix(node)}/#", qos=1)

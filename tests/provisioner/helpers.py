@@ -9,24 +9,23 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiomqtt
-
-from nodefleet import mqtt
-from nodefleet.contracts import Info, Topics
 from background import in_background
+
+from nodefleet import wire
+from nodefleet.contracts import Info, Topics
 
 from .conftest import ADMIN
 
 
-def node_client(broker: Any, username: str, password: str) -> aiomqtt.Client:
-    address = mqtt.BrokerAddress(broker.host, broker.port, username, password)
-    return mqtt.client(address, client_id=f"{username}-{uuid.uuid4().hex[:6]}")
+def node_client(broker: Any, username: str, password: str) -> wire.Client:
+    address = wire.BrokerAddress(broker.host, broker.port, username, password)
+    return wire.Client(address, client_id=f"{username}-{uuid.uuid4().hex[:6]}")
 
 
 class Watcher:
     """An admin client collecting every message under the given filters."""
 
-    def __init__(self, client: aiomqtt.Client) -> None:
+    def __init__(self, client: wire.Client) -> None:
         self.client = client
         self.messages: list[tuple[str, bytes, bool]] = []
         self.arrived = asyncio.Event()
@@ -59,7 +58,7 @@ async def watching(broker: Any, *filters: str) -> AsyncIterator[Watcher]:
             yield watcher
 
 
-async def come_online(client: aiomqtt.Client, topics: Topics, node: str, chip_id: str,
+async def come_online(client: wire.Client, topics: Topics, node: str, chip_id: str,
                       caps: tuple[str, ...] = ("switch", "temperature", "humidity")) -> None:
     """What the firmware does on connect: retained online, then its retained info."""
     await client.publish(topics.status(node), "online", qos=1, retain=True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-import aiomqtt
 import pytest
 
 from nodefleet.contracts.provisioning import RegisterRequest
+from nodefleet.wire import WireError
 
 from .conftest import SERVICE
 from .helpers import come_online, node_client, watching
@@ -41,13 +41,13 @@ async def test_node_credentials_are_confined_to_the_node(provisioner, dynsec_bro
 async def test_wrong_password_and_revoked_node_are_refused(provisioner, dynsec_broker, topics):
     reg = await provisioner.registry.register(RegisterRequest(home_id="home", device_name="Heater"))
     cfg = reg.mqtt_config
-    with pytest.raises(aiomqtt.MqttError):
+    with pytest.raises(WireError):
         async with node_client(dynsec_broker, cfg.username, cfg.password + "x"):
             pass
     async with node_client(dynsec_broker, cfg.username, cfg.password):
         pass
     await provisioner.registry.remove(cfg.node_name)
-    with pytest.raises(aiomqtt.MqttError):
+    with pytest.raises(WireError):
         async with node_client(dynsec_broker, cfg.username, cfg.password):
             pass
     assert (await provisioner.registry.status(reg.provisioning_id)).status == "revoked"
@@ -81,7 +81,7 @@ async def test_a_service_user_of_the_mosquitto_file_uses_every_topic(dynsec_mosq
     async with node_client(dynsec_mosquitto, *SERVICE) as client:
         assert (await client.subscribe(f"{topics.root}/#", qos=1))[0] in (0, 1)
         await client.publish(topics.state("any-node"), b"{}", qos=1)
-    with pytest.raises(aiomqtt.MqttError):
+    with pytest.raises(WireError):
         async with node_client(dynsec_mosquitto, SERVICE[0], "wrong"):
             pass
 
@@ -108,7 +108,7 @@ async def test_embedded_node_credentials_survive_a_broker_restart(tmp_path, data
             assert (await client.subscribe(topics.node_inbox(cfg.node_name)[0], qos=1))[0] in (0, 1)
             assert (await client.subscribe(f"{topics.root}/#", qos=1))[0] == 128
         for username, password in ((cfg.username, "wrong"), (gone.mqtt_config.username, gone.mqtt_config.password)):
-            with pytest.raises(aiomqtt.MqttError):
+            with pytest.raises(WireError):
                 async with node_client(again, username, password):
                     pass
     finally:

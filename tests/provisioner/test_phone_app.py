@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 
-import aiomqtt
 import pytest
 
 from nodefleet.contracts.provisioning import is_temporary_chip
 from nodefleet.sim import SimNode
+from nodefleet.wire import WireError
 
 from .conftest import running
 from .helpers import come_online, http, node_client, watching
@@ -99,7 +99,7 @@ async def test_retrying_the_same_device_replaces_its_pending_registration(servic
     assert status == 201, second
     assert (await _status(port, first["provisioning_id"]))["status"] == "revoked"
     old, new = first["mqtt_config"], second["mqtt_config"]
-    with pytest.raises(aiomqtt.MqttError):  # the replaced registration's login is gone from the broker
+    with pytest.raises(WireError):  # the replaced registration's login is gone from the broker
         async with node_client(dynsec_mosquitto, old["username"], old["password"]):
             pass
     async with node_client(dynsec_mosquitto, new["username"], new["password"]) as client:

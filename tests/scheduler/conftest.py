@@ -13,17 +13,16 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aiomqtt
 import pytest
+from background import in_background
 
-from nodefleet import mqtt
+from nodefleet import wire
 from nodefleet.contracts import Topics
 from nodefleet.contracts.scheduling import SCHEDULER_SERVICE
 from nodefleet.contracts.topics import Command, NodeTopic
 from nodefleet.embedded.mosquitto import Mosquitto
 from nodefleet.fleet import Requester
 from nodefleet.sim import SimNode
-from background import in_background
 from services.scheduler.app import serve
 from services.scheduler.settings import SchedulerSettings
 from services.telemetry.app import serve as serve_telemetry
@@ -49,7 +48,7 @@ def node_config(offset: int) -> dict[str, Any]:
 class Watch:
     """Every message under the test's roots, with its arrival time."""
 
-    def __init__(self, client: aiomqtt.Client, topics: Topics) -> None:
+    def __init__(self, client: wire.Client, topics: Topics) -> None:
         self.client = client
         self.topics = topics
         self.messages: list[tuple[float, str, bytes]] = []
@@ -103,7 +102,7 @@ class Watch:
 
 @pytest.fixture
 async def watch(mosquitto: Mosquitto, topics: Topics) -> AsyncIterator[Watch]:
-    client = mqtt.client(mqtt.BrokerAddress.parse(mosquitto.url), client_id=f"watch-{uuid.uuid4().hex[:8]}")
+    client = wire.Client(wire.BrokerAddress.parse(mosquitto.url), client_id=f"watch-{uuid.uuid4().hex[:8]}")
     async with client:
         w = Watch(client, topics)
         await client.subscribe(f"{topics.root}/#", qos=1)

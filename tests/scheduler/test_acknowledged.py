@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from nodefleet.wire import NotSent
 from services.scheduler.planner import Planner
-from services.scheduler.publisher import NotSent
 from services.scheduler.store import Event, Store
 
 from .conftest import aligned, schedule

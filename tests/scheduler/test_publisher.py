@@ -9,11 +9,9 @@ import uuid
 import broker_security
 import pytest
 
-from nodefleet import mqtt
+from nodefleet import wire
 from nodefleet.embedded.mosquitto import Mosquitto, free_port
-from nodefleet.mqtt import BrokerAddress
-from nodefleet import mqtt_packets as packets
-from services.scheduler.publisher import NotSent, Publisher
+from nodefleet.wire import BrokerAddress, NotSent, Publisher, packets
 
 
 @contextlib.asynccontextmanager
@@ -41,7 +39,7 @@ async def test_a_batch_arrives_whole_and_is_acknowledged(broker):
     address = BrokerAddress(broker.host, broker.port)
     topic = f"pub-{uuid.uuid4().hex[:8]}"
     sent = [(f"{topic}/{i % 7}", f"message {i}".encode()) for i in range(3000)]
-    async with mqtt.client(address, client_id=f"rx-{uuid.uuid4().hex[:8]}") as rx:
+    async with wire.Client(address, client_id=f"rx-{uuid.uuid4().hex[:8]}") as rx:
         await rx.subscribe(f"{topic}/#", qos=1)
         async with running(Publisher(address, client_id=f"tx-{uuid.uuid4().hex[:8]}", keepalive=5)) as publisher:
             await asyncio.wait_for(publisher.connected.wait(), 10)
@@ -88,7 +86,7 @@ async def test_reconnects_after_the_broker_restarts():
                 publisher.publish([("a/b", b"x")], qos=1)
             broker.start()
             await asyncio.wait_for(publisher.connected.wait(), 20)
-            async with mqtt.client(address, client_id=f"rx-{uuid.uuid4().hex[:8]}") as rx:
+            async with wire.Client(address, client_id=f"rx-{uuid.uuid4().hex[:8]}") as rx:
                 await rx.subscribe("a/b", qos=1)
                 publisher.publish([("a/b", b"after")], qos=1)
                 async with asyncio.timeout(10):

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from nodefleet.mqtt import BrokerAddress, client
+from nodefleet.wire import BrokerAddress, Client
 
 from .helpers import Running, make_settings, start, stop
 
@@ -27,5 +27,5 @@ async def service(mosquitto, database, topics) -> AsyncIterator[Running]:
 
 @pytest.fixture
 async def publisher(mosquitto) -> AsyncIterator:
-    async with client(BrokerAddress.parse(mosquitto.url), client_id=f"pub-{uuid.uuid4().hex[:8]}") as mqtt:
+    async with Client(BrokerAddress.parse(mosquitto.url), client_id=f"pub-{uuid.uuid4().hex[:8]}") as mqtt:
         yield mqtt

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
+from background import in_background
 
 from nodefleet.contracts import ErrorEvent, Topics
-from nodefleet.mqtt import BrokerAddress, client
-from background import in_background
+from nodefleet.wire import BrokerAddress, Client
 from services.telemetry.app import serve
 from services.telemetry.settings import TelemetrySettings
 
@@ -60,7 +60,7 @@ async def stop(task: asyncio.Task[None]) -> None:
 async def collecting_errors(mosquitto, topics: Topics) -> AsyncIterator[list[ErrorEvent]]:
     """Every ErrorEvent published on the errors topic while the block runs, in a list that fills as they come."""
     events: list[ErrorEvent] = []
-    async with client(BrokerAddress.parse(mosquitto.url), client_id=f"err-{uuid.uuid4().hex[:8]}") as watcher:
+    async with Client(BrokerAddress.parse(mosquitto.url), client_id=f"err-{uuid.uuid4().hex[:8]}") as watcher:
         await watcher.subscribe(topics.errors(), qos=1)
 
         async def collect() -> None:

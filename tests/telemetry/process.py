@@ -13,11 +13,9 @@ import time
 import uuid
 from pathlib import Path
 
-import aiomqtt
-
 from nodefleet.contracts import Topics
-from nodefleet.mqtt import BrokerAddress, client
 from nodefleet.processes import stop_process
+from nodefleet.wire import BrokerAddress, Client
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,7 +93,7 @@ class Load:
         """Publish ``count`` rounds (one message per node each) at about ``rate`` messages/s."""
         slots = asyncio.Semaphore(self.window)
         pending: set[asyncio.Task[None]] = set()
-        async with client(self.address, client_id=f"load-{uuid.uuid4().hex[:8]}", max_queued_outgoing=10_000) as mqtt:
+        async with Client(self.address, client_id=f"load-{uuid.uuid4().hex[:8]}", max_queued_outgoing=10_000) as mqtt:
             started = time.monotonic()
             sent_here = 0
             for seq in range(start_seq, start_seq + count):
@@ -111,7 +109,7 @@ class Load:
                     await asyncio.sleep(ahead)
             await asyncio.gather(*pending)
 
-    async def _one(self, mqtt: aiomqtt.Client, node: str, seq: int, slots: asyncio.Semaphore) -> None:
+    async def _one(self, mqtt: Client, node: str, seq: int, slots: asyncio.Semaphore) -> None:
         try:
             await mqtt.publish(self.topics.telemetry(node), self.body(seq), qos=1)
             self.acked.add((node, seq))

@@ -9,7 +9,7 @@ import time
 from conftest import wait_for
 
 from nodefleet.contracts import MAX_PAYLOAD_BYTES, Topics
-from nodefleet.ingest import Inbound
+from nodefleet.wire import Inbound
 from services.telemetry import schema
 from services.telemetry.decode import Decoder
 

@@ -9,12 +9,18 @@ import uuid
 
 import asyncpg
 import pytest
-
 from conftest import wait_for
+
 from nodefleet.contracts import Topics
-from nodefleet.contracts.queries import DeviceRow, LogRow, LogsQuery, TelemetryQuery, TelemetryRow
+from nodefleet.contracts.queries import (
+    DeviceRow,
+    LogRow,
+    LogsQuery,
+    TelemetryQuery,
+    TelemetryRow,
+)
 from nodefleet.fleet import Requester, RequestError
-from nodefleet.mqtt import BrokerAddress, client
+from nodefleet.wire import BrokerAddress, Client
 from services.telemetry import schema
 from services.telemetry.app import maintain
 from services.telemetry.db import create_pool
@@ -24,7 +30,7 @@ from .helpers import make_settings, start, stop
 
 async def _ask(mosquitto, topics: Topics, action: str, data) -> object:
     requester_id = f"cli-{uuid.uuid4().hex[:8]}"
-    async with client(BrokerAddress.parse(mosquitto.url), client_id=requester_id) as mqtt:
+    async with Client(BrokerAddress.parse(mosquitto.url), client_id=requester_id) as mqtt:
         requester = Requester(mqtt, topics, client_id=requester_id)
         await requester.start()
 
@@ -71,7 +77,7 @@ async def test_fleet_queries_answer_devices_telemetry_and_logs(service, publishe
 
 
 async def test_service_status_is_retained_online(service, mosquitto, topics: Topics):
-    async with client(BrokerAddress.parse(mosquitto.url), client_id=f"w-{uuid.uuid4().hex[:8]}") as mqtt:
+    async with Client(BrokerAddress.parse(mosquitto.url), client_id=f"w-{uuid.uuid4().hex[:8]}") as mqtt:
         await mqtt.subscribe(topics.service_status("telemetry", service.settings.instance), qos=1)
         async with asyncio.timeout(5):
             async for message in mqtt.messages:

@@ -7,13 +7,11 @@ import json
 import time
 
 import asyncpg
-
 from conftest import wait_for
+
 from nodefleet.contracts import Topics
 from nodefleet.embedded.mosquitto import Mosquitto
-from nodefleet import mqtt_packets as packets
-from nodefleet.ingest import AckingSubscriber
-from nodefleet.mqtt import BrokerAddress, client
+from nodefleet.wire import AckingSubscriber, BrokerAddress, Client, packets
 
 from .helpers import make_settings, start, stop
 from .test_queries_and_schema import _ask
@@ -46,7 +44,7 @@ async def test_broker_restart_is_ridden_out(database, topics: Topics):
         broker.start()
         # This broker keeps no sessions across a restart: the service must subscribe again by itself.
         async def stored() -> bool:
-            async with client(BrokerAddress.parse(broker.url), client_id="restart-pub") as mqtt:
+            async with Client(BrokerAddress.parse(broker.url), client_id="restart-pub") as mqtt:
                 body = {"v": 1, "seq": int(time.time() * 1000), "ts": time.time(), "readings": {"t": 1}}
                 await mqtt.publish(topics.telemetry("r1"), json.dumps(body), qos=1)
             return await db.fetchval("SELECT count(*) FROM telemetry") > 0
@@ -73,7 +71,7 @@ async def test_subscriber_with_a_full_buffer_still_subscribes_then_drains_in_ord
 
     subscriber, task = await connected(5)
     await _stop(task)
-    async with client(address, client_id=f"pub-{time.time_ns()}") as mqtt:
+    async with Client(address, client_id=f"pub-{time.time_ns()}") as mqtt:
         for seq in range(200):
             await mqtt.publish(topic, str(seq), qos=1)
     # 200 messages wait in the session; a buffer of 5 must not keep SUBACK unread.

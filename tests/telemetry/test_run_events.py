@@ -12,7 +12,7 @@ from nodefleet.contracts import Topics
 from nodefleet.contracts.queries import RunEventsQuery
 from nodefleet.contracts.scheduling import RunEventRow
 from nodefleet.fleet import RequestError
-from nodefleet.ingest import Inbound
+from nodefleet.wire import Inbound
 from services.telemetry.app import ingest_filters, maintain
 from services.telemetry.db import create_pool
 from services.telemetry.decode import Decoder

@@ -1,15 +1,14 @@
-"""One place that turns settings into MQTT connections (MQTT 3.1.1 everywhere)."""
+"""Where the broker is: ``mqtt://[user:password@]host[:port]`` parsed once."""
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-import aiomqtt
+from ..errors import InputError
 
 
-class BrokerUrlError(ValueError):
+class BrokerUrlError(InputError):
     """A broker URL nodefleet cannot use."""
 
 
@@ -45,35 +44,3 @@ class BrokerAddress:
         user = f"{self.username}@" if self.username else ""
         return f"mqtt://{user}{self.host}:{self.port}"
 
-
-def client(
-    address: BrokerAddress,
-    *,
-    client_id: str,
-    clean_session: bool = True,
-    will: aiomqtt.Will | None = None,
-    keepalive: int = 30,
-    max_queued_outgoing: int | None = None,
-    nodelay: bool = False,
-    max_inflight: int | None = None,
-) -> aiomqtt.Client:
-    """An aiomqtt client for ``address`` speaking MQTT 3.1.1.
-
-    ``nodelay`` turns Nagle's algorithm off: a request/reply client otherwise waits for
-    delayed ACKs (about 40 ms) whenever two small packets follow each other.
-    ``max_inflight`` raises paho's window of unacknowledged QoS 1 publishes (20).
-    """
-    return aiomqtt.Client(
-        address.host,
-        address.port,
-        username=address.username,
-        password=address.password,
-        identifier=client_id,
-        protocol=aiomqtt.ProtocolVersion.V311,
-        clean_session=clean_session,
-        will=will,
-        keepalive=keepalive,
-        max_queued_outgoing_messages=max_queued_outgoing,
-        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)] if nodelay else None,
-        max_inflight_messages=max_inflight,
-    )

@@ -1,9 +1,9 @@
 """The few MQTT 3.1.1 packets our own clients need, encoded and decoded.
 
-Two clients of our own speak MQTT without a library: the acking subscriber
-of :mod:`nodefleet.ingest` (sends CONNECT, SUBSCRIBE, PUBACK, PINGREQ,
-DISCONNECT; receives CONNACK, SUBACK, PUBLISH, PINGRESP) and the scheduler's
-publish-only connection (sends CONNECT, PUBLISH, PINGREQ; receives CONNACK,
+Two clients of our own speak MQTT without a library, both on
+:mod:`nodefleet.wire.link`: the acking subscriber (sends CONNECT, SUBSCRIBE,
+PUBACK, PINGREQ, DISCONNECT; receives CONNACK, SUBACK, PUBLISH, PINGRESP) and
+the fast publisher (sends CONNECT, PUBLISH, PINGREQ; receives CONNACK,
 PUBACK, PINGRESP).  :class:`PacketReader` splits a byte stream into packets
 without copying more than each packet's own bytes.
 """
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+
+from ..errors import ProtocolError
 
 CONNECT = 0x10
 CONNACK = 0x20
@@ -29,21 +31,9 @@ DISCONNECT = 0xE0
 MAX_PACKET = 268_435_455
 """Largest remaining length MQTT can express."""
 
-CONNACK_REASONS = {
-    1: "unacceptable protocol version",
-    2: "client id rejected",
-    3: "server unavailable",
-    4: "bad user name or password",
-    5: "not authorised",
-}
-
 PINGREQ_PACKET = bytes((PINGREQ, 0))
 DISCONNECT_PACKET = bytes((DISCONNECT, 0))
 _PUBACK = struct.Struct(">BBH")
-
-
-class ProtocolError(RuntimeError):
-    """The broker sent something that is not MQTT 3.1.1 as we expect it."""
 
 
 def _length(n: int) -> bytes:

@@ -6,9 +6,16 @@ receipt, so a crash before the commit leaves the messages with the broker,
 which redelivers them to the same persistent session (same client id,
 clean_session=0).  When the buffer holds ``buffer_limit`` messages the socket
 is no longer read: the broker keeps queueing, and memory stays bounded.
-Connection loss is handled inside :meth:`run` (reconnect with backoff);
-messages of a lost connection cannot be acknowledged any more and will come
-again, so the caller must store idempotently.
+Connection loss is handled inside :meth:`run` (the one reconnect policy,
+:class:`~nodefleet.wire.reconnect.Reconnect`); messages of a lost connection
+cannot be acknowledged any more and will come again, so the caller must
+store idempotently.
+
+Why not paho with ``manual_ack=True``: it can hold acknowledgements back too,
+but measured on the same load (``bench/telemetry_ingest.py``, its
+``paho_manual_ack_msgs_per_s``) it receives at about half this subscriber's
+rate: a callback and a message object per PUBLISH, each packet read in
+several system calls.
 """
 
 from __future__ import annotations
@@ -20,16 +27,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..backoff import Backoff
+from ..errors import BrokerRefused, ProtocolError
 from ..logging import get_logger
-from ..mqtt import BrokerAddress
-from .. import mqtt_packets as packets
-from ..mqtt_packets import ProtocolError
+from . import packets
+from .address import BrokerAddress
+from .link import Link, open_link
+from .reconnect import Reconnect
 
 log = get_logger(__name__)
-
-
-class ConnectionRefused(RuntimeError):
-    """The broker answered CONNECT or SUBSCRIBE with a refusal."""
 
 
 @dataclass(slots=True)
@@ -43,33 +48,21 @@ class Inbound:
     link: int
 
 
-class _Link(asyncio.Protocol):
-    """One TCP connection; parses packets and hands them to the subscriber."""
+class _Link(Link):
+    """One connection; parses PUBLISHes straight into the subscriber's buffer."""
 
     def __init__(self, owner: AckingSubscriber, number: int) -> None:
+        super().__init__()
         self.owner = owner
         self.number = number
-        self.reader = packets.PacketReader()
-        self.transport: asyncio.Transport | None = None
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.connack: asyncio.Future[tuple[bool, int]] = asyncio.get_running_loop().create_future()
         self.suback: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self.last_received = time.monotonic()
-        self.paused = False
         # Not paused before SUBACK: a full buffer must not keep us from reading the broker's answer.
         self.subscribed = False
         self.leaving = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-
     def data_received(self, data: bytes) -> None:
         now = time.time()
-        self.last_received = time.monotonic()
+        self.heard = time.monotonic()
         buffer = self.owner._buffer
         parse = packets.parse_publish
         try:
@@ -86,8 +79,8 @@ class _Link(asyncio.Protocol):
                     buffer.append(Inbound(topic, payload, now, packet_id, self.number))
                 elif kind == packets.PUBREL:
                     self.transport.write(packets.pubcomp((body[0] << 8) | body[1]))  # type: ignore[union-attr]
-                elif kind == packets.CONNACK and not self.connack.done():
-                    self.connack.set_result((bool(body[0] & 1), body[1]))
+                elif kind == packets.CONNACK:
+                    self.on_connack(body)
                 elif kind == packets.SUBACK and not self.suback.done():
                     self.suback.set_result(body[2:])
         except (ProtocolError, IndexError) as exc:
@@ -96,21 +89,8 @@ class _Link(asyncio.Protocol):
             return
         if buffer:
             self.owner._data.set()
-            if self.subscribed and len(buffer) >= self.owner.buffer_limit:
-                self.pause()
-
-    def pause(self) -> None:
-        if not self.paused and self.transport is not None and not self.transport.is_closing():
-            self.paused = True
-            self.transport.pause_reading()
-            self.owner.pauses += 1
-
-    def resume(self) -> None:
-        if self.paused and self.transport is not None and not self.transport.is_closing():
-            self.paused = False
-            # Silence while paused was ours, not the broker's.
-            self.last_received = time.monotonic()
-            self.transport.resume_reading()
+            if self.subscribed and len(buffer) >= self.owner.buffer_limit and self.pause():
+                self.owner.pauses += 1
 
 
 class AckingSubscriber:
@@ -137,7 +117,8 @@ class AckingSubscriber:
         self.keepalive = keepalive
         self.buffer_limit = buffer_limit
         self.connect_timeout = connect_timeout
-        self.max_backoff = max_backoff
+        self.reconnect = Reconnect(address, event="mqtt_connection_lost", failed_event="mqtt_connect_failed",
+                                   backoff=Backoff(most=max_backoff))
         self.subscribed = asyncio.Event()
         self.connections = 0
         self.pauses = 0
@@ -151,74 +132,38 @@ class AckingSubscriber:
         return len(self._buffer)
 
     async def run(self) -> None:
-        """Connect, subscribe and keep the link alive; reconnect with backoff until cancelled."""
-        backoff = Backoff(most=self.max_backoff)
-        while True:
-            backoff.attempt()
-            try:
-                await self._session()
-                log.warning("mqtt_connection_lost", broker=self.address.url)
-            except asyncio.CancelledError:
-                await self.disconnect()
-                raise
-            except (OSError, TimeoutError, ProtocolError, ConnectionRefused) as exc:
-                log.warning("mqtt_connect_failed", broker=self.address.url, error=str(exc) or type(exc).__name__,
-                            retry_in=round(backoff.next_pause, 2))
-            finally:
-                self.subscribed.clear()
-                link, self._link = self._link, None
-                if link is not None and link.transport is not None:
-                    link.transport.abort()
-            await backoff.wait()
+        """Connect, subscribe and keep the link alive; reconnect (``reconnect``'s policy) until cancelled."""
+        await self.reconnect.run(self._session, down=self._down)
+
+    def _down(self) -> None:
+        self.subscribed.clear()
+        link, self._link = self._link, None
+        if link is not None:
+            link.abort()
 
     async def _session(self) -> None:
-        loop = asyncio.get_running_loop()
         self.connections += 1
         number = self.connections
-        _, link = await asyncio.wait_for(
-            loop.create_connection(lambda: _Link(self, number), self.address.host, self.address.port),
-            self.connect_timeout,
-        )
+        link, session_present = await open_link(
+            self.address, lambda: _Link(self, number), client_id=self.client_id, clean_session=self.clean_session,
+            keepalive=self.keepalive, timeout=self.connect_timeout)
         self._link = link
-        link.transport.write(packets.connect(  # type: ignore[union-attr]
-            self.client_id, clean_session=self.clean_session, keepalive=self.keepalive,
-            username=self.address.username, password=self.address.password,
-        ))
-        session_present, code = await self._answer(link, link.connack, "CONNACK")
-        if code:
-            raise ConnectionRefused(f"broker refused the connection: {packets.CONNACK_REASONS.get(code, code)}")
-        link.transport.write(packets.subscribe(1, [(f, self.qos) for f in self.filters]))  # type: ignore[union-attr]
-        granted = await self._answer(link, link.suback, "SUBACK")
-        if any(code == 0x80 for code in granted):
-            raise ConnectionRefused(f"broker refused a subscription among {self.filters}")
-        log.info("mqtt_subscribed", broker=self.address.url, client_id=self.client_id,
-                 session_present=session_present, filters=len(self.filters))
-        link.subscribed = True
-        if len(self._buffer) >= self.buffer_limit:
-            link.pause()
-        self.subscribed.set()
-        await self._keep_alive(link)
-
-    async def _answer(self, link: _Link, answer: asyncio.Future, what: str):
-        """The broker's answer, or an error as soon as the connection closes or the time is up."""
-        await asyncio.wait({answer, link.closed}, timeout=self.connect_timeout, return_when=asyncio.FIRST_COMPLETED)
-        if answer.done():
-            return answer.result()
-        if link.closed.done():
-            raise ConnectionError(f"the broker closed the connection before its {what}")
-        raise TimeoutError(f"no {what} from the broker within {self.connect_timeout:g} s")
-
-    async def _keep_alive(self, link: _Link) -> None:
-        interval = max(self.keepalive / 2, 0.5)
-        while not link.closed.done():
-            await asyncio.wait([link.closed], timeout=interval)
-            if link.closed.done():
-                return
-            # While paused we cannot read PINGRESP, so only an unpaused link is judged by silence.
-            if not link.paused and time.monotonic() - link.last_received > self.keepalive * 1.5:
-                log.warning("mqtt_keepalive_timeout", broker=self.address.url)
-                return
-            link.transport.write(packets.PINGREQ_PACKET)  # type: ignore[union-attr]
+        try:
+            link.write(packets.subscribe(1, [(f, self.qos) for f in self.filters]))
+            granted = await link.answer(link.suback, "SUBACK", self.connect_timeout)
+            if any(code == 0x80 for code in granted):
+                raise BrokerRefused(f"broker refused a subscription among {self.filters}")
+            log.info("mqtt_subscribed", broker=self.address.url, client_id=self.client_id,
+                     session_present=session_present, filters=len(self.filters))
+            link.subscribed = True
+            if len(self._buffer) >= self.buffer_limit and link.pause():
+                self.pauses += 1
+            self.subscribed.set()
+            self.reconnect.up()
+            await link.keep_alive(self.keepalive)
+        except asyncio.CancelledError:
+            await self.disconnect()
+            raise
 
     async def batch(self, max_items: int, max_wait: float, *, idle_gap: float = 0.01) -> list[Inbound]:
         """Wait for at least one message, then up to ``max_wait`` s for ``max_items``; return them.
