@@ -108,6 +108,7 @@ class AckingSubscriber:
         buffer_limit: int = 20_000,
         connect_timeout: float = 10.0,
         max_backoff: float = 10.0,
+        backoff: Backoff | None = None,
     ) -> None:
         self.address = address
         self.client_id = client_id
@@ -118,7 +119,7 @@ class AckingSubscriber:
         self.buffer_limit = buffer_limit
         self.connect_timeout = connect_timeout
         self.reconnect = Reconnect(address, event="mqtt_connection_lost", failed_event="mqtt_connect_failed",
-                                   backoff=Backoff(most=max_backoff))
+                                   backoff=backoff or Backoff(most=max_backoff))
         self.subscribed = asyncio.Event()
         self.connections = 0
         self.pauses = 0

@@ -1,8 +1,7 @@
-"""The service rides out a broker restart, and its subscriber parses packets split anywhere."""
+"""The service rides out a broker restart."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
@@ -11,24 +10,10 @@ from conftest import wait_for
 
 from nodefleet.contracts import Topics
 from nodefleet.embedded.mosquitto import Mosquitto
-from nodefleet.wire import AckingSubscriber, BrokerAddress, Client, packets
+from nodefleet.wire import BrokerAddress, Client
 
 from .helpers import make_settings, start, stop
 from .test_queries_and_schema import _ask
-
-
-def test_packet_reader_handles_any_split():
-    stream = b"".join([
-        bytes((packets.PUBLISH | 0x02,)) + bytes((2 + 5 + 2 + 3,)) + b"\x00\x05a/b/c\x00\x07abc",
-        bytes((packets.PUBLISH,)) + b"\x82\x01" + b"\x00\x01t" + b"x" * 127,  # two-byte remaining length (130)
-        packets.PINGREQ_PACKET,
-    ])
-    for cut in range(1, len(stream)):
-        reader = packets.PacketReader()
-        got = list(reader.feed(stream[:cut])) + list(reader.feed(stream[cut:]))
-        assert [first & 0xF0 for first, _ in got] == [packets.PUBLISH, packets.PUBLISH, packets.PINGREQ]
-        assert packets.parse_publish(*got[0]) == ("a/b/c", b"abc", 1, 7)
-        assert packets.parse_publish(*got[1]) == ("t", b"x" * 127, 0, 0)
 
 
 async def test_broker_restart_is_ridden_out(database, topics: Topics):
@@ -57,47 +42,3 @@ async def test_broker_restart_is_ridden_out(database, topics: Topics):
         await stop(task)
         broker.stop()
 
-
-async def test_subscriber_with_a_full_buffer_still_subscribes_then_drains_in_order(mosquitto, topics: Topics):
-    address = BrokerAddress.parse(mosquitto.url)
-    topic = topics.telemetry("b1")
-    client_id = f"acking-{time.time_ns()}"
-
-    async def connected(buffer_limit: int) -> tuple[AckingSubscriber, asyncio.Task[None]]:
-        subscriber = AckingSubscriber(address, client_id=client_id, filters=[topic], buffer_limit=buffer_limit)
-        task = asyncio.create_task(subscriber.run())
-        await asyncio.wait_for(subscriber.subscribed.wait(), 5)
-        return subscriber, task
-
-    subscriber, task = await connected(5)
-    await _stop(task)
-    async with Client(address, client_id=f"pub-{time.time_ns()}") as mqtt:
-        for seq in range(200):
-            await mqtt.publish(topic, str(seq), qos=1)
-    # 200 messages wait in the session; a buffer of 5 must not keep SUBACK unread.
-    subscriber, task = await connected(5)
-    try:
-        got: list[bytes] = []
-        while len(got) < 200:
-            batch = await asyncio.wait_for(subscriber.batch(50, 0.01), 5)
-            got += [m.payload for m in batch]
-            subscriber.ack(batch)
-        assert got == [str(seq).encode() for seq in range(200)]
-        assert subscriber.pauses >= 1
-    finally:
-        await _stop(task)
-    # Everything was acknowledged: the session holds nothing more.
-    subscriber, task = await connected(5)
-    try:
-        await asyncio.sleep(0.3)
-        assert subscriber.buffered == 0
-    finally:
-        await _stop(task)
-
-
-async def _stop(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass

@@ -1,4 +1,4 @@
-"""The scheduler's publish-only connection against both real brokers: batches arrive whole, QoS 1 is acknowledged."""
+"""The fast publisher against both real brokers: batches arrive whole, QoS 1 is acknowledged."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from nodefleet import wire
 from nodefleet.embedded.mosquitto import Mosquitto, free_port
-from nodefleet.wire import BrokerAddress, NotSent, Publisher, packets
+from nodefleet.wire import BrokerAddress, NotSent, Publisher
 
 
 @contextlib.asynccontextmanager
@@ -23,16 +23,6 @@ async def running(publisher: Publisher):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-def test_packets_follow_mqtt_311():
-    # CONNECT: "MQTT", level 4, clean session + user name + password, keepalive 30.
-    assert packets.connect("c", clean_session=True, keepalive=30, username="u", password="p") == \
-        b"\x10\x13\x00\x04MQTT\x04\xc2\x00\x1e\x00\x01c\x00\x01u\x00\x01p"
-    assert packets.publish(b"a/b", b"hi", 1, 258) == b"\x32\x09\x00\x03a/b\x01\x02hi"
-    assert packets.publish(b"a/b", b"hi", 0) == b"\x30\x07\x00\x03a/bhi"
-    # A remaining length over 127 takes two bytes.
-    assert packets.publish(b"t", b"x" * 200, 0)[:3] == b"\x30\xcb\x01"
 
 
 async def test_a_batch_arrives_whole_and_is_acknowledged(broker):
