@@ -2,7 +2,10 @@
 
 Starts its own Mosquitto and PostgreSQL, then on the same load:
 
-1. baseline: a bare paho subscriber counts the stream (receive rate);
+1. baselines: a bare paho subscriber counts the stream (receive rate,
+   acknowledged on receipt); then paho with ``manual_ack=True`` does the
+   same and acknowledges each batch after its "commit" (the same counting),
+   as the service acknowledges only after commit;
 2. throughput: the telemetry service (its own process, as deployed) stores
    the stream; rows per second from the first to the last commit;
 3. latency: the same service under a paced load below its capacity;
@@ -36,7 +39,7 @@ from nodefleet.embedded.mosquitto import Mosquitto, free_port
 from nodefleet.embedded.postgres import EmbeddedPostgres
 from nodefleet.processes import stop_process
 
-from .baseline import run_baseline
+from .baseline import run_baseline, run_manual_ack_baseline
 from .loadgen import run_publisher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,10 +75,11 @@ def run_load(broker: Mosquitto, topics: Topics, *, publishers: int, nodes: int, 
             "ended": max(r["ended"] for r in got)}
 
 
-def measure_baseline(broker: Mosquitto, topics: Topics, *, publishers: int, nodes: int, rounds: int) -> tuple[float, dict]:
+def measure_baseline(broker: Mosquitto, topics: Topics, *, publishers: int, nodes: int, rounds: int,
+                     target=run_baseline) -> tuple[float, dict]:
     expected = nodes // publishers * publishers * rounds
     ready, results = SPAWN.Event(), SPAWN.Queue()
-    proc = SPAWN.Process(target=run_baseline, args=(broker.host, broker.port, topics.all_nodes(NodeTopic.TELEMETRY), expected, ready, results))
+    proc = SPAWN.Process(target=target, args=(broker.host, broker.port, topics.all_nodes(NodeTopic.TELEMETRY), expected, ready, results))
     proc.start()
     if not ready.wait(30):
         proc.kill()
@@ -181,6 +185,13 @@ def main() -> None:
             broker, base_topics, publishers=args.publishers, nodes=args.nodes, rounds=rounds)
         _say(f"  baseline {baseline_rate:,.0f} msg/s; publishers {baseline_load['rate']:,.0f} msg/s")
 
+        _say(f"baseline: paho with manual acks after each batch, {total} messages")
+        ack_topics = Topics(root="baseline-ack/home", fleet="baseline-ack/fleet")
+        manual_ack_rate, manual_ack_load = measure_baseline(
+            broker, ack_topics, publishers=args.publishers, nodes=args.nodes, rounds=rounds,
+            target=run_manual_ack_baseline)
+        _say(f"  paho manual ack {manual_ack_rate:,.0f} msg/s; publishers {manual_ack_load['rate']:,.0f} msg/s")
+
         topics = Topics(root="bench/home", fleet="bench/fleet")
         service = Service(broker, database, topics, work / "service.log")
         service.wait_ready()
@@ -214,6 +225,8 @@ def main() -> None:
         "ingest_msgs_per_s": round(throughput["rate"]),
         "baseline_msgs_per_s": round(baseline_rate),
         "ratio": round(throughput["rate"] / baseline_rate, 3) if baseline_rate else 0.0,
+        "paho_manual_ack_msgs_per_s": round(manual_ack_rate),
+        "ratio_manual_ack": round(throughput["rate"] / manual_ack_rate, 3) if manual_ack_rate else 0.0,
         "publish_rate": round(load["rate"]),
         "p50_ms": round(latency["p50_ms"], 1),
         "p99_ms": round(latency["p99_ms"], 1),
