@@ -45,6 +45,7 @@ class Message:
 
 
 def _lost(exc: aiomqtt.MqttError, doing: str) -> WireError:
+    # aiomqtt says "Operation timed out" (its own timeout, 10 s by default) only in the message.
     if "timed out" in str(exc):
         return BrokerUnavailable(f"the broker did not answer in time while {doing}")
     return ConnectionLost(f"lost the broker while {doing}: {exc}")

@@ -122,7 +122,10 @@ async def test_a_chip_still_bound_to_another_device_is_refused_until_that_one_is
             await come_online(client, topics, new.mqtt_config.node_name, "chip-reused")
             event = await errors.wait(topics.errors(), lambda p: b"chip_in_use" in p)
             assert old.mqtt_config.node_name.encode() in event and b"nodefleet device remove" in event
-            refused = await service.registry.status(new.provisioning_id)
+            # The event is queued before the refusal is written: under load it can arrive first.
+            async with asyncio.timeout(5):
+                while (refused := await service.registry.status(new.provisioning_id)).status == "pending":
+                    await asyncio.sleep(0.05)
             assert not refused.is_provisioned and refused.status == "chip_in_use"
             assert refused.reported_chip_id == "chip-reused" and "nodefleet device remove" in (refused.error or "")
             await service.registry.remove(old.mqtt_config.node_name)
