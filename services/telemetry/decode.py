@@ -15,18 +15,7 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from nodefleet.contracts import (
-    OFFLINE,
-    ONLINE,
-    Ack,
-    Info,
-    Log,
-    NodeTopic,
-    State,
-    Telemetry,
-    TopicError,
-    Topics,
-)
+from nodefleet.contracts import ONLINE, OFFLINE, Ack, Info, Log, NodeTopic, State, Telemetry, TopicError, Topics
 from nodefleet.contracts.payloads import MAX_PAYLOAD_BYTES
 from nodefleet.contracts.scheduling import RunEvent
 from nodefleet.wire import Inbound

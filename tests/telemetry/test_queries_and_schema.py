@@ -9,16 +9,10 @@ import uuid
 
 import asyncpg
 import pytest
-from conftest import wait_for
 
+from conftest import wait_for
 from nodefleet.contracts import Topics
-from nodefleet.contracts.queries import (
-    DeviceRow,
-    LogRow,
-    LogsQuery,
-    TelemetryQuery,
-    TelemetryRow,
-)
+from nodefleet.contracts.queries import DeviceRow, LogRow, LogsQuery, TelemetryQuery, TelemetryRow
 from nodefleet.fleet import Requester, RequestError
 from nodefleet.wire import BrokerAddress, Client
 from services.telemetry import schema
