@@ -299,9 +299,10 @@ class Registry:
         return await self.store.mark_provisioned(node, info.chip_id, list(info.caps))
 
     async def _refuse(self, node: str, code: str, chip_id: str, why: str) -> None:
-        """A refused online: an error event, and the reason kept for the device's status."""
-        self.errors.report(code, why, topic=self.topics.info(node), node=node)
+        """A refused online: the reason kept for the device's status, then the error event (whoever sees the
+        event and asks for the status gets the reason)."""
         await self.store.set_refused(node, code, chip_id, why)
+        self.errors.report(code, why, topic=self.topics.info(node), node=node)
 
     async def _provisioned(self, node: str, row: Any, info: Info) -> None:
         """Just provisioned: its retained config now, its discovery behind the configs of a burst."""
