@@ -6,8 +6,6 @@ import random
 import sys
 import time
 
-from hal.simslot import *  # noqa: F401,F403  A/B application slots
-
 _env = os.getenv
 _pins = {}
 relay_on = 0
