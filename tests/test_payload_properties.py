@@ -10,17 +10,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
+from test_contracts import FIXTURES, fixture_model
 
 from nodefleet import contracts as c
-
-from test_contracts import FIXTURES, fixture_model
 
 CASES = [(path.stem, fixture_model(path.stem)) for path in sorted(FIXTURES.glob("*.json"))]
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
