@@ -10,14 +10,16 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from ..contracts import WEEKDAYS, Schedule, State
+from ..contracts import WEEKDAYS, State
 from ..contracts.queries import TELEMETRY_SERVICE, LogRow, LogsQuery, RunEventsQuery
 from ..contracts.scheduling import (
     SCHEDULE_REJECTED,
     SCHEDULER_SERVICE,
+    BadSchedule,
     RunEventRow,
     ShowAnswer,
     ShowQuery,
+    validate_schedule,
 )
 from ..settings import CommonSettings
 from . import main
@@ -62,13 +64,6 @@ def seconds(text: str, what: str) -> int:
     if value is None or value < 1 or value != int(value):
         raise click.BadParameter(f"{text!r} is not a duration for {what}: use e.g. 30s, 20m, 1h30m")
     return int(value)
-
-
-def engine_check(schedule: dict[str, Any]) -> str | None:
-    """The node's own verdict (the firmware's rule engine), so a schedule the node would refuse is never sent."""
-    from services.scheduler.rulebook import check_schedule
-
-    return check_schedule(schedule)
 
 
 async def _retained(connection: Connection, *topics: str) -> dict[str, Any]:
@@ -143,15 +138,9 @@ async def _set(settings: CommonSettings, node: str, rule: dict[str, Any], replac
         version = current.get("version", 0) + 1 if isinstance(current, dict) and isinstance(current.get("version"), int) else 1
         new = {"v": 1, "version": version, "rules": [*rules, rule]}
         try:
-            Schedule.model_validate(new)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            # A message that names its rule says it in words already (the node's own wording).
-            why = first["msg"] if first["type"] == "hhmm" else f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
-            raise CliError(f"invalid rule ({why}): fix the options") from exc
-        reason = engine_check(new)
-        if reason:
-            raise CliError(f"the node would reject this schedule: {reason}; change the rule or use --replace")
+            validate_schedule(new)
+        except BadSchedule as exc:
+            raise CliError(f"the node would reject this schedule: {exc}; change the rule or use --replace") from None
         await connection.client.publish(topic, json.dumps(new), qos=1, retain=True)
     note(f"{node}: schedule version {version} published with {len(new['rules'])} rule(s)")
 

@@ -22,14 +22,14 @@ from pydantic import ValidationError
 
 from nodefleet.backoff import Backoff
 from nodefleet.contracts import OFFLINE, State
-from nodefleet.contracts.scheduling import SCHEDULER_SERVICE
+from nodefleet.contracts.scheduling import SCHEDULER_SERVICE, BadSchedule
 from nodefleet.contracts.topics import Command, NodeTopic, TopicError
 from nodefleet.fleet import ErrorReporter, answer, presence
 from nodefleet.logging import get_logger
 from nodefleet.mqtt import BrokerAddress, client
 
 from .gcpacer import GcPacer
-from .nodes import BadSchedule, parse_schedule, parse_tz
+from .nodes import parse_schedule, parse_tz
 from .planner import Planner
 from .publisher import NotSent, Publisher
 from .requests import handlers
