@@ -1,7 +1,10 @@
 """Scheduler contract: run events, and the requests the CLI sends to the scheduler.
 
 A node's schedule itself is the retained :class:`~nodefleet.contracts.payloads.Schedule`
-on ``Topics.schedule(node)``; anyone may set it.  The scheduler publishes one
+on ``Topics.schedule(node)``.  Changes go through the scheduler
+(:class:`ScheduleChange`, ``scheduler/set``), which applies each to the
+current version and publishes the next one, so two changes at the same moment
+both land; a schedule published on the topic directly is taken too.  The scheduler publishes one
 :class:`RunEvent` per run outcome on ``Topics.scheduler_events()`` (QoS 1); the
 telemetry service stores them and answers
 :class:`~nodefleet.contracts.queries.RunEventsQuery` with :class:`RunEventRow`
@@ -110,3 +113,24 @@ class ShowAnswer(Query):
     mode: str | None = None
     open: RunView | None = None
     next: RunView | None = None
+
+
+class ScheduleChange(Query):
+    """``scheduler/set``: add ``rule`` to a node's schedule (replacing a rule with its id), or make it the only rule.
+
+    Every scheduler instance receives the request; ``change`` identifies it, so
+    it is applied once whichever instances answer.
+    """
+
+    action: Annotated[str, Field(exclude=True)] = "set"
+    node: NodeName
+    change: Identifier
+    rule: dict[str, Any]
+    replace: bool = False
+
+
+class ScheduleChanged(Query):
+    """The answer to a ScheduleChange: the schedule now retained for the node."""
+
+    node: NodeName
+    schedule: dict[str, Any]
