@@ -10,7 +10,7 @@ import click
 
 from ..contracts.provisioning import PROVISIONER_SERVICE
 from ..settings import CommonSettings
-from . import main
+from .group import main
 from .common import (
     CliError,
     Column,

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..contracts.queries import DeviceRow, DevicesQuery
 from ..settings import CommonSettings
-from . import main
+from .group import main
 from .common import (
     Column,
     emit,

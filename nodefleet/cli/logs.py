@@ -6,7 +6,7 @@ import click
 
 from ..contracts.queries import LogRow, LogsQuery
 from ..settings import CommonSettings
-from . import main
+from .group import main
 from .common import (
     Column,
     emit,

@@ -10,7 +10,7 @@ import click
 from ..contracts.ota import table_chunks
 from ..contracts.topics import TopicError, validate_release
 from ..ota_release import ReleaseError, build, read, write
-from . import main
+from .group import main
 from .common import CliError, console, note
 
 

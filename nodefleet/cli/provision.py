@@ -27,7 +27,7 @@ from rich.progress import (
 
 from ..contracts.provisioning import HTTP_REGISTER_PATH, HTTP_STATUS_PATH
 from ..settings import CommonSettings
-from . import main
+from .group import main
 from .common import CliError, fleet_options, run
 from .device import provisioner_request
 

@@ -24,7 +24,7 @@ from ..contracts.scheduling import (
     ShowQuery,
 )
 from ..settings import CommonSettings
-from . import main
+from .group import main
 from .common import (
     CliError,
     Column,

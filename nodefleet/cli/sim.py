@@ -14,7 +14,7 @@ from ..paths import OPERATOR, CredentialsFileError, LocalCredentials, default_da
 from ..settings import CommonSettings
 from ..sim import SimError, SimFleet
 from ..sim_registration import RegistrationError, register_nodes
-from . import main
+from .group import main
 from .common import (
     NOT_RUNNING_HINT,
     CliError,

@@ -16,7 +16,7 @@ from ..contracts.payloads import Telemetry
 from ..contracts.queries import TelemetryQuery, TelemetryRow
 from ..contracts.topics import NodeTopic, TopicError
 from ..settings import CommonSettings
-from . import main
+from .group import main
 from .common import (
     NOT_RUNNING_HINT,
     TIME_HELP,
