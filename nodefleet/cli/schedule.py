@@ -24,24 +24,14 @@ from ..contracts.scheduling import (
     ShowQuery,
 )
 from ..settings import CommonSettings
+from .connect import Connection, connect
+from .errors import CliError
 from .group import main
-from .common import (
-    CliError,
-    Column,
-    Connection,
-    connect,
-    emit,
-    fleet_options,
-    format_option,
-    iso_time,
-    local_time,
-    node_name,
-    note,
-    parse_duration,
-    parse_rows,
-    request_on,
-    run,
-)
+from .options import fleet_options, format_option, node_name
+from .output import Column, emit, note
+from .requests import parse_rows, request_on
+from .running import run
+from .times import iso_time, local_time, parse_duration
 
 RETAINED_WAIT = 1.0  # seconds to wait for the retained schedule (none arrives if the node has none)
 DAYS_HELP = "mon-fri, sat,sun, mon-wed,fri or daily"

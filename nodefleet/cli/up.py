@@ -15,13 +15,13 @@ from ..contracts.provisioning import HTTP_REGISTER_PATH, HTTP_STATUS_PATH
 from ..embedded.postgres import SYSTEM_USER
 from ..mqtt import BrokerAddress
 from ..paths import DATA_DIR_VARIABLE, default_data_dir
+from ..settings import CommonSettings
 from ..sim import run_demo
 from ..up.errors import StartupError
 from ..up.logins import without_password
 from ..up.options import DEFAULT_DB_PORT, DEFAULT_HTTP_PORT, DEFAULT_MQTT_PORT, RuntimeInfo, RuntimeOptions
 from ..up.services import Unit
 from ..up.system import Runtime, run
-from ..settings import CommonSettings
 from .group import main
 
 DEMO_FILE = "demo-nodes.json"
