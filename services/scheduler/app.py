@@ -81,7 +81,7 @@ class Scheduler:
         self.events_topic = self.topics.scheduler_events()
         self._switch_topics: dict[str, str] = {}  # built once per node: a burst sends thousands
         self.session: aiomqtt.Client | None = None  # the subscriber's connection while it is up
-        self.changes = ScheduleChanges(store, self.publish_schedule)
+        self.changes = ScheduleChanges(store, self.publish_schedule, self._held_schedule)
 
     # -- outgoing ------------------------------------------------------------
     def _switch_topic(self, node: str) -> str:
@@ -96,6 +96,10 @@ class Scheduler:
         for node, run, detail in won[:3]:
             log.info("backup_sent", node=node, run_id=run.run_id, until=run.end, detail=detail, batch=len(won))
         return acked
+
+    def _held_schedule(self, node: str) -> dict[str, Any] | None:
+        view = self.planner.nodes.get(node)
+        return view.schedule if view is not None else None
 
     async def publish_schedule(self, node: str, body: bytes) -> None:
         """A changed schedule, retained, on the session (the publisher sends only what is not retained)."""

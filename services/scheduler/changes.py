@@ -25,6 +25,14 @@ PUBLISH_TIMEOUT = 10.0  # seconds for the broker to acknowledge the new retained
 Publish = Callable[[str, bytes], Awaitable[None]]
 """Publish (node, schedule JSON) retained at QoS 1; returns once the broker acknowledged it."""
 
+Held = Callable[[str], dict[str, Any] | None]
+"""The schedule this instance holds for a node (the last valid one it received)."""
+
+
+def newest(*schedules: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The schedule with the highest version (None if there is none)."""
+    return max((s for s in schedules if s is not None), key=lambda s: s["version"], default=None)
+
 
 def applied(current: dict[str, Any] | None, change: ScheduleChange) -> dict[str, Any]:
     """The schedule after ``change``: the next version, checked as the node checks it (BadSchedule if refused)."""
@@ -40,16 +48,19 @@ def applied(current: dict[str, Any] | None, change: ScheduleChange) -> dict[str,
 
 
 class ScheduleChanges:
-    def __init__(self, store: Store, publish: Publish) -> None:
+    def __init__(self, store: Store, publish: Publish, held: Held) -> None:
         self.store = store
         self._publish = publish
+        self._held = held
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def apply(self, change: ScheduleChange) -> ScheduleChanged:
         lock = self._locks.setdefault(change.node, asyncio.Lock())
         async with lock:
-            schedule = await self.store.change_schedule(change.node, change.change,
-                                                        lambda current: applied(current, change), self._send)
+            # The stored schedule, or the one just received if its save has not landed yet (or failed).
+            schedule = await self.store.change_schedule(
+                change.node, change.change,
+                lambda stored: applied(newest(stored, self._held(change.node)), change), self._send)
         return ScheduleChanged(node=change.node, schedule=schedule)
 
     async def _send(self, node: str, schedule: dict[str, Any]) -> None:
