@@ -75,7 +75,8 @@ class Policy:
         if not self.stages or any(not 0 < s <= 1 for s in self.stages):
             raise RolloutError("stages are percentages above 0% and at most 100%")
         if any(b <= a for a, b in zip(self.stages, self.stages[1:], strict=False)):
-            raise RolloutError("stages must rise: each is the share of all targets updated by its end, e.g. 10%,50%,100%")
+            raise RolloutError("stages must rise: each is the share of all targets updated by its end, "
+                               "e.g. 10%,50%,100%")
         if self.stages[-1] != 1:
             raise RolloutError("the last stage must be 100%, or some targets would never be offered the release")
         if not 0 <= self.max_failures < 1:
@@ -160,7 +161,8 @@ class Rollout:
     """Failed nodes an operator accepted by resuming a halted rollout: they no longer count towards a halt."""
 
     @classmethod
-    def start(cls, *, id: str, release: str, targets: Iterable[str], policy: Policy, now: float) -> tuple[Rollout, Actions]:
+    def start(cls, *, id: str, release: str, targets: Iterable[str], policy: Policy,
+              now: float) -> tuple[Rollout, Actions]:
         stages = plan(id, targets, policy)
         found = {node: Target(node=node, stage=number, since=now)
                  for number, nodes in enumerate(stages) for node in nodes}
