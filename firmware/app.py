@@ -1,4 +1,6 @@
 # Boot: count the boot, note an abnormal reset, then provisioning or normal mode.
+import heap  # first: it allocates the receive buffer while the heap is still whole
+
 import asyncio
 import sys
 

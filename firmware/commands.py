@@ -80,12 +80,13 @@ _HANDLERS = {"switch": _switch, "logic": _logic, "stop": _stop, "restart": _rest
 
 
 def decode(what, raw):
-    """The command as a dict; plain ON/OFF/TOGGLE is accepted for switch."""
-    text = raw.decode().strip()
-    if what == "switch" and text.upper() in ("ON", "OFF", "TOGGLE"):
-        return {"state": text.upper()}
+    """The command (bytes or a view of the receive buffer) as a dict; plain ON/OFF/TOGGLE is accepted for switch."""
+    if what == "switch" and len(raw) <= 12:
+        plain = bytes(raw).strip().upper()
+        if plain in (b"ON", b"OFF", b"TOGGLE"):
+            return {"state": plain.decode()}
     try:
-        cmd = json.loads(text)
+        cmd = json.loads(raw)  # straight from the buffer: no copy of the text
     except ValueError:
         raise BadCommand("malformed JSON: send an object such as {\"state\": \"ON\"}")
     if not isinstance(cmd, dict):

@@ -1,0 +1,18 @@
+# Free heap after a collection, and its low-water mark since boot (both in telemetry).
+import gc
+
+MAX_IN = 4096  # the largest payload the node takes (config, schedule); larger ones are dropped unread
+# The one receive buffer (a payload, its topic of at most 256 bytes, a packet id), allocated at boot
+# before anything else: later, with the heap cut up by module imports, 4 KB in one piece may not exist.
+RX = bytearray(MAX_IN + 260)
+low = 0
+
+
+def sample():
+    """Collect, then note the free heap; the low-water mark is the least seen since boot."""
+    global low
+    gc.collect()
+    free = gc.mem_free()
+    if not low or free < low:
+        low = free
+    return free
