@@ -209,7 +209,7 @@ class App:
         s = self._json("schedule", payload) if payload else {"v": 1, "version": 1, "rules": []}
         if s is None:
             return
-        err = logic.check_schedule(s)
+        err = logic.check_schedule(s, heap.RX)  # the payload is parsed: its buffer is free to lend
         if err:
             self.bad("bad_schedule", err)
             return
