@@ -14,7 +14,7 @@ ENTRY = 64  # what a queued message costs on the heap beside its payload (list, 
 class Link:
     def __init__(self, *, host, port, client_id, subs, will, on_msg, on_up, on_down, on_refused=None,
                  user=None, password=None, keepalive=60, max_queue=24, max_queue_bytes=2048, max_in=heap.MAX_IN,
-                 max_backoff=60):
+                 max_backoff=60, stale_after=60):
         self.host = host
         self.port = port
         self.client_id = client_id
@@ -31,6 +31,11 @@ class Link:
         self.max_queue_bytes = max_queue_bytes  # heap held by waiting messages: a flood of acks must not eat it
         self.max_in = max_in
         self.max_backoff = max_backoff
+        self.stale_after = stale_after
+        # True from a CONNACK that resumed the session after an outage longer than stale_after (or a reboot)
+        # until the SUBACK: what arrives in between is what the broker held for the node.
+        self.replaying = False
+        self._down_at = None
         self.buf = heap.RX  # preallocated at boot; every packet is read into it
         self.queue = []  # [topic, payload, retain, qos, key, on_acked]
         self.inflight = {}
@@ -83,7 +88,9 @@ class Link:
             was_up = self.up
             if was_up:
                 backoff = 1
+                self._down_at = time.ticks_ms()
             self.up = False
+            self.replaying = False
             self.on_down(reason, was_up)
             await asyncio.sleep_ms(int(backoff * 1000 * (0.5 + random.getrandbits(8) / 256)))
             backoff = min(backoff * 2, self.max_backoff)
@@ -97,7 +104,11 @@ class Link:
         proto = Proto(reader, writer, self.buf)
         task = None
         try:
-            await asyncio.wait_for(proto.connect(self.client_id, self.keepalive, self.user, self.password, self.will), 5)
+            # A persistent session: the broker keeps QoS 1 commands for the node through a short outage.
+            present = await asyncio.wait_for(
+                proto.connect(self.client_id, self.keepalive, self.user, self.password, self.will, False), 5)
+            self.replaying = present and (self._down_at is None or
+                                          time.ticks_diff(time.ticks_ms(), self._down_at) > self.stale_after * 1000)
             self._err = None
             self._pubacks = []
             self._last_rx = time.ticks_ms()
@@ -184,6 +195,7 @@ class Link:
                     if m is not None and m[5] is not None:
                         m[5]()
                 elif kind == SUBACK:
+                    self.replaying = False
                     refused = [self.subs[i] for i, code in enumerate(body[2:]) if code == 0x80 and i < len(self.subs)]
                     if refused and self.on_refused is not None:
                         # Not fatal: under a strict ACL the node still takes what it may read.

@@ -39,7 +39,9 @@ class App:
         self.ap_open = False
         self.wifi_seen = False
         self.connect_failed = False
-        self.schedule = store.load("schedule.json", None) or {"v": 1, "version": 1, "rules": []}
+        stored = store.load("schedule.json", None)
+        self.schedule = stored or {"v": 1, "version": 1, "rules": []}
+        self.schedule_version = stored.get("version") if stored else None  # applied from the retained topic
         self.telemetry_seq = Counter("telemetry")
         clock.set_tz(self.cfg.get("tz", []))
         import node
@@ -54,7 +56,8 @@ class App:
             subs=[p + "/set/#", p + "/config", p + "/schedule", p + "/ota/#"],
             will=(p + "/status", b"offline", True, 1), on_msg=self.on_msg, on_up=self.on_up,
             on_down=self.on_down, on_refused=self.on_refused, max_in=MAX_IN, max_backoff=mq.get("max_backoff", 30),
-            max_queue=mq.get("max_queue", 24), max_queue_bytes=mq.get("max_queue_bytes", 2048))
+            max_queue=mq.get("max_queue", 24), max_queue_bytes=mq.get("max_queue_bytes", 2048),
+            stale_after=commands.TTL)
         self.refused_logged = False
         errlog.publish = self.publish_log
 
@@ -74,6 +77,7 @@ class App:
         v = (self.cfg_raw or {}).get("version")
         if v:
             p["config"] = v  # the config version in force, for the provisioner and openHAB
+        p["schedule"] = self.schedule_version  # the schedule in force (null: none), confirmed like config
         self.send("state", p, True, 1, "state")
 
     def publish_log(self, *_):
@@ -90,8 +94,8 @@ class App:
         self.errlog.mark_sent(seq)
         self.publish_log()
 
-    def ack(self, cid, err):
-        a = {"v": 1, "id": cid, "status": "error" if err else "ok"}
+    def ack(self, cid, status, err):
+        a = {"v": 1, "id": cid, "status": status}
         if err:
             a["error"] = err
         else:
@@ -162,11 +166,13 @@ class App:
                 if payload:
                     self.bad("retained_command", "%s is retained: ignored; clear it with an empty retained message" % kind)
                 return
-            cid, err = commands.handle(self, kind[4:], payload)
-            if err:
+            cid, status, err = commands.run(self, kind[4:], payload, self.link.replaying)
+            if status == "error":
                 self.bad_input += 1
             if cid is not None:
-                self.ack(cid, err)
+                self.ack(cid, status, err)
+            elif status == "expired":
+                self.errlog.add("command_expired", "%s: %s" % (kind, err), "warning", self.ts())
             elif err:
                 self.errlog.add("bad_command", "%s: %s" % (kind, err), "warning", self.ts())
         elif kind == "config":
@@ -206,19 +212,26 @@ class App:
 
     def apply_schedule(self, payload):
         # An empty retained message deletes the schedule.
-        s = self._json("schedule", payload) if payload else {"v": 1, "version": 1, "rules": []}
-        if s is None:
+        s = self._json("schedule", payload) if payload else None
+        if s is None and payload:
             return
-        err = logic.check_schedule(s, heap.RX)  # the payload is parsed: its buffer is free to lend
+        err = s is not None and logic.check_schedule(s, heap.RX)  # parsed: its buffer is free to lend
         if err:
             self.bad("bad_schedule", err)
             return
-        if s == self.schedule:
+        if s is None:
+            if self.schedule_version is None:
+                return
+            store.remove("schedule.json")
+            self.schedule, self.schedule_version = {"v": 1, "version": 1, "rules": []}, None
+        elif s == self.schedule and self.schedule_version is not None:
             return
-        store.save("schedule.json", s)
-        self.schedule = s
-        self.node.rules = s.get("rules", [])
+        else:
+            store.save("schedule.json", s)
+            self.schedule, self.schedule_version = s, s["version"]
+        self.node.rules = self.schedule.get("rules", [])
         self.node.tick()
+        self.node.changed()  # a new state tells the version now in force
 
     def restart_soon(self):
         asyncio.create_task(self._restart())
