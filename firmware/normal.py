@@ -322,11 +322,17 @@ class App:
 
     async def telemetry_loop(self):
         last = time.ticks_ms()
+        # Firmware-local (mqtt.json, demo nodes): at most this period, and a first message once online.
+        cap = self.mq.get("telemetry_max")
+        first = bool(cap)
         while True:
             # Short steps, so a new period from the config takes effect at once.
             await asyncio.sleep_ms(250)
             free = heap.sample()  # every step, so the low-water mark sees short peaks too
-            if time.ticks_diff(time.ticks_ms(), last) < self.cfg["telemetry_period"] * 1000:
+            period = min(self.cfg["telemetry_period"], cap) if cap else self.cfg["telemetry_period"]
+            if first and self.link.up:
+                first = False
+            elif time.ticks_diff(time.ticks_ms(), last) < period * 1000:
                 continue
             last = time.ticks_ms()
             readings = hal.sensors()
