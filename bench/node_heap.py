@@ -6,14 +6,16 @@ node idle for a few seconds.  Then a storm: on every topic the node subscribes
 to (``set/#``, ``config``, ``schedule``, ``ota/#``), one message of every size
 from 0 bytes to past the node's 4 KB limit (``--quick``: every 7th size, plus
 the sizes around the limit), paced by a command round trip every 50 messages.
-The node reports its free heap and its low-water mark (``heap_min``: the least
-heap free after a collection since boot) in its telemetry every second; the
-control channel's sampler gives a second view (live peak, sampled every 100 ms).
+A firmware without ``heap_min`` (an older one, ``--firmware``) is measured by
+its ``heap_free``, taken without a collection.  The node runs as deployed (web server on, no simulator control channel) and
+reports its free heap and its low-water mark (``heap_min``: the least heap
+free after a collection since boot, sampled every 250 ms and after every
+message of 256 bytes or more) in its telemetry every second.
 
     python -m bench.node_heap --quick
 
 The last line printed is JSON: heap_size, limit, messages, idle_heap_min,
-storm_heap_min, ratio (storm / idle low-water), sampler_live_peak,
+storm_heap_min, ratio (storm / idle low-water),
 disconnects, unanswered (pacing commands never acked), restarts, storm_s.  Goal: storm_heap_min >= 20,480 bytes and no
 disconnect.
 """
@@ -34,7 +36,7 @@ from nodefleet import mqtt
 from nodefleet.contracts import Topics
 from nodefleet.contracts.topics import Command
 from nodefleet.embedded.mosquitto import Mosquitto
-from nodefleet.sim import HEAP, SimNode
+from nodefleet.sim import FIRMWARE_DIR, HEAP, SimNode
 
 LIMIT = 4096  # the node's largest incoming payload (firmware/normal.py MAX_IN)
 PAST = 1024
@@ -128,10 +130,12 @@ async def storm(watch: Watcher, *, quick: bool, limit: int = LIMIT) -> int:
     return sent
 
 
-async def run(*, quick: bool, heap: str = HEAP, workdir: Path, broker: Mosquitto) -> dict[str, Any]:
+async def run(*, quick: bool, heap: str = HEAP, workdir: Path, broker: Mosquitto,
+              firmware: Path = FIRMWARE_DIR) -> dict[str, Any]:
     topics = Topics(root=f"bench{uuid.uuid4().hex[:6]}")
     name = "heap-node"
-    node = SimNode(workdir / name, name=name, heap=heap, control=True, http=True)
+    # As deployed: with its web server, without the simulator's control channel (test instrumentation).
+    node = SimNode(workdir / name, name=name, heap=heap, control=False, http=True, firmware_dir=firmware)
     node.provision(broker=broker.url, topic_prefix=topics.prefix(name), keepalive=10, max_backoff=1)
     node.write("config.json", {"v": 1, "version": 1, "telemetry_period": 1})
     client = mqtt.client(mqtt.BrokerAddress.parse(broker.url), client_id=f"heap-{uuid.uuid4().hex[:8]}", nodelay=True)
@@ -152,14 +156,12 @@ async def run(*, quick: bool, heap: str = HEAP, workdir: Path, broker: Mosquitto
             sent = await storm(watch, quick=quick)
             took = time.monotonic() - started
             await asyncio.sleep(2.5)  # the telemetry of the last second of the storm
-            board = await node.ctl()
             return {
                 "heap_size": heap,
                 "limit": LIMIT,
                 "messages": sent,
                 "idle_heap_min": idle,
                 "storm_heap_min": watch.low_water(mark),
-                "sampler_live_peak": board["heap_live_peak"],
                 "disconnects": watch.offline - offline_before,
                 "unanswered": watch.unanswered,
                 "restarts": node.restarts + (0 if node.running else 1),
@@ -175,9 +177,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="every 7th size instead of every size")
     parser.add_argument("--heap", default=HEAP, help="the interpreter's heap (default %(default)s)")
+    parser.add_argument("--firmware", type=Path, default=FIRMWARE_DIR,
+                        help="another firmware tree, e.g. an older commit's (git archive), to compare")
     args = parser.parse_args()
     with Mosquitto() as broker, tempfile.TemporaryDirectory(prefix="nodefleet-heap-") as tmp:
-        figures = asyncio.run(run(quick=args.quick, heap=args.heap, workdir=Path(tmp), broker=broker))
+        figures = asyncio.run(run(quick=args.quick, heap=args.heap, workdir=Path(tmp), broker=broker,
+                                  firmware=args.firmware))
     output = figures.pop("output")
     if figures["restarts"] or "Traceback" in output:
         _say("node output:\n" + output)

@@ -2,9 +2,9 @@
 import gc
 
 MAX_IN = 4096  # the largest payload the node takes (config, schedule); larger ones are dropped unread
-# The one receive buffer (a payload, its topic of at most 256 bytes, a packet id), allocated at boot
+# The one receive buffer (a payload, its topic of up to 128 bytes, a packet id), allocated at boot
 # before anything else: later, with the heap cut up by module imports, 4 KB in one piece may not exist.
-RX = bytearray(MAX_IN + 260)
+RX = bytearray(MAX_IN + 132)
 low = 0
 
 

@@ -8,12 +8,12 @@ import heap
 from mqtt import PINGRESP, PUBACK, PUBLISH, SUBACK, MQTTError, Proto, parse_publish
 
 WINDOW = 4  # QoS 1 messages in flight at once: each one stays on the heap until its PUBACK
-ENTRY = 64  # what a queued message costs on the heap beside its payload (list, topic, callback)
+ENTRY = 96  # what a queued message costs on the heap beside its payload (list, bytes header, callback)
 
 
 class Link:
     def __init__(self, *, host, port, client_id, subs, will, on_msg, on_up, on_down, on_refused=None,
-                 user=None, password=None, keepalive=60, max_queue=24, max_queue_bytes=2048, max_in=heap.MAX_IN,
+                 user=None, password=None, keepalive=60, max_queue=24, max_queue_bytes=1536, max_in=heap.MAX_IN,
                  max_backoff=60, stale_after=60):
         self.host = host
         self.port = port

@@ -56,7 +56,7 @@ class App:
             subs=[p + "/set/#", p + "/config", p + "/schedule", p + "/ota/#"],
             will=(p + "/status", b"offline", True, 1), on_msg=self.on_msg, on_up=self.on_up,
             on_down=self.on_down, on_refused=self.on_refused, max_in=MAX_IN, max_backoff=mq.get("max_backoff", 30),
-            max_queue=mq.get("max_queue", 24), max_queue_bytes=mq.get("max_queue_bytes", 2048),
+            max_queue=mq.get("max_queue", 24), max_queue_bytes=mq.get("max_queue_bytes", 1536),
             stale_after=commands.TTL)
         self.refused_logged = False
         errlog.publish = self.publish_log

@@ -16,19 +16,11 @@ def save(name, obj):
     tmp = name + ".tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f)
-    _replace(tmp, name)
+    replace(tmp, name)
 
 
-def save_parts(name, parts):
-    """Write already encoded pieces (bytes) as one file, atomically like save()."""
-    tmp = name + ".tmp"
-    with open(tmp, "wb") as f:
-        for p in parts:
-            f.write(p)
-    _replace(tmp, name)
-
-
-def _replace(tmp, name):
+def replace(tmp, name):
+    """Put a fully written ``tmp`` in place of ``name``."""
     try:
         os.rename(tmp, name)  # atomic on littlefs, the ESP32 default
     except OSError:

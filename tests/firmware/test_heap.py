@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from bench.node_heap import LIMIT, run
 
-# The 20 KB goal is not reached yet under the storm (about 17.4 KB measured); this guards what is.
-FLOOR = 16 * 1024
+GOAL = 20 * 1024  # free heap the node keeps at all times (the OTA receiver needs it)
 
 
 async def test_a_storm_of_every_size_on_every_topic_keeps_the_node_connected(tmp_path, mosquitto):
@@ -16,4 +15,4 @@ async def test_a_storm_of_every_size_on_every_topic_keeps_the_node_connected(tmp
     assert figures["disconnects"] == 0 and figures["restarts"] == 0 and figures["unanswered"] == 0
     assert figures["messages"] >= 4 * (LIMIT // 7)
     assert figures["idle_heap_min"] is not None and figures["storm_heap_min"] is not None
-    assert figures["storm_heap_min"] >= FLOOR, figures
+    assert figures["idle_heap_min"] >= GOAL and figures["storm_heap_min"] >= GOAL, figures
