@@ -81,13 +81,10 @@ async def _run_demo_once(mosquitto, topics, store, watch, *, telemetry: int) -> 
         await asyncio.wait_for(ready.wait(), 15)
         started = time.monotonic()
         await watch.wait("demo-000/status", lambda s: s == "online", since=mark, timeout=15)
-        seen: list[dict] = []
-        while len(seen) < telemetry:
-            seen = watch.found("demo-000/telemetry", since=mark)
-            await watch.wait("demo-000/telemetry", lambda t: t["seq"] not in {s["seq"] for s in seen}, since=mark,
-                             timeout=10)
-            seen = watch.found("demo-000/telemetry", since=mark)
+        while len(watch.found("demo-000/telemetry", since=mark)) < telemetry:
+            await watch.wait("demo-000/telemetry", since=watch.mark(), timeout=10)
         took = time.monotonic() - started
+        seen = watch.found("demo-000/telemetry", since=mark)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
