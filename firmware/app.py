@@ -1,10 +1,9 @@
 # Boot: count the boot, note an abnormal reset, then provisioning or normal mode.
-import heap  # first: it allocates the receive buffer while the heap is still whole
-
 import asyncio
 import sys
 
 import hal
+import heap
 import settings
 import store
 from errlog import ErrLog
@@ -51,6 +50,7 @@ async def _main():
 
         await provision.run(FW, ["switch", "temperature", "humidity", "schedule"])
     else:
+        heap.reserve()  # while the heap is still whole, before normal mode's modules
         import normal
 
         await normal.run(fw=FW, boot_count=count, cause=cause, errlog=log, cfg=cfg, wifi=wifi, mq=mq)

@@ -2,10 +2,16 @@
 import gc
 
 MAX_IN = 4096  # the largest payload the node takes (config, schedule); larger ones are dropped unread
-# The one receive buffer (a payload, its topic of up to 128 bytes, a packet id), allocated at boot
-# before anything else: later, with the heap cut up by module imports, 4 KB in one piece may not exist.
-RX = bytearray(MAX_IN + 132)
+RX = None  # the one receive buffer: a payload, its topic of up to 128 bytes, a packet id
 low = 0
+
+
+def reserve():
+    """Allocate RX before normal mode imports its modules: later, with the heap cut up, 4 KB in one piece
+    may not exist. Provisioning mode never needs it."""
+    global RX
+    if RX is None:
+        RX = bytearray(MAX_IN + 132)
 
 
 def sample():

@@ -7,7 +7,7 @@ import hal
 import heap
 from mqtt import PINGRESP, PUBACK, PUBLISH, SUBACK, MQTTError, Proto, parse_publish
 
-WINDOW = 4  # QoS 1 messages in flight at once: each one stays on the heap until its PUBACK
+WINDOW = 2  # QoS 1 messages in flight at once: each one stays on the heap until its PUBACK
 ENTRY = 96  # what a queued message costs on the heap beside its payload (list, bytes header, callback)
 
 
@@ -36,7 +36,8 @@ class Link:
         # until the SUBACK: what arrives in between is what the broker held for the node.
         self.replaying = False
         self._down_at = None
-        self.buf = heap.RX  # preallocated at boot; every packet is read into it
+        heap.reserve()  # app.py has done so at boot, while the heap was whole
+        self.buf = heap.RX  # every packet is read into it
         self.queue = []  # [topic, payload, retain, qos, key, on_acked]
         self.inflight = {}
         self._pubacks = []
