@@ -51,7 +51,7 @@ def storm_topics(topics: Topics, node: str) -> list[str]:
     """One concrete topic under each filter the node subscribes to."""
     out = []
     for f in topics.node_inbox(node):
-        out.append(f[:-1] + "storm" if f.endswith("#") else f)
+        out.append("/".join("storm" if level in ("#", "+") else level for level in f.split("/")))
     out.append(topics.set(node, Command.SWITCH))
     return out
 
