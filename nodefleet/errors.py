@@ -19,7 +19,8 @@ or does not derive from :class:`NodefleetError`::
     ├── StorageError                 PostgreSQL and files on disk
     │   ├── StorageUnavailable       the database cannot be reached now; retry later
     │   ├── MigrationError           (nodefleet.migrations) a migration is malformed or failed
-    │   └── CredentialsFileError     (nodefleet.paths) the stored logins cannot be read
+    │   ├── CredentialsFileError     (nodefleet.paths) the stored logins cannot be read
+    │   └── OtaStoreError            (ota.store) a kept release that no longer matches its manifest
     ├── InputError (ValueError)      input that breaks the contract; the message says what is wrong
     │   ├── TopicError               (contracts.topics) a topic or node name that does not parse
     │   ├── FrameError               (contracts.ota) a malformed OTA block frame
@@ -27,31 +28,36 @@ or does not derive from :class:`NodefleetError`::
     │   ├── ReleaseError             (nodefleet.ota_release) a release file that is not valid
     │   ├── AccessError              (embedded.amqtt_access) a bad access-list entry
     │   ├── CommandError             (embedded.dynsec) a dynamic-security command refused
-    │   ├── BadSchedule              (scheduler) a schedule the node's engine refuses
+    │   ├── BadSchedule              (contracts.scheduling) a schedule the node's engine refuses
     │   ├── RegistryError            (provisioner) input the registry refuses
     │   │   ├── Conflict             a taken name, a bound chip id, a revoked device
     │   │   └── UnknownZone          not an IANA time zone
-    │   └── NotFound (LookupError)   (provisioner) no such home, device or provisioning id
+    │   ├── NotFound (LookupError)   (provisioner) no such home, device or provisioning id
+    │   ├── ReleaseConflict          (ota.store) another release is kept under this version or image
+    │   ├── UnknownRelease (LookupError)  (ota.store) no release with this version is kept
+    │   ├── RolloutError             (ota.rollout) a rollout that cannot be planned, or a change it cannot take
+    │   │   └── NotATarget           progress from a node the rollout does not update
+    │   └── StreamError              (ota.stream) a want that does not fit the stream
     ├── RequestError                 a request answered with an error, or not answered in time
     │   ├── HttpError                (provisioner) an HTTP request answered with an error status
     │   └── RegistrationError        (nodefleet.sim_registration) simulated nodes not registered
     ├── StartupError                 a part could not start (.exit_code: 2 usage, 1 otherwise)
-    │   ├── StartupInterrupted       (runtime_checks) a stop was requested while starting (exit 0)
-    │   ├── ServiceLoadError         (runtime_services) a service package breaks the service seam
-    │   ├── ServiceStartError        (runtime_services) a service failed or was not ready in time
+    │   ├── StartupInterrupted       (nodefleet.up.errors) a stop was requested while starting (exit 0)
+    │   ├── ServiceLoadError         (nodefleet.up.services) a service package breaks the service seam
+    │   ├── ServiceStartError        (nodefleet.up.services) a service failed or was not ready in time
     │   ├── EmbeddedBrokerError      (embedded.broker) the embedded broker did not start
     │   │   └── BrokerPortInUse      its port is taken
     │   ├── PostgresError            (embedded.postgres) the embedded PostgreSQL did not start
     │   ├── MosquittoError           (embedded.mosquitto) Mosquitto is missing or did not start
     │   ├── HttpEdgeError            (provisioner) the HTTP edge cannot listen
     │   └── SimError                 (nodefleet.sim) a simulated node cannot run
-    └── CliError                     (cli.common; a click exception) shown as "Error: ...", exit 1
+    └── CliError                     (cli.errors; a click exception) shown as "Error: ...", exit 1
         └── StepError                (cli.provision) a provisioning step failed
 
 The near-duplicates of earlier versions are one class each now:
 ``ConnectionRefused`` (ingest) and ``ConnectRefused`` (scheduler) are
 :class:`BrokerRefused`; ``StorageUnavailable`` (telemetry) and
-``StoreUnavailable`` (scheduler) are :class:`StorageUnavailable`.
+``StoreUnavailable`` (scheduler, ota store) are :class:`StorageUnavailable`.
 """
 
 from __future__ import annotations

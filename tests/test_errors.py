@@ -59,13 +59,13 @@ def test_near_duplicates_are_folded_and_names_are_unique():
 def test_branches_keep_what_callers_rely_on():
     # A fleet request answers a ValueError or LookupError as bad input; these still are.
     from services.provisioner.store import Conflict, NotFound
-    from services.scheduler.nodes import BadSchedule
 
+    from nodefleet.contracts.scheduling import BadSchedule
     from nodefleet.contracts.topics import TopicError
     assert all(issubclass(cls, (errors.InputError, ValueError)) for cls in (TopicError, BadSchedule, Conflict))
     assert issubclass(NotFound, LookupError) and issubclass(NotFound, errors.InputError)
     # Exit codes: 2 when asked, 1 by default, 0 for a stop requested while starting.
-    from nodefleet.runtime_checks import StartupInterrupted
+    from nodefleet.up.errors import StartupInterrupted
     assert errors.StartupError("x").exit_code == 1 and errors.StartupError("x", exit_code=2).exit_code == 2
     assert StartupInterrupted().exit_code == 0
     refused = errors.BrokerRefused.connack(134)  # paho's MQTT 5 number for 3.1.1's 4

@@ -2,8 +2,9 @@
 
 ``serve`` loads the last valid schedules from PostgreSQL, subscribes to every
 node's retained schedule, config (for tz), state and status, waits for the
-retained messages to settle, then runs the planner.  The fleet request
-``scheduler/show`` is answered on the same session.  Run events go out on
+retained messages to settle, then runs the planner.  The fleet requests
+``scheduler/show`` and ``scheduler/set`` (schedule changes, see changes.py) are
+answered on the same session.  Run events go out on
 ``Topics.scheduler_events()``; the telemetry service keeps them for
 ``nodefleet schedule history``.
 """
@@ -20,14 +21,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from nodefleet.contracts import OFFLINE, State
-from nodefleet.contracts.scheduling import SCHEDULER_SERVICE
+from nodefleet.contracts.scheduling import SCHEDULER_SERVICE, BadSchedule
 from nodefleet.contracts.topics import Command, NodeTopic, TopicError
 from nodefleet.fleet import ErrorReporter, answer, presence
 from nodefleet.logging import get_logger
 from nodefleet.wire import BrokerAddress, Client, NotSent, Publisher, Reconnect, Will
 
+from .changes import ScheduleChanges
 from .gcpacer import GcPacer
-from .nodes import BadSchedule, parse_schedule, parse_tz
+from .nodes import parse_schedule, parse_tz
 from .planner import Planner
 from .requests import handlers
 from .rulebook import Run
@@ -76,6 +78,8 @@ class Scheduler:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.events_topic = self.topics.scheduler_events()
         self._switch_topics: dict[str, str] = {}  # built once per node: a burst sends thousands
+        self.session: Client | None = None  # the subscriber's connection while it is up
+        self.changes = ScheduleChanges(store, self.publish_schedule, self._held_schedule)
 
     # -- outgoing ------------------------------------------------------------
     def _switch_topic(self, node: str) -> str:
@@ -90,6 +94,16 @@ class Scheduler:
         for node, run, detail in won[:3]:
             log.info("backup_sent", node=node, run_id=run.run_id, until=run.end, detail=detail, batch=len(won))
         return acked
+
+    def _held_schedule(self, node: str) -> dict[str, Any] | None:
+        view = self.planner.nodes.get(node)
+        return view.schedule if view is not None else None
+
+    async def publish_schedule(self, node: str, body: bytes) -> None:
+        """A changed schedule, retained, on the session (the publisher sends only what is not retained)."""
+        if self.session is None:
+            raise NotSent("not connected to the broker")
+        await self.session.publish(self.topics.schedule(node), body, qos=1, retain=True)
 
     async def publish_events(self, kind: str, events: list[Event]) -> None:
         now = time.time()
@@ -167,7 +181,11 @@ class Scheduler:
             group.create_task(self._subscriber())
 
     async def _subscriber(self) -> None:
-        await self.reconnect.run(self._session, down=self.connected.clear)
+        await self.reconnect.run(self._session, down=self._down)
+
+    def _down(self) -> None:
+        self.session = None
+        self.connected.clear()
 
     async def _session(self) -> None:
         status = self.topics.service_status(SCHEDULER_SERVICE, self.settings.instance)
@@ -179,9 +197,10 @@ class Scheduler:
             await mqtt.subscribe(self.topics.requests(SCHEDULER_SERVICE), qos=1)
             async with presence(mqtt, status, self.errors):
                 self._last_message = time.monotonic()
+                self.session = mqtt
                 self.connected.set()
                 self.reconnect.up()
-                request_handlers = handlers(self)
+                request_handlers = handlers(self.planner.nodes, self.changes)
                 requests_prefix = self.topics.requests(SCHEDULER_SERVICE)[:-1]
                 async for message in mqtt.messages:
                     topic = message.topic
