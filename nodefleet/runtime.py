@@ -50,6 +50,7 @@ from .runtime_checks import (
     probe_broker,
     probe_database,
     without_password,
+    ws_port,
 )
 from .runtime_services import (
     SERVICE_NAMES,
@@ -100,6 +101,8 @@ class RuntimeOptions:
     # The provisioner's HTTP edge (the phone app): 0 picks a free port, -1 turns it off; host None: mqtt_host.
     http_port: int = DEFAULT_HTTP_PORT
     http_host: str | None = None
+    # MQTT over WebSockets on the embedded broker (apps, browsers): -1 off, 0 a free port (the CLI's default: 8083).
+    ws_port: int = -1
     broker_url: str | None = None
     database_url: str | None = None
     log_format: LogFormat = "auto"
@@ -136,6 +139,8 @@ class RuntimeInfo:
     operator_url: str | None = None
     # Where the provisioner's HTTP edge listens (None: off, or no provisioner).
     http_url: str | None = None
+    # The embedded broker's MQTT over WebSockets (None: off, or an external broker).
+    ws_url: str | None = None
 
     @property
     def secured(self) -> bool:
@@ -161,6 +166,8 @@ class Runtime:
         self._postgres: EmbeddedPostgres | None = None
         self._lock: DataDirLock | None = None
         self._access = BrokerAccess(embedded=options.embedded_broker)
+        self._ws_port: int | None = None
+        self._ws_url: str | None = None
 
     # -- start ---------------------------------------------------------------
     async def start(self) -> RuntimeInfo:
@@ -204,6 +211,7 @@ class Runtime:
             credentials_file=self._access.credentials.path if self._access.credentials else None,
             operator_url=self._access.login(OPERATOR, broker_url) if self._access.credentials else None,
             http_url=f"http://{edge['http_host']}:{edge['http_port']}" if edge.get("http_port", -1) >= 0 else None,
+            ws_url=self._ws_url,
         )
         log.info("up_ready", broker=without_password(info.broker_url), database=without_password(info.database_url),
                  data_dir=str(info.data_dir), services=info.services, extras=info.extras,
@@ -224,6 +232,8 @@ class Runtime:
                 f"--broker mqtt://{mqtt_host}:{self.options.mqtt_port}",
                 exit_code=EXIT_USAGE,
             )
+        if self.options.embedded_broker:
+            self._ws_port = ws_port(mqtt_host, self.options.ws_port)
         if self.options.embedded_database and not port_is_free(host, self.options.db_port):
             raise StartupError(
                 f"database port {self.options.db_port} on {host} is already taken: choose another with "
@@ -314,7 +324,7 @@ class Runtime:
             # Retained config, schedules and states must survive a restart of `nodefleet up`.
             # Hashing the users' passwords is slow on purpose: off the event loop.
             broker = await asyncio.to_thread(
-                EmbeddedBroker, host=self.options.mqtt_host, port=self.options.mqtt_port,
+                EmbeddedBroker, host=self.options.mqtt_host, port=self.options.mqtt_port, ws_port=self._ws_port,
                 retained_file=self.options.data_dir / "retained.json",
                 **self._access.broker_options(self.options.data_dir),
             )
@@ -324,6 +334,7 @@ class Runtime:
         except Exception as exc:
             raise StartupError(f"the embedded MQTT broker did not start: {exc}; or use --broker mqtt://host:port") from exc
         self._stack.push_async_callback(self._stop_broker, broker)
+        self._ws_url = broker.ws_url
         log.info("broker_started", url=broker.url, secured=self.options.secure)
         return broker.url
 

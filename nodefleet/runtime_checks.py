@@ -92,6 +92,23 @@ def edge_port(host: str, port: int) -> int | None:
         return probe.getsockname()[1]
 
 
+def ws_port(host: str, port: int) -> int | None:
+    """The embedded broker's MQTT-over-WebSockets port: ``port`` if free (StartupError naming --ws-port if
+    taken), a free one for 0, None for -1 (off)."""
+    if port < 0:
+        return None
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise StartupError(
+                f"WebSocket port {port} on {host} (MQTT over WebSockets) is already taken (another `nodefleet up`, "
+                f"or another broker?): choose another with --ws-port (0 picks a free one, -1 turns it off)",
+                exit_code=EXIT_USAGE) from exc
+        return probe.getsockname()[1]
+
+
 async def probe_broker(url: str) -> None:
     """Connect once to an external broker, so a wrong --broker fails now and clearly."""
     try:

@@ -31,6 +31,7 @@ from nodefleet.embedded.mosquitto import free_port
 from nodefleet.mqtt import BrokerAddress, client
 from nodefleet.processes import stop_process
 from services.provisioner.credentials import DynamicSecurity
+from ws_probe import check_websocket_security
 
 ROOT = Path(__file__).resolve().parents[1]
 INIT_SCRIPT = ROOT / "deploy/mosquitto/init-dynsec.sh"
@@ -278,6 +279,9 @@ async def test_init_script_secures_a_real_mosquitto(init_folder: Path) -> None:
         node = broker.url("porch-a1b2c3", "node-pw")
         own, other = topics.state("porch-a1b2c3"), topics.state("kitchen-d4e5f6")
         assert await _received(operator, f"{topics.root}/#", node, [own, other]) == {own}
+        # MQTT over WebSockets (apps, browsers): the same logins and ACLs, through a real WebSocket client.
+        await check_websocket_security(broker.ws_port, topics=topics, operator=("operator", logins["operator"]),
+                                       node="porch-a1b2c3", node_password="node-pw", other="kitchen-d4e5f6")
         # A service may use every ordinary topic but not the control topics.
         assert await _received(operator, f"{topics.root}/#", broker.url("scheduler", logins["scheduler"]),
                                [other]) == {other}
