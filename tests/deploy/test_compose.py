@@ -38,6 +38,8 @@ from nodefleet.contracts.topics import Command
 from nodefleet.embedded.mosquitto import free_port
 from nodefleet.sim import SimNode
 
+from ws_probe import check_websocket_security
+
 from .engine import ROOT, Compose, Engine, EngineUnavailable, compose_binary, host_pip_config
 
 SERVICES = ("mosquitto", "postgres", "telemetry", "provisioner", "scheduler")
@@ -151,6 +153,13 @@ async def test_compose_deployment_lives_through_kill_and_restart(docker_engine: 
     for service in SERVICES:
         assert config["services"][service]["network_mode"] == "host" and not config["services"][service].get("ports")
 
+    clock = [time.monotonic()]
+
+    def phase(what: str) -> None:
+        now = time.monotonic()
+        print(f"  {what}: {now - clock[0]:.1f} s")
+        clock[0] = now
+
     node = SimNode(tmp_path / "node", name="unprovisioned")
     node.write("config.json", FAST_CONFIG)
     try:
@@ -173,6 +182,18 @@ async def test_compose_deployment_lives_through_kill_and_restart(docker_engine: 
         login = node.read("mqtt.json")
         name = login["node_name"]
         assert (login["broker"], login["port"]) == ("127.0.0.1", mqtt_port)
+        phase("provisioned through the HTTP edge")
+        # The provisioner's config (through Mosquitto, retained) sets a fast telemetry period for what follows.
+        done = await asyncio.to_thread(_nodefleet, "device", "config", name, "--set", "telemetry_period=1",
+                                       "--broker", broker)
+        assert done.returncode == 0 and "config version 2" in done.stdout, done.stdout + done.stderr
+        await _until(lambda: (node.read("config.json") or {}).get("telemetry_period") == 1, 30, "config on the node")
+        phase("config version 2 on the node")
+        # Apps on MQTT over WebSockets: the container's Mosquitto, the same logins and ACLs.
+        await check_websocket_security(int(env["NODEFLEET_MQTT_WS_PORT"]), topics=topics,
+                                       operator=("operator", operator), node=name, node_password=login["password"],
+                                       other="kitchen-000000")
+        phase("WebSocket logins and ACLs")
 
         db = await asyncpg.connect(dsn)
         try:
@@ -190,15 +211,20 @@ async def test_compose_deployment_lives_through_kill_and_restart(docker_engine: 
                         if ack.get("id") == "compose-1":
                             break
             assert ack["status"] == "ok", ack
+            phase("telemetry stored, command acknowledged")
 
             await _kill_telemetry_under_a_stream(compose, db, mqtt_port, login, name)
             before = {table: await db.fetchval(f"SELECT count(*) FROM {table}")
                       for table in ("telemetry", "provisioner_devices")}
+            phase("telemetry killed under a QoS 1 stream and restarted")
         finally:
             await db.close()
 
         # down, then up: the volumes keep the devices, the telemetry and the node's login.
         compose.run("down", timeout=180)
+        assert docker_engine.client.containers.list(
+            all=True, filters={"label": f"com.docker.compose.project={project}"}) == []
+        phase("compose down")
         began = time.monotonic()
         compose.run("up", "--wait", "--wait-timeout", "240", "--no-build", "--pull", "never", timeout=300)
         print(f"compose up --wait on the kept volumes: {time.monotonic() - began:.1f} s")
@@ -224,6 +250,7 @@ async def test_compose_deployment_lives_through_kill_and_restart(docker_engine: 
                          "the node's own telemetry after the restart")
         finally:
             await db.close()
+        phase("the node is back with its login")
     except BaseException:
         print(compose.logs())
         print(node.output()[-3000:])
