@@ -221,6 +221,15 @@ class Engine:
         except docker.errors.ImageNotFound:
             return False
 
+    def _drop_other_versions(self, tag: str) -> None:
+        """Remove this repository's images built from other inputs: the kept data root would only grow."""
+        assert self.client is not None
+        repository = tag.rpartition(":")[0]
+        for image in self.client.images.list(name=repository):
+            if tag not in image.tags:
+                with contextlib.suppress(docker.errors.APIError):  # still the base of a kept image
+                    self.client.images.remove(image.id, force=False)
+
     def base_image(self) -> str:
         """Debian bookworm minbase from debootstrap, imported; its tag carries the hash of the recipe."""
         assert self.client is not None
@@ -248,6 +257,7 @@ class Engine:
             repository, _, version = tag.partition(":")
             self.client.api.import_image_from_file(str(archive), repository=repository, tag=version)
         _log(f"{tag}: made in {time.monotonic() - began:.0f} s")
+        self._drop_other_versions(tag)
         return tag
 
     def build(self, context: Path, tag: str, *, dockerfile: str = "Dockerfile",
@@ -283,6 +293,7 @@ class Engine:
         if not self.has(tag):
             seconds = self.build(folder, tag, buildargs={"BASE": base}, extra=extra)
             _log(f"{tag}: built in {seconds:.0f} s")
+            self._drop_other_versions(tag)
         image = self.client.images.get(tag)
         for name_ in also:
             repository, _, version = name_.partition(":")
