@@ -5,8 +5,8 @@ import os
 import struct
 from binascii import a2b_base64, b2a_base64, unhexlify
 
-import hal
 import ota
+from hal import slots
 import store
 
 PROGRESS = "ota.json"
@@ -47,7 +47,7 @@ class Download:
         self.digest = bytearray(ota.DIGEST)
         self.got = 0
         self.unsaved = 0
-        self.slot = hal.slot_info()["next"]
+        self.slot = slots.slot_info()["next"]
         saved = store.load(PROGRESS) or {}
         try:
             have = a2b_base64(saved.get("have", ""))
@@ -62,7 +62,7 @@ class Download:
             # A new download: the bitmap is saved empty before the first write, so a stale one never resumes.
             self.have = bytearray((self.units + 7) // 8)
             self.bad = 0
-            hal.slot_begin(self.size)
+            slots.slot_begin(self.size)
             open(TABLE, "wb").close()
             self.save()
         self.count = _ones(self.have)
@@ -151,7 +151,7 @@ class Download:
             if not ota.equal(hashlib.sha256(data).digest(), self.digest):
                 self.bad += 1
                 return "bad"
-            hal.slot_write(index * bs, data)
+            slots.slot_write(index * bs, data)
         # Written first, marked after: a saved bitmap never claims a block that is not on flash.
         self.have[u >> 3] |= 0x80 >> (u & 7)
         self.count += 1
@@ -169,7 +169,7 @@ class Download:
         off = 0
         while off < self.size:
             n = min(len(buf), self.size - off)
-            hal.slot_read(off, mv[:n])
+            slots.slot_read(off, mv[:n])
             h.update(mv[:n])
             off += n
         return ota.equal(h.digest(), unhexlify(self.offer["sha256"]))
@@ -183,11 +183,11 @@ class Download:
 def image_files(slot=None):
     # [[path, offset, size], ...] from the image's own header (the inactive slot unless named).
     head = bytearray(8)
-    hal.slot_read(0, head, slot)
+    slots.slot_read(0, head, slot)
     if head[:4] != b"NFI1":
         raise ValueError("not an nfi1 image")
     buf = bytearray(struct.unpack(">I", head[4:])[0])
-    hal.slot_read(8, buf, slot)
+    slots.slot_read(8, buf, slot)
     return json.loads(bytes(buf))["files"]
 
 
@@ -214,7 +214,7 @@ def unpack(dest, buf, slot=None):
             done = 0
             while done < size:
                 n = min(len(buf), size - done)
-                hal.slot_read(off + done, mv[:n], slot)
+                slots.slot_read(off + done, mv[:n], slot)
                 f.write(mv[:n])
                 done += n
     return len(files)

@@ -153,7 +153,8 @@ def ident(value):
     if not isinstance(value, str) or not 0 < len(value) <= 64:
         return False
     for c in value:
-        if not (c.isalpha() or c.isdigit() or c in "_.:-"):
+        # ASCII only, as the contract's pattern: CPython's isalpha() also takes letters such as "é".
+        if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9" or c in "_.:-"):
             return False
     return True
 

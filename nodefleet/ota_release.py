@@ -102,6 +102,8 @@ def sources(firmware_dir: Path, *, target: Target = "esp32") -> list[str]:
         rel = path.relative_to(root)
         if rel.parts[0] in ("build", "__pycache__") or any(rel.match(p) for p in _LEFT_OUT[target]):
             continue
+        if rel.as_posix() == "__init__.py":
+            continue  # CPython's package marker (the backend imports firmware.rules); nothing the node runs
         found.append(rel.as_posix())
     return found
 

@@ -9,8 +9,6 @@ import network
 import ntptime
 import ubinascii
 
-from hal.esp32slot import *  # noqa: F401,F403  A/B application slots
-
 PLATFORM = "esp32"
 # Provisioning mode entered because the stored WiFi failed retries it after this long untouched.
 PROV_RETRY_S = 600

@@ -1,12 +1,10 @@
-# Simulated board for the MicroPython unix port; tests drive it through hal.simctl.
+# Simulated board for the MicroPython unix port; tests drive it through hal.simctl (which also starts it).
 import asyncio
 import gc
 import os
 import random
 import sys
 import time
-
-from hal.simslot import *  # noqa: F401,F403  A/B application slots
 
 _env = os.getenv
 _pins = {}
@@ -138,7 +136,7 @@ async def open_connection(host, port):
     return await asyncio.open_connection(host, port)
 
 
-async def _heap_sampler():
+async def sample_heap():
     global heap_peak, heap_live_peak
     n = 0
     while True:
@@ -152,12 +150,3 @@ async def _heap_sampler():
 
 def mark_healthy():
     pass
-
-
-def start():
-    port = _env("NF_CTL_PORT")
-    if port:
-        from hal import simctl
-
-        asyncio.create_task(simctl.serve(int(port)))
-        asyncio.create_task(_heap_sampler())

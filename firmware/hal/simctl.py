@@ -1,4 +1,5 @@
 # Control channel of the simulated board: one text command per line, one JSON line back.
+# Its start() is hal.start() on the unix port, so the board (hal/sim.py) never imports its controller.
 import asyncio
 import gc
 import json
@@ -61,3 +62,10 @@ async def _client(reader, writer):
 
 async def serve(port):
     await asyncio.start_server(_client, "127.0.0.1", port)
+
+
+def start():
+    port = sim._env("NF_CTL_PORT")
+    if port:
+        asyncio.create_task(serve(int(port)))
+        asyncio.create_task(sim.sample_heap())

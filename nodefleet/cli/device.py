@@ -10,18 +10,12 @@ import click
 
 from ..contracts.provisioning import PROVISIONER_SERVICE
 from ..settings import CommonSettings
-from . import main
-from .common import (
-    CliError,
-    Column,
-    emit,
-    fleet_options,
-    format_option,
-    node_name,
-    note,
-    run,
-    service_request,
-)
+from .errors import CliError
+from .group import main
+from .options import fleet_options, format_option, node_name
+from .output import Column, emit, note
+from .requests import service_request
+from .running import run
 
 provisioner_timeout = click.option(
     "--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True, metavar="SECONDS",

@@ -6,20 +6,12 @@ from typing import Any
 
 from ..contracts.queries import DeviceRow, DevicesQuery
 from ..settings import CommonSettings
-from . import main
-from .common import (
-    Column,
-    emit,
-    fleet_options,
-    fleet_request,
-    format_option,
-    iso_time,
-    note,
-    parse_rows,
-    relative,
-    run,
-    timeout_option,
-)
+from .group import main
+from .options import fleet_options, format_option, timeout_option
+from .output import Column, emit, note
+from .requests import fleet_request, parse_rows
+from .running import run
+from .times import iso_time, relative
 
 
 def _availability(online: Any) -> str:

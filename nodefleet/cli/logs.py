@@ -6,21 +6,12 @@ import click
 
 from ..contracts.queries import LogRow, LogsQuery
 from ..settings import CommonSettings
-from . import main
-from .common import (
-    Column,
-    emit,
-    fleet_options,
-    fleet_request,
-    format_option,
-    iso_time,
-    local_time,
-    node_name,
-    note,
-    parse_rows,
-    run,
-    timeout_option,
-)
+from .group import main
+from .options import fleet_options, format_option, node_name, timeout_option
+from .output import Column, emit, note
+from .requests import fleet_request, parse_rows
+from .running import run
+from .times import iso_time, local_time
 
 COLUMNS = (
     Column(key="received", title="received", human=local_time, machine=iso_time),

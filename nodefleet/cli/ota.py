@@ -10,8 +10,9 @@ import click
 from ..contracts.ota import table_chunks
 from ..contracts.topics import TopicError, validate_release
 from ..ota_release import ReleaseError, build, read, write
-from . import main
-from .common import CliError, console, note
+from .errors import CliError
+from .group import main
+from .output import console, note
 
 
 def _version(ctx: click.Context, param: click.Parameter, value: str) -> str:

@@ -27,9 +27,11 @@ from rich.progress import (
 
 from ..contracts.provisioning import HTTP_REGISTER_PATH, HTTP_STATUS_PATH
 from ..settings import CommonSettings
-from . import main
-from .common import CliError, fleet_options, run
 from .device import provisioner_request
+from .errors import CliError
+from .group import main
+from .options import fleet_options
+from .running import run
 
 STEPS = ("register", "device info", "wifi", "mqtt", "restart", "online")
 HTTP_TIMEOUT = 5.0

@@ -1,43 +1,37 @@
-"""``nodefleet schedule set|show|history NODE``: a node's NodeLogic rules, through its retained schedule topic."""
+"""``nodefleet schedule set|show|history NODE``: a node's NodeLogic rules (changed through the scheduler, shown from
+the retained schedule topic, the node's state and the scheduler's view)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import uuid
 from typing import Any
 
 import click
 from pydantic import ValidationError
 
-from ..contracts import WEEKDAYS, Schedule, State
+from ..contracts import WEEKDAYS, State
 from ..contracts.queries import TELEMETRY_SERVICE, LogRow, LogsQuery, RunEventsQuery
 from ..contracts.scheduling import (
     SCHEDULE_REJECTED,
     SCHEDULER_SERVICE,
     RunEventRow,
+    ScheduleChange,
+    ScheduleChanged,
     ShowAnswer,
     ShowQuery,
 )
 from ..settings import CommonSettings
-from . import main
-from .common import (
-    CliError,
-    Column,
-    Connection,
-    connect,
-    emit,
-    fleet_options,
-    format_option,
-    iso_time,
-    local_time,
-    node_name,
-    note,
-    parse_duration,
-    parse_rows,
-    request_on,
-    run,
-)
+from .connect import Connection, connect
+from .errors import CliError
+from .group import main
+from .options import fleet_options, format_option, node_name
+from .output import Column, emit, note
+from .requests import parse_rows, request_on
+from .running import run
+from .times import iso_time, local_time, parse_duration
 
 RETAINED_WAIT = 1.0  # seconds to wait for the retained schedule (none arrives if the node has none)
 DAYS_HELP = "mon-fri, sat,sun, mon-wed,fri or daily"
@@ -64,13 +58,6 @@ def seconds(text: str, what: str) -> int:
     return int(value)
 
 
-def engine_check(schedule: dict[str, Any]) -> str | None:
-    """The node's own verdict (the firmware's rule engine), so a schedule the node would refuse is never sent."""
-    from services.scheduler.rulebook import check_schedule
-
-    return check_schedule(schedule)
-
-
 async def _retained(connection: Connection, *topics: str) -> dict[str, Any]:
     """The retained JSON of each topic that has one (waits at most RETAINED_WAIT for those that do not)."""
     for topic in topics:
@@ -88,10 +75,6 @@ async def _retained(connection: Connection, *topics: str) -> dict[str, Any]:
                     if len(found) == len(topics):
                         break
     return {topic: value for topic, value in found.items() if value is not None}
-
-
-async def _retained_schedule(connection: Connection, topic: str) -> dict[str, Any] | None:
-    return (await _retained(connection, topic)).get(topic)
 
 
 async def _request(connection: Connection, action: str, query: Any, timeout: float) -> Any:
@@ -113,11 +96,17 @@ def schedule() -> None:
 @click.option("--end", metavar="HH:MM", help="With --every: no run starts at or after this time")
 @click.option("--id", "rule_id", metavar="ID", help="Rule id; a rule with this id is replaced  [default: from --at]")
 @click.option("--disabled", is_flag=True, help="Store the rule switched off")
-@click.option("--replace", is_flag=True, help="Drop the node's other rules")
+@click.option("--replace", is_flag=True, help="Drop the node's other rules (also those the new rule conflicts with)")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True, metavar="SECONDS",
+              help="How long to wait for the scheduler")
 @fleet_options
 def set_(settings: CommonSettings, node: str, at: str, duration: str, days: str, action: str, every: str | None,
-         end: str | None, rule_id: str | None, disabled: bool, replace: bool) -> None:
-    """Add or replace one rule of NODE's schedule and publish it (retained) with the next version.
+         end: str | None, rule_id: str | None, disabled: bool, replace: bool, timeout: float) -> None:
+    """Add or replace one rule of NODE's schedule; the scheduler publishes it (retained) with the next version.
+
+    The scheduler must be running (`nodefleet up` runs it): it applies the
+    change to the version in force, so changes made at the same moment all
+    land.  A rule the node would refuse is refused here, with the node's reason.
 
     \b
     Examples:
@@ -131,29 +120,17 @@ def set_(settings: CommonSettings, node: str, at: str, duration: str, days: str,
         if every is None or end is None:
             raise click.UsageError("an interval rule needs both --every and --end")
         rule.update(every=seconds(every, "--every"), end=end)
-    run(_set(settings, node, rule, replace))
+    run(_set(settings, node, rule, replace, timeout))
 
 
-async def _set(settings: CommonSettings, node: str, rule: dict[str, Any], replace: bool) -> None:
+async def _set(settings: CommonSettings, node: str, rule: dict[str, Any], replace: bool, timeout: float) -> None:
+    # The scheduler owns schedule changes: it applies this one to the version in force and publishes the next,
+    # so two people setting rules at the same moment both keep theirs.
+    change = ScheduleChange(node=node, change=uuid.uuid4().hex, rule=rule, replace=replace)
     async with connect(settings) as connection:
-        topic = connection.topics.schedule(node)
-        current = await _retained_schedule(connection, topic)
-        rules = [] if replace or not isinstance(current, dict) else [
-            r for r in current.get("rules", []) if isinstance(r, dict) and r.get("id") != rule["id"]]
-        version = current.get("version", 0) + 1 if isinstance(current, dict) and isinstance(current.get("version"), int) else 1
-        new = {"v": 1, "version": version, "rules": [*rules, rule]}
-        try:
-            Schedule.model_validate(new)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            # A message that names its rule says it in words already (the node's own wording).
-            why = first["msg"] if first["type"] == "hhmm" else f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
-            raise CliError(f"invalid rule ({why}): fix the options") from exc
-        reason = engine_check(new)
-        if reason:
-            raise CliError(f"the node would reject this schedule: {reason}; change the rule or use --replace")
-        await connection.client.publish(topic, json.dumps(new), qos=1, retain=True)
-    note(f"{node}: schedule version {version} published with {len(new['rules'])} rule(s)")
+        answer = ScheduleChanged.model_validate(await _request(connection, "set", change, timeout))
+    note(f"{node}: schedule version {answer.schedule['version']} published with "
+         f"{len(answer.schedule['rules'])} rule(s)")
 
 
 RULE_COLUMNS = (

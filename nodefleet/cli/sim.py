@@ -14,15 +14,12 @@ from ..paths import OPERATOR, CredentialsFileError, LocalCredentials, default_da
 from ..settings import CommonSettings
 from ..sim import SimError, SimFleet
 from ..sim_registration import RegistrationError, register_nodes
-from . import main
-from .common import (
-    NOT_RUNNING_HINT,
-    CliError,
-    fleet_options,
-    note,
-    run,
-    stop_on_signals,
-)
+from .connect import NOT_RUNNING_HINT
+from .errors import CliError
+from .group import main
+from .options import fleet_options
+from .output import note
+from .running import run, stop_on_signals
 
 REGISTRATIONS_FILE = "registrations.json"
 

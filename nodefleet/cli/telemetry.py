@@ -16,27 +16,14 @@ from ..contracts.payloads import Telemetry
 from ..contracts.queries import TelemetryQuery, TelemetryRow
 from ..contracts.topics import NodeTopic, TopicError
 from ..settings import CommonSettings
-from . import main
-from .common import (
-    NOT_RUNNING_HINT,
-    TIME_HELP,
-    CliError,
-    Column,
-    TimeArg,
-    connect,
-    emit,
-    fleet_options,
-    fleet_request,
-    format_option,
-    iso_time,
-    local_time,
-    node_name,
-    note,
-    parse_rows,
-    run,
-    stop_on_signals,
-    timeout_option,
-)
+from .connect import NOT_RUNNING_HINT, connect
+from .errors import CliError
+from .group import main
+from .options import fleet_options, format_option, node_name, timeout_option
+from .output import Column, emit, note
+from .requests import fleet_request, parse_rows
+from .running import run, stop_on_signals
+from .times import TIME_HELP, TimeArg, iso_time, local_time
 
 BASE_KEYS = ("node", "time", "received", "seq")
 

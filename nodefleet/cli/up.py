@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
 import os
 import shlex
 from pathlib import Path
@@ -17,23 +15,15 @@ from ..contracts.provisioning import HTTP_REGISTER_PATH, HTTP_STATUS_PATH
 from ..embedded.postgres import SYSTEM_USER
 from ..mqtt import BrokerAddress
 from ..paths import DATA_DIR_VARIABLE, default_data_dir
-from ..runtime import (
-    DEFAULT_DB_PORT,
-    DEFAULT_HTTP_PORT,
-    DEFAULT_MQTT_PORT,
-    Runtime,
-    RuntimeInfo,
-    RuntimeOptions,
-    StartupError,
-    Unit,
-    run,
-)
-from ..runtime_checks import without_password
 from ..settings import CommonSettings
-from . import main
+from ..sim import run_demo
+from ..up.errors import StartupError
+from ..up.logins import without_password
+from ..up.options import DEFAULT_DB_PORT, DEFAULT_HTTP_PORT, DEFAULT_MQTT_PORT, RuntimeInfo, RuntimeOptions
+from ..up.services import Unit
+from ..up.system import Runtime, run
+from .group import main
 
-# The demo nodes exist only once the simulator is part of the package.
-DEMO_AVAILABLE = importlib.util.find_spec("nodefleet.sim") is not None
 DEMO_FILE = "demo-nodes.json"
 WIDE_OPEN_HOSTS = ("0.0.0.0", "::")
 HTTP_PORT_VARIABLE = "NODEFLEET_PROVISIONER_HTTP_PORT"
@@ -144,10 +134,9 @@ def _options(function: Any) -> Any:
                      help="LOCAL EXPERIMENTS ONLY: the embedded broker lets anyone in without a password and the "
                           "provisioner's node credentials are not checked (default: secured, a user per node and "
                           "service, passwords in the data directory)"),
+        click.option("--demo", type=click.IntRange(min=0), default=0, metavar="N",
+                     help="Also run N simulated nodes against the broker"),
     ]
-    if DEMO_AVAILABLE:
-        options.append(click.option("--demo", type=click.IntRange(min=0), default=0, metavar="N",
-                                    help="Also run N simulated nodes against the broker"))
     for option in reversed(options):
         function = option(function)
     return function
@@ -156,7 +145,8 @@ def _options(function: Any) -> Any:
 @main.command()
 @_options
 def up(*, mqtt_port: int, mqtt_host: str, db_port: int, pg_system_user: str, http_port: int, ws_port: int,
-       data_dir: Path | None, broker: str | None, database: str | None, log_format: str, log_level: str, insecure: bool, demo: int = 0) -> None:
+       data_dir: Path | None, broker: str | None, database: str | None, log_format: str, log_level: str,
+       insecure: bool, demo: int) -> None:
     """Run everything in one process: MQTT broker, PostgreSQL and every service.
 
     With nothing but the package installed, starts an embedded MQTT broker
@@ -218,12 +208,7 @@ def _demo_scope(broker: str | None, insecure: bool) -> str:
 
 
 def _demo_unit(count: int, *, store: Path, scope: str) -> Any:
-    """The hook for simulated nodes: ``nodefleet.sim.run_demo``, which registers them with the provisioner."""
-    sim = importlib.import_module("nodefleet.sim")
-    run_demo = getattr(sim, "run_demo", None)
-    if run_demo is None:
-        raise click.UsageError("--demo needs nodefleet.sim.run_demo, which this build lacks")
-
+    """The simulated nodes: ``nodefleet.sim.run_demo``, which registers them with the provisioner."""
     # The nodes publish under the same root as the services read (NODEFLEET_TOPIC_ROOT).
     settings = CommonSettings()
 

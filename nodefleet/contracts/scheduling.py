@@ -1,27 +1,62 @@
 """Scheduler contract: run events, and the requests the CLI sends to the scheduler.
 
 A node's schedule itself is the retained :class:`~nodefleet.contracts.payloads.Schedule`
-on ``Topics.schedule(node)``; anyone may set it.  The scheduler publishes one
+on ``Topics.schedule(node)``.  Changes go through the scheduler
+(:class:`ScheduleChange`, ``scheduler/set``), which applies each to the
+current version and publishes the next one, so two changes at the same moment
+both land; a schedule published on the topic directly is taken too.  The scheduler publishes one
 :class:`RunEvent` per run outcome on ``Topics.scheduler_events()`` (QoS 1); the
 telemetry service stores them and answers
 :class:`~nodefleet.contracts.queries.RunEventsQuery` with :class:`RunEventRow`
 for ``nodefleet schedule history``.  The scheduler's own event table is its
 claim store, not a history anyone reads.
+
+:func:`validate_schedule` is the one verdict on a schedule for all CPython code
+(the CLI, the scheduler): the node's own rule engine first (``firmware/rules.py``,
+the same file the node runs, with the node's wording), then the model.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
-from .payloads import Epoch, Identifier, NodeName, Part, Payload, ShortText, Text
+from firmware import rules as engine
+
+from .payloads import Epoch, Identifier, NodeName, Part, Payload, Schedule, ShortText, Text
 from .queries import Query
 
 SCHEDULER_SERVICE = "scheduler"
 SCHEDULE_REJECTED = "bad_schedule"
 """Code of the log entry a node writes (firmware/normal.py), and of the scheduler's error event, when a
 retained schedule is refused; the previous version stays in force (the node's ``State.schedule``)."""
+
+
+
+class BadSchedule(ValueError):
+    """A schedule the contract or the rule engine rejects; the message names the problem."""
+
+
+def validate_schedule(raw: Any) -> Schedule:
+    """``raw`` (decoded JSON) as the node would take it, or BadSchedule with the reason, in the node's words.
+
+    The engine's check is the node's own (unknown fields, bad times, conflicting
+    overlaps); the model follows, so nothing it refuses passes either
+    (tests/scheduler/test_schedule_verdicts.py runs both sides on the same cases).
+    """
+    reason = engine.check_schedule(raw)
+    if reason:
+        raise BadSchedule(reason)
+    try:
+        return Schedule.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        # A message that names its rule says it in words already (the node's own wording).
+        if first["type"] == "hhmm":
+            raise BadSchedule(first["msg"]) from None
+        raise BadSchedule(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+
 
 RunKind = Literal["run", "backup", "miss", "skipped"]
 """run: the node executed it; backup: the scheduler sent it; miss: the node was
@@ -78,3 +113,24 @@ class ShowAnswer(Query):
     mode: str | None = None
     open: RunView | None = None
     next: RunView | None = None
+
+
+class ScheduleChange(Query):
+    """``scheduler/set``: add ``rule`` to a node's schedule (replacing a rule with its id), or make it the only rule.
+
+    Every scheduler instance receives the request; ``change`` identifies it, so
+    it is applied once whichever instances answer.
+    """
+
+    action: Annotated[str, Field(exclude=True)] = "set"
+    node: NodeName
+    change: Identifier
+    rule: dict[str, Any]
+    replace: bool = False
+
+
+class ScheduleChanged(Query):
+    """The answer to a ScheduleChange: the schedule now retained for the node."""
+
+    node: NodeName
+    schedule: dict[str, Any]

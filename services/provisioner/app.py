@@ -26,6 +26,7 @@ from .credentials import CredentialError, Credentials, DynamicSecurity, NoCreden
 from .homie import HomieBridge, set_filter
 from .http import HttpEdge
 from .registry import Registry
+from .requests import handlers
 from .settings import ProvisionerSettings
 
 log = get_logger(__name__)
@@ -60,9 +61,9 @@ class Service:
             broker_port=settings.broker_port or self.address.port, pending_ttl=settings.pending_ttl,
             max_devices_per_home=settings.max_devices_per_home,
         )
-        self.handlers = self.registry.handlers()
+        self.handlers = handlers(self.registry)
         self.homie = HomieBridge(topics=self.topics, publish=self._publish, errors=self.errors,
-                                 capabilities=self.registry.capabilities)
+                                 capabilities=self.registry.first_online.capabilities)
         self.status_topic = self.topics.service_status(PROVISIONER_SERVICE, settings.instance)
         self.subscribed = asyncio.Event()
         self.http_port: int | None = None  # where the HTTP edge listens, once started
@@ -136,9 +137,9 @@ class Service:
             self.errors.report("bad_topic", str(exc), topic=topic)
             return
         if parsed.kind == NodeTopic.STATUS:
-            self._spawn(self.registry.on_status(parsed.node, payload))
+            self._spawn(self.registry.first_online.on_status(parsed.node, payload))
         elif parsed.kind == NodeTopic.INFO:
-            self._spawn(self.registry.on_info(parsed.node, payload))
+            self._spawn(self.registry.first_online.on_info(parsed.node, payload))
         elif parsed.kind == NodeTopic.STATE:
             self._spawn(self._on_state(parsed.node, payload))
         elif parsed.kind == NodeTopic.TELEMETRY:
@@ -147,7 +148,7 @@ class Service:
             self._spawn(self.registry.on_log(parsed.node, payload))
 
     async def _on_state(self, node: str, payload: bytes) -> None:
-        state = await self.registry.on_state(node, payload)
+        state = await self.registry.configs.on_state(node, payload)
         if state is not None:
             await self.homie.on_state(node, state)
 
@@ -169,7 +170,7 @@ class Service:
             if self.mqtt is None:
                 continue
             try:
-                expired = await self.registry.expire()
+                expired = await self.registry.removal.expire()
             except (asyncpg.PostgresError, OSError, CredentialError, aiomqtt.MqttError) as exc:
                 log.warning("expiry_failed", error=str(exc) or type(exc).__name__)
                 continue
@@ -199,7 +200,7 @@ async def serve(settings: ProvisionerSettings, *, ready: asyncio.Event | None = 
         async with asyncio.TaskGroup() as group:
             group.create_task(service.run_mqtt())
             group.create_task(service.expire_loop())
-            group.create_task(service.registry.publish_discovery())
+            group.create_task(service.registry.announcer.run())
             await service.subscribed.wait()
             service.http_port = edge.port if edge is not None else None
             if started is not None and not started.done():

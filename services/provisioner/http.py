@@ -157,7 +157,7 @@ class HttpEdge:
                     raise HttpError(400, f"body is not valid JSON: {exc}") from exc
                 if not isinstance(data, dict):
                     raise HttpError(400, "body must be a JSON object {home_id, device_name, chip_id?}")
-                registration = await self.registry.register(RegisterRequest.model_validate(data))
+                registration = await self.registry.registrations.register(RegisterRequest.model_validate(data))
                 return 201, registration.model_dump(mode="json")
             if path.startswith(STATUS):
                 if method != "GET":
@@ -165,7 +165,7 @@ class HttpEdge:
                 provisioning_id = path[len(STATUS):].strip("/")
                 if len(provisioning_id) != 32 or any(c not in "0123456789abcdef" for c in provisioning_id):
                     raise HttpError(400, "a provisioning id is 32 hex digits")
-                return 200, (await self.registry.status(provisioning_id)).model_dump(mode="json")
+                return 200, (await self.registry.registrations.status(provisioning_id)).model_dump(mode="json")
             raise HttpError(404, f"no such path; use POST {REGISTER} or GET {STATUS}<provisioning_id>")
         except ValidationError as exc:
             raise HttpError(400, _first_error(exc)) from exc

@@ -2,8 +2,9 @@
 
 ``serve`` loads the last valid schedules from PostgreSQL, subscribes to every
 node's retained schedule, config (for tz), state and status, waits for the
-retained messages to settle, then runs the planner.  The fleet request
-``scheduler/show`` is answered on the same session.  Run events go out on
+retained messages to settle, then runs the planner.  The fleet requests
+``scheduler/show`` and ``scheduler/set`` (schedule changes, see changes.py) are
+answered on the same session.  Run events go out on
 ``Topics.scheduler_events()``; the telemetry service keeps them for
 ``nodefleet schedule history``.
 """
@@ -22,14 +23,15 @@ from pydantic import ValidationError
 
 from nodefleet.backoff import Backoff
 from nodefleet.contracts import OFFLINE, State
-from nodefleet.contracts.scheduling import SCHEDULER_SERVICE
+from nodefleet.contracts.scheduling import SCHEDULER_SERVICE, BadSchedule
 from nodefleet.contracts.topics import Command, NodeTopic, TopicError
 from nodefleet.fleet import ErrorReporter, answer, presence
 from nodefleet.logging import get_logger
 from nodefleet.mqtt import BrokerAddress, client
 
+from .changes import ScheduleChanges
 from .gcpacer import GcPacer
-from .nodes import BadSchedule, parse_schedule, parse_tz
+from .nodes import parse_schedule, parse_tz
 from .planner import Planner
 from .publisher import NotSent, Publisher
 from .requests import handlers
@@ -78,6 +80,8 @@ class Scheduler:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.events_topic = self.topics.scheduler_events()
         self._switch_topics: dict[str, str] = {}  # built once per node: a burst sends thousands
+        self.session: aiomqtt.Client | None = None  # the subscriber's connection while it is up
+        self.changes = ScheduleChanges(store, self.publish_schedule, self._held_schedule)
 
     # -- outgoing ------------------------------------------------------------
     def _switch_topic(self, node: str) -> str:
@@ -92,6 +96,16 @@ class Scheduler:
         for node, run, detail in won[:3]:
             log.info("backup_sent", node=node, run_id=run.run_id, until=run.end, detail=detail, batch=len(won))
         return acked
+
+    def _held_schedule(self, node: str) -> dict[str, Any] | None:
+        view = self.planner.nodes.get(node)
+        return view.schedule if view is not None else None
+
+    async def publish_schedule(self, node: str, body: bytes) -> None:
+        """A changed schedule, retained, on the session (the publisher sends only what is not retained)."""
+        if self.session is None:
+            raise ConnectionError("not connected to the broker")
+        await self.session.publish(self.topics.schedule(node), body, qos=1, retain=True)
 
     async def publish_events(self, kind: str, events: list[Event]) -> None:
         now = time.time()
@@ -178,6 +192,7 @@ class Scheduler:
             except aiomqtt.MqttError as exc:
                 log.warning("scheduler_connection_lost", broker=address.url, error=str(exc),
                             retry_in=round(backoff.next_pause, 2))
+            self.session = None
             self.connected.clear()
             await backoff.wait()
 
@@ -191,8 +206,9 @@ class Scheduler:
             await mqtt.subscribe(self.topics.requests(SCHEDULER_SERVICE), qos=1)
             async with presence(mqtt, status, self.errors):
                 self._last_message = time.monotonic()
+                self.session = mqtt
                 self.connected.set()
-                request_handlers = handlers(self)
+                request_handlers = handlers(self.planner.nodes, self.changes)
                 requests_prefix = self.topics.requests(SCHEDULER_SERVICE)[:-1]
                 async for message in mqtt.messages:
                     topic = str(message.topic)

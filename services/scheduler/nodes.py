@@ -9,15 +9,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from nodefleet.contracts import ONLINE, Config, Schedule, State
+from nodefleet.contracts import ONLINE, Config, State
+from nodefleet.contracts.scheduling import BadSchedule, validate_schedule
 
-from .rulebook import Run, Tz, check_schedule, tz_pairs
+from .rulebook import Run, Tz, tz_pairs
 
 SEEN_KEPT = 64  # run ids a node reported, kept per node (the node itself keeps 24)
-
-
-class BadSchedule(ValueError):
-    """A schedule the contract or the rule engine rejects; the message names the problem."""
 
 
 @dataclass
@@ -66,16 +63,7 @@ def parse_schedule(payload: bytes) -> dict[str, Any] | None:
         raw = json.loads(payload)
     except ValueError as exc:
         raise BadSchedule(f"schedule is not valid JSON ({exc})") from None
-    # The engine's check is the node's own (unknown fields, bad times, conflicting overlaps).
-    reason = check_schedule(raw)
-    if reason:
-        raise BadSchedule(reason)
-    try:
-        Schedule.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise BadSchedule(f"{where}: {first['msg']}") from None
+    validate_schedule(raw)
     return raw
 
 

@@ -1,4 +1,4 @@
-"""The fleet request the scheduler answers: ``show``.
+"""The fleet requests the scheduler answers: ``show`` (what it holds for a node) and ``set`` (a schedule change).
 
 Run history is not asked here: the telemetry service stores the run events
 (``telemetry/run_events``); the scheduler's own event table is its claim store.
@@ -7,25 +7,24 @@ Run history is not asked here: the telemetry service stores the run events
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from nodefleet.contracts.scheduling import RunView, ShowAnswer, ShowQuery
+from nodefleet.contracts.scheduling import RunView, ScheduleChange, ShowAnswer, ShowQuery
 from nodefleet.fleet import Handler
 
+from .changes import ScheduleChanges
+from .nodes import NodeView
 from .rulebook import Run, next_start, window
-
-if TYPE_CHECKING:
-    from .app import Scheduler
 
 
 def _run_view(run: Run | None) -> RunView | None:
     return RunView(rule=run.rule, run_id=run.run_id, action=run.action, start=run.start, end=run.end) if run else None
 
 
-def handlers(scheduler: Scheduler) -> dict[str, Handler]:
+def handlers(nodes: dict[str, NodeView], changes: ScheduleChanges) -> dict[str, Handler]:
     async def show(data: dict[str, Any]) -> dict[str, Any]:
         query = ShowQuery.model_validate(data)
-        view = scheduler.planner.nodes.get(query.node)
+        view = nodes.get(query.node)
         if view is None:
             return ShowAnswer(node=query.node).model_dump(mode="json")
         now = int(time.time())
@@ -34,4 +33,7 @@ def handlers(scheduler: Scheduler) -> dict[str, Handler]:
             open=_run_view(window(view.rules, view.tz, now)), next=_run_view(next_start(view.rules, view.tz, now)),
         ).model_dump(mode="json")
 
-    return {"show": show}
+    async def set_(data: dict[str, Any]) -> dict[str, Any]:
+        return (await changes.apply(ScheduleChange.model_validate(data))).model_dump(mode="json")
+
+    return {"show": show, "set": set_}

@@ -1,4 +1,5 @@
-"""The scheduler's own tables in PostgreSQL: run events (also the backup claims) and last valid schedules.
+"""The scheduler's own tables in PostgreSQL: run events (also the backup claims), last valid schedules and the
+schedule changes it applied.
 
 A backup is claimed by inserting its ``backup`` event: (node, run_id, kind) is
 the primary key, so of two instances only one insert wins.  ``sent`` stays NULL
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -47,6 +48,17 @@ MIGRATIONS = [
         updated double precision NOT NULL
     );
     """,
+    # Schedule changes (scheduler/set): the version beside each body, and each change applied, by its id.
+    """
+    ALTER TABLE scheduler_schedules ADD COLUMN version integer;
+    UPDATE scheduler_schedules SET version = (body::jsonb ->> 'version')::integer;
+    CREATE TABLE scheduler_changes (
+        change text PRIMARY KEY,
+        node text NOT NULL,
+        body text NOT NULL,
+        ts double precision NOT NULL
+    );
+    """,
 ]
 _LOCK = 0x5C4ED01E  # advisory lock: two instances starting together migrate one after the other
 
@@ -56,6 +68,8 @@ TRANSIENT = pg_errors.TRANSIENT  # re-exported for the planner
 class StoreUnavailable(RuntimeError):
     """PostgreSQL cannot be reached now; the work can be retried."""
 
+
+_SCHEDULE_LOCK = 0x5C4ED02E  # advisory lock class of a node's schedule changes (with hashtext(node))
 
 _CLAIM = """
     INSERT INTO scheduler_events (node, run_id, kind, rule, action, start, "end", ts, instance, detail)
@@ -149,22 +163,53 @@ class Store:
             time.time(), [n for n, _ in sent], [r for _, r in sent])
 
     async def prune(self, days: int) -> int:
-        result = await self.pool.execute("DELETE FROM scheduler_events WHERE ts < $1", time.time() - days * 86400)
+        before = time.time() - days * 86400
+        await self.pool.execute("DELETE FROM scheduler_changes WHERE ts < $1", before)
+        result = await self.pool.execute("DELETE FROM scheduler_events WHERE ts < $1", before)
         return int(result.split()[-1])
 
     # -- last valid schedules ----------------------------------------------
     async def save_schedule(self, node: str, body: dict[str, Any] | None) -> None:
+        """Keep a retained schedule; one older than the version held (arriving late) leaves the newer one."""
         if body is None:
             await self.pool.execute("DELETE FROM scheduler_schedules WHERE node = $1", node)
             return
         await self.pool.execute(
-            """INSERT INTO scheduler_schedules (node, body, updated) VALUES ($1, $2, $3)
-               ON CONFLICT (node) DO UPDATE SET body = EXCLUDED.body, updated = EXCLUDED.updated""",
-            node, json.dumps(body), time.time())
+            """INSERT INTO scheduler_schedules (node, body, updated, version) VALUES ($1, $2, $3, $4)
+               ON CONFLICT (node) DO UPDATE SET body = EXCLUDED.body, updated = EXCLUDED.updated,
+                                                version = EXCLUDED.version
+               WHERE scheduler_schedules.version IS NULL OR scheduler_schedules.version <= EXCLUDED.version""",
+            node, json.dumps(body), time.time(), body["version"])
 
     async def schedules(self) -> dict[str, dict[str, Any]]:
         rows = await self.pool.fetch("SELECT node, body FROM scheduler_schedules")
         return {row["node"]: json.loads(row["body"]) for row in rows}
+
+    async def change_schedule(self, node: str, change: str, edit: Callable[[dict[str, Any] | None], dict[str, Any]],
+                              publish: Callable[[str, dict[str, Any]], Awaitable[None]]) -> dict[str, Any]:
+        """Apply ``edit`` to the node's current schedule, ``publish`` the result and keep it; the schedule after ``change``.
+
+        One change per node at a time across instances: the advisory lock is held
+        until the new version is published and stored.  A change recorded already
+        (another instance applied it) is answered from the record.
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _SCHEDULE_LOCK, node)
+            done = await conn.fetchval("SELECT body FROM scheduler_changes WHERE change = $1", change)
+            if done is not None:
+                return json.loads(done)
+            current = await conn.fetchval("SELECT body FROM scheduler_schedules WHERE node = $1", node)
+            new = edit(json.loads(current) if current is not None else None)
+            await publish(node, new)
+            body, now = json.dumps(new), time.time()
+            await conn.execute(
+                """INSERT INTO scheduler_schedules (node, body, updated, version) VALUES ($1, $2, $3, $4)
+                   ON CONFLICT (node) DO UPDATE SET body = EXCLUDED.body, updated = EXCLUDED.updated,
+                                                    version = EXCLUDED.version""",
+                node, body, now, new["version"])
+            await conn.execute("INSERT INTO scheduler_changes (change, node, body, ts) VALUES ($1, $2, $3, $4)",
+                               change, node, body, now)
+        return new
 
 
 def _columns(events: Sequence[Event]) -> list[list[Any]]:

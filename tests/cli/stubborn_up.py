@@ -9,7 +9,9 @@ import asyncio
 import sys
 from pathlib import Path
 
-from nodefleet.runtime import Runtime, RuntimeOptions, ServiceSpec, run
+from nodefleet.up.options import RuntimeOptions
+from nodefleet.up.services import ServiceSpec
+from nodefleet.up.system import Runtime, run
 from nodefleet.settings import CommonSettings
 
 

@@ -10,15 +10,9 @@ from pathlib import Path
 import click
 import pytest
 
-from nodefleet.cli.common import (
-    Column,
-    build_settings,
-    emit,
-    iso_time,
-    parse_duration,
-    parse_time,
-    relative,
-)
+from nodefleet.cli.options import build_settings
+from nodefleet.cli.output import Column, emit
+from nodefleet.cli.times import iso_time, parse_duration, parse_time, relative
 from nodefleet.mqtt import BrokerAddress
 from nodefleet.paths import (
     CREDENTIALS_FILE,

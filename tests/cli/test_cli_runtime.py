@@ -13,23 +13,17 @@ import asyncpg
 import pytest
 from conftest import wait_for
 
-from nodefleet import runtime_services
 from nodefleet.contracts import Topics
 from nodefleet.embedded.mosquitto import free_port
 from nodefleet.embedded.postgres import port_is_free
 from nodefleet.mqtt import BrokerAddress, client
 from nodefleet.paths import DYNSEC_ADMIN, OPERATOR, LocalCredentials
-from nodefleet.runtime import (
-    LOCK_FILE,
-    Runtime,
-    RuntimeOptions,
-    ServiceSpec,
-    StartupError,
-    StartupInterrupted,
-    Unit,
-    discover_services,
-)
-from nodefleet.runtime_services import ServiceLoadError
+from nodefleet.up import services as up_services
+from nodefleet.up.errors import StartupError, StartupInterrupted
+from nodefleet.up.lock import LOCK_FILE
+from nodefleet.up.options import RuntimeOptions
+from nodefleet.up.services import ServiceLoadError, ServiceSpec, Unit, load_services
+from nodefleet.up.system import Runtime
 from nodefleet.settings import CommonSettings
 
 from .helpers import postmaster_pid
@@ -117,7 +111,7 @@ async def test_a_service_failing_at_start_leaves_nothing_running(data_dir: Path,
 
 
 async def test_a_crashed_service_is_restarted(monkeypatch, data_dir: Path, mosquitto, database: str, topics: Topics) -> None:
-    monkeypatch.setattr(runtime_services, "RESTART_BACKOFF", 0.05)
+    monkeypatch.setattr(up_services, "RESTART_BACKOFF", 0.05)
     runs: list[str] = []
 
     async def flaky(settings: CommonSettings) -> None:  # no ``ready``: started once it survives a moment
@@ -168,7 +162,7 @@ async def test_unreachable_external_parts_are_named(data_dir: Path, mosquitto, t
     assert postmaster_pid(data_dir) is None  # the database it had started is stopped again
 
 
-def test_discovers_services_through_the_seam(tmp_path: Path, monkeypatch) -> None:
+def test_loads_the_listed_services_through_the_seam(tmp_path: Path, monkeypatch) -> None:
     package = f"fakeservices_{uuid.uuid4().hex[:8]}"
     root = tmp_path / package
     (root / "echo").mkdir(parents=True)
@@ -184,12 +178,14 @@ def test_discovers_services_through_the_seam(tmp_path: Path, monkeypatch) -> Non
     (root / "broken" / "settings.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
-        [spec] = discover_services(["missing", "echo"], package=package)
+        [spec] = load_services(["echo"], package=package)
         assert spec.name == "echo" and spec.settings_class.__name__ == "EchoSettings" and spec.reports_ready
         assert spec.unit({"mqtt_url": "mqtt://example:1884"}).name == "echo"
         with pytest.raises(ServiceLoadError, match="must define `async def serve"):
-            discover_services(["broken"], package=package)
-        assert discover_services(["echo"], package=f"{package}_absent") == []
+            load_services(["broken"], package=package)
+        # A listed service that is not there is an error, not skipped.
+        with pytest.raises(ServiceLoadError, match="service missing cannot be loaded"):
+            load_services(["echo", "missing"], package=package)
     finally:
         for name in [name for name in sys.modules if name.startswith(package)]:
             del sys.modules[name]

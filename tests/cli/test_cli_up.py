@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -20,7 +21,7 @@ from nodefleet.contracts import Topics
 from nodefleet.embedded.mosquitto import Mosquitto, free_port
 from nodefleet.embedded.postgres import EmbeddedPostgres, port_is_free
 from nodefleet.mqtt import BrokerAddress, client
-from nodefleet.runtime_services import discover_services
+from nodefleet.up.services import SERVICES
 
 from .helpers import (
     children_of,
@@ -35,7 +36,7 @@ from .helpers import (
 pytestmark = pytest.mark.timeout(120)
 
 
-SERVICES = ", ".join(spec.name for spec in discover_services())
+SERVICES = ", ".join(SERVICES)
 
 
 def up_env(topics: Topics) -> dict[str, str]:
@@ -186,8 +187,10 @@ async def test_a_second_ctrl_c_forces(data_dir: Path, mosquitto, tmp_path: Path)
     script = Path(__file__).with_name("stubborn_up.py")
     output = tmp_path / "stubborn.out"
     with open(output, "wb") as out:
+        # The script's directory comes first on its path: the repository's nodefleet must come next, not an install.
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         process = subprocess.Popen([sys.executable, str(script), str(data_dir), str(free_port()), mosquitto.url],
-                                   stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+                                   stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         await wait_for(lambda: "READY" in output.read_text(), timeout=30)
         server_pid = postmaster_pid(data_dir)

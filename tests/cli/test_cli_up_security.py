@@ -27,7 +27,7 @@ from nodefleet.paths import (
     LocalCredentials,
     mqtt_url,
 )
-from nodefleet.runtime_services import discover_services
+from nodefleet.up.services import SERVICES
 
 from .helpers import cli_env, nodefleet
 from .test_cli_up import mqtt_round_trip, up_env
@@ -84,7 +84,7 @@ async def test_up_refuses_strangers_and_gives_every_client_its_own_login(
     stored = LocalCredentials.read(data_dir)
     assert stored is not None and stored.path == data_dir / CREDENTIALS_FILE
     assert f"logins     {stored.path}" in up.stdout
-    services = {spec.name for spec in discover_services()}
+    services = set(SERVICES)
     assert set(stored.passwords) == {DYNSEC_ADMIN, OPERATOR} | services
     await wait_for(lambda: (data_dir / "dynamic-security.json").exists(), timeout=5)  # saved a second after a change
     for name in (CREDENTIALS_FILE, "dynamic-security.json", "demo-nodes.json"):

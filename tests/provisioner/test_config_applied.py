@@ -28,7 +28,7 @@ async def _until(check, timeout: float = 15.0) -> None:
 
 async def test_the_node_applies_a_config_and_rejects_one_it_cannot_use(tmp_path, service, dynsec_mosquitto, topics):
     broker = ["--broker", admin_url(dynsec_mosquitto), "--topic-root", topics.root, "--fleet-root", topics.fleet]
-    reg = await service.registry.register(RegisterRequest(home_id="home", device_name="Pump"))
+    reg = await service.registry.registrations.register(RegisterRequest(home_id="home", device_name="Pump"))
     cfg = reg.mqtt_config
     name = cfg.node_name
     node = SimNode(tmp_path / "pump", name=name)
@@ -48,7 +48,7 @@ async def test_the_node_applies_a_config_and_rejects_one_it_cannot_use(tmp_path,
             assert code == 0 and f"{name}: config version 2 applied by the node" in out, out
             assert (await service.registry.store.device(name))["config_applied"] == 2
             assert node.read("config.json")["telemetry_period"] == 5
-            status = await service.registry.status(reg.provisioning_id)
+            status = await service.registry.registrations.status(reg.provisioning_id)
             assert (status.config_version, status.config_applied) == (2, 2)
             code, out = await _cli("device", "list", "--format", "json", *broker)
             assert code == 0 and [(r["config_version"], r["config_applied"]) for r in json.loads(out)] == [(2, 2)]

@@ -14,8 +14,8 @@ from .helpers import come_online, node_client, watching
 
 
 async def test_node_credentials_are_confined_to_the_node(provisioner, dynsec_broker, topics):
-    reg = await provisioner.registry.register(RegisterRequest(home_id="home", device_name="Water purifier"))
-    other = await provisioner.registry.register(RegisterRequest(home_id="home", device_name="Lamp"))
+    reg = await provisioner.registry.registrations.register(RegisterRequest(home_id="home", device_name="Water purifier"))
+    other = await provisioner.registry.registrations.register(RegisterRequest(home_id="home", device_name="Lamp"))
     cfg = reg.mqtt_config
     node = cfg.node_name
     assert cfg.topic_prefix == topics.prefix(node) and cfg.username == node
@@ -39,27 +39,27 @@ async def test_node_credentials_are_confined_to_the_node(provisioner, dynsec_bro
 
 
 async def test_wrong_password_and_revoked_node_are_refused(provisioner, dynsec_broker, topics):
-    reg = await provisioner.registry.register(RegisterRequest(home_id="home", device_name="Heater"))
+    reg = await provisioner.registry.registrations.register(RegisterRequest(home_id="home", device_name="Heater"))
     cfg = reg.mqtt_config
     with pytest.raises(aiomqtt.MqttError):
         async with node_client(dynsec_broker, cfg.username, cfg.password + "x"):
             pass
     async with node_client(dynsec_broker, cfg.username, cfg.password):
         pass
-    await provisioner.registry.remove(cfg.node_name)
+    await provisioner.registry.removal.remove(cfg.node_name)
     with pytest.raises(aiomqtt.MqttError):
         async with node_client(dynsec_broker, cfg.username, cfg.password):
             pass
-    assert (await provisioner.registry.status(reg.provisioning_id)).status == "revoked"
+    assert (await provisioner.registry.registrations.status(reg.provisioning_id)).status == "revoked"
 
 
 async def test_a_registration_cannot_be_claimed_by_a_second_chip(provisioner, dynsec_broker, topics):
-    reg = await provisioner.registry.register(RegisterRequest(home_id="home", device_name="Fan"))
+    reg = await provisioner.registry.registrations.register(RegisterRequest(home_id="home", device_name="Fan"))
     cfg = reg.mqtt_config
     async with watching(dynsec_broker, topics.errors()) as errors:
         async with node_client(dynsec_broker, cfg.username, cfg.password) as first:
             await come_online(first, topics, cfg.node_name, "chip-aaaa")
-            await _until(lambda: provisioner.registry.status(reg.provisioning_id), lambda s: s.is_provisioned)
+            await _until(lambda: provisioner.registry.registrations.status(reg.provisioning_id), lambda s: s.is_provisioned)
         async with node_client(dynsec_broker, cfg.username, cfg.password) as second:
             await come_online(second, topics, cfg.node_name, "chip-bbbb")
             event = await errors.wait(topics.errors(), lambda p: b"chip_mismatch" in p)
@@ -95,9 +95,9 @@ async def test_embedded_node_credentials_survive_a_broker_restart(tmp_path, data
     broker = BrokerThread(dynsec_admin=ADMIN, allow_anonymous=False, dynsec_file=state).start()
     try:
         async with running(broker, database, topics) as service:
-            reg = await service.registry.register(RegisterRequest(home_id="home", device_name="Survivor"))
-            gone = await service.registry.register(RegisterRequest(home_id="home", device_name="Gone"))
-            await service.registry.remove(gone.mqtt_config.node_name)
+            reg = await service.registry.registrations.register(RegisterRequest(home_id="home", device_name="Survivor"))
+            gone = await service.registry.registrations.register(RegisterRequest(home_id="home", device_name="Gone"))
+            await service.registry.removal.remove(gone.mqtt_config.node_name)
     finally:
         broker.stop()
     assert "Survivor".lower() in state.read_text() and reg.mqtt_config.password not in state.read_text()

@@ -28,7 +28,7 @@ async def _retained(broker, topic_filter: str, settle: float = 0.5) -> dict[str,
 
 
 async def test_first_online_config_discovery_and_removal(provisioner, dynsec_broker, topics):
-    reg = await provisioner.registry.register(RegisterRequest(home_id="home", device_name="RO purifier",
+    reg = await provisioner.registry.registrations.register(RegisterRequest(home_id="home", device_name="RO purifier",
                                                               chip_id="chip-1234"))
     cfg = reg.mqtt_config
     node = cfg.node_name
@@ -47,7 +47,7 @@ async def test_first_online_config_discovery_and_removal(provisioner, dynsec_bro
         assert sensor.state_topic == topics.telemetry(node) and sensor.device.name == "RO purifier"
         assert await watcher.wait(Topics.homie(node, "$homie")) == b"4.0"
         assert await watcher.wait(Topics.homie(node, "$state")) == b"ready"
-        status = await provisioner.registry.status(reg.provisioning_id)
+        status = await provisioner.registry.registrations.status(reg.provisioning_id)
         assert status.is_provisioned and status.connected_at is not None
         # Homie's $state follows availability.
         await client.publish(topics.status(node), "offline", qos=1, retain=True)
@@ -58,7 +58,7 @@ async def test_first_online_config_discovery_and_removal(provisioner, dynsec_bro
                 await asyncio.sleep(0.05)
 
         # A config change bumps the version and reaches the node.
-        changed = await provisioner.registry.change_config(
+        changed = await provisioner.registry.configs.change_config(
             ConfigRequest(node=node, set={"telemetry_period": 15, "pins.outputs.relay": 25, "tz_name": "UTC"}))
         assert changed.version == 2
         got = Config.model_validate_json(await watcher.wait(topics.config(node), lambda p: b'"version":2' in p))
@@ -66,15 +66,15 @@ async def test_first_online_config_discovery_and_removal(provisioner, dynsec_bro
         for bad, why in (({"telemetry_period": 0}, "greater than"), ({"version": 9}, "managed"),
                          ({"pins.nothing": 1}, "does not exist"), ({"tz_name": "Nowhere/Else"}, "unknown time zone")):
             with pytest.raises(RegistryError, match=why):
-                await provisioner.registry.change_config(ConfigRequest(node=node, set=bad))
+                await provisioner.registry.configs.change_config(ConfigRequest(node=node, set=bad))
         assert (await provisioner.registry.store.device(node))["config_version"] == 2
 
     # Removal: credentials revoked, retained config, state and discovery cleared.
-    await provisioner.registry.remove(node)
+    await provisioner.registry.removal.remove(node)
     with pytest.raises(Conflict):
-        await provisioner.registry.remove(node)
+        await provisioner.registry.removal.remove(node)
     with pytest.raises(Conflict):
-        await provisioner.registry.change_config(ConfigRequest(node=node, set={"telemetry_period": 5}))
+        await provisioner.registry.configs.change_config(ConfigRequest(node=node, set={"telemetry_period": 5}))
     left = await _retained(dynsec_broker, f"{topics.prefix(node)}/#")
     left.update(await _retained(dynsec_broker, Topics.homie_device(node), settle=0.2))
     left.update(await _retained(dynsec_broker, f"homeassistant/+/{node}/#", settle=0.2))
@@ -83,18 +83,18 @@ async def test_first_online_config_discovery_and_removal(provisioner, dynsec_bro
 
 
 async def test_bad_info_is_reported_and_the_node_stays_pending(service, dynsec_mosquitto, topics):
-    reg = await service.registry.register(RegisterRequest(home_id="home", device_name="Odd"))
+    reg = await service.registry.registrations.register(RegisterRequest(home_id="home", device_name="Odd"))
     cfg = reg.mqtt_config
     async with watching(dynsec_mosquitto, topics.errors()) as errors, \
             node_client(dynsec_mosquitto, cfg.username, cfg.password) as client:
         await client.publish(topics.status(cfg.node_name), "online", qos=1, retain=True)
         await client.publish(topics.info(cfg.node_name), b"{not json", qos=1, retain=True)
         await errors.wait(topics.errors(), lambda p: b"bad_info" in p)
-    assert not (await service.registry.status(reg.provisioning_id)).is_provisioned
+    assert not (await service.registry.registrations.status(reg.provisioning_id)).is_provisioned
 
 
 async def test_a_chip_other_than_the_registered_one_is_refused(service, dynsec_mosquitto, topics):
-    reg = await service.registry.register(RegisterRequest(home_id="home", device_name="Bound", chip_id="chip-right"))
+    reg = await service.registry.registrations.register(RegisterRequest(home_id="home", device_name="Bound", chip_id="chip-right"))
     cfg = reg.mqtt_config
     async with watching(dynsec_mosquitto, topics.errors()) as errors, \
             node_client(dynsec_mosquitto, cfg.username, cfg.password) as client:
@@ -103,30 +103,30 @@ async def test_a_chip_other_than_the_registered_one_is_refused(service, dynsec_m
         assert b"chip-right" in event and b"chip-wrong" in event
         await come_online(client, topics, cfg.node_name, "chip-right")
         async with asyncio.timeout(10):
-            while not (await service.registry.status(reg.provisioning_id)).is_provisioned:
+            while not (await service.registry.registrations.status(reg.provisioning_id)).is_provisioned:
                 await asyncio.sleep(0.05)
 
 
 async def test_a_chip_still_bound_to_another_device_is_refused_until_that_one_is_removed(service, dynsec_mosquitto,
                                                                                         topics):
-    old = await service.registry.register(RegisterRequest(home_id="home", device_name="Old pump"))
-    new = await service.registry.register(RegisterRequest(home_id="home", device_name="New pump"))
+    old = await service.registry.registrations.register(RegisterRequest(home_id="home", device_name="Old pump"))
+    new = await service.registry.registrations.register(RegisterRequest(home_id="home", device_name="New pump"))
     async with watching(dynsec_mosquitto, topics.errors()) as errors:
         async with node_client(dynsec_mosquitto, old.mqtt_config.username, old.mqtt_config.password) as client:
             await come_online(client, topics, old.mqtt_config.node_name, "chip-reused")
             async with asyncio.timeout(10):
-                while not (await service.registry.status(old.provisioning_id)).is_provisioned:
+                while not (await service.registry.registrations.status(old.provisioning_id)).is_provisioned:
                     await asyncio.sleep(0.05)
         # The same board, registered again without removing its old registration.
         async with node_client(dynsec_mosquitto, new.mqtt_config.username, new.mqtt_config.password) as client:
             await come_online(client, topics, new.mqtt_config.node_name, "chip-reused")
             event = await errors.wait(topics.errors(), lambda p: b"chip_in_use" in p)
             assert old.mqtt_config.node_name.encode() in event and b"nodefleet device remove" in event
-            refused = await service.registry.status(new.provisioning_id)
+            refused = await service.registry.registrations.status(new.provisioning_id)
             assert not refused.is_provisioned and refused.status == "chip_in_use"
             assert refused.reported_chip_id == "chip-reused" and "nodefleet device remove" in (refused.error or "")
-            await service.registry.remove(old.mqtt_config.node_name)
+            await service.registry.removal.remove(old.mqtt_config.node_name)
             await come_online(client, topics, new.mqtt_config.node_name, "chip-reused")
             async with asyncio.timeout(10):
-                while not (await service.registry.status(new.provisioning_id)).is_provisioned:
+                while not (await service.registry.registrations.status(new.provisioning_id)).is_provisioned:
                     await asyncio.sleep(0.05)

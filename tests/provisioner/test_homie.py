@@ -14,7 +14,7 @@ from .helpers import come_online, node_client, watching
 
 
 async def test_homie_values_follow_the_node_and_a_homie_set_switches_it(provisioner, dynsec_broker, topics):
-    reg = await provisioner.registry.register(RegisterRequest(home_id="home", device_name="Lamp"))
+    reg = await provisioner.registry.registrations.register(RegisterRequest(home_id="home", device_name="Lamp"))
     cfg = reg.mqtt_config
     node = cfg.node_name
     power, temperature = Topics.homie(node, "relay", "power"), Topics.homie(node, "climate", "temperature")
@@ -56,7 +56,7 @@ async def test_homie_values_follow_the_node_and_a_homie_set_switches_it(provisio
         await watcher.wait(power, lambda p: p == b"false")
         assert watcher.payloads(power) == [b"true", b"false"]
 
-    await provisioner.registry.remove(node)
+    await provisioner.registry.removal.remove(node)
     async with watching(dynsec_broker, Topics.homie_device(node)) as after:
         await asyncio.sleep(0.5)
         assert [t for t, _, retained in after.messages if retained] == []

@@ -103,7 +103,7 @@ async def test_pending_registration_expires_and_its_credentials_go(dynsec_broker
         async with node_client(dynsec_broker, cfg["username"], cfg["password"]):
             pass
         async with asyncio.timeout(10):
-            while (await service.registry.status(reg["provisioning_id"])).status != "revoked":
+            while (await service.registry.registrations.status(reg["provisioning_id"])).status != "revoked":
                 await asyncio.sleep(0.1)
         with pytest.raises(aiomqtt.MqttError):
             async with node_client(dynsec_broker, cfg["username"], cfg["password"]):

@@ -42,7 +42,7 @@ async def test_removal_clears_discovery_first_and_the_node_leaves_the_devices_li
     try:
         async with asyncio.timeout(20):
             await ready.wait()
-        reg = await service.registry.register(RegisterRequest(home_id="home", device_name="Pump"))
+        reg = await service.registry.registrations.register(RegisterRequest(home_id="home", device_name="Pump"))
         cfg = reg.mqtt_config
         node = cfg.node_name
         async with node_client(dynsec_mosquitto, cfg.username, cfg.password) as client:
@@ -50,9 +50,9 @@ async def test_removal_clears_discovery_first_and_the_node_leaves_the_devices_li
             await client.publish(topics.state(node), json.dumps({"v": 1, "seq": 1, "relay": "OFF", "mode": "auto"}),
                                  qos=1, retain=True)
             async with asyncio.timeout(15):
-                while not (await service.registry.status(reg.provisioning_id)).is_provisioned:
+                while not (await service.registry.registrations.status(reg.provisioning_id)).is_provisioned:
                     await asyncio.sleep(0.05)
-                await service.registry.discovery_idle()
+                await service.registry.announcer.idle()
         async with asyncio.timeout(15):
             while [d["node"] for d in await _devices(dynsec_mosquitto, topics)] != [node]:
                 await asyncio.sleep(0.2)
@@ -62,7 +62,7 @@ async def test_removal_clears_discovery_first_and_the_node_leaves_the_devices_li
                             f"{topics.prefix(node)}/#") as watcher:
             await asyncio.sleep(0.5)  # the retained copies first
             mark = len(watcher.messages)
-            await service.registry.remove(node)
+            await service.registry.removal.remove(node)
             node_topics = {topics.state(node), topics.status(node), topics.info(node), topics.config(node),
                            topics.schedule(node)}
             wanted = set(discovery.removal(topics, node)) | node_topics

@@ -1,43 +1,52 @@
-"""The scheduler carries the firmware's rule engine, so an install without the source tree (a wheel) can run it."""
+"""A wheel carries the node's rule engine (firmware/rules.py, one file) to the CLI's contracts and the scheduler."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import sys
-import tomllib
+import zipfile
 from pathlib import Path
 
-import services.scheduler
 from services.scheduler import rulebook
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGE = Path(services.scheduler.__file__).parent
+BUILT = ("pyproject.toml", "README.md", "nodefleet", "services", "bench", "firmware")
 
 
-def test_the_packaged_engine_is_the_firmware_file():
-    assert rulebook.RULES_PATH.parent.parent == PACKAGE
-    assert rulebook.RULES_PATH.resolve() == (ROOT / "firmware" / "rules.py").resolve()
-    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    relative = rulebook.RULES_PATH.relative_to(PACKAGE).as_posix()
-    assert relative in data["services.scheduler"], "the wheel would not carry the rule engine"
+def test_one_engine_for_node_and_backend():
+    assert Path(rulebook.engine.__file__).resolve() == ROOT / "firmware" / "rules.py"
 
 
-def test_runs_from_a_copy_without_the_source_tree(tmp_path):
-    # What a wheel installs: the package with the link resolved to a plain file, no firmware/ beside it.
+def test_runs_from_the_wheel_without_the_source_tree(tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in BUILT:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(ROOT / name, source / name)
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path / "dist"),
+                           str(source)], check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (wheel,) = (tmp_path / "dist").glob("nodefleet-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        archive.extractall(tmp_path / "site")  # a pure wheel installs as its files
+    assert "firmware/rules.py" in names
+    assert not [n for n in names if n.startswith("firmware/") and n not in ("firmware/rules.py", "firmware/__init__.py")]
     site = tmp_path / "site"
-    shutil.copytree(PACKAGE, site / "services" / "scheduler", symlinks=False,
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    (site / "services" / "__init__.py").touch()
     probe = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from pathlib import Path;"
+        "import firmware.rules, nodefleet.contracts.scheduling as contract;"
         "from services.scheduler import rulebook;"
-        "assert rulebook.RULES_PATH.resolve().is_relative_to(sys.argv[1]), rulebook.RULES_PATH.resolve();"
-        "rules = [{'id': 'water', 'at': '06:00', 'duration': 1800}];"
-        "print(rulebook.next_start(rules, [(0, 3600)], 0))"
+        "assert all(Path(m.__file__).is_relative_to(sys.argv[1]) for m in (firmware.rules, contract, rulebook));"
+        "contract.validate_schedule({'v': 1, 'version': 1, 'rules': [{'id': 'water', 'at': '06:00', 'duration': 1800}]});"
+        "print(rulebook.next_start([{'id': 'water', 'at': '06:00', 'duration': 1800}], [(0, 3600)], 0))"
     )
-    # -S: no site-packages, so the development install of the repository cannot be picked up.
-    done = subprocess.run([sys.executable, "-S", "-c", probe, str(site)], check=False, cwd=tmp_path, capture_output=True,
+    # Run outside the source tree, so neither the repository nor its development install can be picked up.
+    done = subprocess.run([sys.executable, "-c", probe, str(site)], check=False, cwd=tmp_path, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(rulebook.next_start([{"id": "water", "at": "06:00", "duration": 1800}],

@@ -231,8 +231,8 @@ def test_a_real_release_downloads_and_verifies_on_the_node(tmp_path):
     for f in rel.manifest.files:
         assert (node / "app1" / f.path).read_bytes() == rel.file(f.path), f.path
     # ... and the interpreter loads them (xtensawin bytecode runs on the unix port).
-    code = ("import sys; sys.path.insert(0, 'app1'); import ota, logic, hal; "
-            "print(ota.__file__, hal.SLOT_FORMAT, ota.version_key('1.4.0-rc.1') < ota.version_key('1.4.0'))")
+    code = ("import sys; sys.path.insert(0, 'app1'); import ota, logic; from hal import slots; "
+            "print(ota.__file__, slots.SLOT_FORMAT, ota.version_key('1.4.0-rc.1') < ota.version_key('1.4.0'))")
     done = subprocess.run([interpreter(), "-X", f"heapsize={HEAP}", "-c", code],
                           cwd=node, capture_output=True, text=True, timeout=30)
     assert done.stdout.split() == ["app1/ota.mpy", "nfi1", "True"], done.stdout + done.stderr

@@ -1,29 +1,30 @@
-"""Finding the services that exist and running each one in this process.
+"""The services ``nodefleet up`` runs, and running each one in this process (supervised: restarted with backoff).
 
-A service is found through the seam of ``services/README.md``: the package
-``services.<name>`` with ``app.serve(settings)`` and a settings class in
-``settings.py``.  Only packages that exist are imported, so ``nodefleet up``
-runs whatever has been built so far.
+:data:`SERVICES` is the plain list, in start order.  A service is reached
+through the seam of ``services/README.md``: the package ``services.<name>``
+with ``app.serve(settings)`` and its settings class ``<Name>Settings`` in
+``settings.py``.  They are imported by name when ``nodefleet up`` loads them,
+so the shared core (nodefleet/) has no import of a service; a listed service
+that cannot be loaded is an error, not skipped.  A new service (``ota``, once
+``services/ota`` exists) is one more name here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
-import importlib.util
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
-from .logging import get_logger
-from .settings import CommonSettings
+from ..logging import get_logger
+from ..settings import CommonSettings
 
 log = get_logger(__name__)
 
-SERVICE_NAMES = ("telemetry", "provisioner", "scheduler", "ota")
-"""Every service ``nodefleet up`` knows, in start order."""
+SERVICES = ("telemetry", "provisioner", "scheduler")
+"""Every service ``nodefleet up`` runs, in start order."""
 
 SERVICES_PACKAGE = "services"
 
@@ -64,40 +65,23 @@ class ServiceSpec:
         return Unit(name=self.name, run=lambda ready: self.serve(settings), reports_ready=False)
 
 
-def _settings_class(module: ModuleType, service: str) -> type[CommonSettings]:
-    """The CommonSettings subclass defined in ``module`` (``<Name>Settings`` if several)."""
-    found = [
-        value for value in vars(module).values()
-        if isinstance(value, type) and issubclass(value, CommonSettings) and value.__module__ == module.__name__
-    ]
-    if len(found) > 1:
-        found = [cls for cls in found if cls.__name__.lower() == f"{service}settings"]
-    if len(found) != 1:
-        raise ServiceLoadError(
-            f"{module.__name__} must define one settings class subclassing CommonSettings (found {len(found)})"
-        )
-    return found[0]
-
-
-def _exists(module_name: str) -> bool:
-    try:
-        return importlib.util.find_spec(module_name) is not None
-    except ModuleNotFoundError:  # the parent package itself is missing
-        return False
-
-
-def discover_services(names: Iterable[str] = SERVICE_NAMES, *, package: str = SERVICES_PACKAGE) -> list[ServiceSpec]:
-    """Import every listed service whose package exists; skip the others."""
+def load_services(names: Iterable[str] = SERVICES, *, package: str = SERVICES_PACKAGE) -> list[ServiceSpec]:
+    """The listed services, each through its seam; ServiceLoadError naming the first that cannot be loaded."""
     specs = []
     for name in names:
-        if not _exists(f"{package}.{name}"):
-            continue
-        app = importlib.import_module(f"{package}.{name}.app")
+        try:
+            app = importlib.import_module(f"{package}.{name}.app")
+            settings_module = importlib.import_module(f"{package}.{name}.settings")
+        except Exception as exc:  # missing, or failing as it is imported
+            raise ServiceLoadError(f"service {name} cannot be loaded: {type(exc).__name__}: {exc}") from exc
         serve = getattr(app, "serve", None)
         if not inspect.iscoroutinefunction(serve):
             raise ServiceLoadError(f"{package}.{name}.app must define `async def serve(settings)`")
-        settings_module = importlib.import_module(f"{package}.{name}.settings")
-        specs.append(ServiceSpec(name=name, serve=serve, settings_class=_settings_class(settings_module, name)))
+        settings_class = getattr(settings_module, f"{name.capitalize()}Settings", None)
+        if not (isinstance(settings_class, type) and issubclass(settings_class, CommonSettings)):
+            raise ServiceLoadError(f"{package}.{name}.settings must define {name.capitalize()}Settings, "
+                                   f"a CommonSettings")
+        specs.append(ServiceSpec(name=name, serve=serve, settings_class=settings_class))
     return specs
 
 

@@ -6,7 +6,7 @@ registers); every other service and the operator (the CLI, extras such as
 the demo nodes' registration, openHAB) log in as themselves, with passwords
 made once and kept in the data directory (``paths.LocalCredentials``).
 Open (``--insecure``, or an external broker): every client uses the broker URL
-as it is.
+as it is.  :func:`without_password` masks a URL's password for logs and banners.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .mqtt import BrokerAddress
-from .paths import DYNSEC_ADMIN, OPERATOR, LocalCredentials
+from ..mqtt import BrokerAddress
+from ..paths import DYNSEC_ADMIN, OPERATOR, LocalCredentials
 
 DYNSEC_FILE = "dynamic-security.json"
 PROVISIONER = "provisioner"
@@ -83,3 +83,12 @@ class BrokerAccess:
             return broker_url
         address = BrokerAddress.parse(broker_url)
         return self.credentials.url(username, address.host, address.port)
+
+
+def without_password(dsn: str) -> str:
+    """The DSN (or broker URL) with its password masked, for messages and banners."""
+    scheme, sep, rest = dsn.partition("://")
+    if "@" not in rest or ":" not in rest.split("@", 1)[0]:
+        return dsn
+    credentials, host = rest.split("@", 1)
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"

@@ -18,6 +18,7 @@ if "--with-firmware" in args:
 from binascii import hexlify, unhexlify  # noqa: E402
 
 import hal  # noqa: E402
+from hal import slots  # noqa: E402
 import ota  # noqa: E402
 
 
@@ -79,7 +80,7 @@ elif mode == "download":
     stop, save_every = int(args[1]), int(args[2])
     with open("offer.json") as f:
         offer = json.load(f)
-    hal.slot_boot()
+    slots.slot_boot()
     d = otastore.Download(offer, save_every)
     start = d.count
     buf = FRAME if len(FRAME) >= ota.HEADER_SIZE + d.bs else bytearray(ota.HEADER_SIZE + d.bs)
@@ -120,7 +121,7 @@ elif mode == "download":
 elif mode == "unpack":
     import otastore
 
-    hal.slot_boot()
+    slots.slot_boot()
     out({"files": otastore.unpack(args[0], bytearray(1024))})
 
 elif mode == "slots":
@@ -129,34 +130,34 @@ elif mode == "slots":
 
     def boot():
         slots._running = None
-        b = hal.slot_boot()
+        b = slots.slot_boot()
         return [b["slot"], b["trial"], (b["rolled_back"] or {}).get("reason")]
 
     steps = [["boot", boot()]]
-    hal.slot_begin(10)
-    hal.slot_write(0, b"new app 1!")
-    hal.slot_select()
-    steps.append(["select", hal.slot_info()["running"]])
+    slots.slot_begin(10)
+    slots.slot_write(0, b"new app 1!")
+    slots.slot_select()
+    steps.append(["select", slots.slot_info()["running"]])
     steps.append(["trial boot", boot()])
     steps.append(["unconfirmed boot", boot()])
-    hal.slot_begin(10)
-    hal.slot_write(0, b"new app 2!")
-    hal.slot_select()
+    slots.slot_begin(10)
+    slots.slot_write(0, b"new app 2!")
+    slots.slot_select()
     steps.append(["trial boot", boot()])
-    hal.slot_mark_valid()
+    slots.slot_mark_valid()
     steps.append(["confirmed boot", boot()])
     steps.append(["next boot", boot()])
-    hal.slot_begin(4)
-    hal.slot_write(0, b"bad!")
-    hal.slot_select()
+    slots.slot_begin(4)
+    slots.slot_write(0, b"bad!")
+    slots.slot_select()
     steps.append(["trial boot", boot()])
-    hal.slot_rollback("self-test failed")
+    slots.slot_rollback("self-test failed")
     steps.append(["after rollback", boot()])
     buf = bytearray(10)
-    hal.slot_read(0, buf, 1)
+    slots.slot_read(0, buf, 1)
     steps.append(["slot 1", bytes(buf).decode()])
     try:
-        hal.slot_begin(hal.slot_info()["capacity"] + 1)
+        slots.slot_begin(slots.slot_info()["capacity"] + 1)
         steps.append(["too big", "accepted"])
     except OSError as exc:
         steps.append(["too big", str(exc)])

@@ -1,0 +1,128 @@
+"""The broker of one ``nodefleet up``: an external one probed once, or the embedded amqtt started with its logins.
+
+Retained config, schedules and states are kept in ``<data dir>/retained.json``
+so they survive a restart; who may log in is :mod:`.logins`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import aiomqtt
+
+from .. import mqtt
+from ..embedded.broker import BrokerPortInUse, EmbeddedBroker
+from ..embedded.postgres import port_is_free
+from ..logging import get_logger
+from ..paths import CredentialsFileError
+from .errors import EXIT_USAGE, StartupError
+from .logins import BrokerAccess
+from .options import RuntimeOptions
+
+log = get_logger(__name__)
+
+PROBE_TIMEOUT = 5.0
+
+
+async def probe_broker(url: str) -> None:
+    """Connect once to an external broker, so a wrong --broker fails now and clearly."""
+    try:
+        address = mqtt.BrokerAddress.parse(url)
+    except mqtt.BrokerUrlError as exc:
+        raise StartupError(str(exc), exit_code=EXIT_USAGE) from exc
+    probe = mqtt.client(address, client_id=f"nodefleet-up-probe-{os.getpid()}")
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            async with probe:
+                pass
+    except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
+        raise StartupError(f"cannot reach the broker at {address.url} ({exc}): check --broker, or leave it out "
+                           f"to run the embedded one") from exc
+
+
+def ws_port(host: str, port: int) -> int | None:
+    """The embedded broker's MQTT-over-WebSockets port: ``port`` if free (StartupError naming --ws-port if
+    taken), a free one for 0, None for -1 (off)."""
+    if port < 0:
+        return None
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise StartupError(
+                f"WebSocket port {port} on {host} (MQTT over WebSockets) is already taken (another `nodefleet up`, "
+                f"or another broker?): choose another with --ws-port (0 picks a free one, -1 turns it off)",
+                exit_code=EXIT_USAGE) from exc
+        return probe.getsockname()[1]
+
+
+class Broker:
+    def __init__(self, options: RuntimeOptions) -> None:
+        self.options = options
+        self.access = BrokerAccess(embedded=options.embedded_broker)
+        self._broker: EmbeddedBroker | None = None
+        self._ws_port: int | None = None
+        self.ws_url: str | None = None
+
+    def check_port(self) -> None:
+        """Refuse to start anything if the embedded broker's port (or its WebSocket port) is taken."""
+        host, port = self.options.mqtt_host, self.options.mqtt_port
+        if self.options.embedded_broker and not port_is_free(host, port):
+            raise StartupError(
+                f"MQTT port {port} on {host} is already taken (another broker, or another "
+                f"`nodefleet up`?): choose another with --mqtt-port, or use that broker with "
+                f"--broker mqtt://{host}:{port}",
+                exit_code=EXIT_USAGE,
+            )
+        if self.options.embedded_broker:
+            self._ws_port = ws_port(host, self.options.ws_port)
+
+    async def start(self, services: list[str]) -> str:
+        """The broker URL (without a login); the embedded broker is started with a login for each of ``services``."""
+        options = self.options
+        if not options.embedded_broker:
+            assert options.broker_url is not None
+            await probe_broker(options.broker_url)
+            return options.broker_url
+        try:
+            if options.secure:
+                self.access = BrokerAccess.secured(options.data_dir, services, host=options.mqtt_host,
+                                                   port=options.mqtt_port)
+            else:
+                self.access = BrokerAccess.open(options.data_dir)
+        except (CredentialsFileError, OSError) as exc:
+            raise StartupError(f"cannot keep the broker credentials in {options.data_dir}: {exc}") from exc
+        try:
+            # Hashing the users' passwords is slow on purpose: off the event loop.
+            broker = await asyncio.to_thread(
+                EmbeddedBroker, host=options.mqtt_host, port=options.mqtt_port, ws_port=self._ws_port,
+                retained_file=options.data_dir / "retained.json",
+                **self.access.broker_options(options.data_dir),
+            )
+            await broker.start()
+        except BrokerPortInUse as exc:
+            raise StartupError(str(exc), exit_code=EXIT_USAGE) from exc
+        except Exception as exc:
+            raise StartupError(f"the embedded MQTT broker did not start: {exc}; or use --broker mqtt://host:port") from exc
+        self._broker = broker
+        self.ws_url = broker.ws_url
+        log.info("broker_started", url=broker.url, ws_url=broker.ws_url, secured=options.secure)
+        return broker.url
+
+    async def stop(self) -> None:
+        broker, self._broker = self._broker, None
+        if broker is None:
+            return
+        try:
+            await asyncio.wait_for(broker.stop(), 10)
+        except Exception as exc:  # stopping must go on to the database
+            log.error("broker_stop_failed", error=repr(exc))
+            return
+        try:
+            self.access.stopped()
+        except OSError as exc:
+            log.warning("credentials_update_failed", error=str(exc))
+        log.info("broker_stopped")

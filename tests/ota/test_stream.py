@@ -1,0 +1,148 @@
+"""The shared stream's scheduler on its own: credit, sharing, repair of losses, silence, the member cap."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from nodefleet.contracts.ota import Want, bitmap
+from services.ota.stream import Stream, StreamError
+
+TABLE, BLOCKS = 1, 256
+UNITS = TABLE + BLOCKS
+
+
+class Node:
+    """A node as firmware/otastore.py behaves: handles frames in order, wants after every window / 2."""
+
+    def __init__(self, name: str, *, window: int = 8, loss: float = 0.0, rng: random.Random | None = None) -> None:
+        self.name, self.window, self.loss = name, window, loss
+        self.rng = rng or random.Random(name)
+        self.have: set[int] = set()
+        self.got = 0
+        self.session = f"{name}-s1"
+        self.since_want = 0
+
+    def want(self) -> Want:
+        self.since_want = 0
+        return Want(release="1.4.0", session=self.session, got=self.got, window=self.window,
+                    have=bitmap(self.have, UNITS))
+
+    def frame(self, unit: int) -> bool:
+        """Handle one frame; True when it is time to send a want."""
+        self.got += 1
+        self.since_want += 1
+        if self.rng.random() >= self.loss and (unit < TABLE or 0 in self.have):
+            self.have.add(unit)
+        return self.since_want >= self.window // 2 or self.done()  # the last frame is answered at once
+
+    def done(self) -> bool:
+        return len(self.have) == UNITS
+
+
+def run(stream: Stream, nodes: list[Node], *, limit: int = 100_000) -> dict[str, int]:
+    """Frames flow until every node is complete; wants go back at once (or on a stall, as the 2 s timer does)."""
+    now = 0.0
+    for node in nodes:
+        stream.want(node.name, node.want(), now=now)
+    delivered = {node.name: 0 for node in nodes}
+    for _ in range(limit):
+        now += 0.001
+        send = stream.next(now=now)
+        if send is None:
+            stalled = [node for node in nodes if not node.done()]
+            if not stalled:
+                return delivered
+            for node in stalled:  # nothing in flight for them: the stall timer sends a want
+                stream.want(node.name, node.want(), now=now)
+            continue
+        targets = [n for n in nodes if send.to is None or n.name == send.to]
+        for node in targets:
+            if node.done():
+                continue
+            delivered[node.name] += 1
+            # Credit: the scheduler never has more frames out to a node than it was granted.
+            member = stream.members[node.name]
+            assert member.sent - node.got <= node.window
+            if node.frame(send.unit):
+                stream.want(node.name, node.want(), now=now)
+    raise AssertionError("the download did not finish")
+
+
+def test_twenty_nodes_share_one_stream():
+    stream = Stream("1.4.0", table=TABLE, blocks=BLOCKS)
+    nodes = [Node(f"n{i:02d}") for i in range(20)]
+    run(stream, nodes)
+    assert all(node.done() for node in nodes) and stream.members == {}
+    # Lossless: every unit once on the shared stream, no repairs.
+    assert stream.frames_shared == UNITS and stream.frames_repaired == 0
+
+
+def test_losses_are_repaired_and_the_shared_stream_stays_near_one_copy():
+    rng = random.Random(7)
+    stream = Stream("1.4.0", table=TABLE, blocks=BLOCKS)
+    nodes = [Node(f"n{i:02d}", loss=0.05, rng=random.Random(rng.random())) for i in range(20)]
+    run(stream, nodes)
+    assert all(node.done() for node in nodes)
+    published = stream.frames_shared + stream.frames_repaired
+    # 5% loss per node: the stream carries about one copy plus what many lost; repairs cover the rest.
+    assert published < 2.5 * UNITS, (stream.frames_shared, stream.frames_repaired)
+
+
+def test_a_slow_node_does_not_overrun_and_a_silent_one_holds_nobody_back():
+    stream = Stream("1.4.0", table=TABLE, blocks=BLOCKS, silence=5.0)
+    fast, silent = Node("fast"), Node("silent")
+    stream.want(fast.name, fast.want(), now=0.0)
+    stream.want(silent.name, silent.want(), now=0.0)
+    sent = []
+    now = 0.0
+    while not fast.done():
+        now += 0.1
+        send = stream.next(now=now)
+        if send is None:
+            stream.want(fast.name, fast.want(), now=now)
+            continue
+        sent.append(send)
+        if send.to in (None, "fast") and fast.frame(send.unit):
+            stream.want(fast.name, fast.want(), now=now)
+    # While both were heard, frames were shared, up to the silent node's window; it never sent another
+    # want, so the stream waited for it until it had been silent for 5 s, then the fast node went on
+    # alone, on its repair topic.
+    assert stream.members["silent"].sent <= silent.window
+    assert [s.to for s in sent[:silent.window]] == [None] * silent.window
+    assert all(s.to == "fast" for s in sent[silent.window:]) and now > 5.0
+
+
+def test_a_new_session_starts_its_credit_afresh_and_keeps_what_it_has():
+    stream = Stream("1.4.0", table=TABLE, blocks=BLOCKS)
+    node = Node("n1")
+    node.have = {0, 1, 2}
+    stream.want(node.name, node.want(), now=0.0)
+    units = [stream.next(now=0.0).unit for _ in range(node.window)]
+    assert units == list(range(3, 3 + node.window)) and stream.next(now=0.0) is None  # out of credit
+    node.session = "n1-s2"  # rebooted: nothing it was sent arrived
+    stream.want(node.name, node.want(), now=1.0)
+    again = [stream.next(now=1.0) for _ in range(node.window)]
+    assert None not in again and stream.next(now=1.0) is None  # a whole window again, no more
+    assert {0, 1, 2}.isdisjoint(s.unit for s in again)  # what it kept on flash is not sent again
+
+
+def test_the_member_cap_queues_first_come_first_served():
+    stream = Stream("1.4.0", table=TABLE, blocks=BLOCKS, max_members=2)
+    a, b, c, d = (Node(n) for n in "abcd")
+    assert [stream.want(n.name, n.want(), now=0.0) for n in (a, b, c, d)] == ["member", "member", "queued", "queued"]
+    stream.leave("a")
+    assert stream.want("d", d.want(), now=1.0) == "queued"  # c waited longer
+    assert stream.want("c", c.want(), now=1.0) == "member"
+    complete = Node("e")
+    complete.have = set(range(UNITS))
+    assert stream.want("e", complete.want(), now=1.0) == "complete"
+
+
+def test_wants_that_do_not_fit_are_refused():
+    stream = Stream("1.4.0", table=TABLE, blocks=BLOCKS)
+    with pytest.raises(StreamError, match="release 1.5.0"):
+        stream.want("n1", Want(release="1.5.0", session="s", got=0, window=8, have=bitmap(set(), UNITS)), now=0.0)
+    with pytest.raises(StreamError, match="bitmap of 1 bytes"):
+        stream.want("n1", Want(release="1.4.0", session="s", got=0, window=8, have=bitmap(set(), 8)), now=0.0)
