@@ -109,7 +109,7 @@ def check_homie_tree(device: str, tree: dict[str, str]) -> list[str]:
 
 
 async def test_homie_tree_has_what_the_specification_requires(provisioner, dynsec_broker, topics):
-    reg = await provisioner.registry.register(RegisterRequest(home_id="home", device_name="RO purifier"))
+    reg = await provisioner.registry.registrations.register(RegisterRequest(home_id="home", device_name="RO purifier"))
     cfg = reg.mqtt_config
     node = cfg.node_name
     async with watching(dynsec_broker, Topics.homie_device(node)) as watcher, \
