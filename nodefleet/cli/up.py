@@ -59,7 +59,8 @@ def print_banner(info: RuntimeInfo) -> None:
                      f"{HTTP_REGISTER_PATH}, GET {HTTP_STATUS_PATH}<id>)")
     if info.ws_url is not None:
         ws = info.ws_url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//127.0.0.1:")
-        lines.append(f"  websocket  {ws}  (MQTT over WebSockets for apps and browsers: the same logins)")
+        lines.append(f"  websocket  {ws}  (MQTT over WebSockets for apps and browsers: the same access as "
+                     f"the MQTT port)")
     lines.append(f"  services   {services}")
     if info.extras:
         lines.append(f"  also       {', '.join(info.extras)}")
