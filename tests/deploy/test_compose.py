@@ -31,14 +31,13 @@ from pathlib import Path
 import aiomqtt
 import asyncpg
 import pytest
+from ws_probe import check_websocket_security
 
 from nodefleet.contracts import Telemetry, Topics
 from nodefleet.contracts.provisioning import HTTP_STATUS_PATH
 from nodefleet.contracts.topics import Command
 from nodefleet.embedded.mosquitto import free_port
 from nodefleet.sim import SimNode
-
-from ws_probe import check_websocket_security
 
 from .engine import ROOT, Compose, Engine, EngineUnavailable, compose_binary, host_pip_config
 
@@ -145,7 +144,8 @@ async def test_compose_deployment_lives_through_kill_and_restart(docker_engine: 
     env = _env(images)
     project = f"nftest{os.getpid()}"
     compose = Compose(docker_engine, project=project, env=env, work=tmp_path)
-    mqtt_port, http_port, pg_port = int(env["NODEFLEET_MQTT_PORT"]), env["NODEFLEET_HTTP_PORT"], env["NODEFLEET_POSTGRES_PORT"]
+    mqtt_port, http_port = int(env["NODEFLEET_MQTT_PORT"]), env["NODEFLEET_HTTP_PORT"]
+    pg_port = env["NODEFLEET_POSTGRES_PORT"]
     operator = env["NODEFLEET_MQTT_OPERATOR_PASSWORD"]
     dsn = f"postgresql://nodefleet:{env['POSTGRES_PASSWORD']}@127.0.0.1:{pg_port}/nodefleet"
     topics = Topics()
@@ -274,7 +274,7 @@ def _probe(url: str, *, ok_only: bool = False) -> bool:
 
 async def _kill_telemetry_under_a_stream(compose: Compose, db: asyncpg.Connection, mqtt_port: int, login: dict,
                                          name: str) -> None:
-    """SIGKILL the telemetry service in its container while the node streams QoS 1 telemetry; every message is stored once."""
+    """SIGKILL the telemetry service in its container under a stream of QoS 1 telemetry: each message stored once."""
     topics = Topics()
     container = compose.container("telemetry")
     restarts = container.attrs["RestartCount"]

@@ -73,7 +73,8 @@ def installed(tmp_path: Path) -> Path:
     conf = tmp_path / "conf"
     (conf / "services").mkdir(parents=True)
     (conf / "services/addons.cfg").write_text("# the user's own\nbinding = astro\n")
-    env = {"PATH": os.environ.get("PATH", ""), "OPENHAB_CONF": str(conf), "NODEFLEET_OPENHAB_SOURCE": str(OPENHAB / "conf"),
+    env = {"PATH": os.environ.get("PATH", ""), "OPENHAB_CONF": str(conf),
+           "NODEFLEET_OPENHAB_SOURCE": str(OPENHAB / "conf"),
            "NODEFLEET_MQTT_HOST": "mosquitto", "NODEFLEET_MQTT_PORT": "1883",
            "NODEFLEET_MQTT_OPERATOR_PASSWORD": "0123abcd", "NODEFLEET_TOPIC_ROOT": "home",
            "NODEFLEET_OPENHAB_NODE": NODE}
@@ -117,4 +118,4 @@ def test_things_and_items_follow_the_contracts(installed: Path) -> None:
     assert links and links <= defined
     wanted = {"RO_Power", "RO_Mode", "RO_Schedule_At", "RO_Schedule_Duration", "RO_Online", "RO_Temperature",
               "RO_Humidity"}
-    assert wanted <= set(re.findall(r"^\w+(?::\w+)? (\w+) ", items, re.M))
+    assert wanted <= set(re.findall(r"^\w+(?::\w+)? (\w+) ", items, re.MULTILINE))
