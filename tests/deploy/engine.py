@@ -382,3 +382,22 @@ class Compose:
 
     def logs(self) -> str:
         return self.run("logs", "--no-color", "--tail", "80", check=False).stdout
+
+
+def compose_config(tmp_path: Path, *args: str, override: bool = False, extra_env: str = "") -> dict:
+    """``docker compose config`` (no daemon needed) with a .env from deploy/new-env.sh; its values under ``_env``."""
+    binary = compose_binary()
+    made = subprocess.run(["sh", str(ROOT / "deploy/new-env.sh")], capture_output=True, text=True, check=True).stdout
+    env_file = tmp_path / "compose.env"
+    env_file.write_text(made + "NODEFLEET_PUBLIC_HOST=127.0.0.1\n" + extra_env)
+    files = ["-f", str(ROOT / "compose.yaml")]
+    if override:
+        files += ["-f", str(ROOT / "tests/deploy/compose.host-network.yaml")]
+    result = subprocess.run([binary, "--project-directory", str(ROOT), *files, "--env-file", str(env_file), *args,
+                             "config", "--format", "json"], capture_output=True, text=True, check=False,
+                            env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
+                                 "DOCKER_CONFIG": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    config["_env"] = dict(line.split("=", 1) for line in made.splitlines() if line and not line.startswith("#"))
+    return config

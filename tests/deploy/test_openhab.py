@@ -8,7 +8,6 @@ provisioner's Homie description.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -20,36 +19,15 @@ from nodefleet.contracts import Topics
 from nodefleet.contracts.payloads import Rule, State
 from services.provisioner.discovery import CLIMATE_NODE, POWER, RELAY_NODE, SENSORS
 
-from .engine import ROOT, EngineUnavailable, compose_binary
+from .engine import ROOT, compose_config
 
 OPENHAB = ROOT / "deploy/openhab"
 NODE = "ro-purifier-81019b"
 
 
-def _compose_config(tmp_path: Path, *args: str, override: bool = False) -> dict:
-    try:
-        binary = compose_binary()
-    except EngineUnavailable as exc:
-        pytest.fail(f"cannot validate compose.yaml: {exc}", pytrace=False)
-    made = subprocess.run(["sh", str(ROOT / "deploy/new-env.sh")], capture_output=True, text=True, check=True).stdout
-    env_file = tmp_path / "compose.env"
-    env_file.write_text(made + "NODEFLEET_PUBLIC_HOST=127.0.0.1\n")
-    files = ["-f", str(ROOT / "compose.yaml")]
-    if override:
-        files += ["-f", str(ROOT / "tests/deploy/compose.host-network.yaml")]
-    result = subprocess.run([binary, "--project-directory", str(ROOT), *files, "--env-file", str(env_file), *args,
-                             "config", "--format", "json"], capture_output=True, text=True, check=False,
-                            env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
-                                 "DOCKER_CONFIG": str(tmp_path)})
-    assert result.returncode == 0, result.stderr
-    config = json.loads(result.stdout)
-    config["_env"] = dict(line.split("=", 1) for line in made.splitlines() if line and not line.startswith("#"))
-    return config
-
-
 def test_openhab_profile_validates_and_logs_in_as_operator(tmp_path: Path) -> None:
-    assert "openhab" not in _compose_config(tmp_path)["services"]  # only with the profile
-    config = _compose_config(tmp_path, "--profile", "openhab")
+    assert "openhab" not in compose_config(tmp_path)["services"]  # only with the profile
+    config = compose_config(tmp_path, "--profile", "openhab")
     openhab = config["services"]["openhab"]
     assert re.fullmatch(r"openhab/openhab:\d+\.\d+\.\d+", openhab["image"])  # a pinned release
     assert openhab["depends_on"]["mosquitto"]["condition"] == "service_healthy"
@@ -63,7 +41,7 @@ def test_openhab_profile_validates_and_logs_in_as_operator(tmp_path: Path) -> No
     assert (str(OPENHAB / "cont-init.d"), "/etc/cont-init.d") in mounts
     assert (str(OPENHAB / "conf"), "/nodefleet/openhab") in mounts
     # The test's host-network override covers the profile too.
-    hosted = _compose_config(tmp_path, "--profile", "openhab", override=True)
+    hosted = compose_config(tmp_path, "--profile", "openhab", override=True)
     assert all(s["network_mode"] == "host" and not s.get("ports") for s in hosted["services"].values())
 
 
