@@ -3,6 +3,7 @@ import asyncio
 import sys
 
 import hal
+import heap
 import settings
 import store
 from errlog import ErrLog
@@ -49,6 +50,7 @@ async def _main():
 
         await provision.run(FW, ["switch", "temperature", "humidity", "schedule"])
     else:
+        heap.reserve()  # while the heap is still whole, before normal mode's modules
         import normal
 
         await normal.run(fw=FW, boot_count=count, cause=cause, errlog=log, cfg=cfg, wifi=wifi, mq=mq)

@@ -5,6 +5,7 @@ import clock
 import logic
 
 _HELP = "unknown command %s: use switch, logic, stop, restart or time"
+TTL = 60  # seconds a command with sent but no expires stays valid (contracts COMMAND_TTL)
 
 
 class BadCommand(Exception):
@@ -80,12 +81,13 @@ _HANDLERS = {"switch": _switch, "logic": _logic, "stop": _stop, "restart": _rest
 
 
 def decode(what, raw):
-    """The command as a dict; plain ON/OFF/TOGGLE is accepted for switch."""
-    text = raw.decode().strip()
-    if what == "switch" and text.upper() in ("ON", "OFF", "TOGGLE"):
-        return {"state": text.upper()}
+    """The command (bytes or a view of the receive buffer) as a dict; plain ON/OFF/TOGGLE is accepted for switch."""
+    if what == "switch" and len(raw) <= 12:
+        plain = bytes(raw).strip().upper()
+        if plain in (b"ON", b"OFF", b"TOGGLE"):
+            return {"state": plain.decode()}
     try:
-        cmd = json.loads(text)
+        cmd = json.loads(raw)  # straight from the buffer: no copy of the text
     except ValueError:
         raise BadCommand("malformed JSON: send an object such as {\"state\": \"ON\"}")
     if not isinstance(cmd, dict):
@@ -93,8 +95,41 @@ def decode(what, raw):
     return cmd
 
 
+def _deadline(cmd):
+    # Epoch after which the command is void: its expires, else sent + TTL; None without either.
+    exp = cmd.pop("expires", None)
+    sent = cmd.pop("sent", None)
+    for name, x in (("expires", exp), ("sent", sent)):
+        if x is not None and not (_is_num(x) and 0 <= x < 2 ** 33):
+            raise BadCommand("%s must be epoch seconds" % name)
+    if exp is not None:
+        return exp
+    return sent + TTL if sent is not None else None
+
+
+def expired(deadline, replayed):
+    """Why a command must not run now (it came too late), or None.
+
+    Judged only on valid time; a command without a deadline replayed by the broker after a long
+    or unknown outage (``replayed``) is expired too, since nobody can tell how old it is.
+    """
+    if deadline is not None:
+        if clock.valid() and clock.now() > deadline:
+            return "expired at %d, node time %d: not executed" % (deadline, clock.now())
+        return None
+    if replayed:
+        return "held by the broker through an outage of over %d s (or a reboot) without sent or expires: not executed" % TTL
+    return None
+
+
 def handle(app, what, raw):
-    """Returns (id or None, error or None)."""
+    """Returns (id or None, error or None); the local web API's entry (an expired command is an error there)."""
+    cid, _, err = run(app, what, raw)
+    return cid, err
+
+
+def run(app, what, raw, replayed=False):
+    """Returns (id or None, "ok" / "error" / "expired", reason or None)."""
     cid = None
     try:
         cmd = decode(what, raw)
@@ -107,8 +142,12 @@ def handle(app, what, raw):
         fn = _HANDLERS.get(what)
         if fn is None:
             raise BadCommand(_HELP % what)
-        return cid, fn(app, cmd)
+        late = expired(_deadline(cmd), replayed)
+        if late:
+            return cid, "expired", late
+        err = fn(app, cmd)
+        return cid, "error" if err else "ok", err
     except BadCommand as exc:
-        return cid, str(exc)
+        return cid, "error", str(exc)
     except UnicodeError:
-        return cid, "payload is not UTF-8 text"
+        return cid, "error", "payload is not UTF-8 text"

@@ -4,12 +4,17 @@ import random
 import time
 
 import hal
+import heap
 from mqtt import PINGRESP, PUBACK, PUBLISH, SUBACK, MQTTError, Proto, parse_publish
+
+WINDOW = 2  # QoS 1 messages in flight at once: each one stays on the heap until its PUBACK
+ENTRY = 96  # what a queued message costs on the heap beside its payload (list, bytes header, callback)
 
 
 class Link:
     def __init__(self, *, host, port, client_id, subs, will, on_msg, on_up, on_down, on_refused=None,
-                 user=None, password=None, keepalive=60, max_queue=24, max_in=4096, max_backoff=60):
+                 user=None, password=None, keepalive=60, max_queue=24, max_queue_bytes=1536, max_in=heap.MAX_IN,
+                 max_backoff=60, stale_after=60):
         self.host = host
         self.port = port
         self.client_id = client_id
@@ -23,8 +28,16 @@ class Link:
         self.password = password
         self.keepalive = keepalive
         self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes  # heap held by waiting messages: a flood of acks must not eat it
         self.max_in = max_in
         self.max_backoff = max_backoff
+        self.stale_after = stale_after
+        # True from a CONNACK that resumed the session after an outage longer than stale_after (or a reboot)
+        # until the SUBACK: what arrives in between is what the broker held for the node.
+        self.replaying = False
+        self._down_at = None
+        heap.reserve()  # app.py has done so at boot, while the heap was whole
+        self.buf = heap.RX  # every packet is read into it
         self.queue = []  # [topic, payload, retain, qos, key, on_acked]
         self.inflight = {}
         self._pubacks = []
@@ -42,11 +55,23 @@ class Link:
                 if m[4] == key:
                     self.queue.pop(i)
                     break
-        if len(self.queue) >= self.max_queue:
+        size = len(payload) + ENTRY
+        while self.queue and (len(self.queue) >= self.max_queue or
+                              sum(len(m[1]) + ENTRY for m in self.queue) + size > self.max_queue_bytes):
             self.queue.pop(0)
             self.dropped += 1
         self.queue.append([topic, payload, retain, qos, key, on_acked])
         self._ev.set()
+
+    def pending(self, key):
+        """Whether a message of ``key`` waits in the queue or for its PUBACK."""
+        for m in self.queue:
+            if m[4] == key:
+                return True
+        for m in self.inflight.values():
+            if m[4] == key:
+                return True
+        return False
 
     async def run(self):
         backoff = 1
@@ -64,7 +89,9 @@ class Link:
             was_up = self.up
             if was_up:
                 backoff = 1
+                self._down_at = time.ticks_ms()
             self.up = False
+            self.replaying = False
             self.on_down(reason, was_up)
             await asyncio.sleep_ms(int(backoff * 1000 * (0.5 + random.getrandbits(8) / 256)))
             backoff = min(backoff * 2, self.max_backoff)
@@ -75,10 +102,14 @@ class Link:
 
     async def _session(self):
         reader, writer = await asyncio.wait_for(hal.open_connection(self.host, self.port), 5)
-        proto = Proto(reader, writer)
+        proto = Proto(reader, writer, self.buf)
         task = None
         try:
-            await asyncio.wait_for(proto.connect(self.client_id, self.keepalive, self.user, self.password, self.will), 5)
+            # A persistent session: the broker keeps QoS 1 commands for the node through a short outage.
+            present = await asyncio.wait_for(
+                proto.connect(self.client_id, self.keepalive, self.user, self.password, self.will, False), 5)
+            self.replaying = present and (self._down_at is None or
+                                          time.ticks_diff(time.ticks_ms(), self._down_at) > self.stale_after * 1000)
             self._err = None
             self._pubacks = []
             self._last_rx = time.ticks_ms()
@@ -114,7 +145,7 @@ class Link:
             while self._pubacks:
                 proto.put_puback(self._pubacks.pop(0))
                 wrote = True
-            while self.queue and len(self.inflight) < 8:
+            while self.queue and len(self.inflight) < WINDOW:
                 m = self.queue.pop(0)
                 pid = 0
                 if m[3]:
@@ -133,7 +164,7 @@ class Link:
             if time.ticks_diff(now, last_tx) >= ping_ms:
                 await proto.ping()
                 last_tx = now
-            if not self.queue or len(self.inflight) >= 8:
+            if not self.queue or len(self.inflight) >= WINDOW:
                 try:
                     await asyncio.wait_for_ms(self._ev.wait(), 250)
                 except asyncio.TimeoutError:
@@ -142,7 +173,7 @@ class Link:
     async def _reader(self, proto):
         try:
             while True:
-                head, body = await proto.read(self.max_in)
+                head, body = await proto.read()
                 self._last_rx = time.ticks_ms()
                 kind = head & 0xF0
                 if kind == PUBLISH:
@@ -153,6 +184,8 @@ class Link:
                     else:
                         topic, payload, qos, pid = parse_publish(head, body)
                         size = len(payload)
+                        if size > self.max_in:
+                            payload = None
                     self.on_msg(topic, payload, size, head & 0x01)
                     if qos:
                         # Sent by the writer together with what the handler published.
@@ -163,6 +196,7 @@ class Link:
                     if m is not None and m[5] is not None:
                         m[5]()
                 elif kind == SUBACK:
+                    self.replaying = False
                     refused = [self.subs[i] for i, code in enumerate(body[2:]) if code == 0x80 and i < len(self.subs)]
                     if refused and self.on_refused is not None:
                         # Not fatal: under a strict ACL the node still takes what it may read.

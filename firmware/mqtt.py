@@ -35,9 +35,10 @@ def _varlen(n):
 
 
 class Proto:
-    def __init__(self, reader, writer):
+    def __init__(self, reader, writer, buf):
         self.r = reader
         self.w = writer
+        self.mv = memoryview(buf)
         try:
             # TCP_NODELAY: an ack must not wait for the broker's delayed ACK of the previous segment.
             writer.s.setsockopt(6, 1, 1)
@@ -54,8 +55,9 @@ class Proto:
         self.put(head, *parts)
         await self.w.drain()
 
-    async def connect(self, client_id, keepalive, user=None, password=None, will=None):
-        flags = 0x02
+    async def connect(self, client_id, keepalive, user=None, password=None, will=None, clean=True):
+        """CONNECT and its CONNACK; returns whether the broker kept a session for client_id."""
+        flags = 0x02 if clean else 0
         body = _s(client_id)
         if will:
             flags |= 0x04 | (0x20 if will[2] else 0) | (will[3] << 3)
@@ -67,12 +69,13 @@ class Proto:
                 flags |= 0x40
                 body += _s(password)
         await self.send(CONNECT, b"\x00\x04MQTT\x04" + bytes([flags]) + struct.pack("!H", keepalive), body)
-        head, data = await self.read(8)
+        head, data = await self.read()
         if head != 0x20 or len(data) != 2:
             raise MQTTError("no CONNACK")
         if data[1]:
             code = data[1]
             raise MQTTError("broker refused: %s" % (_REFUSED[code] if code < len(_REFUSED) else code))
+        return bool(data[0] & 1)
 
     def put_publish(self, topic, payload, retain=False, qos=0, pid=0, dup=False):
         head = PUBLISH | (qos << 1) | (0x01 if retain else 0) | (0x08 if dup else 0)
@@ -99,45 +102,66 @@ class Proto:
     async def disconnect(self):
         await self.send(DISCONNECT)
 
-    async def read(self, max_in):
-        """One packet: (header byte, body); a body over max_in is skipped: (topic, size, pid)."""
-        head = (await self.r.readexactly(1))[0]
+    async def _fill(self, mv):
+        # Into the preallocated buffer: a large body never becomes a new object on the heap.
+        got = 0
+        while got < len(mv):
+            n = await self.r.readinto(mv[got:])
+            if not n:
+                raise MQTTError("connection closed")
+            got += n
+
+    async def read(self):
+        """One packet: (header byte, body as a view of the receive buffer, valid until the next read).
+
+        A PUBLISH too big for the buffer is skipped in buffer-sized pieces: (header, (topic, size, pid)).
+        """
+        mv = self.mv
+        await self._fill(mv[:1])
+        head = mv[0]
         n = 0
         shift = 0
         while True:
-            byte = (await self.r.readexactly(1))[0]
+            await self._fill(mv[:1])
+            byte = mv[0]
             n |= (byte & 0x7F) << shift
             shift += 7
             if not byte & 0x80:
                 break
             if shift > 21:
                 raise MQTTError("bad remaining length")
-        if n <= max_in:
-            return head, (await self.r.readexactly(n)) if n else b""
-        # Too big for this heap: keep only the topic, read the rest in small pieces and drop it.
-        tlen = struct.unpack("!H", await self.r.readexactly(2))[0]
-        topic = await self.r.readexactly(tlen)
+        if n <= len(mv):
+            await self._fill(mv[:n])
+            return head, mv[:n]
+        if head & 0xF0 != PUBLISH:
+            raise MQTTError("packet 0x%02x of %d bytes: too big" % (head, n))
+        await self._fill(mv[:2])
+        tlen = struct.unpack_from("!H", mv)[0]
+        if tlen > 256:
+            raise MQTTError("topic of %d bytes" % tlen)
+        await self._fill(mv[:tlen])
+        topic = bytes(mv[:tlen])
         left = n - 2 - tlen
         pid = 0
         if (head >> 1) & 3:
-            pid = struct.unpack("!H", await self.r.readexactly(2))[0]
+            await self._fill(mv[:2])
+            pid = struct.unpack_from("!H", mv)[0]
             left -= 2
         while left > 0:
-            chunk = await self.r.read(min(left, 512))
-            if not chunk:
-                raise MQTTError("connection closed")
-            left -= len(chunk)
+            k = min(left, len(mv))
+            await self._fill(mv[:k])
+            left -= k
         return head, (topic, n, pid)
 
 
 def parse_publish(head, body):
-    """(topic bytes, payload bytes, qos, pid) of a PUBLISH body."""
-    tlen = struct.unpack("!H", body[:2])[0]
-    topic = body[2 : 2 + tlen]
+    """(topic bytes, payload view, qos, pid) of a PUBLISH body; only the short topic is copied."""
+    tlen = struct.unpack_from("!H", body)[0]
+    topic = bytes(body[2 : 2 + tlen])
     i = 2 + tlen
     qos = (head >> 1) & 3
     pid = 0
     if qos:
-        pid = struct.unpack("!H", body[i : i + 2])[0]
+        pid = struct.unpack_from("!H", body, i)[0]
         i += 2
     return topic, body[i:], qos, pid

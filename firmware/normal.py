@@ -1,6 +1,5 @@
 # Normal mode: WiFi, MQTT link, commands, NodeLogic ticks, telemetry, local web page.
 import asyncio
-import gc
 import json
 import random
 import time
@@ -8,6 +7,7 @@ import time
 import clock
 import commands
 import hal
+import heap
 import led
 import logic
 import settings
@@ -15,7 +15,8 @@ import store
 from counter import Counter
 from link import Link
 
-MAX_IN = 4096
+MAX_IN = heap.MAX_IN  # config and schedule; the receive buffer (heap.RX) holds this much
+CMD_MAX = 512  # a command is a few hundred bytes at most: a larger one is dropped unparsed
 NTP_EVERY_MS = 6 * 3600 * 1000
 HOLD_MS = 5000
 CAPS = ["switch", "temperature", "humidity", "schedule"]
@@ -32,12 +33,15 @@ class App:
         self.wifi = wifi
         self.mq = mq
         self.prefix = mq["topic_prefix"]
+        self._topics = {}
         self.started = time.ticks_ms()
         self.bad_input = 0
         self.ap_open = False
         self.wifi_seen = False
         self.connect_failed = False
-        self.schedule = store.load("schedule.json", None) or {"v": 1, "version": 1, "rules": []}
+        stored = store.load("schedule.json", None)
+        self.schedule = stored or {"v": 1, "version": 1, "rules": []}
+        self.schedule_version = stored.get("version") if stored else None  # applied from the retained topic
         self.telemetry_seq = Counter("telemetry")
         clock.set_tz(self.cfg.get("tz", []))
         import node
@@ -52,13 +56,18 @@ class App:
             subs=[p + "/set/#", p + "/config", p + "/schedule", p + "/ota/#"],
             will=(p + "/status", b"offline", True, 1), on_msg=self.on_msg, on_up=self.on_up,
             on_down=self.on_down, on_refused=self.on_refused, max_in=MAX_IN, max_backoff=mq.get("max_backoff", 30),
-            max_queue=mq.get("max_queue", 24))
+            max_queue=mq.get("max_queue", 24), max_queue_bytes=mq.get("max_queue_bytes", 1536),
+            stale_after=commands.TTL)
         self.refused_logged = False
         errlog.publish = self.publish_log
 
     # -- publishing --------------------------------------------------------
     def topic(self, kind):
-        return self.prefix + "/" + kind
+        # One string per kind for the node's life, not one per message waiting in the queue.
+        t = self._topics.get(kind)
+        if t is None:
+            t = self._topics[kind] = self.prefix + "/" + kind
+        return t
 
     def send(self, kind, obj, retain=False, qos=0, key=None, on_acked=None):
         self.link.publish(self.topic(kind), json.dumps(obj).encode(), retain, qos, key, on_acked)
@@ -68,14 +77,25 @@ class App:
         v = (self.cfg_raw or {}).get("version")
         if v:
             p["config"] = v  # the config version in force, for the provisioner and openHAB
+        p["schedule"] = self.schedule_version  # the schedule in force (null: none), confirmed like config
         self.send("state", p, True, 1, "state")
 
-    def publish_log(self, item):
-        seq = item["seq"]
-        self.send("log", item, False, 1, None, lambda: self.errlog.mark_sent(seq))
+    def publish_log(self, *_):
+        # The ring on flash is the log's queue: one entry in flight, the next once the broker has it.
+        # So an entry is never queued twice (after an outage) and a burst of entries costs no heap.
+        if self.link.pending("log"):
+            return
+        nxt = self.errlog.first_unsent()
+        if nxt is not None:
+            seq = nxt[0]
+            self.link.publish(self.topic("log"), nxt[1], False, 1, "log", lambda: self._log_sent(seq))
 
-    def ack(self, cid, err):
-        a = {"v": 1, "id": cid, "status": "error" if err else "ok"}
+    def _log_sent(self, seq):
+        self.errlog.mark_sent(seq)
+        self.publish_log()
+
+    def ack(self, cid, status, err):
+        a = {"v": 1, "id": cid, "status": status}
         if err:
             a["error"] = err
         else:
@@ -97,8 +117,7 @@ class App:
         self.link.publish(self.topic("status"), b"online", True, 1, "status")
         self.send("info", self.info(), True, 1, "info")
         self.publish_state()
-        for item in self.errlog.unsent():
-            self.publish_log(item)
+        self.publish_log()
         hal.mark_healthy()
 
     def on_down(self, reason, was_up):
@@ -130,13 +149,16 @@ class App:
             self._dispatch(topic.decode(), payload, size, retained)
         except Exception as exc:  # a handler bug must not end the session
             self.bad("handler_error", repr(exc))
+        if size >= 256:
+            heap.sample()  # what a large message left behind goes now, before it fragments the heap
 
     def _dispatch(self, topic, payload, size, retained):
         if not topic.startswith(self.prefix + "/"):
             return
         kind = topic[len(self.prefix) + 1:]
-        if payload is None:
-            self.bad("payload_too_large", "%s payload of %d bytes is over the %d-byte limit: dropped" % (kind, size, MAX_IN))
+        limit = CMD_MAX if kind.startswith("set/") else MAX_IN
+        if payload is None or size > limit:
+            self.bad("payload_too_large", "%s payload of %d bytes is over the %d-byte limit: dropped" % (kind, size, limit))
             return
         if kind.startswith("set/"):
             if retained:
@@ -144,11 +166,13 @@ class App:
                 if payload:
                     self.bad("retained_command", "%s is retained: ignored; clear it with an empty retained message" % kind)
                 return
-            cid, err = commands.handle(self, kind[4:], payload)
-            if err:
+            cid, status, err = commands.run(self, kind[4:], payload, self.link.replaying)
+            if status == "error":
                 self.bad_input += 1
             if cid is not None:
-                self.ack(cid, err)
+                self.ack(cid, status, err)
+            elif status == "expired":
+                self.errlog.add("command_expired", "%s: %s" % (kind, err), "warning", self.ts())
             elif err:
                 self.errlog.add("bad_command", "%s: %s" % (kind, err), "warning", self.ts())
         elif kind == "config":
@@ -161,7 +185,7 @@ class App:
             return None  # a retained message was cleared
         try:
             return json.loads(payload)
-        except ValueError:
+        except (ValueError, UnicodeError):
             self.bad("bad_" + kind, kind + " is not valid JSON: keep the previous one")
             return None
 
@@ -188,19 +212,26 @@ class App:
 
     def apply_schedule(self, payload):
         # An empty retained message deletes the schedule.
-        s = self._json("schedule", payload) if payload else {"v": 1, "version": 1, "rules": []}
-        if s is None:
+        s = self._json("schedule", payload) if payload else None
+        if s is None and payload:
             return
-        err = logic.check_schedule(s)
+        err = s is not None and logic.check_schedule(s, heap.RX)  # parsed: its buffer is free to lend
         if err:
             self.bad("bad_schedule", err)
             return
-        if s == self.schedule:
+        if s is None:
+            if self.schedule_version is None:
+                return
+            store.remove("schedule.json")
+            self.schedule, self.schedule_version = {"v": 1, "version": 1, "rules": []}, None
+        elif s == self.schedule and self.schedule_version is not None:
             return
-        store.save("schedule.json", s)
-        self.schedule = s
-        self.node.rules = s.get("rules", [])
+        else:
+            store.save("schedule.json", s)
+            self.schedule, self.schedule_version = s, s["version"]
+        self.node.rules = self.schedule.get("rules", [])
         self.node.tick()
+        self.node.changed()  # a new state tells the version now in force
 
     def restart_soon(self):
         asyncio.create_task(self._restart())
@@ -291,15 +322,23 @@ class App:
 
     async def telemetry_loop(self):
         last = time.ticks_ms()
+        # Firmware-local (mqtt.json, demo nodes): at most this period, and a first message once online.
+        cap = self.mq.get("telemetry_max")
+        first = bool(cap)
         while True:
             # Short steps, so a new period from the config takes effect at once.
             await asyncio.sleep_ms(250)
-            if time.ticks_diff(time.ticks_ms(), last) < self.cfg["telemetry_period"] * 1000:
+            free = heap.sample()  # every step, so the low-water mark sees short peaks too
+            period = min(self.cfg["telemetry_period"], cap) if cap else self.cfg["telemetry_period"]
+            if first and self.link.up:
+                first = False
+            elif time.ticks_diff(time.ticks_ms(), last) < period * 1000:
                 continue
             last = time.ticks_ms()
             readings = hal.sensors()
             readings["rssi"] = hal.rssi()
-            readings["heap_free"] = gc.mem_free()
+            readings["heap_free"] = free
+            readings["heap_min"] = heap.low
             readings["mqtt_dropped"] = self.link.dropped
             readings["bad_input"] = self.bad_input
             t = {"v": 1, "seq": self.telemetry_seq.next(), "uptime": self.uptime(), "readings": readings}

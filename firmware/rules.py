@@ -215,9 +215,16 @@ def _minutes(r):
                 yield (wall - 4 * 86400) // 60, length
 
 
-def _conflict(rules):
-    # One bit per minute of the week for each action (2 x 1260 bytes: the node's heap is small).
-    bits = (bytearray(WEEK_MIN // 8 + 1), bytearray(WEEK_MIN // 8 + 1))
+def _conflict(rules, scratch=None):
+    # One bit per minute of the week for each action (2 x 1260 bytes: the node's heap is small,
+    # so it lends its receive buffer as ``scratch`` rather than find 2.5 KB in one piece).
+    n = WEEK_MIN // 8 + 1
+    if scratch is None or len(scratch) < 2 * n:
+        scratch = bytearray(2 * n)
+    buf = memoryview(scratch)
+    for i in range(2 * n):
+        buf[i] = 0
+    bits = (buf[:n], buf[n : 2 * n])
     for r in rules:
         if not r.get("enabled", True):
             continue
@@ -241,7 +248,7 @@ def _holder(rules, action, m):
     return "?"
 
 
-def check_schedule(s):
+def check_schedule(s, scratch=None):
     if not isinstance(s, dict) or s.get("v") != 1:
         return "schedule must be an object with v=1"
     for k in s:
@@ -260,4 +267,4 @@ def check_schedule(s):
         if r["id"] in ids:
             return "rule id %s repeats" % r["id"]
         ids.append(r["id"])
-    return _conflict(rules)
+    return _conflict(rules, scratch)

@@ -1,5 +1,7 @@
 # Device config (retained config topic) checks and defaults; firmware-local settings of mqtt.json.
 DEFAULT = {"v": 1, "version": 1, "telemetry_period": 60, "power_on": "off", "tz": [], "ap_after": 300}
+
+
 POWER_ON = ("off", "last", "schedule")
 
 

@@ -16,6 +16,11 @@ def save(name, obj):
     tmp = name + ".tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f)
+    replace(tmp, name)
+
+
+def replace(tmp, name):
+    """Put a fully written ``tmp`` in place of ``name``."""
     try:
         os.rename(tmp, name)  # atomic on littlefs, the ESP32 default
     except OSError:

@@ -39,6 +39,10 @@ FIRMWARE_DIR = Path(__file__).resolve().parents[1] / "firmware"
 RESTART_EXIT = 75
 HEAP = "110K"
 DEMO_PREFIX = "demo"
+DEMO_FLASH = "demo-nodes"
+"""Directory beside the demo registrations (``<data dir>/demo-nodes/<name>``): each demo node's flash."""
+DEMO_TELEMETRY_MAX = 5
+"""Demo nodes send telemetry at least this often (seconds), and once as soon as they are online."""
 
 log = get_logger(__name__)
 
@@ -102,8 +106,13 @@ class SimNode:
         max_backoff: int = 30,
         ssid: str = "simnet",
         password: str = "simpass",
+        telemetry_max: int | None = None,
     ) -> None:
-        """Store WiFi and MQTT settings as the provisioning API would."""
+        """Store WiFi and MQTT settings as the provisioning API would.
+
+        ``telemetry_max`` is firmware-local tuning (mqtt.json): telemetry at least every that many
+        seconds whatever the config's period, and once on coming online (demo nodes).
+        """
         address = BrokerAddress.parse(broker)
         self.write("wifi.json", {"ssid": ssid, "password": password})
         mqtt: dict[str, Any] = {"broker": address.host, "port": address.port, "topic_prefix": topic_prefix,
@@ -112,6 +121,8 @@ class SimNode:
             mqtt["username"] = address.username
         if address.password:
             mqtt["password"] = address.password
+        if telemetry_max is not None:
+            mqtt["telemetry_max"] = telemetry_max
         self.write("mqtt.json", mqtt)
 
     # -- process -------------------------------------------------------------
@@ -227,6 +238,7 @@ class SimFleet:
         heap: str = HEAP,
         control: bool = False,
         registrations: Sequence[Registration] = (),
+        telemetry_max: int | None = None,
     ) -> None:
         """``registrations`` (from the provisioner) give the first nodes their names, prefixes and own logins."""
         self.mqtt_url = mqtt_url
@@ -239,9 +251,11 @@ class SimFleet:
             name = login.node_name if login else f"{name_prefix}-{i:03d}"
             node = SimNode(self.workdir / name, name=name, heap=heap, control=control, http=False)
             if login is None:
-                node.provision(broker=mqtt_url, topic_prefix=self.topics.prefix(name), max_backoff=10)
+                node.provision(broker=mqtt_url, topic_prefix=self.topics.prefix(name), max_backoff=10,
+                               telemetry_max=telemetry_max)
             else:
-                node.provision(broker=_as_node(mqtt_url, login), topic_prefix=login.topic_prefix, max_backoff=10)
+                node.provision(broker=_as_node(mqtt_url, login), topic_prefix=login.topic_prefix, max_backoff=10,
+                               telemetry_max=telemetry_max)
             node.write("config.json", {"v": 1, "version": 1, "telemetry_period": telemetry_period})
             self.nodes.append(node)
 
@@ -278,18 +292,22 @@ def _as_node(broker_url: str, login: Any) -> str:
 
 async def run_demo(*, count: int, mqtt_url: str, ready: asyncio.Event, topic_root: str = "home",
                    fleet_root: str = "fleet", register: bool = False, store: Path | None = None,
-                   scope: str = "") -> None:
+                   scope: str = "", workdir: Path | None = None) -> None:
     """``nodefleet up --demo N``: run N nodes until cancelled; ``ready`` once all processes run.
 
     With ``register`` (as ``nodefleet up`` does) the nodes are registered with the provisioner first
     (``register_nodes``; ``mqtt_url`` is the operator's login) and each logs in as itself; without, they
-    all use ``mqtt_url`` (an open broker).
+    all use ``mqtt_url`` (an open broker).  Their flash is kept in ``workdir``, by default
+    ``demo-nodes/`` beside ``store`` (the data directory), so like real nodes they keep their sequence
+    numbers, state and error log across restarts.  They send telemetry within seconds of starting.
     """
+    if workdir is None and store is not None:
+        workdir = Path(store).parent / DEMO_FLASH
     topics = Topics(root=topic_root, fleet=fleet_root)
     registrations = await register_nodes(count=count, mqtt_url=mqtt_url, topics=topics, store=store,
                                          scope=scope, name_prefix=DEMO_PREFIX) if register else []
     fleet = SimFleet(mqtt_url=mqtt_url, count=count, topics=topics, name_prefix=DEMO_PREFIX,
-                     registrations=registrations)
+                     registrations=registrations, workdir=workdir, telemetry_max=DEMO_TELEMETRY_MAX)
     try:
         await fleet.start()
         ready.set()

@@ -36,6 +36,8 @@ __all__ = [
     "Telemetry",
     "Log",
     "Ack",
+    "CommandPayload",
+    "COMMAND_TTL",
     "SwitchCommand",
     "LogicCommand",
     "StopCommand",
@@ -122,9 +124,9 @@ class State(Payload):
     ts: Epoch | None = None
     config: Annotated[int, Field(ge=1)] | None = None
     """Version of the retained config the node applied; absent until it has one (a rejected one is logged)."""
-    schedule: int | None = None
-    """Version of the retained schedule the node applied (like ``config``); absent from firmware that does
-    not report it. A rejected one is logged (``bad_schedule``) and the previous version stays in force."""
+    schedule: Annotated[int, Field(ge=1)] | None = None
+    """Version of the retained schedule the node applied and runs; null while it has none (a rejected one is
+    logged as ``bad_schedule`` and the previous version stays in force)."""
 
 
 class Telemetry(Payload):
@@ -157,24 +159,50 @@ class Log(Payload):
 
 
 class Ack(Payload):
-    """``home/N/ack``: the answer to a command that carried an ``id``."""
+    """``home/N/ack``: the answer to a command that carried an ``id``.
+
+    ``expired``: the command arrived after its expiry (see :class:`CommandPayload`) and was not
+    executed; ``error`` says when it expired and the node's time.
+    """
 
     id: Identifier
-    status: Literal["ok", "error"]
+    status: Literal["ok", "error", "expired"]
     error: Text | None = None
     state_seq: Seq | None = None
 
     @model_validator(mode="after")
     def _error_needs_reason(self) -> Ack:
-        if self.status == "error" and not self.error:
-            raise ValueError("an error ack needs an error reason")
+        if self.status in ("error", "expired") and not self.error:
+            raise ValueError(f"an {self.status} ack needs a reason")
         return self
 
 
 # -- anyone -> node: commands (never retained) -----------------------------
 
+COMMAND_TTL = 60
+"""Seconds a command with ``sent`` but no ``expires`` stays valid."""
 
-class SwitchCommand(Payload):
+
+class CommandPayload(Payload):
+    """What every command may carry: ``id`` (answered with an ack) and its expiry.
+
+    The broker keeps QoS 1 commands for a node that is briefly offline (its
+    session is persistent), so a command may arrive late. ``sent`` is the
+    sender's clock (epoch seconds); ``expires`` (epoch seconds) is when it
+    stops being valid, else ``sent + COMMAND_TTL``. A node with valid time
+    answers a command that arrives later than that with an ``expired`` ack
+    and does not execute it. A command without either, replayed by the broker
+    after an outage longer than ``COMMAND_TTL`` (or across a reboot), is
+    expired too: its age cannot be told.
+    """
+
+    id: Identifier | None = None
+    sent: Epoch | None = None
+    expires: Epoch | None = None
+
+
+
+class SwitchCommand(CommandPayload):
     """``home/N/set/switch``: ``{"state": "ON", "for": 600, "id": "..."}``.
 
     A backup run from the scheduler carries ``run_id`` and ``until`` (a target
@@ -185,7 +213,6 @@ class SwitchCommand(Payload):
     state: Literal["ON", "OFF", "TOGGLE"]
     for_: Seconds | None = Field(default=None, alias="for")
     until: Epoch | None = None
-    id: Identifier | None = None
     run_id: Identifier | None = None
 
     @model_validator(mode="after")
@@ -195,31 +222,26 @@ class SwitchCommand(Payload):
         return self
 
 
-class LogicCommand(Payload):
+class LogicCommand(CommandPayload):
     """``home/N/set/logic``: enable or disable NodeLogic (disabled = plain switch)."""
 
     enabled: bool
-    id: Identifier | None = None
 
 
-class StopCommand(Payload):
+class StopCommand(CommandPayload):
     """``home/N/set/stop``: failsafe. Relay off, logic paused until ``resume``."""
 
     resume: bool = False
-    id: Identifier | None = None
 
 
-class RestartCommand(Payload):
+class RestartCommand(CommandPayload):
     """``home/N/set/restart``."""
 
-    id: Identifier | None = None
 
-
-class TimeCommand(Payload):
+class TimeCommand(CommandPayload):
     """``home/N/set/time``: backend time, the fallback when NTP is unreachable."""
 
     ts: Epoch
-    id: Identifier | None = None
 
 
 def parse_switch(raw: bytes | str) -> SwitchCommand:

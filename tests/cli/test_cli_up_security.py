@@ -128,11 +128,20 @@ async def test_up_refuses_strangers_and_gives_every_client_its_own_login(
     assert await received(node, [f"{first.topic_prefix}/set/#", f"{topics.root}/#"], operator, [mine, theirs]) == {mine}
     assert await refused(mqtt_url(first.username, second.password, "127.0.0.1", port))
 
-    # A restart (here on another port) reuses the logins and the registered demo nodes.
+    # A restart (here on another port) reuses the logins, the registered demo nodes and their flash.
+    flash = data_dir / "demo-nodes" / first.node_name
+    reserved = json.loads((flash / "seq.json").read_text())["telemetry"]
     assert await up.stop(signal.SIGINT, group=True) == 0, up.stderr[-3000:]
     port = free_port()
     again = launch_up("--mqtt-port", str(port), *args[2:], data_dir=data_dir, env=up_env(topics))
     await again.wait_ready()
+    # Demo telemetry within seconds of the start, with sequence numbers past those of the first run.
+    async with client(BrokerAddress.parse(stored.url(OPERATOR, "127.0.0.1", port)),
+                      client_id=f"tail-{uuid.uuid4().hex[:6]}") as tail:
+        await tail.subscribe(f"{first.topic_prefix}/telemetry")
+        async with asyncio.timeout(12):
+            message = await anext(aiter(tail.messages))
+    assert json.loads(bytes(message.payload))["seq"] >= reserved
     print(f"secured nodefleet up with 2 demo nodes ready after {again.ready_after:.2f} s (existing data directory)")
     assert LocalCredentials.read(data_dir).passwords == stored.passwords  # type: ignore[union-attr]
     assert json.loads((data_dir / "demo-nodes.json").read_text())["registrations"] == saved

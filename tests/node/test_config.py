@@ -54,3 +54,32 @@ async def test_config_is_applied_and_bad_config_is_rejected(make_node, watch):
             break
         await asyncio.sleep(0.05)
     assert node.read("schedule.json") == fixture, watch.found("log", lambda e: True, since=mark)
+
+
+async def test_the_state_confirms_the_schedule_in_force(node, watch):
+    from nodefleet.contracts import State
+
+    assert State.model_validate(await watch.wait("state")).schedule is None  # none yet
+    fixture = json.loads((FIXTURES / "schedule.json").read_text())
+    mark = watch.mark()
+    await watch.retain(NodeTopic.SCHEDULE, fixture)
+    state = await watch.wait("state", lambda s: s.get("schedule") == fixture["version"], since=mark)
+    assert State.model_validate(state).schedule == fixture["version"]
+
+    # A rejected schedule is logged; the state keeps naming the version still in force.
+    mark = watch.mark()
+    await watch.retain(NodeTopic.SCHEDULE, {**fixture, "version": fixture["version"] + 1, "rules": [
+        {"id": "x", "at": "25:00", "duration": 5}]})
+    await watch.wait("log", lambda e: e["code"] == "bad_schedule", since=mark)
+    await watch.command("logic", {"enabled": True})
+    assert all(s["schedule"] == fixture["version"] for s in watch.found("state", since=mark))
+
+    # After a restart the stored schedule is still reported; an empty retained message removes it.
+    mark = watch.mark()
+    await node.stop()
+    await node.start()
+    assert (await watch.wait("state", since=mark, timeout=15))["schedule"] == fixture["version"]
+    mark = watch.mark()
+    await watch.retain(NodeTopic.SCHEDULE, b"")
+    await watch.wait("state", lambda s: s["schedule"] is None, since=mark)
+    assert node.read("schedule.json") is None

@@ -60,3 +60,34 @@ async def test_an_abnormal_reset_is_logged_with_its_cause(make_node, watch):
     entry = await watch.wait("log", lambda e: e["code"] == "reset", timeout=15)
     assert entry["reset_cause"] == "watchdog" and entry["level"] == "error"
     assert (await watch.wait("info"))["boot_reason"] == "watchdog"
+
+
+async def test_entries_made_during_an_outage_are_published_once(make_node, topics):
+    from nodefleet.embedded.mosquitto import Mosquitto
+
+    from .conftest import watching
+    from .test_outages import _until
+
+    broker = Mosquitto()
+    broker.start()
+    try:
+        node = make_node("node-2")
+        node.provision(broker=broker.url, topic_prefix=topics.prefix("node-2"), keepalive=2, max_backoff=1)
+        async with watching(broker, topics, "node-2") as watch:
+            await node.start()
+            await watch.wait("state", timeout=15)
+        broker.stop()
+        await _until(node, lambda b: b["led"] == "no_broker")
+        await asyncio.sleep(1.5)  # reconnects keep failing: "broker lost", then "cannot reach"
+        broker.start()
+        async with watching(broker, topics, "node-2") as watch:
+            await watch.wait("log", lambda e: e["code"] == "mqtt_lost", timeout=15)
+            await watch.command("logic", {"enabled": True})
+            await asyncio.sleep(1)  # anything sent twice would be here by now
+            seqs = [e["seq"] for e in watch.found("log")]
+            assert seqs and len(seqs) == len(set(seqs)), seqs
+            assert seqs == sorted(seqs)
+            saved = node.read("errlog.json")
+            assert saved["sent"] == saved["next"]
+    finally:
+        broker.stop()

@@ -1,0 +1,24 @@
+# Free heap after a collection, and its low-water mark since boot (both in telemetry).
+import gc
+
+MAX_IN = 4096  # the largest payload the node takes (config, schedule); larger ones are dropped unread
+RX = None  # the one receive buffer: a payload, its topic of up to 128 bytes, a packet id
+low = 0
+
+
+def reserve():
+    """Allocate RX before normal mode imports its modules: later, with the heap cut up, 4 KB in one piece
+    may not exist. Provisioning mode never needs it."""
+    global RX
+    if RX is None:
+        RX = bytearray(MAX_IN + 132)
+
+
+def sample():
+    """Collect, then note the free heap; the low-water mark is the least seen since boot."""
+    global low
+    gc.collect()
+    free = gc.mem_free()
+    if not low or free < low:
+        low = free
+    return free
