@@ -126,13 +126,15 @@ def test_image_is_slim_unprivileged_and_pinned() -> None:
     assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.MULTILINE)
     users = re.findall(r"^USER (\S+)", dockerfile, re.MULTILINE)
     assert users and users[-1] not in ("root", "0")
-    assert "--no-deps ." in dockerfile and "-r deploy/requirements.txt" in dockerfile
+    assert "--no-deps --no-build-isolation ." in dockerfile and "-r deploy/requirements.txt" in dockerfile
     pins = [line for line in (ROOT / "deploy/requirements.txt").read_text().splitlines()
             if line.strip() and not line.startswith("#")]
     assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][A-Za-z0-9.+-]*", line) for line in pins), pins
     pinned = {_requirement_name(line) for line in pins}
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert {_requirement_name(d) for d in project["dependencies"]} <= pinned
+    build = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    assert {_requirement_name(d) for d in build} <= pinned and "--no-build-isolation" in dockerfile
     assert "tests" in (ROOT / ".dockerignore").read_text().split()
 
 
