@@ -209,6 +209,9 @@ class Engine:
         if self._lock is not None:
             os.close(self._lock)
             self._lock = None
+        # dockerd leaves its bind mount of the host's network namespace (exec root/netns/default) behind.
+        for mount in _mounts_under(self.run_dir):
+            subprocess.run(["umount", "--lazy", mount], capture_output=True, check=False)
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     # -- images -------------------------------------------------------------------------------
@@ -300,6 +303,16 @@ class Engine:
             repository, _, version = name_.partition(":")
             image.tag(repository, version)
         return tag
+
+
+def _mounts_under(folder: Path) -> list[str]:
+    """Mount points below ``folder``, deepest first (octal escapes of /proc/self/mounts decoded)."""
+    found = []
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        target = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[1])
+        if target.startswith(f"{folder}/"):
+            found.append(target)
+    return sorted(found, key=len, reverse=True)
 
 
 def _context(folder: Path, extra: Mapping[str, bytes]) -> io.BytesIO:
