@@ -151,6 +151,11 @@ class Engine:
         # One daemon per data root: a second test run on this machine waits for the first.
         self._lock = os.open(CACHE.with_name(CACHE.name + ".lock"), os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(self._lock, fcntl.LOCK_EX)
+        left = self._earlier_daemon()
+        if left is not None:
+            self.stop()
+            raise EngineUnavailable(f"a dockerd (pid {left}) of an earlier, interrupted run still uses "
+                                    f"{CACHE / 'data'}: stop it (kill {left}) and run the test again")
         command = [
             "dockerd", "--data-root", str(CACHE / "data"), "--exec-root", str(self.run_dir / "exec"),
             "--pidfile", str(self.pidfile), "--host", self.url,
@@ -183,6 +188,21 @@ class Engine:
         assert "bridge" not in networks, f"the test's daemon has a bridge network: {networks}"
         _log(f"dockerd {self.client.version()['Version']} (pid {self.process.pid}) on {self.socket}, "
              f"data root {CACHE / 'data'}, networks {sorted(networks)}")
+
+    @staticmethod
+    def _earlier_daemon() -> int | None:
+        """The pid of a dockerd still running on this data root (its run was killed before it could stop it)."""
+        data_root = str(CACHE / "data")
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv and argv[0].endswith(b"dockerd") and data_root.encode() in argv:
+                return int(proc.name)
+        return None
 
     def clean(self) -> None:
         """Remove what an interrupted earlier run left in the kept data root (containers, volumes, dangling images)."""

@@ -26,7 +26,8 @@ def test_default_ports_are_todays(tmp_path: Path) -> None:
 
 
 def test_one_variable_moves_a_port_everywhere_it_is_used(tmp_path: Path) -> None:
-    services = compose_config(tmp_path, extra_env="NODEFLEET_MQTT_PORT=2883\nNODEFLEET_POSTGRES_PORT=6432\n")["services"]
+    moved = "NODEFLEET_MQTT_PORT=2883\nNODEFLEET_POSTGRES_PORT=6432\n"
+    services = compose_config(tmp_path, extra_env=moved)["services"]
     assert ("2883", 2883) in _published(services["mosquitto"])
     assert services["mosquitto"]["environment"]["NODEFLEET_MQTT_PORT"] == "2883"
     assert services["provisioner"]["environment"]["NODEFLEET_PROVISIONER_BROKER_PORT"] == "2883"
