@@ -10,8 +10,12 @@ def reserve():
     """Allocate RX before normal mode imports its modules: later, with the heap cut up, 4 KB in one piece
     may not exist. Provisioning mode never needs it."""
     global RX
+    # Collected first, here at the top of the stack: the boot's garbage would otherwise cut up the heap that
+    # this buffer and the compile of normal mode's modules need in large pieces.
+    gc.collect()
     if RX is None:
         RX = bytearray(MAX_IN + 132)
+    gc.collect()
 
 
 def sample():

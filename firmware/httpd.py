@@ -48,7 +48,8 @@ async def _discard(r, n):
         n -= len(chunk)
 
 
-async def _conn(r, w, route):
+async def handle(r, w, route):
+    """Answer one request on an accepted connection, then close it."""
     try:
         status, content = 400, {"error": "bad request line"}
         parts = (await asyncio.wait_for(r.readline(), 5)).decode().split()
@@ -89,4 +90,4 @@ async def _conn(r, w, route):
 async def serve(addr, route):
     if addr is None:
         return None
-    return await asyncio.start_server(lambda r, w: _conn(r, w, route), addr[0], addr[1])
+    return await asyncio.start_server(lambda r, w: handle(r, w, route), addr[0], addr[1])

@@ -9,6 +9,7 @@ import commands
 import hal
 import heap
 import led
+import localpage
 import logic
 import settings
 import store
@@ -354,7 +355,6 @@ async def run(**kw):
     asyncio.create_task(app.logic_loop())
     asyncio.create_task(app.telemetry_loop())
     asyncio.create_task(app.button_loop())
-    import web
-
-    await web.start(app)
+    await localpage.serve(app)
     await app.link.run()
+

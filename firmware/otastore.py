@@ -1,4 +1,5 @@
 # One OTA download on flash: block table, image in the inactive slot, and a bitmap that survives a power cut.
+import gc
 import hashlib
 import json
 import os
@@ -167,11 +168,15 @@ class Download:
         mv = memoryview(buf)
         h = hashlib.sha256()
         off = 0
+        chunk = 0
         while off < self.size:
             n = min(len(buf), self.size - off)
             slots.slot_read(off, mv[:n])
             h.update(mv[:n])
             off += n
+            chunk += 1
+            if not chunk % 16:
+                gc.collect()  # a slot read may leave garbage (the sim opens its file): keep it from piling up
         return ota.equal(h.digest(), unhexlify(self.offer["sha256"]))
 
     def clear(self):

@@ -89,5 +89,6 @@ def _route(app, method, path, data, auth):
     return 200, app.node.payload()
 
 
-async def start(app):
-    return await httpd.serve(hal.http_addr(False), lambda m, p, d, a: _route(app, m, p, d, a))
+async def visit(app, r, w):
+    """One request to the local page or its API on an accepted connection."""
+    await httpd.handle(r, w, lambda m, p, d, a: _route(app, m, p, d, a))

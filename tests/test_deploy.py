@@ -16,11 +16,13 @@ import socket
 import subprocess
 import tempfile
 import time
+import tomllib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from ws_probe import check_websocket_security
 
 from nodefleet.contracts import Topics
 from nodefleet.embedded import mosquitto
@@ -52,7 +54,8 @@ def test_compose_services_are_configured_only_by_environment() -> None:
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
     for name in service_packages():
         env = compose["services"][name]["environment"]
-        assert re.fullmatch(r"mqtt://[a-z]+:\$\{NODEFLEET_MQTT_[A-Z]+_PASSWORD:\?[^}]+\}@mosquitto:1883",
+        assert re.fullmatch(r"mqtt://[a-z]+:\$\{NODEFLEET_MQTT_[A-Z]+_PASSWORD:\?[^}]+\}"
+                            r"@mosquitto:\$\{NODEFLEET_MQTT_PORT:-1883\}",
                             env["NODEFLEET_MQTT_URL"]), env["NODEFLEET_MQTT_URL"]
         assert env["NODEFLEET_DATABASE_URL"].startswith("postgresql://")
 
@@ -113,6 +116,43 @@ def test_image_holds_the_source_the_services_load() -> None:
     assert "WORKDIR /app" in dockerfile
 
 
+def _requirement_name(line: str) -> str:
+    return re.split(r"[<>=!~;\[ ]", line, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_image_is_slim_unprivileged_and_pinned() -> None:
+    dockerfile = (ROOT / "deploy/Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", dockerfile, re.MULTILINE)
+    users = re.findall(r"^USER (\S+)", dockerfile, re.MULTILINE)
+    assert users and users[-1] not in ("root", "0")
+    assert "--no-deps --no-build-isolation ." in dockerfile and "-r deploy/requirements.txt" in dockerfile
+    pins = [line for line in (ROOT / "deploy/requirements.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][A-Za-z0-9.+-]*", line) for line in pins), pins
+    pinned = {_requirement_name(line) for line in pins}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert {_requirement_name(d) for d in project["dependencies"]} <= pinned
+    build = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    assert {_requirement_name(d) for d in build} <= pinned and "--no-build-isolation" in dockerfile
+    assert "tests" in (ROOT / ".dockerignore").read_text().split()
+
+
+def test_postgres_health_check_uses_tcp() -> None:
+    """pg_isready on the socket passes while a new volume is still initialised by a socket-only server."""
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    test = compose["services"]["postgres"]["healthcheck"]["test"]
+    assert "pg_isready -h 127.0.0.1" in test[-1]
+
+
+def test_mosquitto_has_a_websocket_listener_with_the_same_security() -> None:
+    lines = [line.strip() for line in (ROOT / "deploy/mosquitto/mosquitto.conf").read_text().splitlines()]
+    # The entry point moves exactly these two lines to the configured ports.
+    assert "listener 1883 0.0.0.0" in lines and "listener 8083 0.0.0.0" in lines
+    assert lines[lines.index("listener 8083 0.0.0.0") + 1] == "protocol websockets"
+    # One set of users and ACLs for both listeners.
+    assert "per_listener_settings false" in lines
+
+
 # -- the Mosquitto container's entry point, on the real Mosquitto -----------------------------
 
 
@@ -123,8 +163,8 @@ class InitScriptBroker:
         self.folder = folder
         self.port = free_port()
         self.dynsec_file = folder / "data" / "dynamic-security.json"
+        self.ws_port = free_port()
         conf = (ROOT / "deploy/mosquitto/mosquitto.conf").read_text()
-        conf = conf.replace("listener 1883 0.0.0.0", f"listener {self.port} 127.0.0.1")
         conf = conf.replace(IMAGE_PLUGIN, MOSQUITTO_PLUGIN).replace("/mosquitto/data/", f"{folder}/data/")
         (folder / "mosquitto.conf").write_text(conf)
         self.env = {
@@ -133,6 +173,10 @@ class InitScriptBroker:
             "NODEFLEET_MOSQUITTO_CONF": str(folder / "mosquitto.conf"),
             "NODEFLEET_DYNSEC_PLUGIN": MOSQUITTO_PLUGIN,
             "NODEFLEET_DYNSEC_INIT_PORT": str(free_port()),
+            # The listeners move as compose.yaml moves them (the entry point rewrites mosquitto.conf's lines).
+            "NODEFLEET_MQTT_PORT": str(self.port),
+            "NODEFLEET_MQTT_WS_PORT": str(self.ws_port),
+            "NODEFLEET_MQTT_LISTEN_HOST": "127.0.0.1",
             "NODEFLEET_MQTT_ADMIN_PASSWORD": admin_password,
             "NODEFLEET_MQTT_SERVICE_LOGINS": " ".join(f"{user}:{password}" for user, password in logins.items()),
         }
@@ -237,6 +281,9 @@ async def test_init_script_secures_a_real_mosquitto(init_folder: Path) -> None:
         node = broker.url("porch-a1b2c3", "node-pw")
         own, other = topics.state("porch-a1b2c3"), topics.state("kitchen-d4e5f6")
         assert await _received(operator, f"{topics.root}/#", node, [own, other]) == {own}
+        # MQTT over WebSockets (apps, browsers): the same logins and ACLs, through a real WebSocket client.
+        await check_websocket_security(broker.ws_port, topics=topics, operator=("operator", logins["operator"]),
+                                       node="porch-a1b2c3", node_password="node-pw", other="kitchen-d4e5f6")
         # A service may use every ordinary topic but not the control topics.
         assert await _received(operator, f"{topics.root}/#", broker.url("scheduler", logins["scheduler"]),
                                [other]) == {other}

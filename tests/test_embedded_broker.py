@@ -207,3 +207,36 @@ def test_as_nodefleet_up_runs_it_a_service_cannot_use_the_admin_topic() -> None:
         finally:
             operator.close()
             boss.close()
+
+
+async def test_websocket_listener_has_the_same_logins_and_acl(topics) -> None:
+    """MQTT over WebSockets on the embedded broker, as `nodefleet up` secures it, with a real WebSocket client."""
+    from ws_probe import check_websocket_security
+
+    from nodefleet.embedded.broker import EmbeddedBroker
+    from nodefleet.embedded.mosquitto import free_port
+
+    ws_port = free_port()
+    broker = EmbeddedBroker(port=free_port(), ws_port=ws_port, users={"operator": "op-pw"}, allow_anonymous=False,
+                            dynsec_admin=("provisioner", "admin-pw"))
+    async with broker:
+        assert broker.ws_url == f"ws://127.0.0.1:{ws_port}/"
+        # As the provisioner gives a node its login: publish under its prefix, subscribe to its inbox.
+        broker.set_client("porch", "node-pw", publish=[f"{topics.prefix('porch')}/#"],
+                          subscribe=topics.node_inbox("porch"))
+        await check_websocket_security(ws_port, topics=topics, operator=("operator", "op-pw"), node="porch",
+                                       node_password="node-pw", other="kitchen")
+
+
+async def test_a_taken_websocket_port_names_its_option() -> None:
+    import socket
+
+    from nodefleet.embedded.broker import BrokerPortInUse, EmbeddedBroker
+    from nodefleet.embedded.mosquitto import free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        with pytest.raises(BrokerPortInUse, match=rf"127\.0\.0\.1:{busy}.*--ws-port"):
+            await EmbeddedBroker(port=free_port(), ws_port=busy).start()

@@ -10,6 +10,9 @@
 #   NODEFLEET_MQTT_ADMIN_PASSWORD   password of the admin user (required on the first start)
 #   NODEFLEET_MQTT_ADMIN_USER       its name (default: provisioner)
 #   NODEFLEET_MQTT_SERVICE_LOGINS   "user:password user:password ..." for the services and the operator
+#   NODEFLEET_MQTT_PORT, NODEFLEET_MQTT_WS_PORT, NODEFLEET_MQTT_LISTEN_HOST
+#                                   where the MQTT and WebSocket listeners of mosquitto.conf listen
+#                                   (default: as the file says, 1883 and 8083 on 0.0.0.0)
 # Paths, for running it outside the image: NODEFLEET_DYNSEC_FILE, NODEFLEET_MOSQUITTO_CONF,
 # NODEFLEET_DYNSEC_PLUGIN, NODEFLEET_DYNSEC_INIT_PORT (a loopback port used only while initialising).
 set -eu
@@ -103,7 +106,29 @@ initialise() {
     say "created $file: admin '$admin', service users: $(for l in $logins; do printf '%s ' "${l%%:*}"; done)"
 }
 
+# Mosquitto's configuration has no variables: the listener lines are rewritten into a copy instead.
+listeners() {
+    mqtt_port=${NODEFLEET_MQTT_PORT:-1883}
+    ws_port=${NODEFLEET_MQTT_WS_PORT:-8083}
+    host=${NODEFLEET_MQTT_LISTEN_HOST:-0.0.0.0}
+    if [ "$mqtt_port $ws_port $host" = "1883 8083 0.0.0.0" ]; then
+        return
+    fi
+    for line in "listener 1883 0.0.0.0" "listener 8083 0.0.0.0"; do
+        if ! grep -qx "$line" "$conf"; then
+            say "$conf has no line '$line' to move to the configured port"
+            exit 1
+        fi
+    done
+    moved=$(mktemp "${TMPDIR:-/tmp}/mosquitto.XXXXXX")
+    sed -e "s/^listener 1883 0\.0\.0\.0\$/listener $mqtt_port $host/" \
+        -e "s/^listener 8083 0\.0\.0\.0\$/listener $ws_port $host/" "$conf" > "$moved"
+    chmod 644 "$moved"
+    conf=$moved
+}
+
 if [ ! -f "$file" ]; then
     initialise
 fi
+listeners
 exec mosquitto -c "$conf"

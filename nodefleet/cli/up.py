@@ -27,6 +27,8 @@ from .group import main
 DEMO_FILE = "demo-nodes.json"
 WIDE_OPEN_HOSTS = ("0.0.0.0", "::")
 HTTP_PORT_VARIABLE = "NODEFLEET_PROVISIONER_HTTP_PORT"
+WS_PORT_VARIABLE = "NODEFLEET_MQTT_WS_PORT"
+DEFAULT_WS_PORT = 8083  # as compose.yaml's Mosquitto
 HTTP_HOST_VARIABLE = "NODEFLEET_PROVISIONER_HTTP_HOST"
 
 
@@ -55,6 +57,10 @@ def print_banner(info: RuntimeInfo) -> None:
         edge = info.http_url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//127.0.0.1:")
         lines.append(f"  http       {edge}  (the provisioner's HTTP edge for the phone app: POST "
                      f"{HTTP_REGISTER_PATH}, GET {HTTP_STATUS_PATH}<id>)")
+    if info.ws_url is not None:
+        ws = info.ws_url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//127.0.0.1:")
+        lines.append(f"  websocket  {ws}  (MQTT over WebSockets for apps and browsers: the same access as "
+                     f"the MQTT port)")
     lines.append(f"  services   {services}")
     if info.extras:
         lines.append(f"  also       {', '.join(info.extras)}")
@@ -109,6 +115,10 @@ def _options(function: Any) -> Any:
                      help="Port of the provisioner's HTTP edge (the phone app's register and status); 0 picks a "
                           "free one, -1 turns it off. It listens on --mqtt-host unless "
                           "NODEFLEET_PROVISIONER_HTTP_HOST says otherwise"),
+        click.option("--ws-port", type=click.IntRange(-1, 65535), default=DEFAULT_WS_PORT, show_default=True,
+                     envvar=WS_PORT_VARIABLE, show_envvar=True,
+                     help="Port of the embedded broker's MQTT over WebSockets (apps, browsers; same logins and "
+                          "topic rules), on --mqtt-host; 0 picks a free one, -1 turns it off"),
         click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help=f"Where the embedded PostgreSQL, the retained messages and the broker logins are kept  "
                           f"[default: ${DATA_DIR_VARIABLE} or {default_data_dir()}]"),
@@ -135,8 +145,9 @@ def _options(function: Any) -> Any:
 
 @main.command()
 @_options
-def up(*, mqtt_port: int, mqtt_host: str, db_port: int, pg_system_user: str, http_port: int, data_dir: Path | None,
-       broker: str | None, database: str | None, log_format: str, log_level: str, insecure: bool, demo: int) -> None:
+def up(*, mqtt_port: int, mqtt_host: str, db_port: int, pg_system_user: str, http_port: int, ws_port: int,
+       data_dir: Path | None, broker: str | None, database: str | None, log_format: str, log_level: str,
+       insecure: bool, demo: int) -> None:
     """Run everything in one process: MQTT broker, PostgreSQL and every service.
 
     With nothing but the package installed, starts an embedded MQTT broker
@@ -152,7 +163,7 @@ def up(*, mqtt_port: int, mqtt_host: str, db_port: int, pg_system_user: str, htt
     \b
     Examples:
       nodefleet up
-      nodefleet up --mqtt-port 1884 --db-port 15433 --http-port 8081   # beside another one
+      nodefleet up --mqtt-port 1884 --db-port 15433 --http-port 8081 --ws-port 8084   # beside another one
       nodefleet up --broker mqtt://provisioner:PASSWORD@127.0.0.1:1883   # your own Mosquitto
       nodefleet up --database postgresql://me@db.local:5432/nodefleet
       nodefleet up --insecure --demo 3                 # open broker, for experiments
@@ -169,6 +180,7 @@ def up(*, mqtt_port: int, mqtt_host: str, db_port: int, pg_system_user: str, htt
         db_port=db_port,
         postgres_system_user=pg_system_user,
         http_port=http_port,
+        ws_port=ws_port,
         http_host=os.environ.get(HTTP_HOST_VARIABLE) or None,
         broker_url=broker,
         database_url=database,

@@ -1,6 +1,6 @@
 """The embedded MQTT broker of ``nodefleet up``: amqtt in-process, with our fixes and access control.
 
-    broker = EmbeddedBroker(port=1883, users={"telemetry": "s3cret"}, allow_anonymous=False)
+    broker = EmbeddedBroker(port=1883, ws_port=8083, users={"telemetry": "s3cret"}, allow_anonymous=False)
     await broker.start()          # BrokerPortInUse if the port is taken
     broker.set_client("ro-1", "pw", publish=[topics.prefix("ro-1") + "/#"], subscribe=topics.node_inbox("ro-1"))
     ...
@@ -39,10 +39,10 @@ class EmbeddedBrokerError(StartupError):
 class BrokerPortInUse(EmbeddedBrokerError):
     """Something already listens on the broker's address."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, option: str = "--mqtt-port") -> None:
         super().__init__(
             f"cannot start the MQTT broker: {host}:{port} is already in use; "
-            f"stop whatever listens there or choose another port with --mqtt-port"
+            f"stop whatever listens there or choose another port with {option}"
         )
         self.host = host
         self.port = port
@@ -74,6 +74,7 @@ class EmbeddedBroker:
         *,
         host: str = "127.0.0.1",
         port: int = 1883,
+        ws_port: int | None = None,
         users: Mapping[str, str] | None = None,
         acl: Mapping[str, TopicAccess] | None = None,
         allow_anonymous: bool = True,
@@ -85,10 +86,12 @@ class EmbeddedBroker:
         """``users`` maps username to password; ``acl`` limits some of them (the rest get every topic).
 
         With ``retained_file`` the retained messages survive a restart (written every
-        ``save_interval`` seconds when they changed, and on stop).
+        ``save_interval`` seconds when they changed, and on stop). With ``ws_port`` it also
+        speaks MQTT over WebSockets there (for apps and browsers), with the same logins and ACL.
         """
         self.host = host
         self.port = port
+        self.ws_port = ws_port
         self.access = AccessList(users=users, acl=acl, allow_anonymous=allow_anonymous)
         self._retained_file = RetainedFile(retained_file) if retained_file is not None else None
         self._save_interval = save_interval
@@ -109,6 +112,10 @@ class EmbeddedBroker:
         return f"mqtt://{self.host}:{self.port}"
 
     @property
+    def ws_url(self) -> str | None:
+        return None if self.ws_port is None else f"ws://{_bind_address(self.host, self.ws_port)}/"
+
+    @property
     def running(self) -> bool:
         return self._broker is not None
 
@@ -117,10 +124,16 @@ class EmbeddedBroker:
             return
         if not _port_is_free(self.host, self.port):
             raise BrokerPortInUse(self.host, self.port)
+        if self.ws_port is not None and not _port_is_free(self.host, self.ws_port):
+            raise BrokerPortInUse(self.host, self.ws_port, "--ws-port")
         # amqtt logs every connection at INFO and benign races (a late PUBACK) as warnings; our events say what matters.
         logging.getLogger("amqtt").setLevel(logging.ERROR)
+        listeners = {"default": {"type": "tcp", "bind": _bind_address(self.host, self.port)}}
+        if self.ws_port is not None:
+            # amqtt hands WebSocket connections to the same session code: our authentication and ACL apply.
+            listeners["ws"] = {"type": "ws", "bind": _bind_address(self.host, self.ws_port)}
         config = {
-            "listeners": {"default": {"type": "tcp", "bind": _bind_address(self.host, self.port)}},
+            "listeners": listeners,
             "plugins": {},  # access control is ours; no $SYS or entry-point plugins
         }
         retained = self._retained_file.load() if self._retained_file is not None else []
@@ -142,7 +155,7 @@ class EmbeddedBroker:
         self._broker = broker
         if self._retained_file is not None:
             self._saver = asyncio.create_task(self._save_every_interval())
-        log.info("embedded_broker_started", url=self.url, users=len(self.access.usernames()),
+        log.info("embedded_broker_started", url=self.url, ws_url=self.ws_url, users=len(self.access.usernames()),
                  allow_anonymous=self.access.allow_anonymous, retained=len(retained))
 
     @staticmethod

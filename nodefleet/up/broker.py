@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 
 from .. import wire
 from ..embedded.broker import BrokerPortInUse, EmbeddedBroker
@@ -39,14 +40,33 @@ async def probe_broker(url: str) -> None:
                            f"to run the embedded one") from exc
 
 
+def ws_port(host: str, port: int) -> int | None:
+    """The embedded broker's MQTT-over-WebSockets port: ``port`` if free (StartupError naming --ws-port if
+    taken), a free one for 0, None for -1 (off)."""
+    if port < 0:
+        return None
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise StartupError(
+                f"WebSocket port {port} on {host} (MQTT over WebSockets) is already taken (another `nodefleet up`, "
+                f"or another broker?): choose another with --ws-port (0 picks a free one, -1 turns it off)",
+                exit_code=EXIT_USAGE) from exc
+        return probe.getsockname()[1]
+
+
 class Broker:
     def __init__(self, options: RuntimeOptions) -> None:
         self.options = options
         self.access = BrokerAccess(embedded=options.embedded_broker)
         self._broker: EmbeddedBroker | None = None
+        self._ws_port: int | None = None
+        self.ws_url: str | None = None
 
     def check_port(self) -> None:
-        """Refuse to start anything if the embedded broker's port is taken."""
+        """Refuse to start anything if the embedded broker's port (or its WebSocket port) is taken."""
         host, port = self.options.mqtt_host, self.options.mqtt_port
         if self.options.embedded_broker and not port_is_free(host, port):
             raise StartupError(
@@ -55,6 +75,8 @@ class Broker:
                 f"--broker mqtt://{host}:{port}",
                 exit_code=EXIT_USAGE,
             )
+        if self.options.embedded_broker:
+            self._ws_port = ws_port(host, self.options.ws_port)
 
     async def start(self, services: list[str]) -> str:
         """The broker URL (without a login); the embedded broker is started with a login for each of ``services``."""
@@ -74,7 +96,7 @@ class Broker:
         try:
             # Hashing the users' passwords is slow on purpose: off the event loop.
             broker = await asyncio.to_thread(
-                EmbeddedBroker, host=options.mqtt_host, port=options.mqtt_port,
+                EmbeddedBroker, host=options.mqtt_host, port=options.mqtt_port, ws_port=self._ws_port,
                 retained_file=options.data_dir / "retained.json",
                 **self.access.broker_options(options.data_dir),
             )
@@ -84,7 +106,8 @@ class Broker:
         except Exception as exc:
             raise StartupError(f"the embedded MQTT broker did not start: {exc}; or use --broker mqtt://host:port") from exc
         self._broker = broker
-        log.info("broker_started", url=broker.url, secured=options.secure)
+        self.ws_url = broker.ws_url
+        log.info("broker_started", url=broker.url, ws_url=broker.ws_url, secured=options.secure)
         return broker.url
 
     async def stop(self) -> None:

@@ -28,6 +28,8 @@ class RuntimeOptions:
     # The provisioner's HTTP edge (the phone app): 0 picks a free port, -1 turns it off; host None: mqtt_host.
     http_port: int = DEFAULT_HTTP_PORT
     http_host: str | None = None
+    # MQTT over WebSockets on the embedded broker (apps, browsers): -1 off, 0 a free port (the CLI's default: 8083).
+    ws_port: int = -1
     broker_url: str | None = None
     database_url: str | None = None
     log_format: LogFormat = "auto"
@@ -64,6 +66,8 @@ class RuntimeInfo:
     operator_url: str | None = None
     # Where the provisioner's HTTP edge listens (None: off, or no provisioner).
     http_url: str | None = None
+    # The embedded broker's MQTT over WebSockets (None: off, or an external broker).
+    ws_url: str | None = None
 
     @property
     def secured(self) -> bool:

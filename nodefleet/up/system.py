@@ -99,6 +99,7 @@ class Runtime:
             credentials_file=access.credentials.path if access.credentials else None,
             operator_url=access.login(OPERATOR, broker_url) if access.credentials else None,
             http_url=f"http://{edge['http_host']}:{edge['http_port']}" if edge.get("http_port", -1) >= 0 else None,
+            ws_url=self.broker.ws_url,
         )
         log.info("up_ready", broker=without_password(info.broker_url), database=without_password(info.database_url),
                  data_dir=str(info.data_dir), services=info.services, extras=info.extras,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import ws_probe
 from conftest import wait_for
 
 from nodefleet.contracts import Topics
@@ -53,9 +54,9 @@ async def mqtt_round_trip(broker_url: str, topic: str) -> bytes:
 
 
 async def test_up_starts_stops_cleanly_and_keeps_data(launch_up, data_dir: Path, topics: Topics) -> None:
-    mqtt_port, db_port, http_port = free_port(), free_port(), free_port()
+    mqtt_port, db_port, http_port, ws_port = free_port(), free_port(), free_port(), free_port()
     ports = ("--mqtt-port", str(mqtt_port), "--db-port", str(db_port), "--http-port", str(http_port),
-             "--log-format", "json")
+             "--ws-port", str(ws_port), "--log-format", "json")
     up = launch_up(*ports, data_dir=data_dir, env=up_env(topics))
     banner = await up.wait_ready()
     print(f"nodefleet up ready after {up.ready_after:.2f} s (fresh data directory, from launch)")
@@ -64,6 +65,11 @@ async def test_up_starts_stops_cleanly_and_keeps_data(launch_up, data_dir: Path,
     # The provisioner's HTTP edge is where the banner says, and answers the phone app.
     assert banner["http"].startswith(f"http://127.0.0.1:{http_port}  ") and "/api/provision/register/" in banner["http"]
     assert await _http_status(http_port, "/api/provision/status/" + "0" * 32) == 404
+    # MQTT over WebSockets is where the banner says, for the operator's login only.
+    assert banner["websocket"].startswith(f"ws://127.0.0.1:{ws_port}/  ")
+    operator = BrokerAddress.parse(operator_url(data_dir, mqtt_port))
+    assert not await asyncio.to_thread(ws_probe.refused, ws_port, operator.username, operator.password)
+    assert await asyncio.to_thread(ws_probe.refused, ws_port)
     assert f":{db_port}/nodefleet" in banner["database"] and banner["data"] == str(data_dir)
     assert banner["services"] == SERVICES and banner["services"].startswith("telemetry")
     assert await mqtt_round_trip(operator_url(data_dir, mqtt_port), f"{topics.root}/probe") == b"round trip"
@@ -154,14 +160,14 @@ async def test_up_with_external_broker_end_to_end(launch_up, data_dir: Path, top
         assert await up.stop(signal.SIGTERM) == 0, up.stderr[-3000:]
 
 
-@pytest.mark.parametrize("taken", ["--mqtt-port", "--db-port", "--http-port"])
+@pytest.mark.parametrize("taken", ["--mqtt-port", "--db-port", "--http-port", "--ws-port"])
 async def test_a_taken_port_is_named_and_nothing_starts(taken: str, data_dir: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         busy = holder.getsockname()[1]
         ports = {"--mqtt-port": str(free_port()), "--db-port": str(free_port()), "--http-port": str(free_port()),
-                 taken: str(busy)}
+                 "--ws-port": str(free_port()), taken: str(busy)}
         result = await nodefleet("up", *[item for pair in ports.items() for item in pair], "--data-dir", str(data_dir),
                                  env=cli_env())
     assert result.code == 2, result.stderr

@@ -17,7 +17,6 @@ if "--with-firmware" in args:
 
 from binascii import hexlify, unhexlify  # noqa: E402
 
-import hal  # noqa: E402
 from hal import slots  # noqa: E402
 import ota  # noqa: E402
 
@@ -75,6 +74,7 @@ elif mode == "frame":
 elif mode == "download":
     # Feed the frames of args[0] (u32 length + frame, repeated) to a Download of ./offer.json;
     # after args[1] frames (if >= 0) report and wait to be killed: a power cut at that point.
+    gc.collect()  # as the receiver will: the modules load in large pieces, collect the garbage between first
     import otastore
 
     stop, save_every = int(args[1]), int(args[2])

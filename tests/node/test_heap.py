@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from bench.node_heap import LIMIT, run
 
-# The goal is 20 KB free at all times. Measured here: 22.1 KB idle, 19.1-21.7 KB under the storm,
-# so the goal holds in most runs but not all; this floor guards what is reached (see firmware/README.md).
+# The goal: 20 KB free at all times, idle and under the storm (see firmware/README.md for the figures).
 GOAL = 20 * 1024
-FLOOR = 18 * 1024
 
 
 async def test_a_storm_of_every_size_on_every_topic_keeps_the_node_connected(tmp_path, mosquitto):
@@ -19,4 +17,4 @@ async def test_a_storm_of_every_size_on_every_topic_keeps_the_node_connected(tmp
     assert figures["messages"] >= 4 * (LIMIT // 7)
     assert figures["idle_heap_min"] is not None and figures["storm_heap_min"] is not None
     assert figures["idle_heap_min"] >= GOAL, figures
-    assert figures["storm_heap_min"] >= FLOOR, figures
+    assert figures["storm_heap_min"] >= GOAL, figures

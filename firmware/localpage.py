@@ -1,0 +1,64 @@
+# The local page's listener. Visits are rare, and the page with its HTTP server holds about 7 KB of heap:
+# both are loaded at the first visit and let go once visits stop for a while, so MQTT traffic (and an
+# update) keeps that room the rest of the time.
+import asyncio
+import gc
+import sys
+import time
+
+import hal
+
+IDLE_S = 30  # after this long without a visit the page's modules are let go
+_BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n" \
+        b"the node is short of memory right now: try again in a minute\n"
+_visiting = 0
+_last = 0
+_unloading = False
+
+
+def _unload():
+    for name in ("web", "httpd"):
+        sys.modules.pop(name, None)
+    gc.collect()
+
+
+async def _unload_when_idle():
+    global _unloading
+    _unloading = True
+    while _visiting or time.ticks_diff(time.ticks_ms(), _last) < IDLE_S * 1000:
+        await asyncio.sleep(1)
+    _unload()
+    _unloading = False
+
+
+async def serve(app):
+    addr = hal.http_addr(False)
+    if addr is None:
+        return
+
+    async def visit(r, w):
+        global _visiting, _last
+        _visiting += 1
+        try:
+            if "web" not in sys.modules:
+                gc.collect()  # the modules load in large pieces: collect the garbage between them first
+            import web
+
+            await web.visit(app, r, w)
+        except MemoryError as exc:
+            # No room for the page now: this visit is told so, the node keeps running and logs why.
+            app.errlog.add("page_no_memory", "local page not served: %r" % exc, "warning", app.ts())
+            try:
+                w.write(_BUSY)
+                await w.drain()
+            except OSError:
+                pass
+            w.close()
+            await w.wait_closed()
+        finally:
+            _visiting -= 1
+            _last = time.ticks_ms()
+            if not _unloading:
+                asyncio.create_task(_unload_when_idle())
+
+    await asyncio.start_server(visit, addr[0], addr[1])

@@ -1,0 +1,38 @@
+"""compose.yaml as Compose reads it: today's ports by default, moved together by the .env variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .engine import compose_config
+
+
+def _published(service: dict) -> set[tuple[str, int]]:
+    return {(p["published"], p["target"]) for p in service.get("ports", [])}
+
+
+def test_default_ports_are_todays(tmp_path: Path) -> None:
+    services = compose_config(tmp_path)["services"]
+    assert _published(services["mosquitto"]) == {("1883", 1883), ("8083", 8083)}
+    assert _published(services["provisioner"]) == {("8080", 8080)}
+    assert "ports" not in services["postgres"]  # reached by the services only
+    env = services["mosquitto"]["environment"]
+    assert (env["NODEFLEET_MQTT_PORT"], env["NODEFLEET_MQTT_WS_PORT"], env["NODEFLEET_MQTT_LISTEN_HOST"]) == (
+        "1883", "8083", "0.0.0.0")
+    assert services["postgres"]["image"] == "postgres:16"
+    telemetry = services["telemetry"]["environment"]
+    assert telemetry["NODEFLEET_MQTT_URL"].endswith("@mosquitto:1883")
+    assert telemetry["NODEFLEET_DATABASE_URL"].endswith("@postgres:5432/nodefleet")
+
+
+def test_one_variable_moves_a_port_everywhere_it_is_used(tmp_path: Path) -> None:
+    moved = "NODEFLEET_MQTT_PORT=2883\nNODEFLEET_POSTGRES_PORT=6432\n"
+    services = compose_config(tmp_path, extra_env=moved)["services"]
+    assert ("2883", 2883) in _published(services["mosquitto"])
+    assert services["mosquitto"]["environment"]["NODEFLEET_MQTT_PORT"] == "2883"
+    assert services["provisioner"]["environment"]["NODEFLEET_PROVISIONER_BROKER_PORT"] == "2883"
+    for name in ("telemetry", "provisioner", "scheduler"):
+        env = services[name]["environment"]
+        assert env["NODEFLEET_MQTT_URL"].endswith("@mosquitto:2883")
+        assert env["NODEFLEET_DATABASE_URL"].endswith("@postgres:6432/nodefleet")
+    assert services["postgres"]["environment"]["PGPORT"] == "6432"
