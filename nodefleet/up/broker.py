@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 
 from .. import wire
 from ..embedded.broker import BrokerPortInUse, EmbeddedBroker
@@ -18,6 +17,7 @@ from ..paths import CredentialsFileError
 from .errors import EXIT_USAGE, StartupError
 from .logins import BrokerAccess
 from .options import RuntimeOptions
+from .ports import optional_port
 
 log = get_logger(__name__)
 
@@ -41,20 +41,10 @@ async def probe_broker(url: str) -> None:
 
 
 def ws_port(host: str, port: int) -> int | None:
-    """The embedded broker's MQTT-over-WebSockets port: ``port`` if free (StartupError naming --ws-port if
-    taken), a free one for 0, None for -1 (off)."""
-    if port < 0:
-        return None
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise StartupError(
-                f"WebSocket port {port} on {host} (MQTT over WebSockets) is already taken (another `nodefleet up`, "
-                f"or another broker?): choose another with --ws-port (0 picks a free one, -1 turns it off)",
-                exit_code=EXIT_USAGE) from exc
-        return probe.getsockname()[1]
+    """The embedded broker's MQTT-over-WebSockets port (see ``optional_port``)."""
+    return optional_port(host, port, taken=(
+        f"WebSocket port {port} on {host} (MQTT over WebSockets) is already taken (another `nodefleet up`, "
+        f"or another broker?): choose another with --ws-port (0 picks a free one, -1 turns it off)"))
 
 
 class Broker:

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
-from .errors import EXIT_USAGE, StartupError
 from .options import RuntimeOptions
+from .ports import optional_port
 
 
 def edge_port(host: str, port: int) -> int | None:
-    """The port the provisioner's HTTP edge gets: ``port`` if free (StartupError naming --http-port if taken),
-    a free one for 0, None for -1 (off)."""
-    if port < 0:
-        return None
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise StartupError(
-                f"HTTP port {port} on {host} (the provisioner's HTTP edge) is already taken (another `nodefleet up`, "
-                f"or another web server?): choose another with --http-port (0 picks a free one, -1 turns the edge "
-                f"off)", exit_code=EXIT_USAGE) from exc
-        return probe.getsockname()[1]
+    """The port the provisioner's HTTP edge gets (see ``optional_port``)."""
+    return optional_port(host, port, taken=(
+        f"HTTP port {port} on {host} (the provisioner's HTTP edge) is already taken (another `nodefleet up`, "
+        f"or another web server?): choose another with --http-port (0 picks a free one, -1 turns the edge off)"))
 
 
 def edge_settings(options: RuntimeOptions) -> dict[str, Any]:

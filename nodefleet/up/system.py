@@ -29,7 +29,14 @@ from .errors import EXIT_FORCED, StartupError, StartupInterrupted
 from .lock import DataDirLock
 from .logins import without_password
 from .options import RuntimeInfo, RuntimeOptions
-from .services import ServiceLoadError, ServiceSpec, ServiceStartError, Supervised, Unit, load_services
+from .services import (
+    ServiceLoadError,
+    ServiceSpec,
+    ServiceStartError,
+    Supervised,
+    Unit,
+    load_services,
+)
 
 log = get_logger(__name__)
 
