@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .contracts import Topics
@@ -37,12 +37,24 @@ class CommonSettings(BaseSettings):
         default_factory=lambda: "".join(c if c.isalnum() or c in "-_" else "-" for c in os.uname().nodename)[:40] or "local",
         description="Name of this running instance (status topic, control client id)",
     )
+    ota_master_key: SecretStr | None = Field(
+        default=None,
+        description="The fleet's OTA master key, 64 hex digits (32 bytes). The provisioner derives each node's key "
+        "from it (handed out in MqttConfig.ota_key); the ota service tags offers with the same keys. "
+        "Unset: nodes get no key and the ota service refuses to offer",
+        pattern=r"^[0-9a-fA-F]{64}$",
+    )
     log_format: LogFormat = "auto"
     log_level: str = "info"
 
     @property
     def topics(self) -> Topics:
         return Topics(root=self.topic_root, fleet=self.fleet_root)
+
+    @property
+    def ota_master(self) -> bytes | None:
+        """The master key as bytes (see ``nodefleet.contracts.ota.device_key``), or None when unset."""
+        return bytes.fromhex(self.ota_master_key.get_secret_value()) if self.ota_master_key else None
 
 
 def service_fields(service: str) -> Callable[..., Any]:
