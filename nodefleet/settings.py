@@ -7,10 +7,11 @@ is built in ``__main__`` and passed down, never fetched from a global.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .contracts import Topics
@@ -42,7 +43,6 @@ class CommonSettings(BaseSettings):
         description="The fleet's OTA master key, 64 hex digits (32 bytes). The provisioner derives each node's key "
         "from it (handed out in MqttConfig.ota_key); the ota service tags offers with the same keys. "
         "Unset: nodes get no key and the ota service refuses to offer",
-        pattern=r"^[0-9a-fA-F]{64}$",
     )
     log_format: LogFormat = "auto"
     log_level: str = "info"
@@ -50,6 +50,13 @@ class CommonSettings(BaseSettings):
     @property
     def topics(self) -> Topics:
         return Topics(root=self.topic_root, fleet=self.fleet_root)
+
+    @field_validator("ota_master_key")
+    @classmethod
+    def _master_key_is_32_bytes(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value.get_secret_value()):
+            raise ValueError("the OTA master key is 64 hex digits (32 bytes): make one with `openssl rand -hex 32`")
+        return value
 
     @property
     def ota_master(self) -> bytes | None:
