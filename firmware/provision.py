@@ -62,7 +62,7 @@ def check_mqtt(b):
     m["port"] = port
     if "+" in m["topic_prefix"] or "#" in m["topic_prefix"]:
         raise ValueError("topic_prefix must not contain + or #")
-    for k in ("username", "password"):
+    for k in ("username", "password", "ota_key"):
         v = _text(b, k, 1, 64, False)
         if v:
             m[k] = v

@@ -4,13 +4,15 @@
 per data directory: one for each user of its embedded broker (the provisioner
 as dynamic-security admin, each service, and ``operator`` for the CLI and
 openHAB), where that broker last listened, so the ``nodefleet`` commands can
-log in to it without being told, and the embedded PostgreSQL's password.
+log in to it without being told, the embedded PostgreSQL's password, and the
+fleet's OTA master key (the provisioner derives each node's key from it).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -64,6 +66,8 @@ class LocalCredentials:
     passwords: dict[str, str]
     listener: tuple[str, int] | None = None
     database_password: str | None = None
+    ota_master: str | None = field(default=None, repr=False)
+    """The fleet's OTA master key, 64 hex digits (``NODEFLEET_OTA_MASTER_KEY``)."""
     changed: bool = field(default=False, repr=False)
 
     @classmethod
@@ -77,6 +81,9 @@ class LocalCredentials:
             where = (str(listener["host"]), int(listener["port"])) if listener else None
             database = data.get("database")  # absent in files written before the database had a password
             database_password = str(database["password"]) if database else None
+            ota_master = data.get("ota_master")  # absent in files written before OTA keys
+            if ota_master is not None and not re.fullmatch(r"[0-9a-f]{64}", ota_master):
+                raise ValueError("ota_master is not 64 hex digits")
         except FileNotFoundError:
             return None
         except PermissionError as exc:
@@ -85,7 +92,8 @@ class LocalCredentials:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CredentialsFileError(f"the broker credentials in {path} are unreadable ({exc}): delete the file and "
                                        f"restart `nodefleet up` to make new ones") from exc
-        return cls(path=path, passwords=passwords, listener=where, database_password=database_password)
+        return cls(path=path, passwords=passwords, listener=where, database_password=database_password,
+                   ota_master=ota_master)
 
     @classmethod
     def ensure(cls, data_dir: Path, usernames: Iterable[str]) -> LocalCredentials:
@@ -107,6 +115,20 @@ class LocalCredentials:
         found.save()
         return found.database_password
 
+    @classmethod
+    def for_ota(cls, data_dir: Path) -> str:
+        """The fleet's OTA master key (hex), made and saved on first use; OSError, CredentialsFileError.
+
+        Made once: every node's OTA key is derived from it, so a new one would lock out every node registered
+        before.
+        """
+        found = cls.ensure(data_dir, [])
+        if found.ota_master is None:
+            found.ota_master = secrets.token_bytes(32).hex()
+            found.changed = True
+        found.save()
+        return found.ota_master
+
     def listening_on(self, host: str, port: int | None) -> None:
         """Where the secured broker listens now; ``port=None``: nowhere (it runs open, the commands need no login)."""
         listener = (host, port) if port is not None else None
@@ -121,7 +143,8 @@ class LocalCredentials:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         body = {"passwords": self.passwords,
                 "listener": {"host": self.listener[0], "port": self.listener[1]} if self.listener else None,
-                "database": {"user": "postgres", "password": self.database_password} if self.database_password else None}
+                "database": {"user": "postgres", "password": self.database_password} if self.database_password else None,
+                "ota_master": self.ota_master}
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as out:

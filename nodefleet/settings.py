@@ -51,6 +51,12 @@ class CommonSettings(BaseSettings):
     def topics(self) -> Topics:
         return Topics(root=self.topic_root, fleet=self.fleet_root)
 
+    @field_validator("ota_master_key", mode="before")
+    @classmethod
+    def _empty_master_key_is_unset(cls, value: Any) -> Any:
+        # compose.yaml passes ${NODEFLEET_OTA_MASTER_KEY:-}, so an empty variable must mean "no key".
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("ota_master_key")
     @classmethod
     def _master_key_is_32_bytes(cls, value: SecretStr | None) -> SecretStr | None:

@@ -147,11 +147,13 @@ class SimNode:
         ssid: str = "simnet",
         password: str = "simpass",
         telemetry_max: int | None = None,
+        ota_key: str | None = None,
     ) -> None:
         """Store WiFi and MQTT settings as the provisioning API would.
 
         ``telemetry_max`` is firmware-local tuning (mqtt.json): telemetry at least every that many
-        seconds whatever the config's period, and once on coming online (demo nodes).
+        seconds whatever the config's period, and once on coming online (demo nodes).  ``ota_key``
+        is the node's OTA key from its registration (``MqttConfig.ota_key``).
         """
         address = BrokerAddress.parse(broker)
         self.write("wifi.json", {"ssid": ssid, "password": password})
@@ -163,6 +165,8 @@ class SimNode:
             mqtt["password"] = address.password
         if telemetry_max is not None:
             mqtt["telemetry_max"] = telemetry_max
+        if ota_key is not None:
+            mqtt["ota_key"] = ota_key
         self.write("mqtt.json", mqtt)
 
     # -- process -------------------------------------------------------------
@@ -293,7 +297,7 @@ class SimFleet:
                                telemetry_max=telemetry_max)
             else:
                 node.provision(broker=_as_node(mqtt_url, login), topic_prefix=login.topic_prefix, max_backoff=10,
-                               telemetry_max=telemetry_max)
+                               telemetry_max=telemetry_max, ota_key=login.ota_key)
             node.write("config.json", {"v": 1, "version": 1, "telemetry_period": telemetry_period})
             self.nodes.append(node)
 
@@ -330,7 +334,7 @@ def _as_node(broker_url: str, login: Any) -> str:
 
 async def run_demo(*, count: int, mqtt_url: str, ready: asyncio.Event, topic_root: str = "home",
                    fleet_root: str = "fleet", register: bool = False, store: Path | None = None,
-                   scope: str = "", workdir: Path | None = None) -> None:
+                   scope: str = "", workdir: Path | None = None, keyed: bool = False) -> None:
     """``nodefleet up --demo N``: run N nodes until cancelled; ``ready`` once all processes run.
 
     With ``register`` (as ``nodefleet up`` does) the nodes are registered with the provisioner first
@@ -338,12 +342,13 @@ async def run_demo(*, count: int, mqtt_url: str, ready: asyncio.Event, topic_roo
     all use ``mqtt_url`` (an open broker).  Their flash is kept in ``workdir``, by default
     ``demo-nodes/`` beside ``store`` (the data directory), so like real nodes they keep their sequence
     numbers, state and error log across restarts.  They send telemetry within seconds of starting.
+    ``keyed``: the provisioner hands out OTA keys, so stored registrations without one are made again.
     """
     if workdir is None and store is not None:
         workdir = Path(store).parent / DEMO_FLASH
     topics = Topics(root=topic_root, fleet=fleet_root)
     registrations = await register_nodes(count=count, mqtt_url=mqtt_url, topics=topics, store=store,
-                                         scope=scope, name_prefix=DEMO_PREFIX) if register else []
+                                         scope=scope, name_prefix=DEMO_PREFIX, keyed=keyed) if register else []
     fleet = SimFleet(mqtt_url=mqtt_url, count=count, topics=topics, name_prefix=DEMO_PREFIX,
                      registrations=registrations, workdir=workdir, telemetry_max=DEMO_TELEMETRY_MAX)
     try:

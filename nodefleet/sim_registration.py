@@ -70,7 +70,7 @@ class _Provisioner:
 
 
 async def register_nodes(*, count: int, mqtt_url: str, topics: Topics, store: Path | None, scope: str,
-                         name_prefix: str, home_id: str = HOME) -> list[Registration]:
+                         name_prefix: str, home_id: str = HOME, keyed: bool = False) -> list[Registration]:
     """Registrations for ``count`` simulated nodes: the stored ones the provisioner still holds, new ones for the rest.
 
     ``mqtt_url`` must be allowed to send fleet requests (the operator's login); device names are
@@ -79,6 +79,8 @@ async def register_nodes(*, count: int, mqtt_url: str, topics: Topics, store: Pa
     ``store`` keeps them (0600: they hold passwords) so a restart reuses the same nodes.  ``scope`` names
     the broker and whether it checks node credentials; registrations made in another scope are removed and
     made again (a node registered on an open broker has no user on a secured one, nor on another broker).
+    ``keyed``: the provisioner hands out OTA keys (``nodefleet up`` always has a master key), so a stored
+    registration without one (made before) is made again too.
     """
     stored = _load_registrations(store)
     client_id = f"nodefleet-sim-{uuid.uuid4().hex[:8]}"
@@ -91,7 +93,8 @@ async def register_nodes(*, count: int, mqtt_url: str, topics: Topics, store: Pa
                 rows = [DeviceRow.model_validate(row) for row in
                         await provisioner("list", ListRequest(home_id=home_id).model_dump(mode="json"))]
                 active = {row.node: row.device_name for row in rows if row.status != "revoked"}
-                kept = [entry for entry, made_in in stored if made_in == scope and entry.mqtt_config.node_name in active]
+                kept = [entry for entry, made_in in stored if made_in == scope and entry.mqtt_config.node_name in active
+                        and (entry.mqtt_config.ota_key is not None or not keyed)]
                 kept = kept[:count]
                 keep_names = {entry.mqtt_config.node_name for entry in kept}
                 for entry, _ in stored:

@@ -126,6 +126,16 @@ class Probe:
                 raise ProbeError(f"no SUBACK for {topic_filter!r}")
             return self._subacks.pop(mid)[0]
 
+    def subscribe_many(self, filters: list[str], qos: int = 1) -> list[int]:
+        """Subscribe to all of ``filters`` in one SUBSCRIBE (as the firmware does); the granted QoS of each."""
+        result, mid = self.client.subscribe([(topic_filter, qos) for topic_filter in filters])
+        if result != mqtt.MQTT_ERR_SUCCESS:
+            raise ProbeError(f"subscribe {filters!r} failed to send: {result}")
+        with self._suback_event:
+            if not self._suback_event.wait_for(lambda: mid in self._subacks, timeout=TIMEOUT):
+                raise ProbeError(f"no SUBACK for {filters!r}")
+            return self._subacks.pop(mid)
+
     def publish(self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False) -> None:
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         info.wait_for_publish(timeout=TIMEOUT)

@@ -1,7 +1,8 @@
 """The users and topic ACL of the secured brokers the contract tests start (Mosquitto and amqtt alike).
 
-A service user may use every topic; each node user may publish only under
-``secure/<node>/`` and subscribe only to what is addressed to it
+A service user may use every topic; each node user may publish only its own
+status, info, state, telemetry, log, acks and OTA want and progress
+(``Topics.node_outbox``) and subscribe only to what is addressed to it
 (``Topics.node_inbox``: its commands, config, schedule and OTA), the shape the
 provisioner gives real nodes.
 """
@@ -18,19 +19,23 @@ from nodefleet.embedded.broker import TopicAccess
 PREFIX = "secure"
 SERVICE = ("service", "service-pw")
 NODES = {"node-a": "node-a-pw", "node-b": "node-b-pw"}
+RECEIVER_NODES = {"node-r": "node-r-pw"}
+"""Nodes with the inbox the OTA receiver will have: of their ``ota/`` topics only offer and data."""
 
 
-def node_access(node: str) -> TopicAccess:
+def node_access(node: str, *, whole_ota: bool = True) -> TopicAccess:
     topics = Topics(root=PREFIX)
-    return TopicAccess(publish=(f"{topics.prefix(node)}/#",), subscribe=tuple(topics.node_inbox(node)))
+    return TopicAccess(publish=tuple(topics.node_outbox(node)),
+                       subscribe=tuple(topics.node_inbox(node, whole_ota=whole_ota)))
 
 
 def users() -> dict[str, str]:
-    return {SERVICE[0]: SERVICE[1], **NODES}
+    return {SERVICE[0]: SERVICE[1], **NODES, **RECEIVER_NODES}
 
 
 def acl() -> dict[str, TopicAccess]:
-    return {node: node_access(node) for node in NODES}
+    return {**{node: node_access(node) for node in NODES},
+            **{node: node_access(node, whole_ota=False) for node in RECEIVER_NODES}}
 
 
 def mosquitto_config() -> str:

@@ -276,7 +276,7 @@ async def test_init_script_secures_a_real_mosquitto(init_folder: Path) -> None:
         operator = broker.url("operator", logins["operator"])
         # The provisioner (the admin) creates a node; the node reaches only its own prefix.
         async with _provisioner(broker.url("provisioner", "admin-pw")) as dynsec:
-            await dynsec.add("porch-a1b2c3", "node-pw", publish=[f"{topics.prefix('porch-a1b2c3')}/#"],
+            await dynsec.add("porch-a1b2c3", "node-pw", publish=topics.node_outbox("porch-a1b2c3"),
                               subscribe=topics.node_inbox("porch-a1b2c3"))
         node = broker.url("porch-a1b2c3", "node-pw")
         own, other = topics.state("porch-a1b2c3"), topics.state("kitchen-d4e5f6")

@@ -221,8 +221,8 @@ async def test_websocket_listener_has_the_same_logins_and_acl(topics) -> None:
                             dynsec_admin=("provisioner", "admin-pw"))
     async with broker:
         assert broker.ws_url == f"ws://127.0.0.1:{ws_port}/"
-        # As the provisioner gives a node its login: publish under its prefix, subscribe to its inbox.
-        broker.set_client("porch", "node-pw", publish=[f"{topics.prefix('porch')}/#"],
+        # As the provisioner gives a node its login: publish its outbox, subscribe to its inbox.
+        broker.set_client("porch", "node-pw", publish=topics.node_outbox("porch"),
                           subscribe=topics.node_inbox("porch"))
         await check_websocket_security(ws_port, topics=topics, operator=("operator", "op-pw"), node="porch",
                                        node_password="node-pw", other="kitchen")

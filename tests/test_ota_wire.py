@@ -1,4 +1,5 @@
-"""The OTA topics on both secured brokers: nodes share a release's stream, each gets only its own offer and repairs."""
+"""The OTA topics on both secured brokers: nodes share a release's stream, each gets only its own offer and repairs,
+and a node may neither publish offers or data nor read another node's."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import uuid
 
 import pytest
 from broker_probe import QUIET, Probe
-from broker_security import NODES, PREFIX, SERVICE
+from broker_security import NODES, PREFIX, RECEIVER_NODES, SERVICE
 
-from nodefleet.contracts import OtaTopic, Topics
+from nodefleet.contracts import Command, OtaTopic, Topics
 from nodefleet.contracts import ota
 
 
@@ -19,7 +20,7 @@ def probes(secured_broker):
     made: list[Probe] = []
 
     def make(username: str) -> Probe:
-        password = dict([SERVICE, *NODES.items()])[username]
+        password = dict([SERVICE, *NODES.items(), *RECEIVER_NODES.items()])[username]
         probe = Probe(secured_broker.host, secured_broker.port, username=username, password=password).connect()
         made.append(probe)
         return probe
@@ -60,3 +61,64 @@ def test_nodes_share_the_stream_and_get_only_their_own_offer_and_repairs(probes)
     got = service.get()
     assert got.topic == topics.ota("node-a", OtaTopic.WANT)
     assert ota.Want.model_validate(json.loads(got.payload)).missing(3) == [1, 2]
+
+
+def _frame() -> bytes:
+    return ota.encode_frame(kind=ota.KIND_BLOCK, index=0, release_id=os.urandom(8), data=os.urandom(512))
+
+
+def test_a_node_may_not_publish_offers_or_data_nor_read_another_nodes(probes) -> None:
+    topics = Topics(root=PREFIX)
+    release = f"1.4.0-t{uuid.uuid4().hex[:8]}"
+    service = probes(SERVICE[0])
+    for kind in OtaTopic:
+        assert service.subscribe(topics.all_ota(kind), qos=0) == 0
+    assert service.subscribe(topics.ota_streams(), qos=0) == 0
+    node = probes("node-a")
+    # Another node's offer and repairs, or every node's: refused (amqtt) or never delivered (Mosquitto).
+    for topic_filter in (topics.ota("node-b", OtaTopic.OFFER), topics.ota("node-b", OtaTopic.DATA),
+                         topics.all_ota(OtaTopic.OFFER), f"{PREFIX}/+/ota/#"):
+        node.subscribe(topic_filter, qos=0)
+    # A forged offer or frame, for itself, another node or the shared stream, is dropped by the broker.
+    node.publish(topics.ota("node-a", OtaTopic.OFFER), b"{}", qos=1)
+    node.publish(topics.ota("node-b", OtaTopic.OFFER), b"{}", qos=1)
+    node.publish(topics.ota("node-a", OtaTopic.DATA), _frame(), qos=1)
+    node.publish(topics.ota_stream(release), _frame(), qos=1)
+    # Its want and progress go through.
+    want = ota.Want(release=release, session="s1", got=0, window=8, have=ota.bitmap(set(), 3))
+    progress = ota.Progress(release=release, state="downloading", bytes=0, size=3 * 4096)
+    node.publish(topics.ota("node-a", OtaTopic.WANT), want.model_dump_json(), qos=0)
+    node.publish(topics.ota("node-a", OtaTopic.PROGRESS), progress.model_dump_json(), qos=1)
+    got = {m.topic for m in service.get_many(2)}
+    assert got == {topics.ota("node-a", OtaTopic.WANT), topics.ota("node-a", OtaTopic.PROGRESS)}
+    assert service.nothing_within(QUIET) == []
+    # What the service sends to another node never reaches it (Mosquitto hands it its own want and progress
+    # through the `+/ota/#` it granted: that is the node's own `ota/#`, see Topics.node_inbox).
+    service.publish(topics.ota("node-b", OtaTopic.OFFER), b"{}", qos=1)
+    service.publish(topics.ota("node-b", OtaTopic.DATA), _frame(), qos=0)
+    seen = {m.topic for m in node.nothing_within(QUIET)}
+    assert seen <= {topics.ota("node-a", kind) for kind in OtaTopic}, seen
+
+
+def test_the_receivers_inbox_is_its_offer_and_data_and_a_refused_ota_filter_spares_the_rest(probes) -> None:
+    """The ACL once the receiver subscribes to ``node_ota_inbox`` (``node_inbox(whole_ota=False)``), met by
+    today's firmware subscription (``ota/#`` in one SUBSCRIBE with its other filters)."""
+    topics = Topics(root=PREFIX)
+    name = "node-r"
+    node, service = probes(name), probes(SERVICE[0])
+    prefix = topics.prefix(name)
+    firmware = [f"{prefix}/set/#", f"{prefix}/config", f"{prefix}/schedule", f"{prefix}/ota/#"]
+    granted = node.subscribe_many(firmware, qos=1)
+    # amqtt refuses the filter (0x80); Mosquitto's acl_file grants it and delivers only what the ACL lets it read.
+    # Either way the other filters stand.
+    assert granted[:3] == [1, 1, 1] and granted[3] in (1, 128), granted
+    service.publish(topics.set(name, Command.SWITCH), b"ON", qos=1)
+    service.publish(topics.ota(name, OtaTopic.PROGRESS), b"{}", qos=1)  # its own progress: not for it to read
+    assert node.get().topic == topics.set(name, Command.SWITCH)
+    assert node.nothing_within(QUIET) == []
+    assert node.subscribe_many(topics.node_ota_inbox(name), qos=0) == [0, 0]
+    for kind in OtaTopic:
+        service.publish(topics.ota(name, kind), kind.value, qos=0)
+    got = {(m.topic, m.payload) for m in node.get_many(2)}
+    assert got == {(topics.ota(name, OtaTopic.OFFER), b"offer"), (topics.ota(name, OtaTopic.DATA), b"data")}
+    assert node.nothing_within(QUIET) == []

@@ -116,11 +116,14 @@ async def provision_flow(flow: Flow, *, name: str, home: str, ssid: str, wifi_pa
     step("wifi")
     await flow.device("wifi", "POST", "/api/wifi", {"ssid": ssid, "password": wifi_password})
     step("mqtt")
-    await flow.device("mqtt", "POST", "/api/mqtt", {
+    mqtt = {
         "broker": mqtt_config["broker_host"], "port": mqtt_config["broker_port"],
         "topic_prefix": mqtt_config["topic_prefix"], "node_name": mqtt_config["node_name"],
         "username": mqtt_config["username"], "password": mqtt_config["password"],
-    })
+    }
+    if mqtt_config.get("ota_key"):  # absent when the backend has no OTA master key
+        mqtt["ota_key"] = mqtt_config["ota_key"]
+    await flow.device("mqtt", "POST", "/api/mqtt", mqtt)
     step("restart")
     await flow.device("restart", "POST", "/api/restart")
     step(f"waiting for {mqtt_config['node_name']} to come online")

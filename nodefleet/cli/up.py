@@ -218,6 +218,7 @@ def _demo_unit(count: int, *, store: Path, scope: str) -> Any:
         return Unit(name=f"demo ({count} simulated nodes)",
                     run=lambda ready: run_demo(count=count, mqtt_url=broker_url, ready=ready,
                                                topic_root=settings.topic_root, fleet_root=settings.fleet_root,
-                                               register=True, store=store, scope=scope))
+                                               register=True, store=store, scope=scope,
+                                               keyed=True))  # `nodefleet up` always has an OTA master key
 
     return make

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from .ota import Hex64
 from .payloads import Identifier, Log, NodeName
 
 PROVISIONER_SERVICE = "provisioner"
@@ -72,6 +73,9 @@ class MqttConfig(BaseModel):
     node_name: NodeName
     username: str
     password: str
+    ota_key: Hex64 | None = None
+    """The node's OTA key, ``device_key(master, node_name)`` as 64 hex digits: it checks the tag of every
+    update offered to it (docs/ota.md).  None when the provisioner has no master key (OTA off)."""
 
 
 class Registration(BaseModel):

@@ -184,14 +184,27 @@ class Topics:
         """``topic_filter`` as a shared subscription: instances in ``group`` split the messages."""
         return f"{SHARED_PREFIX}{_validate_segment(group, 'shared group')}/{topic_filter}"
 
-    def node_inbox(self, node: str) -> list[str]:
+    def node_inbox(self, node: str, *, whole_ota: bool = True) -> list[str]:
         """What a node may subscribe to: only what is addressed to it, and the shared OTA streams.
 
-        ``ota/#`` covers :meth:`node_ota_inbox` and is what today's firmware subscribes to; it narrows
-        to ``node_ota_inbox`` when the receiver is wired in (the node must not read its own progress).
+        Of its own ``ota/`` topics the node needs only :meth:`node_ota_inbox` (offer and data), never another
+        node's.  ``whole_ota`` (for now the default) grants its whole ``ota/#`` instead, its own want and
+        progress too: today's firmware subscribes to ``ota/#``, which a narrower grant makes amqtt and
+        Mosquitto's dynamic security refuse (the node's other filters stand, but it logs
+        ``subscribe_refused``).  The default turns to False once the receiver subscribes to the inbox only.
         """
         prefix = self.prefix(node)
-        return [f"{prefix}/set/#", f"{prefix}/config", f"{prefix}/schedule", f"{prefix}/ota/#", self.ota_streams()]
+        ota = [f"{prefix}/ota/#"] if whole_ota else self.node_ota_inbox(node)
+        return [f"{prefix}/set/#", f"{prefix}/config", f"{prefix}/schedule", *ota, self.ota_streams()]
+
+    def node_outbox(self, node: str) -> list[str]:
+        """What a node may publish: its status, info, state, telemetry, log and acks, its OTA want and progress.
+
+        Never its own config, schedule or commands, nor an OTA offer or data frame (those are the services').
+        """
+        own = [self.node(node, kind) for kind in (NodeTopic.STATUS, NodeTopic.INFO, NodeTopic.STATE,
+                                                   NodeTopic.TELEMETRY, NodeTopic.LOG, NodeTopic.ACK)]
+        return [*own, self.ota(node, OtaTopic.WANT), self.ota(node, OtaTopic.PROGRESS)]
 
     def parse(self, topic: str) -> ParsedTopic:
         """Split a node topic into node and kind; raise TopicError if it does not parse."""

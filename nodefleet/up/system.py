@@ -5,6 +5,10 @@ extra units such as the demo nodes; stop order is the reverse.  Every port is
 checked before anything starts, and whatever did start is stopped again if a
 later step fails, so a failed start leaves nothing behind.  :func:`run` adds
 the signals: the first SIGINT/SIGTERM stops cleanly, a second one forces.
+
+Every service gets the same settings, the fleet's OTA master key among them
+(``NODEFLEET_OTA_MASTER_KEY``, else the one made on the first run and kept with
+the local logins), so the provisioner and the ota service derive the same node keys.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..logging import get_logger
-from ..paths import OPERATOR
+from ..paths import OPERATOR, CredentialsFileError, LocalCredentials
 from .broker import Broker
 from .database import Database
 from .edge import edge_settings
@@ -39,6 +43,8 @@ from .services import (
 )
 
 log = get_logger(__name__)
+
+OTA_MASTER_VARIABLE = "NODEFLEET_OTA_MASTER_KEY"
 
 
 class Runtime:
@@ -72,6 +78,8 @@ class Runtime:
             self.database.check_port()
             specs = list(self._services) if self._services is not None else _load()
             edge = edge_settings(self.options) if any(spec.name == "provisioner" for spec in specs) else {}
+            # Before the broker and database keep their logins in the same file, so theirs keep the key.
+            ota = _ota_master(self.options)
             self._stack.push_async_callback(self.database.stop)
             database_url = await self.database.start()
             self._checkpoint()
@@ -83,6 +91,7 @@ class Runtime:
                 "database_url": database_url,
                 "log_format": self.options.log_format,
                 "log_level": self.options.log_level,
+                **ota,
                 **self.options.service_overrides,
             }
             units = [_unit(spec, {**overrides, **access.service_settings(spec.name, broker_url),
@@ -159,6 +168,17 @@ def _unit(spec: ServiceSpec, overrides: dict[str, Any]) -> Unit:
         problems = "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors())
         raise StartupError(f"the settings of service {spec.name} are invalid ({problems}): fix the matching "
                            f"NODEFLEET_* environment variables") from exc
+
+
+def _ota_master(options: RuntimeOptions) -> dict[str, str]:
+    """The OTA master key every service gets: none to pass when the environment has one (each service reads
+    it there), else the one kept in the data directory, made on the first run."""
+    if os.environ.get(OTA_MASTER_VARIABLE, "").strip():
+        return {}
+    try:
+        return {"ota_master_key": LocalCredentials.for_ota(options.data_dir)}
+    except (CredentialsFileError, OSError) as exc:
+        raise StartupError(f"cannot keep the OTA master key in {options.data_dir}: {exc}") from exc
 
 
 def _load() -> list[ServiceSpec]:

@@ -59,7 +59,7 @@ class Service:
             store=store.Store(pool), credentials=credentials, topics=self.topics, publish=self._publish,
             errors=self.errors, broker_host=settings.broker_host or self.address.host,
             broker_port=settings.broker_port or self.address.port, pending_ttl=settings.pending_ttl,
-            max_devices_per_home=settings.max_devices_per_home,
+            max_devices_per_home=settings.max_devices_per_home, ota_master=settings.ota_master,
         )
         self.handlers = handlers(self.registry)
         self.homie = HomieBridge(topics=self.topics, publish=self._publish, errors=self.errors,
@@ -175,11 +175,15 @@ async def serve(settings: ProvisionerSettings, *, ready: asyncio.Event | None = 
                 started: asyncio.Future[Service] | None = None) -> None:
     """Run the provisioner until cancelled; ``started`` (tests, benchmarks) receives the running service."""
     log.info("provisioner_starting", broker=BrokerAddress.parse(settings.mqtt_url).url,
-             credentials=settings.credentials)
+             credentials=settings.credentials, ota_keys=settings.ota_master is not None)
     if settings.credentials == "none":
         log.warning("credentials_unchecked", detail="node credentials are handed out but the broker is not told of "
                     "them: any client may use any topic. Set NODEFLEET_PROVISIONER_CREDENTIALS=dynsec for a broker "
                     "with dynamic security")
+    if settings.ota_master is None:
+        log.warning("ota_off", detail="NODEFLEET_OTA_MASTER_KEY is not set: nodes are registered without an OTA key "
+                    "and will take no over-the-air update. Make one with `openssl rand -hex 32` and give the same "
+                    "key to the provisioner and the ota service")
     pool = await _database(settings)
     service = Service(settings, pool)
     if settings.default_home:

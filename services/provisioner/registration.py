@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nodefleet.contracts import Config, Topics
+from nodefleet.contracts.ota import device_key
 from nodefleet.contracts.provisioning import (
     DeviceRow,
     ListRequest,
@@ -46,7 +47,8 @@ def credential_hash(password: str) -> str:
 
 class Registrations:
     def __init__(self, *, store: Store, credentials: Credentials, topics: Topics, removal: Removal, broker_host: str,
-                 broker_port: int, pending_ttl: float, max_devices_per_home: int) -> None:
+                 broker_port: int, pending_ttl: float, max_devices_per_home: int, ota_master: bytes | None = None
+                 ) -> None:
         self.store = store
         self.credentials = credentials
         self.topics = topics
@@ -55,6 +57,11 @@ class Registrations:
         self.broker_port = broker_port
         self.pending_ttl = pending_ttl
         self.max_devices_per_home = max_devices_per_home
+        self.ota_master = ota_master
+
+    def ota_key(self, node: str) -> str | None:
+        """The node's OTA key (``MqttConfig.ota_key``); None without a master key: the node takes no updates."""
+        return device_key(self.ota_master, node).hex() if self.ota_master is not None else None
 
     async def put_home(self, home_id: str, zone: str) -> None:
         tz.zone(zone)
@@ -90,7 +97,7 @@ class Registrations:
         # the broker works.  If the broker refuses, the row goes too; if this process dies in between, the
         # pending row expires like any unclaimed registration.
         try:
-            await self.credentials.add(node, password, publish=[f"{self.topics.prefix(node)}/#"],
+            await self.credentials.add(node, password, publish=self.topics.node_outbox(node),
                                        subscribe=self.topics.node_inbox(node))
         except Exception:
             await self.store.discard_pending(node)
@@ -100,7 +107,7 @@ class Registrations:
             provisioning_id=provisioning_id, expires_at=expires,
             mqtt_config=MqttConfig(broker_host=self.broker_host, broker_port=self.broker_port,
                                    topic_prefix=self.topics.prefix(node), node_name=node, username=node,
-                                   password=password),
+                                   password=password, ota_key=self.ota_key(node)),
         )
 
     async def status(self, provisioning_id: str) -> ProvisioningStatus:

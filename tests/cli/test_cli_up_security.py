@@ -118,7 +118,7 @@ async def test_up_refuses_strangers_and_gives_every_client_its_own_login(
     assert first.username == first.node_name and first.password != second.password
     node = mqtt_url(first.username, first.password, "127.0.0.1", port)
     operator = stored.url(OPERATOR, "127.0.0.1", port)
-    own = f"{first.topic_prefix}/probe"
+    own = f"{first.topic_prefix}/telemetry"
     foreign = [f"{second.topic_prefix}/set/switch", f"{topics.root}/{uuid.uuid4().hex[:6]}/state",
                f"{topics.fleet}/provisioner/request/register"]
     assert await received(operator, [own, *foreign], node, [own, *foreign]) == {own}
