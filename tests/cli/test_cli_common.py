@@ -125,6 +125,26 @@ def test_broker_logins_are_made_once_and_kept_private(tmp_path: Path) -> None:
         LocalCredentials.read(tmp_path)
 
 
+def test_the_ota_master_key_is_made_once_and_kept_with_the_logins(tmp_path: Path) -> None:
+    data = tmp_path / "new"  # a first run: no data directory yet
+    key = LocalCredentials.for_ota(data)
+    assert len(bytes.fromhex(key)) == 32 and (data / CREDENTIALS_FILE).stat().st_mode & 0o777 == 0o600
+    assert LocalCredentials.for_ota(data) == key
+    # Whatever else is written to the file later keeps it.
+    logins = LocalCredentials.ensure(data, [OPERATOR])
+    logins.listening_on("127.0.0.1", 1884)
+    logins.save()
+    assert LocalCredentials.for_database(data) and LocalCredentials.read(data).ota_master == key  # type: ignore[union-attr]
+    # A file written before OTA keys gets one and keeps its passwords.
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / CREDENTIALS_FILE).write_text(json.dumps({"passwords": {OPERATOR: "pw"}, "listener": None}))
+    assert LocalCredentials.for_ota(old) != key and LocalCredentials.read(old).passwords == {OPERATOR: "pw"}  # type: ignore[union-attr]
+    (old / CREDENTIALS_FILE).write_text(json.dumps({"passwords": {}, "ota_master": "nope"}))
+    with pytest.raises(CredentialsFileError, match="ota_master"):
+        LocalCredentials.read(old)
+
+
 def test_commands_log_in_to_the_local_broker_on_their_own(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("NODEFLEET_DATA_DIR", str(tmp_path))

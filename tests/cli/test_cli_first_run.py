@@ -23,10 +23,12 @@ import pytest
 from nodefleet.contracts import Topics
 from nodefleet.embedded.mosquitto import free_port
 from nodefleet.embedded.postgres import EmbeddedPostgres
+from nodefleet.paths import LocalCredentials
 
 from .helpers import UpProcess, cli_env, database_url, postmaster_pid
 
 pytestmark = pytest.mark.timeout(120)
+ROOT = Path(__file__).resolve().parents[2]
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: it creates and removes operating-system users")
 
 
@@ -73,6 +75,8 @@ def _env(topics: Topics, **extra: str) -> dict[str, str]:
     env = cli_env(topics, NODEFLEET_TELEMETRY_CLIENT_ID=f"telemetry-{uuid.uuid4().hex[:8]}", **extra)
     for key in ("XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_RUNTIME_DIR"):
         env.pop(key, None)
+    # Started in the new home, not in this checkout: import this checkout's code, not whatever is installed.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 
 
@@ -126,3 +130,7 @@ async def test_first_up_as_an_ordinary_user_in_an_empty_home(ordinary_user: tupl
     data_dir = home / ".local" / "share" / "nodefleet"
     assert await _runs_and_stops(up, data_dir, db_port) == uid
     assert (data_dir / "broker-credentials.json").stat().st_uid == uid
+    # The OTA master key is made on the first run, in the same file, readable by this user alone.
+    kept = LocalCredentials.read(data_dir)
+    assert kept is not None and kept.ota_master is not None and len(bytes.fromhex(kept.ota_master)) == 32
+    assert (data_dir / "broker-credentials.json").stat().st_mode & 0o777 == 0o600

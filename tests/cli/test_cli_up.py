@@ -18,8 +18,11 @@ import ws_probe
 from conftest import wait_for
 
 from nodefleet.contracts import Topics
+from nodefleet.contracts.ota import device_key
+from nodefleet.contracts.provisioning import HTTP_REGISTER_PATH
 from nodefleet.embedded.mosquitto import Mosquitto, free_port
 from nodefleet.embedded.postgres import EmbeddedPostgres, port_is_free
+from nodefleet.paths import LocalCredentials
 from nodefleet.up.services import SERVICES
 from nodefleet.wire import BrokerAddress, Client
 
@@ -122,6 +125,20 @@ async def _http_status(port: int, path: str) -> int:
     return int(answer.split(b" ")[1])
 
 
+async def _register(port: int, device_name: str) -> tuple[int, dict]:
+    """Register a device through the provisioner's HTTP edge, as the phone app does."""
+    body = json.dumps({"home_id": "home", "device_name": device_name}).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"POST {HTTP_REGISTER_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n\r\n"
+                     .encode() + body)
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), json.loads(payload)
+
+
 async def _demo_nodes_online(broker_url: str, topics: Topics, data_dir: Path) -> bool:
     """Both demo nodes (registered by the provisioner: ``demo-000-<hex>``) are online."""
     result = await nodefleet("devices", "--format", "json", "--broker", broker_url,
@@ -131,11 +148,18 @@ async def _demo_nodes_online(broker_url: str, topics: Topics, data_dir: Path) ->
 
 
 async def test_up_with_external_broker_end_to_end(launch_up, data_dir: Path, topics: Topics) -> None:
+    master = os.urandom(32)
     with Mosquitto() as broker:
-        env = up_env(topics)
+        # An OTA master key in the environment is the one every service uses; none is made.
+        env = {**up_env(topics), "NODEFLEET_OTA_MASTER_KEY": master.hex()}
         up = launch_up("--broker", broker.url, "--db-port", str(free_port()), data_dir=data_dir, env=env)
         banner = await up.wait_ready()
         assert banner["broker"] == f"{broker.url}  (external)" and banner["services"] == SERVICES
+        status, registration = await _register(int(banner["http"].split()[0].rsplit(":", 1)[1]), "Porch light")
+        assert status == 201, registration
+        node = registration["mqtt_config"]["node_name"]
+        assert registration["mqtt_config"]["ota_key"] == device_key(master, node).hex()
+        assert LocalCredentials.read(data_dir).ota_master is None  # type: ignore[union-attr]
         async with Client(BrokerAddress.parse(broker.url), client_id="e2e-node") as node:
             await node.publish(topics.status("porch"), b"online", qos=1, retain=True)
             await node.publish(topics.state("porch"), b'{"v":1,"seq":4,"relay":"ON","mode":"manual"}', qos=1, retain=True)

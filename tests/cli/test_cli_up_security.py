@@ -16,6 +16,7 @@ import pytest
 from conftest import wait_for
 
 from nodefleet.contracts import Topics
+from nodefleet.contracts.ota import device_key
 from nodefleet.contracts.provisioning import Registration
 from nodefleet.embedded.mosquitto import free_port
 from nodefleet.paths import (
@@ -85,6 +86,8 @@ async def test_up_refuses_strangers_and_gives_every_client_its_own_login(
     assert f"logins     {stored.path}" in up.stdout
     services = set(SERVICES)
     assert set(stored.passwords) == {DYNSEC_ADMIN, OPERATOR} | services
+    # The fleet's OTA master key, made on this first run, kept beside the logins.
+    assert stored.ota_master is not None and re.fullmatch(r"[0-9a-f]{64}", stored.ota_master)
     await wait_for(lambda: (data_dir / "dynamic-security.json").exists(), timeout=5)  # saved a second after a change
     for name in (CREDENTIALS_FILE, "dynamic-security.json", "demo-nodes.json"):
         assert private(data_dir / name), f"{name} is readable by others"
@@ -116,6 +119,11 @@ async def test_up_refuses_strangers_and_gives_every_client_its_own_login(
     assert {login.node_name for login in logins} == {name for name in online if name.startswith("demo-")}
     first, second = logins
     assert first.username == first.node_name and first.password != second.password
+    # Each demo node got its own OTA key, derived from the master, and keeps it on its flash.
+    for login in logins:
+        assert login.ota_key == device_key(bytes.fromhex(stored.ota_master), login.node_name).hex()
+        assert json.loads((data_dir / "demo-nodes" / login.node_name / "mqtt.json").read_text())["ota_key"] == \
+            login.ota_key
     node = mqtt_url(first.username, first.password, "127.0.0.1", port)
     operator = stored.url(OPERATOR, "127.0.0.1", port)
     own = f"{first.topic_prefix}/telemetry"
@@ -143,6 +151,7 @@ async def test_up_refuses_strangers_and_gives_every_client_its_own_login(
     assert json.loads(message.payload)["seq"] >= reserved
     print(f"secured nodefleet up with 2 demo nodes ready after {again.ready_after:.2f} s (existing data directory)")
     assert LocalCredentials.read(data_dir).passwords == stored.passwords  # type: ignore[union-attr]
+    assert LocalCredentials.read(data_dir).ota_master == stored.ota_master  # type: ignore[union-attr]
     assert json.loads((data_dir / "demo-nodes.json").read_text())["registrations"] == saved
     assert not await refused(mqtt_url(first.username, first.password, "127.0.0.1", port))
     await wait_for(lambda: demo_nodes_online(f"mqtt://127.0.0.1:{port}", topics, data_dir, 2), timeout=30, interval=0.3)

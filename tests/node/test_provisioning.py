@@ -35,8 +35,10 @@ async def test_provisioning_api_end_to_end(make_node, watch, mosquitto, topics):
     # Wrong WiFi password: the node tries, comes back to provisioning and says why; nothing is lost.
     assert (await request(port, "POST", "/api/wifi", BAD_PASSWORD))[0] == 200
     mqtt = {"broker": mosquitto.host, "port": mosquitto.port, "topic_prefix": topics.prefix("node-1"),
-            "node_name": "node-1"}
+            "node_name": "node-1", "ota_key": "5a" * 32}
+    assert (await request(port, "POST", "/api/mqtt", {**mqtt, "ota_key": "5a" * 33}))[0] == 400
     assert (await request(port, "POST", "/api/mqtt", mqtt))[0] == 200
+    assert node.read("mqtt.json")["ota_key"] == "5a" * 32  # the OTA key from the registration is kept
     assert (await request(port, "POST", "/api/restart"))[0] == 200
     info = await poll(port, "/api/info", lambda i: i.get("mode") == "provisioning" and i.get("error"))
     assert "wrong password" in info["error"] and info["wifi_stored"] and info["mqtt_stored"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 
 from click.testing import CliRunner
 
 from nodefleet.cli import main
+from nodefleet.contracts.ota import device_key
 from nodefleet.embedded.mosquitto import free_port
 from nodefleet.sim import SimNode
 
@@ -43,7 +45,8 @@ async def test_provision_a_simulated_node_then_change_and_remove_it(tmp_path, dy
     broker = ["--broker", admin_url(dynsec_broker), "--topic-root", topics.root, "--fleet-root", topics.fleet]
     node = SimNode(tmp_path / "dev", name="unprovisioned")
     node.write("config.json", FAST_CONFIG)
-    async with running(dynsec_broker, database, topics) as service:
+    master = secrets.token_bytes(32)
+    async with running(dynsec_broker, database, topics, ota_master_key=master.hex()) as service:
         await node.start()
         try:
             await _portal_up(node)
@@ -74,6 +77,8 @@ async def test_provision_a_simulated_node_then_change_and_remove_it(tmp_path, dy
             assert sorted(r["device_name"] for r in pending) == ["RO", "Via HTTP"]
             name = rows[0]["node"]
             assert rows[0]["chip_id"]
+            # The node's OTA key went with its MQTT settings and is kept in its mqtt.json.
+            assert node.read("mqtt.json")["ota_key"] == device_key(master, name).hex()
             await _until(lambda: (node.read("config.json") or {}).get("tz_name") == "Europe/Berlin")
 
             code, out = await _cli("device", "config", name, "--set", "telemetry_period=7", *broker)
