@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nodefleet.settings import CommonSettings
+
 from .engine import compose_config
 
 
@@ -36,3 +38,15 @@ def test_one_variable_moves_a_port_everywhere_it_is_used(tmp_path: Path) -> None
         assert env["NODEFLEET_MQTT_URL"].endswith("@mosquitto:2883")
         assert env["NODEFLEET_DATABASE_URL"].endswith("@postgres:6432/nodefleet")
     assert services["postgres"]["environment"]["PGPORT"] == "6432"
+
+
+def test_every_service_gets_the_ota_master_key_and_none_means_ota_off(tmp_path: Path) -> None:
+    config = compose_config(tmp_path)
+    key = config["_env"]["NODEFLEET_OTA_MASTER_KEY"]
+    assert len(bytes.fromhex(key)) == 32
+    for name in ("telemetry", "provisioner", "scheduler"):
+        assert config["services"][name]["environment"]["NODEFLEET_OTA_MASTER_KEY"] == key
+    # A .env made before the key (or with it removed): empty, which the services read as no key.
+    without = compose_config(tmp_path, extra_env="NODEFLEET_OTA_MASTER_KEY=\n")["services"]["provisioner"]
+    assert without["environment"]["NODEFLEET_OTA_MASTER_KEY"] == ""
+    assert CommonSettings(ota_master_key="").ota_master is None
