@@ -124,6 +124,19 @@ def test_ota_topics() -> None:
     # The node may read its offer, its repairs and every shared stream; nothing else of the fleet.
     assert t.node_ota_inbox("ro-1") == ["x/home/ro-1/ota/offer", "x/home/ro-1/ota/data"]
     assert t.ota_streams() in t.node_inbox("ro-1")
+    # Until the receiver subscribes to its OTA inbox only, the node may read its own ota/#; then only offer and data.
+    assert "x/home/ro-1/ota/#" in t.node_inbox("ro-1")
+    assert t.node_inbox("ro-1", whole_ota=False) == ["x/home/ro-1/set/#", "x/home/ro-1/config", "x/home/ro-1/schedule",
+                                                     *t.node_ota_inbox("ro-1"), t.ota_streams()]
+    # It publishes what the firmware sends and its OTA want and progress: never an offer, a frame, its config.
+    outbox = t.node_outbox("ro-1")
+    assert t.ota("ro-1", c.OtaTopic.WANT) in outbox and t.ota("ro-1", c.OtaTopic.PROGRESS) in outbox
+    published = {t.status("ro-1"), t.info("ro-1"), t.state("ro-1"), t.telemetry("ro-1"), t.log("ro-1"), t.ack("ro-1")}
+    assert published <= set(outbox)
+    for forbidden in (t.ota("ro-1", c.OtaTopic.OFFER), t.ota("ro-1", c.OtaTopic.DATA), t.config("ro-1"),
+                      t.schedule("ro-1"), t.set("ro-1", c.Command.SWITCH), t.ota_stream("1.4.0")):
+        assert forbidden not in outbox
+    assert all("+" not in f and "#" not in f for f in outbox)
     for bad in ("1.4", "v1.4.0", "1.4.0/x", "1.4.0+build", "request"):
         with pytest.raises(c.TopicError):
             t.ota_stream(bad)
@@ -195,3 +208,16 @@ def test_bad_ota_payloads_are_rejected(model: type[c.Payload], change: dict, why
     name = {ota.Manifest: "ota_manifest", ota.Offer: "ota_offer", ota.Progress: "ota_progress", ota.Want: "ota_want"}
     with pytest.raises(ValidationError):
         model.model_validate({**_fixture(name[model] + ".json"), **change})
+
+
+def test_mqtt_config_carries_the_nodes_ota_key() -> None:
+    from nodefleet.contracts.provisioning import MqttConfig
+
+    base = {"broker_host": "h", "broker_port": 1883, "topic_prefix": "home/ro-1", "node_name": "ro-1",
+            "username": "ro-1", "password": "pw"}
+    assert MqttConfig.model_validate(base).ota_key is None  # configs from before the key
+    key = ota.device_key(bytes(32), "ro-1").hex()
+    assert MqttConfig.model_validate({**base, "ota_key": key}).ota_key == key
+    for bad in ("ab" * 31, "AB" * 32, "zz" * 32, key + "00"):
+        with pytest.raises(ValidationError):
+            MqttConfig.model_validate({**base, "ota_key": bad})
