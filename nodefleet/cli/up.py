@@ -20,7 +20,7 @@ from ..up.errors import StartupError
 from ..up.logins import without_password
 from ..up.options import DEFAULT_DB_PORT, DEFAULT_HTTP_PORT, DEFAULT_MQTT_PORT, RuntimeInfo, RuntimeOptions
 from ..up.services import Unit
-from ..up.system import Runtime, run
+from ..up.system import Runtime, hands_out_ota_keys, run
 from ..wire import BrokerAddress
 from .group import main
 
@@ -191,7 +191,8 @@ def up(*, mqtt_port: int, mqtt_host: str, db_port: int, pg_system_user: str, htt
     if insecure:
         nodefleet_logging.get_logger(__name__).warning(
             "insecure_broker", hint="anyone who reaches the broker may read and switch every node")
-    extras = [_demo_unit(demo, store=directory / DEMO_FILE, scope=_demo_scope(broker, insecure))] if demo else []
+    extras = [_demo_unit(demo, store=directory / DEMO_FILE, scope=_demo_scope(broker, insecure),
+                         keyed=hands_out_ota_keys(options))] if demo else []
     try:
         code = asyncio.run(run(Runtime(options, extras=extras), on_ready=print_banner))
     except StartupError as exc:
@@ -208,7 +209,7 @@ def _demo_scope(broker: str | None, insecure: bool) -> str:
     return f"{broker.rpartition('@')[2]}, {'checked' if checked else 'open'}"  # the address, not the password
 
 
-def _demo_unit(count: int, *, store: Path, scope: str) -> Any:
+def _demo_unit(count: int, *, store: Path, scope: str, keyed: bool) -> Any:
     """The simulated nodes: ``nodefleet.sim.run_demo``, which registers them with the provisioner."""
     # The nodes publish under the same root as the services read (NODEFLEET_TOPIC_ROOT).
     settings = CommonSettings()
@@ -218,7 +219,6 @@ def _demo_unit(count: int, *, store: Path, scope: str) -> Any:
         return Unit(name=f"demo ({count} simulated nodes)",
                     run=lambda ready: run_demo(count=count, mqtt_url=broker_url, ready=ready,
                                                topic_root=settings.topic_root, fleet_root=settings.fleet_root,
-                                               register=True, store=store, scope=scope,
-                                               keyed=True))  # `nodefleet up` always has an OTA master key
+                                               register=True, store=store, scope=scope, keyed=keyed))
 
     return make

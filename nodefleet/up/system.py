@@ -8,7 +8,8 @@ the signals: the first SIGINT/SIGTERM stops cleanly, a second one forces.
 
 Every service gets the same settings, the fleet's OTA master key among them
 (``NODEFLEET_OTA_MASTER_KEY``, else the one made on the first run and kept with
-the local logins), so the provisioner and the ota service derive the same node keys.
+the local logins; see :func:`hands_out_ota_keys`), so the provisioner and the ota
+service derive the same node keys.
 """
 
 from __future__ import annotations
@@ -170,10 +171,24 @@ def _unit(spec: ServiceSpec, overrides: dict[str, Any]) -> Unit:
                            f"NODEFLEET_* environment variables") from exc
 
 
+def hands_out_ota_keys(options: RuntimeOptions) -> bool:
+    """Whether the services of this run get an OTA master key (and so the provisioner hands out node keys).
+
+    From the environment, or kept in the data directory when the run keeps anything there (an embedded
+    broker or database); with an external broker and database nothing is kept locally, so only the
+    environment's key counts.
+    """
+    return bool(os.environ.get(OTA_MASTER_VARIABLE, "").strip()) or options.embedded_broker or options.embedded_database
+
+
 def _ota_master(options: RuntimeOptions) -> dict[str, str]:
     """The OTA master key every service gets: none to pass when the environment has one (each service reads
     it there), else the one kept in the data directory, made on the first run."""
     if os.environ.get(OTA_MASTER_VARIABLE, "").strip():
+        return {}
+    if not hands_out_ota_keys(options):
+        log.warning("ota_master_not_kept", hint=f"with an external broker and database nothing is kept in the data "
+                    f"directory: set {OTA_MASTER_VARIABLE} (`openssl rand -hex 32`, the same every run) to turn OTA on")
         return {}
     try:
         return {"ota_master_key": LocalCredentials.for_ota(options.data_dir)}

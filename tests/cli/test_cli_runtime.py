@@ -233,8 +233,12 @@ async def test_each_service_logs_in_to_the_embedded_broker_as_itself(secure: boo
         edge_port = provisioner.settings.http_port  # type: ignore[union-attr]
         assert edge_port > 0 and info.http_url == f"http://127.0.0.1:{edge_port}"
         assert not hasattr(echo.settings, "http_port")
+        # Every service gets the fleet's OTA master key, made in the data directory (an open broker's run too).
+        stored = LocalCredentials.read(data_dir)
+        assert stored is not None and stored.ota_master is not None
+        assert {s.settings.ota_master for s in (echo, provisioner)} == {bytes.fromhex(stored.ota_master)}  # type: ignore[union-attr]
         if not secure:
-            assert info.credentials_file is None and not (data_dir / "broker-credentials.json").exists()
+            assert info.credentials_file is None and stored.passwords == {}  # the key, but no logins
             assert echo_login.username is None and admin_login.username is None
             assert provisioner.settings.credentials == "none"  # type: ignore[union-attr]
             async with Client(BrokerAddress.parse(info.broker_url), client_id="anonymous"):
