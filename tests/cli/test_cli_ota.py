@@ -11,7 +11,7 @@ from tests.ota.conftest import fleet, release_140, running, settings_for  # noqa
 from .helpers import cli_env, nodefleet
 
 
-async def test_ota_commands_against_the_running_service(mosquitto, database, topics, release_140, tmp_path):
+async def test_ota_commands_against_the_running_service(mosquitto, database, topics, release_140, tmp_path):  # noqa: F811
     env = cli_env(topics, NODEFLEET_MQTT_URL=mosquitto.url, NODEFLEET_DATA_DIR=str(tmp_path / "none"))
     path = tmp_path / "nodefleet-1.4.0.nfr"
     write(release_140, path)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from conftest import wait_for
+from nodefleet.errors import RequestError
 
 from .conftest import MASTER, fleet, operator, release_file
 from .test_service import b64, rollout_state
@@ -67,7 +68,7 @@ async def test_killed_mid_rollout_and_started_again_it_carries_on(mosquitto, dat
 async def _answers(op) -> bool:
     try:
         await op("releases", timeout=1.0)
-    except Exception:
+    except RequestError:
         return False
     return True
 
