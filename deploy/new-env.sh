@@ -18,4 +18,7 @@ echo "POSTGRES_PASSWORD=$(secret)"
 echo "NODEFLEET_MQTT_ADMIN_PASSWORD=$(secret)"
 echo "NODEFLEET_MQTT_TELEMETRY_PASSWORD=$(secret)"
 echo "NODEFLEET_MQTT_SCHEDULER_PASSWORD=$(secret)"
+echo "NODEFLEET_MQTT_OTA_PASSWORD=$(secret)"
 echo "NODEFLEET_MQTT_OPERATOR_PASSWORD=$(secret)"
+# The OTA master key (256 bits): nodes' OTA keys are derived from it. Keep it: a new one invalidates every node's key.
+echo "NODEFLEET_OTA_MASTER_KEY=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
