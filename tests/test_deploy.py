@@ -35,7 +35,7 @@ from services.provisioner.credentials import DynamicSecurity
 ROOT = Path(__file__).resolve().parents[1]
 INIT_SCRIPT = ROOT / "deploy/mosquitto/init-dynsec.sh"
 IMAGE_PLUGIN = "/usr/lib/mosquitto_dynamic_security.so"
-SERVICE_USERS = ("telemetry", "scheduler", "operator")
+SERVICE_USERS = ("telemetry", "scheduler", "ota", "operator")
 
 
 def service_packages() -> list[str]:
@@ -95,7 +95,8 @@ def test_new_env_defines_every_secret_compose_needs() -> None:
     required = set(re.findall(r"\$\{([A-Z_]+):\?", (ROOT / "compose.yaml").read_text())) - {"NODEFLEET_PUBLIC_HOST"}
     assert required and required <= set(values)
     secrets = [values[name] for name in required]
-    assert all(re.fullmatch(r"[0-9a-f]{32}", secret) for secret in secrets) and len(set(secrets)) == len(secrets)
+    assert all(re.fullmatch(r"[0-9a-f]{64}" if name == "NODEFLEET_OTA_MASTER_KEY" else r"[0-9a-f]{32}", values[name])
+               for name in required) and len(set(secrets)) == len(secrets)
     assert "NODEFLEET_PUBLIC_HOST" in made  # named, for the user to fill in
 
 

@@ -18,17 +18,19 @@ import struct
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from ..errors import InputError
 from .payloads import Epoch, Identifier, Part, Payload, Seq, ShortText, Text
-from .topics import RELEASE_PATTERN
+from .topics import NODE_NAME_PATTERN, RELEASE_PATTERN
 
 __all__ = [
     "OTA_STATES", "FINAL_STATES", "DEFAULT_BLOCK_SIZE", "DIGEST_SIZE", "FRAME_HEADER", "FRAME_HEADER_SIZE",
     "KIND_TABLE", "KIND_BLOCK", "ImageFormat", "OtaState", "ManifestFile", "Manifest", "Offer", "Progress", "Want",
     "Frame", "FrameError", "encode_frame", "decode_frame", "auth_message", "offer_tag", "device_key",
     "table_chunks", "bitmap", "bitmap_bits", "canonical_json", "OTA_PAYLOADS",
+    "OTA_SERVICE", "OTA_REQUESTS", "OtaRequest", "ReleaseUpload", "ReleasesQuery", "ReleaseInfo", "RolloutStart",
+    "RolloutRef", "StatusQuery", "HistoryQuery", "TargetView", "RolloutView", "HistoryRow",
 ]
 
 DEFAULT_BLOCK_SIZE = 4096
@@ -299,3 +301,142 @@ def decode_frame(payload: bytes) -> Frame:
     if length != len(payload) - FRAME_HEADER_SIZE:
         raise FrameError(f"frame says {length} data bytes, carries {len(payload) - FRAME_HEADER_SIZE}")
     return Frame(kind, index, release_id, payload[FRAME_HEADER_SIZE:])
+
+
+# -- the request plane: fleet/ota/request/<action> ------------------------------
+
+OTA_SERVICE = "ota"
+MAX_RELEASE_FILE = MAX_IMAGE_BYTES + 2 * 1024 * 1024
+NodeName = Annotated[str, StringConstraints(pattern=f"^{NODE_NAME_PATTERN}$")]
+HomeName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")]
+Share = Annotated[float, Field(ge=0, lt=1)]
+
+
+class OtaRequest(BaseModel):
+    """Base of every ota request: strict, so a typo is an error instead of being ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReleaseUpload(OtaRequest):
+    """``release``: a release file (``nodefleet ota build``) as base64; checked whole before it is kept."""
+
+    file: Annotated[str, StringConstraints(max_length=-(-MAX_RELEASE_FILE // 3) * 4)]
+
+
+class ReleasesQuery(OtaRequest):
+    """``releases``: every kept release."""
+
+
+class ReleaseInfo(BaseModel):
+    version: Release
+    sha256: Hex64
+    format: ImageFormat
+    size: int
+    block_size: int
+    blocks: int | None = None
+    files: int | None = None
+    created: float
+
+
+class RolloutStart(OtaRequest):
+    """``rollout_start``: offer ``release`` to the targets, stage by stage.
+
+    Targets: ``all`` provisioned nodes, the provisioned nodes of ``home``, or the listed ``nodes``
+    (exactly one of the three).  ``stages`` is cumulative shares of all targets (``10%,50%,100%``).
+    """
+
+    release: Release
+    all: bool = False
+    home: HomeName | None = None
+    nodes: list[NodeName] = Field(default_factory=list, max_length=10_000)
+    canary: Annotated[int, Field(ge=0, le=10_000)] = 1
+    stages: Annotated[str, StringConstraints(max_length=200)] = "100%"
+    max_failures: Share = 0.1
+    min_sample: Annotated[int, Field(ge=1, le=10_000)] = 3
+    force: bool = False
+    id: Identifier | None = None
+    """Given by the caller to make a retry safe; made by the service when left out."""
+
+    @model_validator(mode="after")
+    def _one_kind_of_target(self) -> RolloutStart:
+        kinds = sum((self.all, self.home is not None, bool(self.nodes)))
+        if kinds != 1:
+            raise ValueError("name the targets one way: all, a home, or a list of nodes")
+        return self
+
+
+class RolloutRef(OtaRequest):
+    """``rollout_pause``, ``rollout_resume``, ``rollout_abort``: the rollout's id."""
+
+    id: Identifier
+
+
+class StatusQuery(OtaRequest):
+    """``status``: one rollout (open or not), or every open one when ``id`` is left out."""
+
+    id: Identifier | None = None
+
+
+class HistoryQuery(OtaRequest):
+    """``history``: a node's OTA events, newest first."""
+
+    node: NodeName
+    limit: Annotated[int, Field(ge=1, le=1000)] = 100
+
+
+class TargetView(BaseModel):
+    node: str
+    stage: int
+    state: OtaState
+    offered: bool
+    bytes: int = 0
+    size: int = 0
+    percent: float = 0.0
+    rate: float | None = None
+    """Bytes per second, as the node last reported."""
+    eta: float | None = None
+    """Seconds left at that rate."""
+    bad: int = 0
+    code: str | None = None
+    reason: str | None = None
+    since: float
+
+
+class RolloutView(BaseModel):
+    id: str
+    release: str
+    state: Literal["running", "paused", "halted", "aborted", "done"]
+    reason: str | None = None
+    stage: int
+    """The last stage started (0: the canary, when there is one)."""
+    stages: list[list[str]]
+    canary: int
+    max_failures: float
+    min_sample: int
+    force: bool
+    size: int
+    percent: float
+    """Share of all the targets' bytes downloaded, in percent."""
+    counts: dict[str, int]
+    downloading: list[str] = Field(default_factory=list)
+    """Nodes with a place in the release's stream now."""
+    waiting: list[str] = Field(default_factory=list)
+    """Nodes that asked for the release but wait for a place (over ``max_downloads``)."""
+    targets: list[TargetView]
+
+
+class HistoryRow(BaseModel):
+    rollout: str | None = None
+    state: str
+    code: str | None = None
+    reason: str | None = None
+    ts: float
+
+
+OTA_REQUESTS: dict[str, type[OtaRequest]] = {
+    "release": ReleaseUpload, "releases": ReleasesQuery, "rollout_start": RolloutStart,
+    "rollout_pause": RolloutRef, "rollout_resume": RolloutRef, "rollout_abort": RolloutRef,
+    "status": StatusQuery, "history": HistoryQuery,
+}
+"""Request model of each action of ``fleet/ota/request/<action>``."""

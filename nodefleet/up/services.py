@@ -5,8 +5,7 @@ through the seam of ``services/README.md``: the package ``services.<name>``
 with ``app.serve(settings)`` and its settings class ``<Name>Settings`` in
 ``settings.py``.  They are imported by name when ``nodefleet up`` loads them,
 so the shared core (nodefleet/) has no import of a service; a listed service
-that cannot be loaded is an error, not skipped.  A new service (``ota``, once
-``services/ota`` exists) is one more name here.
+that cannot be loaded is an error, not skipped.  A new service is one more name here.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from ..settings import CommonSettings
 
 log = get_logger(__name__)
 
-SERVICES = ("telemetry", "provisioner", "scheduler")
+SERVICES = ("telemetry", "provisioner", "scheduler", "ota")
 """Every service ``nodefleet up`` runs, in start order."""
 
 SERVICES_PACKAGE = "services"

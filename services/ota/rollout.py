@@ -69,6 +69,8 @@ class Policy:
     """Finished nodes needed before the failure share counts (a canary failure halts at once)."""
     return_deadline: float = 600.0
     """Seconds a node may stay ``updating`` (rebooting into the new app) before it counts as not come back."""
+    force: bool = False
+    """Offer the release even to nodes running a newer one (covered by each offer's tag)."""
 
     def __post_init__(self) -> None:
         if self.canary < 0:

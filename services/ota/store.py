@@ -201,6 +201,18 @@ class OtaStore:
                                     list(OPEN))
             targets = await conn.fetch("SELECT * FROM ota_targets WHERE rollout = ANY($1::text[])",
                                        [row["id"] for row in rows])
+        return self._rollouts(rows, targets)
+
+    async def rollout(self, id: str) -> Rollout | None:
+        """One rollout, open or finished, as it was last written; None if there is none of that id."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch("SELECT * FROM ota_rollouts WHERE id = $1", id)
+            targets = await conn.fetch("SELECT * FROM ota_targets WHERE rollout = $1", id)
+        found = self._rollouts(rows, targets)
+        return found[0] if found else None
+
+    @staticmethod
+    def _rollouts(rows: list[asyncpg.Record], targets: list[asyncpg.Record]) -> list[Rollout]:
         by_rollout: dict[str, dict[str, Target]] = {}
         for t in targets:
             by_rollout.setdefault(t["rollout"], {})[t["node"]] = Target(

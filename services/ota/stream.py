@@ -15,6 +15,9 @@ that many frames (``got``); if its bitmap still lacks the unit then, the
 frame was lost or bad, and the unit is due again. A member silent for
 ``silence`` seconds is left out until its next want, so a stalled node holds
 nobody back; beyond ``max_members`` nodes wait (queued) for a free place.
+When the first member joins an idle stream, frames wait ``gather`` seconds
+(``held_until``), so the nodes of one stage, offered together, start on
+the shared stream together instead of each on its own repairs.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ class Member:
 
 class Stream:
     def __init__(self, release: str, *, table: int, blocks: int, max_members: int = 50,
-                 silence: float = SILENCE) -> None:
+                 silence: float = SILENCE, gather: float = 0.0) -> None:
         self.release = release
         self.table = table
         self.units = table + blocks
@@ -78,6 +81,8 @@ class Stream:
         self._cursor = table
         self.frames_shared = 0
         self.frames_repaired = 0
+        self.gather = gather
+        self.held_until = 0.0
 
     def want(self, node: str, want: Want, *, now: float) -> str:
         """Take a node's want; ``member``, ``queued`` (no free place yet) or ``complete``."""
@@ -97,13 +102,20 @@ class Stream:
             if self.queued.index(node) >= self.max_members - len(self.members):
                 return "queued"
             self.queued.remove(node)
+        if not self.members:
+            self.held_until = now + self.gather
         if member is None or member.session != want.session:
             # A new session (a reboot or reconnect): what was in flight before is gone with the old connection.
             member = Member(node=node, session=want.session, window=want.window, got=want.got, have=have, heard=now)
             member.sent = want.got
             self.members[node] = member
         else:
+            # The same count again with no credit left: the node's stall timer (2 s without a frame), so what
+            # was in flight never arrived (a publish that failed, a broker that dropped it); grant it again.
+            stalled = want.got == member.got and member.credit <= 0
             member.window, member.got, member.have, member.heard = want.window, want.got, have, now
+            if stalled:
+                member.sent, member.in_flight = want.got, {}
             member.in_flight = {unit: seq for unit, seq in member.in_flight.items()
                                 if seq > want.got and not have[unit]}
         if member.complete():
@@ -122,6 +134,8 @@ class Stream:
 
     def next(self, *, now: float) -> Send | None:
         """The next frame to send, charged to whoever it is for; None while no active member has credit."""
+        if now < self.held_until:
+            return None
         active = self._active(now)
         able = [m for m in active if m.credit > 0]
         if not able:

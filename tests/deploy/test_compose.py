@@ -41,7 +41,7 @@ from nodefleet.sim import SimNode
 
 from .engine import ROOT, Compose, Engine, EngineUnavailable, compose_binary, host_pip_config
 
-SERVICES = ("mosquitto", "postgres", "telemetry", "provisioner", "scheduler")
+SERVICES = ("mosquitto", "postgres", "telemetry", "provisioner", "scheduler", "ota")
 FAST_CONFIG = {"v": 1, "version": 1, "telemetry_period": 1, "ap_after": 1}
 STREAM = 600  # QoS 1 telemetry messages published while the telemetry container is killed
 SEQ0 = 10_000_000  # far above the node's own sequence numbers
@@ -94,7 +94,8 @@ def _env(images: dict[str, str]) -> dict[str, str]:
         "NODEFLEET_TZ": "UTC",
         "POSTGRES_PASSWORD": secrets.token_hex(16),
         **{f"NODEFLEET_MQTT_{user}_PASSWORD": secrets.token_hex(16)
-           for user in ("ADMIN", "TELEMETRY", "SCHEDULER", "OPERATOR")},
+           for user in ("ADMIN", "TELEMETRY", "SCHEDULER", "OTA", "OPERATOR")},
+        "NODEFLEET_OTA_MASTER_KEY": secrets.token_hex(32),
     }
 
 

@@ -44,7 +44,7 @@ def test_every_service_gets_the_ota_master_key_and_none_means_ota_off(tmp_path: 
     config = compose_config(tmp_path)
     key = config["_env"]["NODEFLEET_OTA_MASTER_KEY"]
     assert len(bytes.fromhex(key)) == 32
-    for name in ("telemetry", "provisioner", "scheduler"):
+    for name in ("telemetry", "provisioner", "scheduler", "ota"):
         assert config["services"][name]["environment"]["NODEFLEET_OTA_MASTER_KEY"] == key
     # A .env made before the key (or with it removed): empty, which the services read as no key.
     without = compose_config(tmp_path, extra_env="NODEFLEET_OTA_MASTER_KEY=\n")["services"]["provisioner"]

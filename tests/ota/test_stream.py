@@ -146,3 +146,25 @@ def test_wants_that_do_not_fit_are_refused():
         stream.want("n1", Want(release="1.5.0", session="s", got=0, window=8, have=bitmap(set(), UNITS)), now=0.0)
     with pytest.raises(StreamError, match="bitmap of 1 bytes"):
         stream.want("n1", Want(release="1.4.0", session="s", got=0, window=8, have=bitmap(set(), 8)), now=0.0)
+
+
+def test_a_stalled_member_is_granted_its_window_again():
+    stream = Stream("1.4.0", table=TABLE, blocks=BLOCKS)
+    node = Node("n1")
+    stream.want(node.name, node.want(), now=0.0)
+    first = [stream.next(now=0.0) for _ in range(node.window)]
+    assert None not in first and stream.next(now=0.0) is None
+    # Those frames never arrived (the publisher was down): the node's stall timer repeats its want.
+    stream.want(node.name, node.want(), now=2.5)
+    again = [stream.next(now=2.5) for _ in range(node.window)]
+    assert None not in again and again[0].unit == 0  # the table chunk first again; the blocks come round again
+    assert stream.next(now=2.5) is None  # one window, no more
+
+
+def test_an_idle_stream_gathers_its_first_members_before_sending():
+    stream = Stream("1.4.0", table=TABLE, blocks=BLOCKS, gather=1.0)
+    a, b = Node("a"), Node("b")
+    stream.want(a.name, a.want(), now=0.0)
+    assert stream.next(now=0.5) is None  # waiting for the rest of the stage
+    stream.want(b.name, b.want(), now=0.6)
+    assert stream.next(now=1.0).to is None  # both lack it: the shared stream

@@ -1,0 +1,114 @@
+"""Fixtures of the ota service tests: releases, the service on a real broker and PostgreSQL, test peers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from nodefleet.contracts.ota import OTA_SERVICE, device_key
+from nodefleet.fleet import Requester
+from nodefleet.ota_release import Release, build, encode
+from nodefleet.sim import FIRMWARE_DIR
+from nodefleet.wire import BrokerAddress, Client
+from services.ota.app import OtaService, open_store
+from services.ota.settings import OtaSettings
+
+from .peer import Peer, ProvisionerStub
+
+MASTER = bytes(range(32))
+
+
+@pytest.fixture(scope="session")
+def release_140() -> Release:
+    # 1 KiB blocks: about 40 blocks, enough to catch a download half done.
+    return build(FIRMWARE_DIR, version="1.4.0", block_size=1024)
+
+
+@pytest.fixture(scope="session")
+def release_150() -> Release:
+    return build(FIRMWARE_DIR, version="1.5.0", block_size=1024)
+
+
+def release_file(release: Release) -> bytes:
+    return encode(release)
+
+
+class Operator:
+    """A fleet requester on its own connection: what the CLI does, in-test."""
+
+    def __init__(self, client: Client, requester: Requester) -> None:
+        self.client, self.requester = client, requester
+
+    async def __call__(self, action: str, data: dict | None = None, *, timeout: float = 10.0):
+        return await self.requester.request(OTA_SERVICE, action, data or {}, timeout=timeout)
+
+
+@contextlib.asynccontextmanager
+async def operator(url: str, topics) -> AsyncIterator[Operator]:
+    client_id = f"op-{uuid.uuid4().hex[:8]}"
+    async with Client(BrokerAddress.parse(url), client_id=client_id) as client:
+        requester = Requester(client, topics, client_id=client_id)
+        await requester.start()
+
+        async def feed() -> None:
+            async for message in client.messages:
+                requester.feed(message)
+
+        task = asyncio.create_task(feed())
+        try:
+            yield Operator(client, requester)
+        finally:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
+def settings_for(broker_url: str, database: str, topics, **extra) -> OtaSettings:
+    values = {"mqtt_url": broker_url, "database_url": database, "topic_root": topics.root,
+              "fleet_root": topics.fleet, "instance": f"ota-{uuid.uuid4().hex[:6]}",
+              "client_id": f"ota-{uuid.uuid4().hex[:6]}", "ota_master_key": MASTER.hex(), "tick_interval": 0.2, "gather": 0.3}
+    values.update(extra)
+    return OtaSettings(**values)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: OtaSettings) -> AsyncIterator[OtaService]:
+    """The service in this process until the block ends (its counters and engine at hand)."""
+    service = OtaService(settings, await open_store(settings))
+    ready = asyncio.Event()
+    task = asyncio.create_task(service.serve(ready=ready))
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait({task, waiter}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    if not ready.is_set():
+        waiter.cancel()
+        task.cancel()
+        raise AssertionError(f"the ota service did not start: {task.exception() if task.done() else 'timeout'}")
+    try:
+        yield service
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def fleet(url: str, topics, names: list[str], *, homes: dict[str, str] | None = None,
+                peers: list[str] | None = None, **peer_options) -> AsyncIterator[dict[str, Peer]]:
+    """A provisioner stand-in knowing ``names`` and a running test peer for each of ``peers`` (default: all)."""
+    stub = ProvisionerStub(url=url, topics=topics, nodes={n: (homes or {}).get(n, "home1") for n in names})
+    options: dict[str, dict] = peer_options.pop("per_node", {})
+    made = {n: Peer(n, url=url, topics=topics, key=device_key(MASTER, n), **{**peer_options, **options.get(n, {})})
+            for n in (names if peers is None else peers)}
+    tasks = [asyncio.create_task(stub.run())] + [asyncio.create_task(p.run()) for p in made.values()]
+    await asyncio.sleep(0.3)  # every peer and the stub subscribed
+    try:
+        yield made
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+

@@ -1,0 +1,75 @@
+"""The ota service killed with SIGKILL mid-rollout: started again, it reads the rollout back and finishes it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from conftest import wait_for
+from nodefleet.errors import RequestError
+
+from .conftest import MASTER, fleet, operator, release_file
+from .test_service import b64, rollout_state
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def _service(mosquitto, topics, database: str, log: Path) -> asyncio.subprocess.Process:
+    env = {**os.environ, "NODEFLEET_MQTT_URL": mosquitto.url, "NODEFLEET_DATABASE_URL": database,
+           "NODEFLEET_TOPIC_ROOT": topics.root, "NODEFLEET_FLEET_ROOT": topics.fleet, "NODEFLEET_INSTANCE": "ota-k",
+           "NODEFLEET_OTA_MASTER_KEY": MASTER.hex(), "NODEFLEET_OTA_GATHER": "0.3",
+           "NODEFLEET_OTA_TICK_INTERVAL": "0.2", "NODEFLEET_LOG_FORMAT": "json"}
+    return await asyncio.create_subprocess_exec(sys.executable, "-m", "services.ota", cwd=ROOT, env=env,
+                                                stdout=asyncio.subprocess.DEVNULL, stderr=log.open("a"))
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.kill()
+        await asyncio.wait_for(process.wait(), 10)
+
+
+async def test_killed_mid_rollout_and_started_again_it_carries_on(mosquitto, database, topics, release_140, tmp_path):
+    names = [f"k{i}" for i in range(6)]
+    log = tmp_path / "ota.log"
+    service = await _service(mosquitto, topics, database, log)
+    try:
+        async with operator(mosquitto.url, topics) as op, fleet(mosquitto.url, topics, names, delay=0.1) as peers:
+            await wait_for(lambda: _answers(op), timeout=20)
+            await op("release", {"file": b64(release_file(release_140))})
+            await op("rollout_start", {"release": "1.4.0", "all": True, "canary": 0, "id": "rk"})
+            # Half way through the downloads: kill -9.
+            units = len(release_140.manifest.blocks)
+            await wait_for(lambda: any(p.download and len(p.download.blocks) > units // 3 for p in peers.values()),
+                           timeout=30)
+            service.send_signal(signal.SIGKILL)
+            await asyncio.wait_for(service.wait(), 10)
+            assert not any(p.state == "updated" for p in peers.values())
+            halfway = {n: len(p.download.blocks) for n, p in peers.items() if p.download}
+            await asyncio.sleep(1.0)
+
+            service = await _service(mosquitto, topics, database, log)
+            await wait_for(lambda: _answers(op), timeout=20)
+            view = await rollout_state(op, "rk", "done", "halted", timeout=60)
+            assert view["state"] == "done" and view["counts"] == {"updated": 6}, view
+            assert all(p.image == release_140.image for p in peers.values())
+            # Each peer kept its session's blocks: nobody started over (the service's stream rebuilt from wants).
+            assert all(peers[n].offers == 1 for n in names)
+            assert sum(halfway.values()) > 0
+            history = [e["state"] for e in reversed(await op("history", {"node": "k0"}))]
+            assert history == ["queued", "downloading", "downloaded", "verified", "updating", "updated"]
+    finally:
+        await _stop(service)
+
+
+async def _answers(op) -> bool:
+    try:
+        await op("releases", timeout=1.0)
+    except RequestError:
+        return False
+    return True
+
+
