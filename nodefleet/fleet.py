@@ -13,7 +13,7 @@ import contextlib
 import time
 import typing
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,7 +113,7 @@ def typed(fn: Callable[[Any], Awaitable[Any]]) -> TypedHandler:
     return TypedHandler(fn, request_model, answer_type, TypeAdapter(request_model), TypeAdapter(answer_type))
 
 
-async def answer(client: Client, payload: bytes, handlers: dict[str, Handler], action: str, errors: ErrorReporter) -> None:
+async def answer(client: Client, payload: bytes, handlers: Mapping[str, Handler], action: str, errors: ErrorReporter) -> None:
     """Answer one fleet request with ``handlers[action]``; every failure becomes an error reply."""
     try:
         request = FleetRequest.model_validate_json(payload)
