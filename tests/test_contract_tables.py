@@ -149,3 +149,30 @@ def test_the_document_covers_every_topic_and_request() -> None:
 
 def test_generation_is_deterministic() -> None:
     assert asyncapi.render() == asyncapi.render()
+
+
+def test_the_documents_payload_schemas_accept_the_fixtures_and_refuse_what_the_models_refuse() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    doc = asyncapi.build()
+
+    def validator(channel: str, message: str) -> Any:
+        ref = doc["channels"][channel]["messages"][message]["$ref"]
+        return jsonschema.Draft202012Validator({**doc, "$ref": f"{ref}/payload"})
+
+    checked = 0
+    for row in c.NODE_TOPICS.values():
+        if row.payload is None:
+            continue
+        channel = f"node.{row.path.replace('/', '.')}"
+        message = "".join(part.capitalize() for part in row.path.split("/"))
+        stem = row.path.replace("/", "_")
+        for path in sorted(FIXTURES.glob(f"{stem}.json")) + sorted(FIXTURES.glob(f"{stem}_*.json")):
+            validator(channel, message).validate(json.loads(path.read_text()))
+            checked += 1
+    assert checked >= len([row for row in c.NODE_TOPICS.values() if row.payload is not None])
+    state = validator("node.state", "State")
+    assert not state.is_valid({"v": 1, "seq": 1, "relay": "on", "mode": "auto"})  # relay must be ON/OFF
+    reply = validator("fleet.reply", "telemetry.devices.reply")
+    assert reply.is_valid({"v": 1, "transaction": "t1", "status": "ok", "data": [{"node": "n1"}]})
+    assert reply.is_valid({"v": 1, "transaction": "t1", "status": "error", "error": "no", "data": None})
+    assert not reply.is_valid({"v": 1, "transaction": "t1", "status": "ok", "data": [{"node": "Bad Name"}]})

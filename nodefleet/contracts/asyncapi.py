@@ -139,7 +139,7 @@ def build(topics: Topics | None = None) -> dict[str, Any]:
         reply_messages[f"{service}.{action}.reply"] = _message(
             f"{service}.{action}.reply", f"the answer to {service}/{action}", JSON,
             {"allOf": [{"$ref": _REFS.format(model="FleetReply")},
-                       {"properties": {"data": schema[f"{service}.{action}.answer"]}}],
+                       {"properties": {"data": {"anyOf": [schema[f"{service}.{action}.answer"], {"type": "null"}]}}}],
              "description": "status ok: data is the answer; status error: error says why (data null)"})
     reply_address = topics.reply("client").rsplit("/", 1)[0] + "/{client}"
     add("fleet.reply", reply_address,
