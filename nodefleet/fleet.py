@@ -13,7 +13,7 @@ import contextlib
 import time
 import typing
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,7 +113,7 @@ def typed(fn: Callable[[Any], Awaitable[Any]]) -> TypedHandler:
     return TypedHandler(fn, request_model, answer_type, TypeAdapter(request_model), TypeAdapter(answer_type))
 
 
-async def answer(client: Client, payload: bytes, handlers: dict[str, Handler], action: str, errors: ErrorReporter) -> None:
+async def answer(client: Client, payload: bytes, handlers: Mapping[str, Handler], action: str, errors: ErrorReporter) -> None:
     """Answer one fleet request with ``handlers[action]``; every failure becomes an error reply."""
     try:
         request = FleetRequest.model_validate_json(payload)
@@ -254,3 +254,72 @@ async def presence(client: Client, status_topic: str, errors: ErrorReporter) -> 
         raise
     finally:
         reporter.cancel()
+
+
+# -- the request plane on FastStream (an experiment: see services/telemetry/README.md) ---------------------------
+
+
+class _FastStreamPublisher:
+    """What ``answer``, ``presence`` and ``ErrorReporter.run`` need of a client, over a FastStream MQTTBroker."""
+
+    def __init__(self, broker: Any) -> None:
+        self._broker = broker
+
+    async def publish(self, topic: str, payload: str | bytes | None = None, *, qos: int = 0,
+                      retain: bool = False) -> None:
+        from zmqtt import QoS
+
+        body = payload.encode() if isinstance(payload, str) else (payload or b"")
+        await self._broker.publish(body, topic, qos=QoS(qos), retain=retain)
+
+
+async def _raw_body(message: Any) -> bytes:
+    # FastStream JSON-decodes anything that looks like JSON; the envelope is ours to validate (and report).
+    return message.body
+
+
+async def serve_on_faststream(address: Any, *, client_id: str, service: str, topics: Topics,
+                              handlers: Mapping[str, Handler], errors: ErrorReporter, status_topic: str,
+                              shared_group: str | None = None, ready: asyncio.Event | None = None,
+                              max_workers: int = 64) -> None:
+    """Answer ``service``'s fleet requests with ``handlers`` on a FastStream MQTTBroker until cancelled.
+
+    The same envelope, handlers, error events and retained presence as the
+    ``nodefleet.wire`` path (``answer`` does the work); FastStream carries the
+    messages: MQTT 3.1.1 (it defaults to 5.0, which hangs on the embedded
+    broker), one subscriber on ``<fleet>/<service>/request/{action}``, the raw
+    body (see ``_raw_body``), up to ``max_workers`` requests at once.
+    Reconnecting is FastStream's (zmqtt's) own policy, not ``wire.Backoff``.
+    Needs the ``faststream[mqtt]`` extra, imported only here.
+    """
+    from faststream import Path
+    from faststream.mqtt import MQTTBroker, QoS
+    from zmqtt import Will as ZWill
+
+    will = ZWill(topic=status_topic, payload=OFFLINE.encode(), qos=QoS.AT_LEAST_ONCE, retain=True)
+    broker = MQTTBroker(host=address.host, port=address.port, client_id=client_id, version="3.1.1", will=will,
+                        clean_session=True, logger=None, security=_login(address))
+    action_filter = topics.requests(service).rsplit("/", 1)[0] + "/{action}"
+
+    @broker.subscriber(action_filter, qos=QoS.AT_LEAST_ONCE, shared=shared_group, no_reply=True,
+                       max_workers=max_workers, decoder=_raw_body)
+    async def on_request(body: bytes, action: str = Path()) -> None:
+        await answer(client, body, handlers, action, errors)
+
+    client = _FastStreamPublisher(broker)
+    await broker.start()
+    try:
+        async with presence(client, status_topic, errors):  # type: ignore[arg-type]
+            if ready is not None:
+                ready.set()
+            await asyncio.Event().wait()
+    finally:
+        await broker.stop()
+
+
+def _login(address: Any) -> Any:
+    if not address.username:
+        return None
+    from faststream.security import SASLPlaintext
+
+    return SASLPlaintext(username=address.username, password=address.password or "")

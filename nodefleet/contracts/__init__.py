@@ -1,7 +1,14 @@
-"""The contract between services, nodes and clients: topics and payload models."""
+"""The contract between services, nodes and clients: topics and payload models.
 
+The node topic table (``node_topics.NODE_TOPICS``) and the fleet request table
+(``requests.REQUESTS``) say which model each topic and request carries; the
+AsyncAPI document (docs/asyncapi.json, ``python -m nodefleet.contracts.asyncapi``) is generated from them.
+"""
+
+from .node_topics import COMMAND_PAYLOADS, NODE_PAYLOADS, NODE_TOPICS, NodeTopicSpec
 from .payloads import *  # noqa: F403
 from .payloads import __all__ as _payloads
-from .topics import OFFLINE, ONLINE, Command, NodeTopic, OtaTopic, ParsedTopic, Topics, TopicError, validate_node_name
+from .topics import OFFLINE, ONLINE, Command, NodeKind, NodeTopic, OtaTopic, ParsedTopic, Topics, TopicError, validate_node_name
 
-__all__ = [*_payloads, "OFFLINE", "ONLINE", "Command", "NodeTopic", "OtaTopic", "ParsedTopic", "Topics", "TopicError", "validate_node_name"]
+__all__ = [*_payloads, "COMMAND_PAYLOADS", "NODE_PAYLOADS", "NODE_TOPICS", "NodeTopicSpec", "OFFLINE", "ONLINE",
+           "Command", "NodeKind", "NodeTopic", "OtaTopic", "ParsedTopic", "Topics", "TopicError", "validate_node_name"]

@@ -54,8 +54,6 @@ __all__ = [
     "FleetReply",
     "ErrorEvent",
     "parse_switch",
-    "NODE_PAYLOADS",
-    "COMMAND_PAYLOADS",
     "MAX_PAYLOAD_BYTES",
     "PAYLOAD_VERSION",
     "WEEKDAYS",
@@ -411,24 +409,3 @@ class ErrorEvent(Payload):
     topic: Annotated[str, StringConstraints(max_length=256)] | None = None
     node: NodeName | None = None
     suppressed: Annotated[int, Field(ge=0)] = 0
-
-
-NODE_PAYLOADS: dict[str, type[Payload]] = {
-    "info": Info,
-    "state": State,
-    "telemetry": Telemetry,
-    "log": Log,
-    "ack": Ack,
-    "config": Config,
-    "schedule": Schedule,
-}
-"""Model of each JSON node topic kind (``status`` is plain text)."""
-
-COMMAND_PAYLOADS: dict[str, type[Payload]] = {
-    "switch": SwitchCommand,
-    "logic": LogicCommand,
-    "stop": StopCommand,
-    "restart": RestartCommand,
-    "time": TimeCommand,
-}
-"""Model of each ``set/<what>`` command."""

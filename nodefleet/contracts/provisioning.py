@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from .ota import Hex64
-from .payloads import Identifier, Log, NodeName
+from .payloads import Config, Identifier, Log, NodeName
 
 PROVISIONER_SERVICE = "provisioner"
 
@@ -114,8 +114,22 @@ class HomeRequest(Request):
     tz: ZoneName = "UTC"
 
 
+class Home(BaseModel):
+    """The answer to a HomeRequest: the home as it is now kept."""
+
+    home_id: HomeId
+    tz: ZoneName
+
+
 class NodeRequest(Request):
     node: NodeName
+
+
+class Removed(BaseModel):
+    """The answer to ``provisioner/remove``: the node's registration is revoked (its login and topics cleared)."""
+
+    node: NodeName
+    status: Literal["revoked"] = "revoked"
 
 
 class ConfigRequest(Request):
@@ -135,7 +149,7 @@ class ConfigChange(BaseModel):
     node: NodeName
     version: int
     applied: bool
-    config: dict[str, Any]
+    config: Config
     rejected: str | None = None
     """Why the node refused this version (its ``bad_config`` log entry), if it did within ``wait``."""
 

@@ -92,12 +92,30 @@ def _validate_segment(value: str, what: str) -> str:
     return value
 
 
+NodeKind = NodeTopic | Command | OtaTopic
+"""What a topic under a node's prefix is: the key of the node topic table (``node_topics.NODE_TOPICS``)."""
+
+
+def node_path(what: NodeKind) -> str:
+    """The part of a node topic after ``<root>/N/``: ``state``, ``set/switch``, ``ota/offer``."""
+    if isinstance(what, Command):
+        return f"set/{what.value}"
+    if isinstance(what, OtaTopic):
+        return f"ota/{what.value}"
+    return what.value
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedTopic:
     node: str
     kind: NodeTopic | None
     command: Command | None = None
     ota: OtaTopic | None = None
+
+    @property
+    def what(self) -> NodeKind:
+        """The kind, command or OTA topic: one key of the node topic table."""
+        return self.kind or self.command or self.ota  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +193,10 @@ class Topics:
     def all_nodes(self, kind: NodeTopic) -> str:
         """Filter matching ``kind`` for every node, e.g. ``home/+/telemetry``."""
         return f"{self.root}/+/{kind.value}"
+
+    def every_node(self, what: NodeKind) -> str:
+        """Filter matching ``what`` (any node topic kind) under every node: ``home/+/set/switch``."""
+        return f"{self.root}/+/{node_path(what)}"
 
     def node_or_all(self, kind: NodeTopic, node: str | None) -> str:
         return self.node(node, kind) if node else self.all_nodes(kind)

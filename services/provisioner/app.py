@@ -9,11 +9,12 @@ node status and info (all nodes) and the dynamic-security responses.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
 from nodefleet.backoff import Backoff
-from nodefleet.contracts import OFFLINE, NodeTopic, TopicError
+from nodefleet.contracts import NODE_TOPICS, OFFLINE, NodeKind, NodeTopic, TopicError
 from nodefleet.contracts.provisioning import PROVISIONER_SERVICE
 from nodefleet.fleet import ErrorReporter, answer, presence
 from nodefleet.logging import get_logger
@@ -64,6 +65,16 @@ class Service:
         self.handlers = handlers(self.registry)
         self.homie = HomieBridge(topics=self.topics, publish=self._publish, errors=self.errors,
                                  capabilities=self.registry.first_online.capabilities)
+        # The node topics the provisioner follows (subscribed at their senders' QoS) and what it does with each.
+        self.node_topics: dict[NodeKind, Callable[[str, bytes], Awaitable[object]]] = {
+            NodeTopic.STATUS: self.registry.first_online.on_status,
+            NodeTopic.INFO: self.registry.first_online.on_info,
+            NodeTopic.STATE: self._on_state,
+            # A node refusing a config says so in its log: a waiting `device config` gets the reason.
+            NodeTopic.LOG: self.registry.on_log,
+            # Readings for the Homie values only: the latest one is all that matters (QoS 0, as sent).
+            NodeTopic.TELEMETRY: self.homie.on_telemetry,
+        }
         self.status_topic = self.topics.service_status(PROVISIONER_SERVICE, settings.instance)
         self.subscribed = asyncio.Event()
         self.http_port: int | None = None  # where the HTTP edge listens, once started
@@ -98,13 +109,8 @@ class Service:
                 homie_sets = self.topics.shared(self.settings.shared_group, homie_sets)
             await mqtt.subscribe(requests, qos=1)
             await mqtt.subscribe(homie_sets, qos=1)
-            await mqtt.subscribe(self.topics.all_nodes(NodeTopic.STATUS), qos=1)
-            await mqtt.subscribe(self.topics.all_nodes(NodeTopic.INFO), qos=1)
-            await mqtt.subscribe(self.topics.all_nodes(NodeTopic.STATE), qos=1)
-            # A node refusing a config says so in its log: a waiting `device config` gets the reason.
-            await mqtt.subscribe(self.topics.all_nodes(NodeTopic.LOG), qos=1)
-            # Readings for the Homie values only: the latest one is all that matters, so no acknowledgements.
-            await mqtt.subscribe(self.topics.all_nodes(NodeTopic.TELEMETRY), qos=0)
+            for kind in self.node_topics:
+                await mqtt.subscribe(self.topics.every_node(kind), qos=NODE_TOPICS[kind].qos)
             self.mqtt = mqtt
             async with presence(mqtt, self.status_topic, self.errors):
                 self.subscribed.set()
@@ -129,16 +135,9 @@ class Service:
         except TopicError as exc:
             self.errors.report("bad_topic", str(exc), topic=topic)
             return
-        if parsed.kind == NodeTopic.STATUS:
-            self._spawn(self.registry.first_online.on_status(parsed.node, payload))
-        elif parsed.kind == NodeTopic.INFO:
-            self._spawn(self.registry.first_online.on_info(parsed.node, payload))
-        elif parsed.kind == NodeTopic.STATE:
-            self._spawn(self._on_state(parsed.node, payload))
-        elif parsed.kind == NodeTopic.TELEMETRY:
-            self._spawn(self.homie.on_telemetry(parsed.node, payload))
-        elif parsed.kind == NodeTopic.LOG:
-            self._spawn(self.registry.on_log(parsed.node, payload))
+        handler = self.node_topics.get(parsed.what)
+        if handler is not None:
+            self._spawn(handler(parsed.node, payload))
 
     async def _on_state(self, node: str, payload: bytes) -> None:
         state = await self.registry.configs.on_state(node, payload)

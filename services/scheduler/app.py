@@ -16,20 +16,21 @@ import contextlib
 import functools
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
 
-from nodefleet.contracts import OFFLINE, State
+from nodefleet.contracts import NODE_TOPICS, OFFLINE, State
 from nodefleet.contracts.scheduling import SCHEDULER_SERVICE, BadSchedule
-from nodefleet.contracts.topics import Command, NodeTopic, TopicError
+from nodefleet.contracts.topics import Command, NodeKind, NodeTopic, TopicError
 from nodefleet.fleet import ErrorReporter, answer, presence
 from nodefleet.logging import get_logger
 from nodefleet.wire import BrokerAddress, Client, NotSent, Publisher, Reconnect, Will
 
 from .changes import ScheduleChanges
 from .gcpacer import GcPacer
-from .nodes import parse_schedule, parse_tz
+from .nodes import NodeView, parse_schedule, parse_tz
 from .planner import Planner
 from .requests import handlers
 from .rulebook import Run
@@ -80,6 +81,11 @@ class Scheduler:
         self._switch_topics: dict[str, str] = {}  # built once per node: a burst sends thousands
         self.session: Client | None = None  # the subscriber's connection while it is up
         self.changes = ScheduleChanges(store, self.publish_schedule, self._held_schedule)
+        # The node topics the scheduler follows (subscribed at their senders' QoS) and what it does with each.
+        self._node_topics: dict[NodeKind, Callable[[NodeView, str, bytes], None]] = {
+            NodeTopic.SCHEDULE: self._on_schedule, NodeTopic.CONFIG: self._on_config,
+            NodeTopic.STATE: self._on_state, NodeTopic.STATUS: self._on_status,
+        }
 
     # -- outgoing ------------------------------------------------------------
     def _switch_topic(self, node: str) -> str:
@@ -137,23 +143,29 @@ class Scheduler:
             parsed = self.topics.parse(topic)
         except TopicError:
             return
-        view = self.planner.view(parsed.node)
-        if parsed.kind == NodeTopic.SCHEDULE:
-            self._on_schedule(view, topic, payload)
-        elif parsed.kind == NodeTopic.CONFIG:
-            tz = parse_tz(payload)
-            if tz is not None and tz != view.tz:
-                view.tz = tz
-                self.planner.replan(view)
-        elif parsed.kind == NodeTopic.STATE and payload:  # empty: a removed node's retained state was cleared
-            try:
-                view.note_state(State.model_validate_json(payload))
-            except ValidationError as exc:
-                self.errors.report("bad_state", f"{exc.errors()[0]['msg']}", topic=topic, node=parsed.node)
-        elif parsed.kind == NodeTopic.STATUS and view.note_status(payload) and self.settled.is_set():
+        handler = self._node_topics.get(parsed.what)
+        if handler is not None:
+            handler(self.planner.view(parsed.node), topic, payload)
+
+    def _on_config(self, view: NodeView, topic: str, payload: bytes) -> None:
+        tz = parse_tz(payload)
+        if tz is not None and tz != view.tz:
+            view.tz = tz
+            self.planner.replan(view)
+
+    def _on_state(self, view: NodeView, topic: str, payload: bytes) -> None:
+        if not payload:
+            return  # a removed node's retained state was cleared
+        try:
+            view.note_state(State.model_validate_json(payload))
+        except ValidationError as exc:
+            self.errors.report("bad_state", f"{exc.errors()[0]['msg']}", topic=topic, node=view.name)
+
+    def _on_status(self, view: NodeView, topic: str, payload: bytes) -> None:
+        if view.note_status(payload) and self.settled.is_set():
             self.planner.came_online(view)
 
-    def _on_schedule(self, view, topic: str, payload: bytes) -> None:
+    def _on_schedule(self, view: NodeView, topic: str, payload: bytes) -> None:
         try:
             schedule = parse_schedule(payload)
         except BadSchedule as exc:
@@ -192,8 +204,8 @@ class Scheduler:
         will = Will(status, OFFLINE, qos=1, retain=True)
         client_id = f"nodefleet-scheduler-{self.settings.instance}"[:64]
         async with Client(self.address, client_id=client_id, will=will, keepalive=self.settings.keepalive) as mqtt:
-            for kind in (NodeTopic.SCHEDULE, NodeTopic.CONFIG, NodeTopic.STATE, NodeTopic.STATUS):
-                await mqtt.subscribe(self.topics.all_nodes(kind), qos=1)
+            for kind in self._node_topics:
+                await mqtt.subscribe(self.topics.every_node(kind), qos=NODE_TOPICS[kind].qos)
             await mqtt.subscribe(self.topics.requests(SCHEDULER_SERVICE), qos=1)
             async with presence(mqtt, status, self.errors):
                 self._last_message = time.monotonic()

@@ -7,10 +7,9 @@ Run history is not asked here: the telemetry service stores the run events
 from __future__ import annotations
 
 import time
-from typing import Any
 
-from nodefleet.contracts.scheduling import RunView, ScheduleChange, ShowAnswer, ShowQuery
-from nodefleet.fleet import Handler
+from nodefleet.contracts.scheduling import RunView, ScheduleChange, ScheduleChanged, ShowAnswer, ShowQuery
+from nodefleet.fleet import TypedHandler, typed
 
 from .changes import ScheduleChanges
 from .nodes import NodeView
@@ -21,19 +20,22 @@ def _run_view(run: Run | None) -> RunView | None:
     return RunView(rule=run.rule, run_id=run.run_id, action=run.action, start=run.start, end=run.end) if run else None
 
 
-def handlers(nodes: dict[str, NodeView], changes: ScheduleChanges) -> dict[str, Handler]:
-    async def show(data: dict[str, Any]) -> dict[str, Any]:
-        query = ShowQuery.model_validate(data)
+def handlers(nodes: dict[str, NodeView], changes: ScheduleChanges) -> dict[str, TypedHandler]:
+    """Fleet request actions -> typed handlers (the actions and models: nodefleet/contracts/requests.py)."""
+
+    @typed
+    async def show(query: ShowQuery) -> ShowAnswer:
         view = nodes.get(query.node)
         if view is None:
-            return ShowAnswer(node=query.node).model_dump(mode="json")
+            return ShowAnswer(node=query.node)
         now = int(time.time())
         return ShowAnswer(
             node=view.name, schedule=view.schedule, rejected=view.rejected, online=view.online, mode=view.mode,
             open=_run_view(window(view.rules, view.tz, now)), next=_run_view(next_start(view.rules, view.tz, now)),
-        ).model_dump(mode="json")
+        )
 
-    async def set_(data: dict[str, Any]) -> dict[str, Any]:
-        return (await changes.apply(ScheduleChange.model_validate(data))).model_dump(mode="json")
+    @typed
+    async def set_(change: ScheduleChange) -> ScheduleChanged:
+        return await changes.apply(change)
 
     return {"show": show, "set": set_}

@@ -15,12 +15,20 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from nodefleet.contracts import ONLINE, OFFLINE, Ack, Info, Log, NodeTopic, State, Telemetry, TopicError, Topics
+from nodefleet.contracts import NODE_TOPICS, OFFLINE, ONLINE, Ack, Info, Log, NodeTopic, Payload, State, Telemetry, TopicError, Topics
 from nodefleet.contracts.payloads import MAX_PAYLOAD_BYTES
 from nodefleet.contracts.scheduling import RunEvent
 from nodefleet.wire import Inbound
 
 DAY = 86_400
+
+_STORED: dict[NodeTopic, tuple[type[Payload], str]] = {
+    kind: (NODE_TOPICS[kind].payload, into)  # type: ignore[misc]
+    for kind, into in ((NodeTopic.STATE, "states"), (NodeTopic.INFO, "infos"), (NodeTopic.LOG, "logs"),
+                       (NodeTopic.ACK, "acks"))
+}
+"""Node topics stored as their model (from the node topic table), and the Decoded list each goes to; telemetry
+and status are decoded on their own (clock checks, plain text)."""
 _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
@@ -133,16 +141,12 @@ class Decoder:
                 if text not in (ONLINE.encode(), OFFLINE.encode()):
                     return Rejected("bad_payload", f"status must be {ONLINE!r} or {OFFLINE!r}", topic, node)
                 out.statuses.append((node, text == ONLINE.encode(), received))
-            elif kind is NodeTopic.STATE:
-                out.states.append((node, State.model_validate_json(payload), received))
-            elif kind is NodeTopic.INFO:
-                out.infos.append((node, Info.model_validate_json(payload), received))
-            elif kind is NodeTopic.LOG:
-                out.logs.append((node, Log.model_validate_json(payload), received))
-            elif kind is NodeTopic.ACK:
-                out.acks.append((node, Ack.model_validate_json(payload), received))
             else:
-                return Rejected("bad_topic", f"the telemetry service does not store {kind.value!r}", topic, node)
+                stored = _STORED.get(kind)
+                if stored is None:
+                    return Rejected("bad_topic", f"the telemetry service does not store {kind.value!r}", topic, node)
+                model, into = stored
+                getattr(out, into).append((node, model.model_validate_json(payload), received))
         except ValidationError as exc:
             code = "bad_json" if exc.errors()[0]["type"] == "json_invalid" else "bad_payload"
             return Rejected(code, _first_error(exc), topic, node)

@@ -17,7 +17,7 @@ from nodefleet.contracts.queries import (
 )
 from nodefleet.contracts.scheduling import RunEventRow
 from nodefleet.errors import StorageUnavailable
-from nodefleet.fleet import Handler
+from nodefleet.fleet import TypedHandler, typed
 
 from .db import TRANSIENT
 
@@ -59,7 +59,7 @@ LIMIT $2
 
 
 class Queries:
-    """Read side over a connection pool; every answer is a list of JSON-ready row dicts."""
+    """Read side over a connection pool; every answer is a list of row models."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -71,24 +71,20 @@ class Queries:
         except TRANSIENT as exc:
             raise StorageUnavailable(f"the telemetry database is unavailable right now ({exc}); try again shortly") from exc
 
-    async def devices(self, data: dict[str, Any]) -> list[dict[str, Any]]:
-        DevicesQuery.model_validate(data)
-        return [DeviceRow(**dict(row)).model_dump(mode="json") for row in await self._fetch(_DEVICES)]
+    async def devices(self, query: DevicesQuery) -> list[DeviceRow]:
+        return [DeviceRow(**dict(row)) for row in await self._fetch(_DEVICES)]
 
-    async def telemetry(self, data: dict[str, Any]) -> list[dict[str, Any]]:
-        query = TelemetryQuery.model_validate(data)
+    async def telemetry(self, query: TelemetryQuery) -> list[TelemetryRow]:
         rows = await self._fetch(_TELEMETRY, query.node, query.since, query.until, query.limit)
-        return [TelemetryRow(**dict(row)).model_dump(mode="json") for row in rows]
+        return [TelemetryRow(**dict(row)) for row in rows]
 
-    async def logs(self, data: dict[str, Any]) -> list[dict[str, Any]]:
-        query = LogsQuery.model_validate(data)
-        rows = await self._fetch(_LOGS, query.node, query.limit)
-        return [LogRow(**dict(row)).model_dump(mode="json") for row in rows]
+    async def logs(self, query: LogsQuery) -> list[LogRow]:
+        return [LogRow(**dict(row)) for row in await self._fetch(_LOGS, query.node, query.limit)]
 
-    async def run_events(self, data: dict[str, Any]) -> list[dict[str, Any]]:
-        query = RunEventsQuery.model_validate(data)
-        rows = await self._fetch(_RUN_EVENTS, query.node, query.limit)
-        return [RunEventRow(**dict(row)).model_dump(mode="json") for row in rows]
+    async def run_events(self, query: RunEventsQuery) -> list[RunEventRow]:
+        return [RunEventRow(**dict(row)) for row in await self._fetch(_RUN_EVENTS, query.node, query.limit)]
 
-    def handlers(self) -> dict[str, Handler]:
-        return {"devices": self.devices, "telemetry": self.telemetry, "logs": self.logs, "run_events": self.run_events}
+    def handlers(self) -> dict[str, TypedHandler]:
+        """Fleet request actions -> typed handlers (the actions and models: nodefleet/contracts/requests.py)."""
+        return {"devices": typed(self.devices), "telemetry": typed(self.telemetry), "logs": typed(self.logs),
+                "run_events": typed(self.run_events)}

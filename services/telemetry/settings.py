@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from nodefleet.settings import CommonSettings, service_fields
 
 _own = service_fields("telemetry")
@@ -32,5 +34,9 @@ class TelemetrySettings(CommonSettings):
         ge=1,
     )
     maintenance_interval: float = _own(600.0, "Seconds between partition and retention runs", "maintenance_interval", gt=0)
+    request_plane: Literal["wire", "faststream"] = _own(
+        "wire", "What carries the control plane's fleet requests: nodefleet.wire, or FastStream (an experiment; needs "
+        "the faststream[mqtt] package)", "request_plane",
+    )
     keepalive: int = _own(30, "MQTT keepalive in seconds", "keepalive", ge=5, le=600)
     db_retry_max: float = _own(10.0, "Longest pause (s) between database reconnection attempts", "db_retry_max", gt=0)
