@@ -41,11 +41,17 @@ def _telemetry() -> dict[str, Any]:
     return Queries(None).handlers()  # type: ignore[arg-type]
 
 
+def _ota() -> dict[str, Any]:
+    from services.ota.requests import handlers
+
+    return handlers(None, None)  # type: ignore[arg-type]
+
+
 HANDLERS: dict[str, Callable[[], dict[str, Any]]] = {
     PROVISIONER_SERVICE: _provisioner,
     SCHEDULER_SERVICE: _scheduler,
     TELEMETRY_SERVICE: _telemetry,
-    # ota: its handlers' factory goes here when its rows go into nodefleet/contracts/requests.py.
+    ota.OTA_SERVICE: _ota,
 }
 
 

@@ -29,7 +29,7 @@ __all__ = [
     "KIND_TABLE", "KIND_BLOCK", "ImageFormat", "OtaState", "ManifestFile", "Manifest", "Offer", "Progress", "Want",
     "Frame", "FrameError", "encode_frame", "decode_frame", "auth_message", "offer_tag", "device_key",
     "table_chunks", "bitmap", "bitmap_bits", "canonical_json", "OTA_PAYLOADS",
-    "OTA_SERVICE", "OTA_REQUESTS", "OtaRequest", "ReleaseUpload", "ReleasesQuery", "ReleaseInfo", "RolloutStart",
+    "OTA_SERVICE", "OtaRequest", "ReleaseUpload", "ReleasesQuery", "ReleaseInfo", "RolloutStart",
     "RolloutRef", "StatusQuery", "HistoryQuery", "TargetView", "RolloutView", "HistoryRow",
 ]
 
@@ -434,9 +434,3 @@ class HistoryRow(BaseModel):
     ts: float
 
 
-OTA_REQUESTS: dict[str, type[OtaRequest]] = {
-    "release": ReleaseUpload, "releases": ReleasesQuery, "rollout_start": RolloutStart,
-    "rollout_pause": RolloutRef, "rollout_resume": RolloutRef, "rollout_abort": RolloutRef,
-    "status": StatusQuery, "history": HistoryQuery,
-}
-"""Request model of each action of ``fleet/ota/request/<action>``."""

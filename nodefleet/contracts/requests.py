@@ -15,6 +15,18 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from .ota import (
+    OTA_SERVICE,
+    HistoryQuery,
+    HistoryRow,
+    ReleaseInfo,
+    ReleasesQuery,
+    ReleaseUpload,
+    RolloutRef,
+    RolloutStart,
+    RolloutView,
+    StatusQuery,
+)
 from .provisioning import (
     PROVISIONER_SERVICE,
     ConfigChange,
@@ -77,8 +89,20 @@ REQUESTS: dict[tuple[str, str], RequestSpec] = {
     (TELEMETRY_SERVICE, "run_events"): RequestSpec(RunEventsQuery, list[RunEventRow],
                                                    "a node's scheduler run events, newest first"),
     # -- ota -----------------------------------------------------------------------------------------------
-    # The ota service adds its rows here, (OTA_SERVICE, action) -> its request models in
-    # nodefleet/contracts/ota.py; the table test then holds services/ota's handlers to them.
+    (OTA_SERVICE, "release"): RequestSpec(ReleaseUpload, ReleaseInfo,
+                                          "hand over a release file (base64); checked whole, kept in PostgreSQL"),
+    (OTA_SERVICE, "releases"): RequestSpec(ReleasesQuery, list[ReleaseInfo], "the releases the service holds"),
+    (OTA_SERVICE, "rollout_start"): RequestSpec(RolloutStart, RolloutView,
+                                                "start a staged rollout of a release: canary, stages, failure limit"),
+    (OTA_SERVICE, "rollout_pause"): RequestSpec(RolloutRef, RolloutView,
+                                                "stop offering; offers not yet taken up are withdrawn"),
+    (OTA_SERVICE, "rollout_resume"): RequestSpec(RolloutRef, RolloutView,
+                                                 "offer again (a halted rollout accepts its failures so far)"),
+    (OTA_SERVICE, "rollout_abort"): RequestSpec(RolloutRef, RolloutView,
+                                                "withdraw every offer that can still be withdrawn"),
+    (OTA_SERVICE, "status"): RequestSpec(StatusQuery, list[RolloutView],
+                                         "one rollout, or every open one: per node state, bytes, rate, ETA"),
+    (OTA_SERVICE, "history"): RequestSpec(HistoryQuery, list[HistoryRow], "a node's OTA transitions, newest first"),
 }
 """(service, action) -> request model, answer type and what it does."""
 

@@ -19,8 +19,6 @@ from nodefleet.wire import BrokerAddress, Client
 from services.telemetry.control import ControlPlane
 from services.telemetry.settings import TelemetrySettings
 
-pytest.importorskip("faststream.mqtt", reason="the FastStream plane needs the faststream[mqtt] package")
-
 PLANES = ("wire", "faststream")
 ROWS = [DeviceRow(node="n1", online=True, last_seen=1_795_000_000.5, relay="ON", mode="auto", state_seq=3)]
 
