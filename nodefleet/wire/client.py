@@ -76,8 +76,9 @@ class _Messages:
 class Client:
     """An MQTT 3.1.1 connection to ``address``; ``async with`` connects and says goodbye.
 
-    ``nodelay`` turns Nagle's algorithm off: a request/reply client otherwise waits for
-    delayed ACKs (about 40 ms) whenever two small packets follow each other.
+    ``nodelay`` (on by default) turns Nagle's algorithm off: every client here is a
+    request/reply or command client of small packets, which otherwise waits for delayed
+    ACKs (about 40 ms) whenever two small packets follow each other.
     ``max_inflight`` raises the window of unacknowledged QoS 1 publishes (20);
     ``pending_calls`` the count of waiting publishes above which aiomqtt warns.
     """
@@ -91,7 +92,7 @@ class Client:
         will: Will | None = None,
         keepalive: int = 30,
         max_queued_outgoing: int | None = None,
-        nodelay: bool = False,
+        nodelay: bool = True,
         max_inflight: int | None = None,
         pending_calls: int | None = None,
     ) -> None:
