@@ -48,10 +48,13 @@ EVENT_CHUNK = 1000  # run events per write; the loop gets a turn between chunks
 def switch_command(run: Run) -> bytes:
     """The SwitchCommand contract, written directly: a burst of thousands must not wait for model building.
 
+    ``expires`` is the window's end: a backup held by the broker (or by a node reconnecting) for longer
+    than COMMAND_TTL still runs while its window is open, and never after. No ``sent``: the node judges
+    by ``expires`` alone, and the bytes stay a function of the run.
     Cached: runs due in the same second are mostly the same rule in the same zone, so the same bytes.
     """
     state = "ON" if run.action == "on" else "OFF"
-    return json.dumps({"v": 1, "state": state, "until": run.end, "run_id": run.run_id}).encode()
+    return json.dumps({"v": 1, "state": state, "until": run.end, "run_id": run.run_id, "expires": run.end}).encode()
 
 
 def _event_acks(acked: asyncio.Future[None]) -> None:

@@ -12,7 +12,7 @@ At ``start + grace`` a run is classified:
 * the window is over                      -> ``miss``;
 * the node is offline                     -> ``miss``; resumed if it comes back inside the window;
 * otherwise                               -> claim the ``backup``; the instance that wins sends
-  ``SwitchCommand(state, until=end, run_id)`` and marks it sent once the broker acknowledged it
+  ``SwitchCommand(state, until=end, run_id, expires=end)`` and marks it sent once the broker acknowledged it
   (if not, it checks again after the lease); a loser checks again after the lease and takes
   over a claim whose instance died before its command was acknowledged.
 """

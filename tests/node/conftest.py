@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -21,6 +24,8 @@ from nodefleet.sim import SimNode
 
 # Short periods so each test takes seconds: the same knobs a real deployment sets through config.
 FAST_CONFIG = {"v": 1, "version": 1, "telemetry_period": 1, "ap_after": 1}
+SLOW = 60.0
+"""Deadline for what takes a second or two alone: generous for a loaded machine (CI, libfaketime), still bounded."""
 
 
 class Watch:
@@ -50,6 +55,9 @@ class Watch:
                     self.invalid.append(f"{kind}: {payload[:300]!r}: {exc}")
             self.messages.append((kind, payload, message.retain))
             self._arrived.set()
+
+    def assert_valid(self) -> None:
+        assert not self.invalid, "the node published payloads the contract models reject:\n" + "\n".join(self.invalid)
 
     def mark(self) -> int:
         return len(self.messages)
@@ -103,16 +111,80 @@ async def watching(broker: Mosquitto, topics: Topics, node: str) -> AsyncIterato
             yield watch
 
 
+@contextlib.asynccontextmanager
+async def online(node: SimNode, broker: Any, topics: Topics) -> AsyncIterator[Watch]:
+    """A watcher of ``node`` on ``broker``, and the node started and online (its state seen)."""
+    async with watching(broker, topics, node.name) as watch:
+        await node.start()
+        try:
+            await watch.wait("state", timeout=SLOW)
+        except TimeoutError:
+            raise AssertionError(f"node {node.name} did not come online; its output:\n{node.output()}") from None
+        yield watch
+        watch.assert_valid()
+    assert "Traceback" not in node.output(), node.output()
+
+
+async def until(node: SimNode, check: Callable[[dict[str, Any]], bool], timeout: float = SLOW) -> dict[str, Any]:
+    """The node's board (simulator control channel) once ``check`` holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        board = await node.ctl()
+        if check(board):
+            return board
+        if time.monotonic() > deadline:
+            raise AssertionError(f"board never reached the condition: {board}")
+        await asyncio.sleep(0.1)
+
+
+class OwnBroker:
+    """A node on a Mosquitto of its own, for broker outages: stopped, then started again on the same port."""
+
+    def __init__(self, broker: Mosquitto, node: SimNode, topics: Topics) -> None:
+        self.broker = broker
+        self.node = node
+        self.topics = topics
+
+    async def stop(self) -> None:
+        """Stop the broker; returns once the node shows the outage on its LED."""
+        self.broker.stop()
+        await until(self.node, lambda b: b["led"] == "no_broker")
+
+    @contextlib.asynccontextmanager
+    async def restart(self) -> AsyncIterator[Watch]:
+        """Start the broker again; the watcher is subscribed before the node can reconnect.
+
+        The node is paused (SIGSTOP) meanwhile: its reconnect backoff can be half a second, and on a loaded
+        machine the watcher takes longer than that, so what the node publishes on reconnecting and does not
+        retain (its log) would be gone before anyone listened.
+        """
+        pid = self.node.pid
+        assert pid is not None and self.node.running, "the node is not running"
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            self.broker.start(timeout=SLOW)
+            async with watching(self.broker, self.topics, self.node.name) as watch:
+                os.kill(pid, signal.SIGCONT)
+                pid = None
+                yield watch
+                watch.assert_valid()
+        finally:
+            if pid is not None:
+                os.kill(pid, signal.SIGCONT)
+
+
 @pytest.fixture
 async def make_node(tmp_path, mosquitto: Mosquitto, topics: Topics):
     """Factory: a provisioned simulated node (not started) with fast settings; every node is stopped at the end."""
     nodes: list[SimNode] = []
 
     def make(name: str = "node-1", *, config: dict[str, Any] | None = None, provisioned: bool = True,
-             env: dict[str, str] | None = None, keepalive: int = 5) -> SimNode:
+             env: dict[str, str] | None = None, keepalive: int = 5, broker: Any = None) -> SimNode:
+        """``broker``: the one to provision the node for (anything with a ``url``), else the session's Mosquitto."""
         node = SimNode(tmp_path / name, name=name, env=env)
         if provisioned:
-            node.provision(broker=mosquitto.url, topic_prefix=topics.prefix(name), keepalive=keepalive, max_backoff=1)
+            node.provision(broker=(broker or mosquitto).url, topic_prefix=topics.prefix(name), keepalive=keepalive,
+                           max_backoff=1)
         node.write("config.json", {**FAST_CONFIG, **(config or {})})
         nodes.append(node)
         return node
@@ -123,11 +195,25 @@ async def make_node(tmp_path, mosquitto: Mosquitto, topics: Topics):
 
 
 @pytest.fixture
+async def own_broker(make_node, topics: Topics) -> AsyncIterator[OwnBroker]:
+    """node-2 online on a Mosquitto of its own (keepalive 2 s, reconnect backoff at most 1 s)."""
+    broker = Mosquitto()
+    broker.start()
+    try:
+        node = make_node("node-2", broker=broker, keepalive=2)
+        async with online(node, broker, topics):
+            pass
+        yield OwnBroker(broker, node, topics)
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
 async def watch(mosquitto: Mosquitto, topics: Topics) -> AsyncIterator[Watch]:
     """A watcher of node ``node-1``; fails the test if the node published anything the contract rejects."""
     async with watching(mosquitto, topics, "node-1") as w:
         yield w
-        assert not w.invalid, "the node published payloads the contract models reject:\n" + "\n".join(w.invalid)
+        w.assert_valid()
 
 
 @pytest.fixture

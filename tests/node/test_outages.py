@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from datetime import UTC, datetime, timedelta
 
 from nodefleet.contracts import Schedule
 from nodefleet.contracts.topics import NodeTopic
-from nodefleet.embedded.mosquitto import Mosquitto
 
-from .conftest import watching
+from .conftest import SLOW, until
 
 
 def next_0600_utc(after: float) -> datetime:
@@ -19,17 +17,6 @@ def next_0600_utc(after: float) -> datetime:
     moment = datetime.fromtimestamp(after + 60, UTC)
     due = moment.replace(hour=6, minute=0, second=0, microsecond=0)
     return due if due >= moment else due + timedelta(days=1)
-
-
-async def _until(node, check, timeout: float = 10.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        board = await node.ctl()
-        if check(board):
-            return board
-        if time.monotonic() > deadline:
-            raise AssertionError(f"board never reached the condition: {board}")
-        await asyncio.sleep(0.1)
 
 
 async def test_wifi_lost_keeps_the_schedule_opens_the_ap_and_reconnects(node, watch):
@@ -40,14 +27,14 @@ async def test_wifi_lost_keeps_the_schedule_opens_the_ap_and_reconnects(node, wa
     await node.ctl("wifi 0")
     mark = watch.mark()
     assert await watch.wait("status", lambda s: s == "offline", since=mark) == "offline"
-    await _until(node, lambda b: b["led"] in ("no_wifi", "ap"))
+    await until(node, lambda b: b["led"] in ("no_wifi", "ap"))
     # ap_after is 1 s in the test config.
-    await _until(node, lambda b: b["ap"] and b["led"] == "ap")
+    await until(node, lambda b: b["ap"] and b["led"] == "ap")
 
     # The rule comes due while offline: it runs on the local clock (telemetry taken before the jump is older).
     due = next_0600_utc((await node.ctl())["time"])
     await node.ctl(f"clock {int(due.timestamp()) - 2}")
-    await _until(node, lambda b: b["relay"] == 1)
+    await until(node, lambda b: b["relay"] == 1)
     await asyncio.sleep(1.5)  # telemetry keeps being taken, buffered on the node
 
     mark = watch.mark()
@@ -55,7 +42,7 @@ async def test_wifi_lost_keeps_the_schedule_opens_the_ap_and_reconnects(node, wa
     assert await watch.wait("status", lambda s: s == "online", since=mark, timeout=15) == "online"
     state = await watch.wait("state", since=mark)
     assert state["relay"] == "ON" and state["rule"] == "offline" and state["run_id"] == f"offline-{due:%Y%m%d}"
-    await _until(node, lambda b: not b["ap"] and b["led"] == "ok")
+    await until(node, lambda b: not b["ap"] and b["led"] == "ok")
     # Taken offline after the clock was set (whatever today's date), delivered after the reconnect.
     buffered = await watch.wait("telemetry", lambda t: due.timestamp() - 2 <= t.get("ts", 0) <= back - 1, since=mark)
     assert buffered["readings"]["heap_min"] > 0
@@ -65,27 +52,14 @@ async def test_wifi_lost_keeps_the_schedule_opens_the_ap_and_reconnects(node, wa
     assert (node.flash_dir / "schedule.json").stat().st_mtime_ns == written
 
 
-async def test_broker_restart_reconnects_and_resubscribes(make_node, topics):
-    broker = Mosquitto()
-    broker.start()
-    try:
-        node = make_node("node-2")
-        node.provision(broker=broker.url, topic_prefix=topics.prefix("node-2"), keepalive=2, max_backoff=1)
-        async with watching(broker, topics, "node-2") as watch:
-            await node.start()
-            await watch.wait("state", timeout=15)
-        broker.stop()
-        await _until(node, lambda b: b["led"] == "no_broker")
-        broker.start()
-        async with watching(broker, topics, "node-2") as watch:
-            assert await watch.wait("status", lambda s: s == "online", timeout=15) == "online"
-            ack = await watch.command("switch", {"state": "ON"})
-            assert ack["status"] == "ok" and (await node.ctl())["relay"] == 1
-            lost = await watch.wait("log", lambda e: e["code"] == "mqtt_lost")
-            assert lost["level"] == "warning" and "broker connection lost" in lost["msg"]
-            assert not watch.invalid, watch.invalid
-    finally:
-        broker.stop()
+async def test_broker_restart_reconnects_and_resubscribes(own_broker):
+    await own_broker.stop()
+    async with own_broker.restart() as watch:
+        assert await watch.wait("status", lambda s: s == "online", timeout=SLOW) == "online"
+        ack = await watch.command("switch", {"state": "ON"}, timeout=SLOW)
+        assert ack["status"] == "ok" and (await own_broker.node.ctl())["relay"] == 1
+        lost = await watch.wait("log", lambda e: e["code"] == "mqtt_lost", timeout=SLOW)
+        assert lost["level"] == "warning" and "broker connection lost" in lost["msg"]
 
 
 async def test_offline_queue_is_bounded_and_counts_what_it_drops(make_node, watch):

@@ -9,8 +9,11 @@ import time
 import pytest
 from conftest import wait_for
 
+from nodefleet.contracts import COMMAND_TTL
 from nodefleet.contracts.scheduling import RunEvent
 from nodefleet.contracts.topics import Command
+from services.scheduler.app import switch_command
+from services.scheduler.rulebook import Run
 
 from .conftest import GRACE, aligned, cli, schedule, schedule_topic
 
@@ -41,7 +44,7 @@ async def test_node_with_a_wrong_clock_is_backed_up_once(make_node, telemetry, s
     run_id = state["run_id"]
     assert state["relay"] == "ON" and (await node.ctl())["relay"] == 1
     [command] = watch.switches("n1", run_id)
-    assert command == {"v": 1, "state": "ON", "until": start + 30, "run_id": run_id}
+    assert command == {"v": 1, "state": "ON", "until": start + 30, "run_id": run_id, "expires": start + 30}
     [sent_at] = [t for t, topic, _ in watch.messages if topic == topics.set("n1", Command.SWITCH)]
     assert start + GRACE <= sent_at < start + GRACE + 1.0
     await asyncio.sleep(GRACE + 1)
@@ -110,3 +113,32 @@ async def test_offline_node_that_resumes_itself_is_left_alone(make_node, schedul
     await watch.wait(topics.scheduler_events(), lambda e: e["kind"] == "run", timeout=GRACE + 8)
     assert watch.switches("n1", miss["run_id"]) == []
     assert (await node.ctl())["relay"] == 1
+
+
+async def test_a_backup_held_past_the_command_ttl_runs_while_its_window_is_open(make_node, watch, topics):
+    node = await make_node("n1", offset=0)
+    await node.kill()  # the broker holds what comes now for the node's persistent session
+    await watch.wait(topics.status("n1"), lambda s: s == "offline")
+    # On the node's clock (NTP in the simulator: this machine's, whatever the date) the backups were due
+    # at start + grace, 90 s before the node is back: over COMMAND_TTL.
+    now = int(time.time())
+    start = now - COMMAND_TTL - 30 - int(GRACE)
+    window = Run("water", "water-open", "on", start, now + 600)
+    over = Run("rinse", "rinse-over", "on", start - 900, now - 60)
+    old = {"v": 1, "state": "ON", "until": window.end, "run_id": "water-old"}  # a backup as it was sent before
+    for body in (json.dumps(old).encode(), switch_command(over), switch_command(window)):
+        await watch.client.publish(topics.set("n1", Command.SWITCH), body, qos=1)
+    await node.start()
+    state = await watch.wait(topics.state("n1"), lambda s: s.get("run_id") == window.run_id, timeout=60)
+    board = await node.ctl()
+    assert state["relay"] == "ON" and state["until"] == window.end and board["relay"] == 1
+    assert board["time"] - (start + GRACE) > COMMAND_TTL
+
+    def refused() -> list[dict]:
+        return watch.found(topics.log("n1"), lambda e: e["code"] == "command_expired")
+
+    # Without expires the node cannot tell the backup's age; past its window's end it must not run.
+    await wait_for(lambda: len(refused()) >= 2, timeout=60)
+    [untold, late] = refused()
+    assert "without sent or expires" in untold["msg"] and f"expired at {over.end}," in late["msg"]
+    assert not [s for s in watch.found(topics.state("n1")) if s.get("run_id") in (old["run_id"], over.run_id)]
