@@ -37,7 +37,10 @@ or does not derive from :class:`NodefleetError`::
     │   ├── UnknownRelease (LookupError)  (ota.store) no release with this version is kept
     │   ├── RolloutError             (ota.rollout) a rollout that cannot be planned, or a change it cannot take
     │   │   └── NotATarget           progress from a node the rollout does not update
-    │   └── StreamError              (ota.stream) a want that does not fit the stream
+    │   ├── StreamError              (ota.stream) a want that does not fit the stream
+    │   ├── NoMasterKey              (ota.engine) no OTA master key is set: nothing can be offered
+    │   ├── UnknownRollout (LookupError)  (ota.engine) no rollout with this id
+    │   └── TargetError              (ota.directory) a rollout's targets cannot be found
     ├── RequestError                 a request answered with an error, or not answered in time
     │   ├── HttpError                (provisioner) an HTTP request answered with an error status
     │   └── RegistrationError        (nodefleet.sim_registration) simulated nodes not registered
