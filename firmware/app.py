@@ -4,7 +4,6 @@ import sys
 
 import hal
 import heap
-import settings
 import store
 from errlog import ErrLog
 
@@ -27,7 +26,7 @@ def crash_report(exc):
     ErrLog().add("crash", repr(exc)[:200], "critical", trace=buf.getvalue())
 
 
-async def _main():
+async def _main(slot):
     asyncio.get_event_loop().set_exception_handler(_on_task_error)
     hal.start()
     boot = store.load("boot.json", None) or {}
@@ -37,7 +36,10 @@ async def _main():
     log = ErrLog()
     if cause in _ABNORMAL:
         log.add("reset", "restarted after " + cause, "error", reset_cause=cause)
+    import settings  # normal mode lets it go after its start (loaded again when a config arrives)
+
     cfg = settings.merged(store.load("config.json", None))
+    del settings
     hal.init(cfg.get("pins", {}))
     wifi = store.load("wifi.json", None)
     mq = store.load("mqtt.json", None)
@@ -53,8 +55,11 @@ async def _main():
         heap.reserve()  # while the heap is still whole, before normal mode's modules
         import normal
 
-        await normal.run(fw=FW, boot_count=count, cause=cause, errlog=log, cfg=cfg, wifi=wifi, mq=mq)
+        # Running an OTA slot: its version is the release's (from the image), not this file's.
+        fw = slot["image"]["version"] if slot and slot.get("image") else FW
+        await normal.run(fw=fw, boot_count=count, cause=cause, errlog=log, cfg=cfg, wifi=wifi, mq=mq, slot=slot)
 
 
-def main():
-    asyncio.run(_main())
+def main(slot=None):
+    """slot: what main.py's slot_boot() found (None: never updated)."""
+    asyncio.run(_main(slot))

@@ -6,6 +6,8 @@ PUBLISH = 0x30
 PUBACK = 0x40
 SUBSCRIBE = 0x82
 SUBACK = 0x90
+UNSUBSCRIBE = 0xA2
+UNSUBACK = 0xB0
 PINGREQ = 0xC0
 PINGRESP = 0xD0
 DISCONNECT = 0xE0
@@ -90,11 +92,18 @@ class Proto:
     async def drain(self):
         await self.w.drain()
 
-    async def subscribe(self, pid, filters, qos=1):
+    async def subscribe(self, pid, filters):
+        # filters: [(filter, qos), ...]
         body = bytearray(struct.pack("!H", pid))
-        for f in filters:
+        for f, qos in filters:
             body += _s(f) + bytes([qos])
         await self.send(SUBSCRIBE, body)
+
+    async def unsubscribe(self, pid, filters):
+        body = bytearray(struct.pack("!H", pid))
+        for f in filters:
+            body += _s(f)
+        await self.send(UNSUBSCRIBE, body)
 
     async def ping(self):
         await self.send(PINGREQ)

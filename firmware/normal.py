@@ -11,25 +11,38 @@ import heap
 import led
 import localpage
 import logic
-import settings
 import store
 from counter import Counter
 from link import Link
 
-MAX_IN = heap.MAX_IN  # config and schedule; the receive buffer (heap.RX) holds this much
+MAX_IN = heap.MAX_IN  # config and schedule
+FRAME_MAX = heap.FRAME_MAX  # an OTA frame; the receive buffer (heap.RX) holds this much
 CMD_MAX = 512  # a command is a few hundred bytes at most: a larger one is dropped unparsed
 NTP_EVERY_MS = 6 * 3600 * 1000
 HOLD_MS = 5000
 CAPS = ["switch", "temperature", "humidity", "schedule"]
 
 
+def _settings():
+    # Config checks are needed only when a config arrives: loaded then and let go after (about 2.8 KB).
+    import settings
+
+    return settings
+
+
+def _drop(name):
+    import sys
+
+    sys.modules.pop(name, None)
+
+
 class App:
-    def __init__(self, *, fw, boot_count, cause, errlog, cfg, wifi, mq):
+    def __init__(self, *, fw, boot_count, cause, errlog, cfg, wifi, mq, slot=None):
         self.fw = fw
         self.boot_count = boot_count
         self.cause = cause
         self.errlog = errlog
-        self.cfg = settings.merged(cfg)
+        self.cfg = _settings().merged(cfg)
         self.cfg_raw = store.load("config.json", None)
         self.wifi = wifi
         self.mq = mq
@@ -45,22 +58,46 @@ class App:
         self.schedule_version = stored.get("version") if stored else None  # applied from the retained topic
         self.telemetry_seq = Counter("telemetry")
         clock.set_tz(self.cfg.get("tz", []))
+        # An OTA update under way across its reboot (otarx.json); the receiver is loaded only then or for an offer.
+        self.ota = None
+        ota_st = store.load("otarx.json", None) or {}
+        phase = ota_st.get("phase")
+        self.refused_sha = ota_st.get("sha256") if phase == "refuse" else None
+        pending = store.load("ota_offer.json", None) or {}
+        self.refused_tag = pending.get("refused")
+        power_on = self.cfg.get("power_on", "off")
+        if phase in ("switch", "failed"):
+            power_on = "last"  # the update's own reboot: relay, rule and its end come back as they were
         import node
 
-        self.node = node.Node(self.cfg.get("power_on", "off"), self.publish_state)
+        self.node = node.Node(power_on, self.publish_state)
         self.node.rules = self.schedule.get("rules", [])
         self.node.state_seq = self.node.seq.next()
         p = self.prefix
         self.link = Link(
             host=mq["broker"], port=mq.get("port", 1883), client_id=mq.get("node_name") or hal.chip_id(),
             user=mq.get("username"), password=mq.get("password"), keepalive=mq.get("keepalive", 30),
-            subs=[p + "/set/#", p + "/config", p + "/schedule", p + "/ota/#"],
+            # The OTA inbox (Topics.node_ota_inbox): the offer at QoS 1, frames at QoS 0 (docs/ota.md).
+            subs=[p + "/set/#", p + "/config", p + "/schedule", (p + "/ota/offer", 1), (p + "/ota/data", 0)],
             will=(p + "/status", b"offline", True, 1), on_msg=self.on_msg, on_up=self.on_up,
-            on_down=self.on_down, on_refused=self.on_refused, max_in=MAX_IN, max_backoff=mq.get("max_backoff", 30),
+            on_down=self.on_down, on_refused=self.on_refused, max_in=FRAME_MAX, max_backoff=mq.get("max_backoff", 30),
             max_queue=mq.get("max_queue", 24), max_queue_bytes=mq.get("max_queue_bytes", 1536),
             stale_after=commands.TTL)
         self.refused_logged = False
         errlog.publish = self.publish_log
+        _drop("settings")
+        self.ota_boot = None
+        if phase in ("switch", "trial", "failed"):
+            import otainst
+
+            self.ota_boot = otainst.Boot(self, ota_st, slot)
+
+    def _load_ota(self):
+        if self.ota is None:
+            import otarx
+
+            self.ota = otarx.Receiver(self)
+        return self.ota
 
     # -- publishing --------------------------------------------------------
     def topic(self, kind):
@@ -119,6 +156,8 @@ class App:
         self.send("info", self.info(), True, 1, "info")
         self.publish_state()
         self.publish_log()
+        if self.ota is not None:
+            self.ota.on_up()
         hal.mark_healthy()
 
     def on_down(self, reason, was_up):
@@ -147,16 +186,28 @@ class App:
 
     def on_msg(self, topic, payload, size, retained):
         try:
-            self._dispatch(topic.decode(), payload, size, retained)
+            frame = self._dispatch(topic.decode(), payload, size, retained)
         except Exception as exc:  # a handler bug must not end the session
+            frame = False
+            import sys
+
+            sys.print_exception(exc)  # the console (a serial port, the simulator's log) gets the traceback
             self.bad("handler_error", repr(exc))
-        if size >= 256:
+        if size >= 256 and not frame:
             heap.sample()  # what a large message left behind goes now, before it fragments the heap
 
     def _dispatch(self, topic, payload, size, retained):
         if not topic.startswith(self.prefix + "/"):
+            if self.ota is not None and topic == self.ota.stream and payload is not None:
+                self.ota.frame(payload)  # the release's shared stream
+                return True
             return
         kind = topic[len(self.prefix) + 1:]
+        if kind == "ota/data":
+            if self.ota is not None and payload is not None:
+                self.ota.frame(payload)  # a repair for this node; nothing to do when not downloading
+                return True
+            return
         limit = CMD_MAX if kind.startswith("set/") else MAX_IN
         if payload is None or size > limit:
             self.bad("payload_too_large", "%s payload of %d bytes is over the %d-byte limit: dropped" % (kind, size, limit))
@@ -180,6 +231,48 @@ class App:
             self.apply_config(payload)
         elif kind == "schedule":
             self.apply_schedule(payload)
+        elif kind == "ota/offer":
+            self.on_offer(payload)
+
+    def on_offer(self, payload):
+        # Checked this far without the OTA modules: an offer of the running release, of an image that rolled
+        # back here, or one already refused loads nothing.
+        if not payload:
+            if self.ota is not None:
+                self.ota.withdraw()
+            return
+        o = self._json("offer", payload)
+        if o is None:
+            return
+        if not isinstance(o, dict) or not isinstance(o.get("release"), str) or "sha256" not in o or "tag" not in o:
+            self.bad("bad_offer", "ota/offer is not an offer: ignored")
+            return
+        if o["release"] == self.fw or o["sha256"] == self.refused_sha or o["tag"] == self.refused_tag:
+            return
+        if self.ota_boot is not None and self.ota_boot.state == "trial":
+            return  # a new firmware on trial takes no offer before it has confirmed itself
+        if self.ota is None:
+            # The OTA modules load into a heap just collected, and the offer is parsed again after them.
+            o = None
+            heap.sample()
+            self._load_ota()
+            o = json.loads(payload)
+        if not self._load_ota().take_offer(o):
+            self.refused_tag = o["tag"]  # said once (failed progress); the retained copy at each connect is quiet
+            store.save("ota_offer.json", {"refused": o["tag"]})
+            self._drop_ota()
+
+    def _drop_ota(self):
+        # Nothing to download: let the OTA modules go again, so the heap is an idle node's.
+        import sys
+
+        self.ota = None
+        for m in ("otarx", "otastore", "ota", "hal.slots", "hal.simslot", "hal.esp32slot"):
+            sys.modules.pop(m, None)
+        try:
+            delattr(hal, "slots")
+        except (AttributeError, TypeError):
+            pass
 
     def _json(self, kind, payload):
         if not payload:
@@ -194,7 +287,11 @@ class App:
         c = self._json("config", payload)
         if c is None:
             return
+        settings = _settings()
         err = settings.check_config(c)
+        merged = settings.merged(c) if not err else None
+        del settings
+        _drop("settings")
         if err:
             v = c.get("version") if isinstance(c, dict) else None
             self.bad("bad_config", "config version %s rejected: %s" % (v, err))
@@ -203,7 +300,7 @@ class App:
             return  # the retained copy again after a reconnect: no flash write
         store.save("config.json", c)
         self.cfg_raw = c
-        self.cfg = settings.merged(c)
+        self.cfg = merged
         clock.set_tz(self.cfg["tz"])
         if "pins" in c:
             hal.relay(False)  # the old relay pin must not stay on when the relay moves
