@@ -18,6 +18,7 @@ class Lean(Core):
     def __init__(self, *, offer, tries, **kw):
         Core.__init__(self, **kw)
         self.node.rules = []  # no NodeLogic here: the rule engine stays out of this heap (the scheduler backs it up)
+        self.schedule = None  # read again by the idle check (otarx.Receiver.idle)
         self.sensors = False
         self.leaving = False
         self.tries = tries
@@ -86,13 +87,14 @@ class Lean(Core):
         return "updating" if p in ("ok", "no_time") else p
 
 
-async def run(*, offer, **kw):
-    st = store.load(OFFER, None) or {}
+async def run(st, **kw):
+    # st: OFFER as app.py read it (one copy of the offer on the heap).
     tries = st.get("tries", 0)
     if kw["cause"] != "power_on":
         tries += 1  # a power cut is no reason to give up: a crash loop is
     st["tries"] = tries
     store.save(OFFER, st)
-    app = Lean(offer=offer, tries=tries, **kw)
+    app = Lean(offer=st["offer"], tries=tries, **kw)
+    del st
     app.start()
     await app.link.run()
