@@ -269,6 +269,7 @@ class Core:
     async def logic_loop(self):
         valid = clock.valid()
         while True:
+            hal.feed()  # the ESP32 watchdog: a stalled loop resets the chip (the download mode has no LED task)
             self.node.tick()
             if clock.valid() != valid:
                 valid = clock.valid()
@@ -318,10 +319,13 @@ class Core:
             self.send("telemetry", t)
 
     def start(self):
-        import led
-
-        asyncio.create_task(led.run(self.led_pattern))
+        self.start_led()
         asyncio.create_task(self.wifi_loop())
         asyncio.create_task(self.logic_loop())
         asyncio.create_task(self.telemetry_loop())
         asyncio.create_task(self.button_loop())
+
+    def start_led(self):
+        import led
+
+        asyncio.create_task(led.run(self.led_pattern))

@@ -82,9 +82,10 @@ class Lean(Core):
         Core.on_up(self)
         self.rx.on_up()
 
-    def led_pattern(self):
-        p = Core.led_pattern(self)
-        return "updating" if p in ("ok", "no_time") else p
+    def start_led(self):
+        import hal
+
+        hal.led(1, "updating")  # steady, the whole download: no LED task (led.py) in this heap
 
 
 async def run(st, **kw):
