@@ -16,17 +16,17 @@ TRIES = 3  # boots of this mode in a row that were not power cuts (a crash, a wa
 
 class Lean(Core):
     def __init__(self, *, offer, tries, **kw):
-        Core.__init__(self, **kw)
+        p = kw["mq"]["topic_prefix"]
+        self.data = p + "/ota/data"
+        stream = offer.get("stream")
+        self.stream = stream if isinstance(stream, str) else self.data
+        Core.__init__(self, [(p + "/set/#", 1), (p + "/ota/offer", 1), (self.data, 0), (self.stream, 0)],
+                      heap.FRAME_MAX, **kw)
         self.node.rules = []  # no NodeLogic here: the rule engine stays out of this heap (the scheduler backs it up)
         self.schedule = None  # read again by the idle check (otarx.Receiver.idle)
         self.sensors = False
         self.leaving = False
         self.tries = tries
-        p = self.prefix
-        self.data = p + "/ota/data"
-        stream = offer.get("stream")
-        self.stream = stream if isinstance(stream, str) else self.data
-        self.connect([(p + "/set/#", 1), (p + "/ota/offer", 1), (self.data, 0), (self.stream, 0)], heap.FRAME_MAX)
         self.rx = otarx.Receiver(self)
         if tries > TRIES:
             self.rx.offer = offer
