@@ -8,7 +8,6 @@ SUBSCRIBE = 0x82
 SUBACK = 0x90
 PINGREQ = 0xC0
 PINGRESP = 0xD0
-DISCONNECT = 0xE0
 _REFUSED = ("", "protocol version", "client id", "server unavailable",
             "bad username or password: check them with POST /api/mqtt",
             "not authorised: check the node's MQTT username and password")
@@ -90,17 +89,15 @@ class Proto:
     async def drain(self):
         await self.w.drain()
 
-    async def subscribe(self, pid, filters, qos=1):
+    async def subscribe(self, pid, filters):
+        # filters: [(filter, qos), ...]; OTA frames are subscribed at QoS 0 (docs/ota.md)
         body = bytearray(struct.pack("!H", pid))
-        for f in filters:
+        for f, qos in filters:
             body += _s(f) + bytes([qos])
         await self.send(SUBSCRIBE, body)
 
     async def ping(self):
         await self.send(PINGREQ)
-
-    async def disconnect(self):
-        await self.send(DISCONNECT)
 
     async def _fill(self, mv):
         # Into the preallocated buffer: a large body never becomes a new object on the heap.

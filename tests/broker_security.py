@@ -20,13 +20,12 @@ PREFIX = "secure"
 SERVICE = ("service", "service-pw")
 NODES = {"node-a": "node-a-pw", "node-b": "node-b-pw"}
 RECEIVER_NODES = {"node-r": "node-r-pw"}
-"""Nodes with the inbox the OTA receiver will have: of their ``ota/`` topics only offer and data."""
+"""A node that subscribes as the firmware does (the OTA receiver's filters)."""
 
 
-def node_access(node: str, *, whole_ota: bool = True) -> TopicAccess:
+def node_access(node: str) -> TopicAccess:
     topics = Topics(root=PREFIX)
-    return TopicAccess(publish=tuple(topics.node_outbox(node)),
-                       subscribe=tuple(topics.node_inbox(node, whole_ota=whole_ota)))
+    return TopicAccess(publish=tuple(topics.node_outbox(node)), subscribe=tuple(topics.node_inbox(node)))
 
 
 def users() -> dict[str, str]:
@@ -34,8 +33,7 @@ def users() -> dict[str, str]:
 
 
 def acl() -> dict[str, TopicAccess]:
-    return {**{node: node_access(node) for node in NODES},
-            **{node: node_access(node, whole_ota=False) for node in RECEIVER_NODES}}
+    return {node: node_access(node) for node in {**NODES, **RECEIVER_NODES}}
 
 
 def mosquitto_config() -> str:

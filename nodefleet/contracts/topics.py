@@ -206,18 +206,15 @@ class Topics:
         """``topic_filter`` as a shared subscription: instances in ``group`` split the messages."""
         return f"{SHARED_PREFIX}{_validate_segment(group, 'shared group')}/{topic_filter}"
 
-    def node_inbox(self, node: str, *, whole_ota: bool = True) -> list[str]:
+    def node_inbox(self, node: str) -> list[str]:
         """What a node may subscribe to: only what is addressed to it, and the shared OTA streams.
 
-        Of its own ``ota/`` topics the node needs only :meth:`node_ota_inbox` (offer and data), never another
-        node's.  ``whole_ota`` (for now the default) grants its whole ``ota/#`` instead, its own want and
-        progress too: today's firmware subscribes to ``ota/#``, which a narrower grant makes amqtt and
-        Mosquitto's dynamic security refuse (the node's other filters stand, but it logs
-        ``subscribe_refused``).  The default turns to False once the receiver subscribes to the inbox only.
+        Of its own ``ota/`` topics the node reads only :meth:`node_ota_inbox` (offer and data), never its own
+        want and progress, and nothing of another node's.
         """
         prefix = self.prefix(node)
-        ota = [f"{prefix}/ota/#"] if whole_ota else self.node_ota_inbox(node)
-        return [f"{prefix}/set/#", f"{prefix}/config", f"{prefix}/schedule", *ota, self.ota_streams()]
+        return [f"{prefix}/set/#", f"{prefix}/config", f"{prefix}/schedule", *self.node_ota_inbox(node),
+                self.ota_streams()]
 
     def node_outbox(self, node: str) -> list[str]:
         """What a node may publish: its status, info, state, telemetry, log and acks, its OTA want and progress.
