@@ -4,7 +4,6 @@ import sys
 
 import hal
 import heap
-import settings
 import store
 from errlog import ErrLog
 
@@ -27,7 +26,7 @@ def crash_report(exc):
     ErrLog().add("crash", repr(exc)[:200], "critical", trace=buf.getvalue())
 
 
-async def _main():
+async def _main(slot):
     asyncio.get_event_loop().set_exception_handler(_on_task_error)
     hal.start()
     boot = store.load("boot.json", None) or {}
@@ -37,7 +36,11 @@ async def _main():
     log = ErrLog()
     if cause in _ABNORMAL:
         log.add("reset", "restarted after " + cause, "error", reset_cause=cause)
+    import settings  # let go at once: normal mode loads it again when a config arrives
+
     cfg = settings.merged(store.load("config.json", None))
+    del settings
+    del sys.modules["settings"]
     hal.init(cfg.get("pins", {}))
     wifi = store.load("wifi.json", None)
     mq = store.load("mqtt.json", None)
@@ -50,11 +53,21 @@ async def _main():
 
         await provision.run(FW, ["switch", "temperature", "humidity", "schedule"])
     else:
-        heap.reserve()  # while the heap is still whole, before normal mode's modules
-        import normal
+        heap.reserve()  # while the heap is still whole, before the mode's modules
+        # Running an OTA slot: its version is the release's (from the image), not this file's.
+        fw = slot["image"]["version"] if slot and slot.get("image") else FW
+        kw = {"fw": fw, "boot_count": count, "cause": cause, "errlog": log, "cfg": cfg, "wifi": wifi, "mq": mq}
+        offer = (store.load("ota_offer.json", None) or {}).get("offer")
+        if isinstance(offer, dict):
+            import otamode  # normal mode restarted the node to download this offer (docs/ota.md)
 
-        await normal.run(fw=FW, boot_count=count, cause=cause, errlog=log, cfg=cfg, wifi=wifi, mq=mq)
+            await otamode.run(offer=offer, **kw)
+        else:
+            import normal
+
+            await normal.run(slot=slot, **kw)
 
 
-def main():
-    asyncio.run(_main())
+def main(slot=None):
+    """slot: what main.py's slot_boot() found (None: never updated)."""
+    asyncio.run(_main(slot))

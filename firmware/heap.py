@@ -1,7 +1,8 @@
 # Free heap after a collection, and its low-water mark since boot (both in telemetry).
 import gc
 
-MAX_IN = 4096  # the largest payload the node takes (config, schedule); larger ones are dropped unread
+MAX_IN = 4096  # the largest JSON payload the node takes (config, schedule); larger ones are dropped unread
+FRAME_MAX = MAX_IN + 20  # an OTA frame: 20-byte header + a 4 KiB block (docs/ota.md), read in place like any payload
 RX = None  # the one receive buffer: a payload, its topic of up to 128 bytes, a packet id
 low = 0
 
@@ -14,7 +15,7 @@ def reserve():
     # this buffer and the compile of normal mode's modules need in large pieces.
     gc.collect()
     if RX is None:
-        RX = bytearray(MAX_IN + 132)
+        RX = bytearray(FRAME_MAX + 132)
     gc.collect()
 
 

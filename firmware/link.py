@@ -18,7 +18,7 @@ class Link:
         self.host = host
         self.port = port
         self.client_id = client_id
-        self.subs = subs
+        self.subs = subs  # [(filter, qos), ...], subscribed at every connect
         self.will = will
         self.on_msg = on_msg
         self.on_up = on_up
@@ -197,7 +197,7 @@ class Link:
                         m[5]()
                 elif kind == SUBACK:
                     self.replaying = False
-                    refused = [self.subs[i] for i, code in enumerate(body[2:]) if code == 0x80 and i < len(self.subs)]
+                    refused = [self.subs[i][0] for i, code in enumerate(body[2:]) if code == 0x80 and i < len(self.subs)]
                     if refused and self.on_refused is not None:
                         # Not fatal: under a strict ACL the node still takes what it may read.
                         self.on_refused(refused)

@@ -90,9 +90,10 @@ class Proto:
     async def drain(self):
         await self.w.drain()
 
-    async def subscribe(self, pid, filters, qos=1):
+    async def subscribe(self, pid, filters):
+        # filters: [(filter, qos), ...]; OTA frames are subscribed at QoS 0 (docs/ota.md)
         body = bytearray(struct.pack("!H", pid))
-        for f in filters:
+        for f, qos in filters:
             body += _s(f) + bytes([qos])
         await self.send(SUBSCRIBE, body)
 

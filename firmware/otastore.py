@@ -1,14 +1,20 @@
 # One OTA download on flash: block table, image in the inactive slot, and a bitmap that survives a power cut.
 import gc
 import hashlib
-import json
+
 import os
 import struct
 from binascii import a2b_base64, b2a_base64, unhexlify
 
-import ota
 from hal import slots
 import store
+
+# The frame format of ota.py, repeated here so that ota.py (the offer check) can go once an offer is accepted.
+HEADER = ">2sBBI8sI"
+HEADER_SIZE = 20
+KIND_TABLE = 1
+KIND_BLOCK = 2
+DIGEST = 32
 
 PROGRESS = "ota.json"
 TABLE = "ota_table.bin"
@@ -20,6 +26,28 @@ def _size(name):
         return os.stat(name)[6]
     except OSError:
         return -1
+
+
+def equal(a, b):
+    # Constant time for equal lengths (as ota.equal).
+    if len(a) != len(b):
+        return False
+    diff = 0
+    for x, y in zip(a, b):
+        diff |= x ^ y
+    return diff == 0
+
+
+def header(buf):
+    # (kind, index, release id, data length) of a frame, or ValueError (as ota.header).
+    if len(buf) < HEADER_SIZE:
+        raise ValueError("short frame")
+    magic, version, kind, index, rid, n = struct.unpack_from(HEADER, buf)
+    if magic != b"NF" or version != 1 or kind not in (KIND_TABLE, KIND_BLOCK):
+        raise ValueError("not an OTA frame")
+    if n != len(buf) - HEADER_SIZE:
+        raise ValueError("frame length %d, carries %d" % (n, len(buf) - HEADER_SIZE))
+    return kind, index, bytes(rid), n
 
 
 def _ones(buf):
@@ -45,7 +73,7 @@ class Download:
         self.units = self.nt + self.blocks
         self.rid = unhexlify(offer["sha256"])[:8]
         self.save_every = save_every
-        self.digest = bytearray(ota.DIGEST)
+        self.digest = bytearray(DIGEST)
         self.got = 0
         self.unsaved = 0
         self.slot = slots.slot_info()["next"]
@@ -77,7 +105,7 @@ class Download:
         end = 0
         for i in range(self.nt):
             if self.has(i):
-                end = i * self.bs + min(self.bs, self.blocks * ota.DIGEST - i * self.bs)
+                end = i * self.bs + min(self.bs, self.blocks * DIGEST - i * self.bs)
         return end
 
     def complete(self):
@@ -117,17 +145,17 @@ class Download:
         # "ok" written, "dup" already had it, "early" block before its table chunk, "foreign", "bad" refused.
         self.got += 1
         try:
-            kind, index, rid, n = ota.header(frame)
+            kind, index, rid, n = header(frame)
         except ValueError:
             self.bad += 1
             return "bad"
         if rid != self.rid:
             return "foreign"  # another release's frame (e.g. an older repair still in flight)
-        data = memoryview(frame)[ota.HEADER_SIZE:]
+        data = memoryview(frame)[HEADER_SIZE:]
         bs = self.bs
-        if kind == ota.KIND_TABLE:
+        if kind == KIND_TABLE:
             u = index
-            ok = index < self.nt and n == min(bs, self.blocks * ota.DIGEST - index * bs)
+            ok = index < self.nt and n == min(bs, self.blocks * DIGEST - index * bs)
         else:
             u = self.nt + index
             ok = index < self.blocks and n == min(bs, self.size - index * bs)
@@ -136,20 +164,20 @@ class Download:
             return "bad"
         if self.has(u):
             return "dup"
-        if kind == ota.KIND_TABLE:
-            if not ota.equal(hashlib.sha256(data).digest(), self.tables[index]):
+        if kind == KIND_TABLE:
+            if not equal(hashlib.sha256(data).digest(), self.tables[index]):
                 self.bad += 1
                 return "bad"
             with open(TABLE, "r+b") as f:
                 f.seek(index * bs)
                 f.write(data)
         else:
-            if not self.has(index * ota.DIGEST // bs):
+            if not self.has(index * DIGEST // bs):
                 return "early"
             with open(TABLE, "rb") as f:
-                f.seek(index * ota.DIGEST)
+                f.seek(index * DIGEST)
                 f.readinto(self.digest)
-            if not ota.equal(hashlib.sha256(data).digest(), self.digest):
+            if not equal(hashlib.sha256(data).digest(), self.digest):
                 self.bad += 1
                 return "bad"
             slots.slot_write(index * bs, data)
@@ -177,49 +205,21 @@ class Download:
             chunk += 1
             if not chunk % 16:
                 gc.collect()  # a slot read may leave garbage (the sim opens its file): keep it from piling up
-        return ota.equal(h.digest(), unhexlify(self.offer["sha256"]))
+        return equal(h.digest(), unhexlify(self.offer["sha256"]))
 
     def clear(self):
         store.remove(PROGRESS)
         store.remove(TABLE)
 
 
-# -- nfi1 images: modules laid out by `nodefleet ota build` ----------------------
+# -- nfi1 images: modules laid out by `nodefleet ota build` (otaunpack.py, loaded only to install) ------------
 def image_files(slot=None):
-    # [[path, offset, size], ...] from the image's own header (the inactive slot unless named).
-    head = bytearray(8)
-    slots.slot_read(0, head, slot)
-    if head[:4] != b"NFI1":
-        raise ValueError("not an nfi1 image")
-    buf = bytearray(struct.unpack(">I", head[4:])[0])
-    slots.slot_read(8, buf, slot)
-    return json.loads(bytes(buf))["files"]
+    import otaunpack
 
-
-def _mkdirs(path):
-    part = ""
-    for name in path.split("/")[:-1]:
-        part = part + "/" + name if part else name
-        try:
-            os.mkdir(part)
-        except OSError:
-            pass  # already there
+    return otaunpack.image_files(slot)
 
 
 def unpack(dest, buf, slot=None):
-    # Copy the image's modules into directory dest through buf; returns how many.
-    files = image_files(slot)
-    mv = memoryview(buf)
-    for path, off, size in files:
-        if path.startswith("/") or ".." in path.split("/"):
-            raise ValueError("bad path in image: %s" % path)
-        name = dest + "/" + path
-        _mkdirs(name)
-        with open(name, "wb") as f:
-            done = 0
-            while done < size:
-                n = min(len(buf), size - done)
-                slots.slot_read(off + done, mv[:n], slot)
-                f.write(mv[:n])
-                done += n
-    return len(files)
+    import otaunpack
+
+    return otaunpack.unpack(dest, buf, slot)
