@@ -59,7 +59,7 @@ from nodefleet.paths import mqtt_url
 from nodefleet.sim import HEAP, SimNode
 from nodefleet.sim_registration import register_nodes
 
-from .ota_harness import ROOT, ProxyProcess, ServiceProcess, Tap, _say, big_release, firmware_window, new_client_id
+from .ota_harness import ROOT, CpuMeter, ProxyProcess, ServiceProcess, Tap, _say, big_release, firmware_window, new_client_id
 
 RTT = 0.020
 IMAGE = 1024 * 1024
@@ -83,7 +83,8 @@ class Case:
 
 class Bench:
     def __init__(self, *, work: Path, heap: str, release: Release, tap: Tap, broker_url: str, proxy_port: int,
-                 topics: Topics) -> None:
+                 topics: Topics, pids: dict[str, int]) -> None:
+        self.pids = pids
         self.work, self.heap, self.release, self.tap = work, heap, release, tap
         self.broker_url, self.proxy_port, self.topics = broker_url, proxy_port, topics
         self.units = release.units()
@@ -129,6 +130,8 @@ class Bench:
             for node in nodes:
                 await node.start()
             await self.provisioned(names)
+            meter = CpuMeter({"nodes": lambda: [n.pid for n in nodes],
+                              **{name: (lambda pid=pid: [pid]) for name, pid in self.pids.items()}})
             t0 = time.monotonic()
             if case.kill:
                 self._arm_kill(names[0], t0, kill)
@@ -142,12 +145,14 @@ class Bench:
                     await asyncio.sleep(0.3)  # the power stays off a moment
                     await by_name[names[0]].start()
                     kill["restarted"] = time.monotonic()
+                meter.sample()
                 failed = [n for n in names if self.tap.first(n, "failed", t0)]
                 if failed or time.monotonic() > deadline:
                     raise RuntimeError(f"case {case.label}: failed {failed}; progress "
                                        f"{[p['state'] for _, p in self.tap.progress[names[0]]][-8:]}; output "
                                        f"{by_name[(failed or names)[0]].output()[-1500:]}")
                 await asyncio.sleep(0.05)
+            cpu = meter.totals()  # rollout_start to the last verified
             # Then the install (reboot into the new slot, self-test): reported when it comes, not required.
             settle = min(deadline, time.monotonic() + UPDATE_WAIT)
             while time.monotonic() < settle:
@@ -157,14 +162,18 @@ class Bench:
                 await asyncio.sleep(0.05)
             missing = [n for n in names if not self.tap.first(n, "updated", t0)]
             if missing:
-                self.install_failures.append({"case": case.label, "nodes": len(missing),
-                                              "output": by_name[missing[0]].output()[-3000:]})
+                first = by_name[missing[0]]
+                self.install_failures.append({
+                    "case": case.label, "nodes": len(missing), "output": first.output()[-3000:],
+                    "states": [p["state"] for t, p in self.tap.progress[first.name] if t >= t0][-4:],
+                    "otarx": first.read("otarx.json"), "slots": first.read("slots.json"), "exits": first.exits[-3:]})
             t_end = time.monotonic()
             await asyncio.sleep(0.3)
         finally:
             self.tap.on_frame = None
             await asyncio.gather(*(n.stop() for n in nodes), return_exceptions=True)
         result = self.figures(case, names, t0, t_end, kill)
+        result["cpu_s"] = cpu
         # The node's own count, from taking the offer to its last unit written (its "ota: downloaded" line).
         own = [int(m[-1]) for m in (DOWNLOADED_LINE.findall(n.output()) for n in nodes) if m]
         result["node_download_ms"] = max(own) if len(own) == len(nodes) else None
@@ -187,6 +196,7 @@ class Bench:
         ups = [tap.first(n, "updated", t0) for n in names]
         frames = tap.frames_between(t0, t_end)
         first_frame = min(f.t for f in frames) - t0
+        last_frame = max(f.t for f in frames) - t0
         # Progress waits in the node's bounded queue, newest only: a quick verified may replace its downloaded.
         downloaded = [d - t0 for d in (tap.first(n, "downloaded", t0) for n in names) if d is not None]
         lows = []
@@ -203,6 +213,7 @@ class Bench:
             "updated_nodes": sum(1 for u in ups if u),
             "first_frame_s": round(first_frame, 3),
             "download_s": round(max(verified.values()) - first_frame, 3),
+            "publish_span_s": round(last_frame - first_frame, 3),
             "downloaded_s": round(max(downloaded), 3) if len(downloaded) == len(names) else None,
             "verified_spread_s": round(max(verified.values()) - min(verified.values()), 3),
             "shared_bytes": shared, "repair_bytes": repair, "frames": len(frames),
@@ -268,8 +279,11 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 info = await tap.request(OTA_SERVICE, "release",
                                          {"file": base64.b64encode(encode(release)).decode()}, timeout=60)
                 _say(f"uploaded: {info['version']}, {info['blocks']} blocks")
+                pids = {"broker": broker._process.pid if broker._process else None, "proxy": proxy.process.pid,
+                        "provisioner": services[0].process.pid, "ota": services[1].process.pid,
+                        "bench": os.getpid()}
                 b = Bench(work=work, heap=args.heap, release=release, tap=tap, broker_url=broker.url,
-                          proxy_port=proxy.port, topics=topics)
+                          proxy_port=proxy.port, topics=topics, pids=pids)
                 async with asyncio.timeout(limit):
                     return await cases(b, args, window, size)
             finally:
@@ -313,6 +327,7 @@ async def cases(b: Bench, args: argparse.Namespace, window: int, size: int) -> d
         flash = await one(Case("flash", 1, window, flash_bps=int(args.flash_kbps * 1000)))
 
     per_window = {w: {"verified_s": median(rs, "verified_s"), "download_s": median(rs, "download_s"),
+                      "publish_span_s": median(rs, "publish_span_s"),
                       "node_download_ms": median(rs, "node_download_ms") if all(r["node_download_ms"] for r in rs)
                       else None,
                       "first_frame_s": median(rs, "first_frame_s"),
@@ -361,7 +376,7 @@ async def cases(b: Bench, args: argparse.Namespace, window: int, size: int) -> d
     if b.install_failures:
         _say(f"install (after verified) did not reach updated in {len(b.install_failures)} case(s); first node's "
              f"output:\n{b.install_failures[0]['output']}")
-    details = {"install_failures": [{k: v for k, v in f.items() if k != "output"} for f in b.install_failures],
+    details = {"install_failures": [{k: v for k, v in f.items() if k != "output"} for f in b.install_failures[:2]],
                "windows": per_window, "fleet": fleet, "resume": resume, "flash": flash, "goals": goals,
                "resume_goal_bytes": (window + SAVE_EVERY) * frame, "repeats": repeats,
                "cpus": os.cpu_count(), "load_average": round(os.getloadavg()[0], 2)}

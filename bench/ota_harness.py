@@ -191,3 +191,46 @@ class Tap:
 
 def new_client_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of a live process (Linux /proc), None once it has gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds of groups of processes over a stretch of time, sampled: a process first seen after the
+    start counts from zero (a node's download mode is a new process); the last 50 ms of one that ends are lost."""
+
+    def __init__(self, groups: dict[str, Callable[[], list[int | None]]]) -> None:
+        self.groups = groups
+        self.base: dict[int, float] = {}
+        self.last: dict[int, tuple[str, float]] = {}
+        self.started = time.monotonic()
+        for pid, _, cpu in self._read():
+            self.base[pid] = cpu
+
+    def _read(self) -> list[tuple[int, str, float]]:
+        out = []
+        for group, pids in self.groups.items():
+            for pid in pids():
+                if pid is not None and (cpu := cpu_seconds(pid)) is not None:
+                    out.append((pid, group, cpu))
+        return out
+
+    def sample(self) -> None:
+        for pid, group, cpu in self._read():
+            self.last[pid] = (group, cpu)
+
+    def totals(self) -> dict[str, float]:
+        self.sample()
+        out = {group: 0.0 for group in self.groups}
+        for pid, (group, cpu) in self.last.items():
+            out[group] += cpu - self.base.get(pid, 0.0)
+        out = {group: round(cpu, 2) for group, cpu in out.items()}
+        out["wall_s"] = round(time.monotonic() - self.started, 2)
+        return out
