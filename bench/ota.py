@@ -59,7 +59,17 @@ from nodefleet.paths import mqtt_url
 from nodefleet.sim import HEAP, SimNode
 from nodefleet.sim_registration import register_nodes
 
-from .ota_harness import ROOT, CpuMeter, ProxyProcess, ServiceProcess, Tap, _say, big_release, firmware_window, new_client_id
+from .ota_harness import (
+    ROOT,
+    CpuMeter,
+    ProxyProcess,
+    ServiceProcess,
+    Tap,
+    _say,
+    big_release,
+    firmware_window,
+    new_client_id,
+)
 
 RTT = 0.020
 IMAGE = 1024 * 1024
