@@ -19,6 +19,7 @@ def _on_task_error(loop, context):
 
 
 def crash_report(exc):
+    sys.print_exception(exc)  # the console first: keeping it on flash needs heap that may be gone
     import io
 
     buf = io.StringIO()
@@ -57,11 +58,11 @@ async def _main(slot):
         # Running an OTA slot: its version is the release's (from the image), not this file's.
         fw = slot["image"]["version"] if slot and slot.get("image") else FW
         kw = {"fw": fw, "boot_count": count, "cause": cause, "errlog": log, "cfg": cfg, "wifi": wifi, "mq": mq}
-        offer = (store.load("ota_offer.json", None) or {}).get("offer")
-        if isinstance(offer, dict):
+        st = store.load("ota_offer.json", None) or {}
+        if isinstance(st.get("offer"), dict):
             import otamode  # normal mode restarted the node to download this offer (docs/ota.md)
 
-            await otamode.run(offer=offer, **kw)
+            await otamode.run(st, **kw)
         else:
             import normal
 
