@@ -238,9 +238,12 @@ class Bench:
         first_after = next((w for t, w in wants if t > kill["restarted"]), None)
         held_before = tap.held(last_before, self.units) if last_before else 0
         held_after = tap.held(first_after, self.units) if first_after else 0
+        # Beyond one image: every frame published to it twice or more, also those sent to the dead node.
+        once = {f.unit: f.size for f in mine}
+        extra = sum(f.size for f in mine) - sum(once.values())
         return {"resume_sent_before_kill": len(before), "resume_held_before_kill": held_before,
                 "resume_held_after_restart": held_after, "resume_units_again": len(again),
-                "resume_redownloaded_bytes": sum(f.size for f in again)}
+                "resume_again_bytes": sum(f.size for f in again), "resume_redownloaded_bytes": extra}
 
 
 async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
