@@ -19,12 +19,14 @@ def _on_task_error(loop, context):
 
 
 def crash_report(exc):
-    sys.print_exception(exc)  # the console first: keeping it on flash needs heap that may be gone
-    import io
+    try:
+        import io
 
-    buf = io.StringIO()
-    sys.print_exception(exc, buf)
-    ErrLog().add("crash", repr(exc)[:200], "critical", trace=buf.getvalue())
+        buf = io.StringIO()
+        sys.print_exception(exc, buf)
+        ErrLog().add("crash", repr(exc)[:200], "critical", trace=buf.getvalue())
+    except MemoryError:
+        sys.print_exception(exc)  # no room to keep it on flash: the console has it, and the restart follows
 
 
 async def _main(slot):

@@ -150,9 +150,10 @@ class Core:
             frame = self.dispatch(topic.decode(), payload, size, retained)
         except Exception as exc:  # a handler bug must not end the session
             frame = False
-            import sys
+            if not isinstance(exc, MemoryError):  # no room to parse it (a large payload): no bug to trace
+                import sys
 
-            sys.print_exception(exc)  # the console (a serial port, the simulator's log) gets the traceback
+                sys.print_exception(exc)  # the console (a serial port, the simulator's log) gets the traceback
             self.bad("handler_error", repr(exc))
         if size >= 256 and not frame:
             heap.sample()  # what a large message left behind goes now, before it fragments the heap

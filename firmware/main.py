@@ -42,8 +42,5 @@ import hal  # noqa: E402
 try:
     app.main(BOOT)
 except Exception as exc:  # last resort: keep the traceback on flash, then start again
-    try:
-        app.crash_report(exc)
-    except MemoryError:
-        pass  # no room to keep it on flash: the console has it (crash_report printed it first)
+    app.crash_report(exc)
     hal.restart()
