@@ -9,12 +9,22 @@ reaches the sender as it would on a slow link.
 
     async with DelayProxy(("127.0.0.1", broker_port), rtt=0.020) as proxy:
         ...  # clients connect to 127.0.0.1:proxy.port
+
+As its own process (``bench.ota`` runs it so, off the benchmark's event loop):
+``python -m bench.delay_proxy --upstream 127.0.0.1:1883 --rtt 0.02`` prints
+its port on the first line, forwards until its stdin closes, SIGTERM or
+``--max-seconds``, then prints its byte counts as one JSON line.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import json
+import signal
+import sys
+import threading
 import time
 from collections import deque
 
@@ -87,6 +97,7 @@ class DelayProxy:
         self.port = 0
         self.connections = 0
         self.bytes_down = 0  # broker -> clients
+        self.bytes_up = 0  # clients -> broker
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -125,5 +136,34 @@ class DelayProxy:
                     writer.close()
             finally:
                 self.bytes_down += down.bytes
+                self.bytes_up += up.bytes
         finally:
             self._tasks.discard(task)
+
+
+async def _serve(upstream: tuple[str, int], rtt: float, max_seconds: float) -> dict[str, int]:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    async with DelayProxy(upstream, rtt=rtt) as proxy:
+        print(proxy.port, flush=True)
+        # The parent closing our stdin (or dying) ends the proxy too: it never outlives its benchmark.
+        threading.Thread(target=lambda: (sys.stdin.read(), loop.call_soon_threadsafe(stop.set)), daemon=True).start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max_seconds)
+    return {"connections": proxy.connections, "bytes_down": proxy.bytes_down, "bytes_up": proxy.bytes_up}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--upstream", required=True, help="HOST:PORT on loopback (the broker)")
+    parser.add_argument("--rtt", type=float, default=0.020, help="round trip to add, seconds (default %(default)s)")
+    parser.add_argument("--max-seconds", type=float, default=1800.0, help="stop by itself after this long")
+    args = parser.parse_args()
+    host, _, port = args.upstream.rpartition(":")
+    counts = asyncio.run(_serve((host, int(port)), args.rtt, args.max_seconds))
+    print(json.dumps(counts), flush=True)
+
+
+if __name__ == "__main__":
+    main()

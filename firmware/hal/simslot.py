@@ -1,9 +1,11 @@
 # A/B application slots on files (unix port), the download's part: what hal/esp32slot.py gives over
 # esp32.Partition. Booting, selecting and rolling back are hal/simboot.py (loaded by the boot and the install).
 import os
+import time
 
 SLOT_FORMAT = "nfi1"
 SLOT_CAPACITY = int(os.getenv("NF_SLOT_CAPACITY") or 1536 * 1024)  # an ESP32 OTA app partition
+FLASH_BPS = int(os.getenv("NF_FLASH_BPS") or 0)  # a flash model (bench.ota): writes take len/bps s; 0: as the file
 STATE = "slots.json"
 _running = None  # the slot this process booted (simboot.slot_boot)
 
@@ -46,6 +48,8 @@ def slot_write(offset, data):
     with open(_path(1 - running()), "r+b") as f:
         f.seek(offset)
         f.write(data)
+    if FLASH_BPS:
+        time.sleep(len(data) / FLASH_BPS)  # blocks like a flash write on the chip (the ESP32 writes ~105 KB/s)
 
 
 def slot_read(offset, buf, slot=None):
