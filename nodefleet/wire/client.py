@@ -76,9 +76,11 @@ class _Messages:
 class Client:
     """An MQTT 3.1.1 connection to ``address``; ``async with`` connects and says goodbye.
 
-    ``nodelay`` (on by default) turns Nagle's algorithm off: every client here is a
-    request/reply or command client of small packets, which otherwise waits for delayed
-    ACKs (about 40 ms) whenever two small packets follow each other.
+    ``nodelay`` turns Nagle's algorithm off: a request/reply client otherwise waits for
+    delayed ACKs (about 40 ms) whenever two small packets follow each other.  Off by
+    default: a node answering a command flood drops acks from its bounded queue when the
+    commands come unpaced (tests/node/test_commands.py), so senders of bursts keep Nagle
+    until the node pushes back instead of dropping.
     ``max_inflight`` raises the window of unacknowledged QoS 1 publishes (20);
     ``pending_calls`` the count of waiting publishes above which aiomqtt warns.
     """
@@ -92,7 +94,7 @@ class Client:
         will: Will | None = None,
         keepalive: int = 30,
         max_queued_outgoing: int | None = None,
-        nodelay: bool = True,
+        nodelay: bool = False,
         max_inflight: int | None = None,
         pending_calls: int | None = None,
     ) -> None:
