@@ -30,15 +30,19 @@ OTA_HEAP = "160K"
 
 
 @functools.cache
-def release(version: str = "1.4.0") -> Release:
-    return build(FIRMWARE_DIR, version=version, target="unix")
+def release(version: str = "1.4.0", block_size: int = 4096) -> Release:
+    return build(FIRMWARE_DIR, version=version, target="unix", block_size=block_size)
 
 
-def broken_release(tmp_path: Path, version: str) -> Release:
-    """Today's firmware with a self-test that raises, built by ``nodefleet ota build`` from a modified copy."""
+BROKEN_SELFTEST = "def run(app):\n    raise RuntimeError('self-test broken on purpose')\n"
+
+
+def broken_release(tmp_path: Path, version: str, selftest: str = BROKEN_SELFTEST) -> Release:
+    """Today's firmware with another ``selftest.py`` (by default one that raises), built by ``nodefleet ota build``
+    from a modified copy."""
     src = tmp_path / "broken-fw"
     shutil.copytree(FIRMWARE_DIR, src, ignore=shutil.ignore_patterns("__pycache__", "build"))
-    (src / "selftest.py").write_text("def run(app):\n    raise RuntimeError('self-test broken on purpose')\n")
+    (src / "selftest.py").write_text(selftest)
     out = tmp_path / "broken.nfr"
     done = subprocess.run([sys.executable, "-m", "nodefleet", "ota", "build", str(src), "--version", version,
                            "--target", "unix", "-o", str(out)], capture_output=True, text=True, timeout=120)
@@ -47,8 +51,8 @@ def broken_release(tmp_path: Path, version: str) -> Release:
 
 
 def make(tmp_path: Path, broker_url: str, topics: Topics, name: str = NODE, *, key: bool = True,
-         **mq: object) -> SimNode:
-    node = SimNode(tmp_path / name, name=name, heap=OTA_HEAP, control=False)
+         control: bool = False, **mq: object) -> SimNode:
+    node = SimNode(tmp_path / name, name=name, heap=OTA_HEAP, control=control)
     node.provision(broker=broker_url, topic_prefix=topics.prefix(name), keepalive=5, max_backoff=1)
     stored = node.read("mqtt.json")
     if key:
