@@ -42,8 +42,11 @@ async def held(svc, watch: Watch, timeout: float = 10) -> None:
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.parametrize("kind", ["block", "table"])
-async def test_tampered_frame_is_refused_counted_and_repaired(tmp_path, broker, topics, kind):
+# A tampered block on both brokers; a tampered table chunk (every block then waits for its repair) on Mosquitto.
+@pytest.mark.parametrize(("broker_name", "kind"), [("mosquitto", "block"), ("amqtt_broker", "block"),
+                                                   ("mosquitto", "table")])
+async def test_tampered_frame_is_refused_counted_and_repaired(tmp_path, request, topics, broker_name, kind):
+    broker = request.getfixturevalue(broker_name)
     rel = release()
     m = rel.manifest
     tables = rel.units() - len(m.blocks)
@@ -114,14 +117,17 @@ def _other_size(offer: dict) -> dict:
     return offer
 
 
+def _other_table(offer: dict) -> dict:
+    offer["table"] = [("0" if offer["table"][0][0] != "0" else "1") + offer["table"][0][1:]]
+    return offer
+
+
 def _forced(offer: dict) -> dict:
     offer["force"] = True  # force is under the tag too
     return offer
 
 
-@pytest.mark.parametrize("tamper", [_wrong_tag, _other_sha256, _other_size, _forced],
-                         ids=["wrong_tag", "sha256_changed", "size_changed", "force_added"])
-async def test_tampered_offer_is_refused(tmp_path, broker, topics, tamper):
+async def test_offer_with_a_wrong_tag_is_refused(tmp_path, broker, topics):
     rel = release()
     node = make(tmp_path, broker.url, topics)
     async with watching(broker, topics, NODE) as watch:
@@ -129,12 +135,35 @@ async def test_tampered_offer_is_refused(tmp_path, broker, topics, tamper):
         try:
             await online(node, watch)
             async with serving(broker.url, topics, rel, [NODE]) as svc:
-                offer = tamper(svc.offer(NODE).model_dump(mode="json"))
-                await svc.publish_offer(NODE, offer)
+                await svc.publish_offer(NODE, _wrong_tag(svc.offer(NODE).model_dump(mode="json")))
                 failed = await state_of(watch, "failed", timeout=15)
-                assert failed["code"] == "bad_tag", failed
-                assert failed["release"] == rel.manifest.version
-                await assert_untouched(node, watch, svc)
+                assert failed["code"] == "bad_tag" and failed["release"] == rel.manifest.version, failed
+                await assert_untouched(node, watch, svc, refusals=1)
+        finally:
+            await node.stop()
+        assert "Traceback" not in node.output(), node.output()
+
+
+async def test_offer_changed_after_tagging_is_refused(tmp_path, mosquitto, topics):
+    # Each field the tag covers, changed after tagging, one offer after the other on the same node. Each is an offer
+    # of its own release (its own tag): the node says a refusal once per tag, and stays quiet about the same
+    # refused tag again (the retained copy at every connect).
+    rel = release()
+    node = make(tmp_path, mosquitto.url, topics)
+    changes = [_other_sha256, _other_size, _other_table, _forced]
+    async with watching(mosquitto, topics, NODE) as watch:
+        await node.start()
+        try:
+            await online(node, watch)
+            async with serving(mosquitto.url, topics, rel, [NODE]) as svc:
+                for i, change in enumerate(changes):
+                    mark = watch.mark()
+                    manifest = rel.manifest.model_copy(update={"version": f"1.4.{i}"})
+                    offer = manifest.offer(node=NODE, key=node_key(NODE), stream=svc.stream_topic)
+                    await svc.publish_offer(NODE, change(offer.model_dump(mode="json")))
+                    failed = await state_of(watch, "failed", since=mark, timeout=15)
+                    assert failed["code"] == "bad_tag", (change.__name__, failed)
+                await assert_untouched(node, watch, svc, refusals=len(changes))
         finally:
             await node.stop()
         assert "Traceback" not in node.output(), node.output()
@@ -155,18 +184,18 @@ async def test_older_release_without_force_is_not_newer(tmp_path, broker, topics
                 await svc.publish_offer(NODE, offer)
                 failed = await state_of(watch, "failed", timeout=15)
                 assert failed["code"] == "not_newer" and failed["release"] == "0.0.9", failed
-                await assert_untouched(node, watch, svc)
+                await assert_untouched(node, watch, svc, refusals=1)
         finally:
             await node.stop()
         assert "Traceback" not in node.output(), node.output()
 
 
-async def assert_untouched(node, watch: Watch, svc) -> None:
+async def assert_untouched(node, watch: Watch, svc, *, refusals: int) -> None:
     """The refused offer wrote nothing, asked for nothing, and the node goes on with its old firmware."""
     mark = watch.mark()
     await asyncio.sleep(2.5)  # longer than the stall timer: a node that took the offer would have sent a want
     assert svc.wants_of(NODE) == [] and not svc.log
-    assert [p["state"] for p in progress(watch)] == ["failed"], progress(watch)
+    assert [p["state"] for p in progress(watch)] == ["failed"] * refusals, progress(watch)
     for name in ("slot0.bin", "slot1.bin", "slots.json", "ota.json", "ota_table.bin", "otarx.json", "app1"):
         assert not (node.flash_dir / name).exists(), f"{name} on flash after a refused offer"
     ack = await watch.command("switch", {"state": "ON"})
