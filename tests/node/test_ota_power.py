@@ -181,3 +181,47 @@ async def test_power_cuts_never_brick_the_node(tmp_path, mosquitto, topics):
         finally:
             await stack.aclose()
             await node.stop()
+
+
+async def test_cut_before_the_switch_after_an_earlier_rollback(tmp_path, mosquitto, topics):
+    """The power goes between otainst.install saving ``otarx.json`` (phase ``switch``) and ``slot_select()``, on a
+    node whose slots still carry the marker of an earlier rollback of the same slot. The new firmware never ran,
+    so the node must not report it ``rolled_back`` nor refuse it: it installs it once idle."""
+    rel = release()
+    node = make(tmp_path, mosquitto.url, topics)
+    # What hal/simslot.py's slot_boot leaves after an earlier trial of slot 1 that never confirmed, and the
+    # refusal of that earlier image that followed the report.
+    earlier = {"active": 0, "previous": 0, "trial": False, "tries": 0,
+               "rolled_back": {"from": 1, "reason": "trial boot not confirmed"}}
+    node.write("slots.json", earlier)
+    node.write("otarx.json", {"phase": "refuse", "sha256": "ab" * 32})
+    async with watching(mosquitto, topics, NODE) as watch:
+        await node.start()
+        try:
+            await online(node, watch)
+            await watch.wait("state", lambda s: s["relay"] == "OFF")
+            assert (await watch.command("switch", {"state": "ON"}))["status"] == "ok"  # holds the install back
+            async with serving(mosquitto.url, topics, rel, [NODE]) as svc:
+                await svc.publish_offer(NODE)
+                await state_of(watch, "verified", timeout=30)
+                await power_cut(node)
+                # The cut: otainst.install had saved this, the slot was not selected yet.
+                m = rel.manifest
+                node.write("otarx.json", {"phase": "switch", "slot": 1, "release": m.version, "sha256": m.sha256,
+                                          "size": m.size, "rollout": None, "from": "0.1.0", "relay": True})
+                assert node.read("slots.json") == earlier
+                mark = watch.mark()
+                await node.start()
+                info = await online(node, watch, since=mark)
+                assert info["fw"] == "0.1.0"
+                after = await watch.wait("state", since=mark)
+                assert after["relay"] == "ON", after  # the update's reboot keeps the relay as it was
+                await asyncio.sleep(1.0)
+                bad = watch.found("ota/progress", lambda p: p["state"] in ("rolled_back", "failed"), since=mark)
+                assert bad == [], f"{m.version} never ran, yet the node reports {bad}"
+                assert (await watch.command("switch", {"state": "OFF"}))["status"] == "ok"
+                await state_of(watch, "updated", since=mark, timeout=40)
+                await watch.wait("info", lambda i: i["fw"] == m.version, since=mark, timeout=10)
+            assert not watch.invalid, watch.invalid
+        finally:
+            await node.stop()
