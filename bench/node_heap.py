@@ -3,7 +3,7 @@
 One node runs the real firmware with ``-X heapsize=110K`` (an ESP32-sized
 heap) against a Mosquitto on loopback.  Baseline in the same run: the same
 node idle for a few seconds.  Then a storm: on every topic the node subscribes
-to (``set/#``, ``config``, ``schedule``, ``ota/#``), one message of every size
+to (``set/#``, ``config``, ``schedule``, ``ota/offer``, ``ota/data``), one message of every size
 from 0 bytes to past the node's 4 KB limit (``--quick``: every 7th size, plus
 the sizes around the limit), paced by a command round trip every 50 messages.
 A firmware without ``heap_min`` (an older one, ``--firmware``) is measured by
@@ -12,19 +12,31 @@ reports its free heap and its low-water mark (``heap_min``: the least heap
 free after a collection since boot, sampled every 250 ms and after every
 message of 256 bytes or more) in its telemetry every second.
 
+Then an OTA download (``--no-ota`` skips it): a release of about 1 MiB
+(today's firmware and a filler module) offered to the node, sent the way
+the ota service sends it (``services.ota.stream``: credit, shared stream and
+repairs); the node restarts into its download mode, downloads and verifies
+it.  ``ota_heap_min`` is the least ``heap_min`` the node reported from the
+download mode's first telemetry to ``verified``.
+
     python -m bench.node_heap --quick
 
 The last line printed is JSON: heap_size, limit, messages, idle_heap_min,
 storm_heap_min, ratio (storm / idle low-water),
-disconnects, unanswered (pacing commands never acked), restarts, storm_s.  Goal: storm_heap_min >= 20,480 bytes and no
-disconnect.
+disconnects, unanswered (pacing commands never acked), restarts, storm_s,
+and ota_size, ota_heap_min, ota_s (offer to verified), ota_bad (frames the
+node refused).  Goal: storm_heap_min and ota_heap_min >= 20,480 bytes, no disconnect.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import contextlib
 import json
+import random
+import shutil
 import sys
 import tempfile
 import time
@@ -34,13 +46,18 @@ from typing import Any
 
 from nodefleet import wire
 from nodefleet.contracts import Topics
-from nodefleet.contracts.topics import Command
+from nodefleet.contracts.ota import Want, device_key
+from nodefleet.contracts.topics import Command, OtaTopic
 from nodefleet.embedded.mosquitto import Mosquitto
+from nodefleet.ota_release import Release, build
 from nodefleet.sim import FIRMWARE_DIR, HEAP, SimNode
+from services.ota.stream import Stream
 
 LIMIT = 4096  # the node's largest incoming payload (firmware/normal.py MAX_IN)
 PAST = 1024
 PACE = 50
+OTA_SIZE = 1024 * 1024  # the release's size, about: an ESP32 app partition holds 1.5 MiB (hal/simslot.py)
+OTA_MASTER = b"bench-node-heap-master-key"
 
 
 def _say(text: str) -> None:
@@ -48,10 +65,10 @@ def _say(text: str) -> None:
 
 
 def storm_topics(topics: Topics, node: str) -> list[str]:
-    """One concrete topic under each filter the node subscribes to."""
-    out = []
-    for f in topics.node_inbox(node):
-        out.append("/".join("storm" if level in ("#", "+") else level for level in f.split("/")))
+    """One concrete topic under each filter the node subscribes to in normal mode (firmware/normal.py)."""
+    prefix = topics.prefix(node)
+    subs = [f"{prefix}/set/#", topics.config(node), topics.schedule(node), *topics.node_ota_inbox(node)]
+    out = ["/".join("storm" if level in ("#", "+") else level for level in f.split("/")) for f in subs]
     out.append(topics.set(node, Command.SWITCH))
     return out
 
@@ -81,6 +98,9 @@ class Watcher:
         self.unanswered = 0
         self.acks: dict[str, dict[str, Any]] = {}
         self._ack = asyncio.Event()
+        self.progress: list[tuple[int, dict[str, Any]]] = []
+        """(telemetry messages seen before it, progress)."""
+        self.on_want: Any = None
 
     async def feed(self) -> None:
         async for message in self.client.messages:
@@ -93,6 +113,10 @@ class Watcher:
                 ack = json.loads(body)
                 self.acks[ack["id"]] = ack
                 self._ack.set()
+            elif topic == self.topics.ota(self.node, OtaTopic.PROGRESS):
+                self.progress.append((len(self.telemetry), json.loads(body)))
+            elif topic == self.topics.ota(self.node, OtaTopic.WANT) and self.on_want is not None:
+                await self.on_want(Want.model_validate_json(bytes(body)))
 
     async def roundtrip(self, timeout: float = 5.0, tries: int = 4) -> bool:
         """A command with an id, answered: the node has handled everything sent before it."""
@@ -130,13 +154,103 @@ async def storm(watch: Watcher, *, quick: bool, limit: int = LIMIT) -> int:
     return sent
 
 
+def big_release(workdir: Path, size: int = OTA_SIZE) -> Release:
+    """Today's firmware and a filler module of random text, about ``size`` bytes in all."""
+    src = workdir / "ota-firmware"
+    shutil.copytree(FIRMWARE_DIR, src, ignore=shutil.ignore_patterns("__pycache__", "build"))
+    rng = random.Random(7)
+    # Strings of 4 KB: mpy-cross has no room for one of 1 MB.
+    parts = [base64.b64encode(rng.randbytes(3072)).decode() for _ in range(size // 4096)]
+    (src / "filler.py").write_text("DATA = (\n" + "".join(f'    "{p}",\n' for p in parts) + ")\n")
+    return build(src, version="9.9.0", target="unix")
+
+
+class Sender:
+    """The ota service's side of one download: the node's wants in, what ``Stream`` schedules out."""
+
+    def __init__(self, client: wire.Client, topics: Topics, node: str, release: Release) -> None:
+        self.client = client
+        self.topics = topics
+        self.node = node
+        self.release = release
+        m = release.manifest
+        self.stream_topic = topics.ota_stream(m.version)
+        self.stream = Stream(m.version, table=release.units() - len(m.blocks), blocks=len(m.blocks))
+        self.sent = 0
+        self._lock = asyncio.Lock()
+
+    async def offer(self) -> None:
+        offer = self.release.manifest.offer(node=self.node, key=device_key(OTA_MASTER, self.node),
+                                            stream=self.stream_topic)
+        await self.client.publish(self.topics.ota(self.node, OtaTopic.OFFER), offer.model_dump_json(),
+                                  qos=1, retain=True)
+
+    async def withdraw(self) -> None:
+        await self.client.publish(self.topics.ota(self.node, OtaTopic.OFFER), b"", qos=1, retain=True)
+
+    async def want(self, want: Want) -> None:
+        self.stream.want(self.node, want, now=asyncio.get_running_loop().time())
+        await self.pump()
+
+    async def pump(self) -> None:
+        async with self._lock:
+            while (send := self.stream.next(now=asyncio.get_running_loop().time())) is not None:
+                topic = self.stream_topic if send.to is None else self.topics.ota(send.to, OtaTopic.DATA)
+                await self.client.publish(topic, self.release.frame(send.unit), qos=0)
+                self.sent += 1
+
+    async def tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            await self.pump()
+
+
+async def download(watch: Watcher, release: Release, *, timeout: float = 120) -> dict[str, Any]:
+    """Offer ``release`` and wait for ``verified``; the node's low-water heap in its download mode."""
+    sender = Sender(watch.client, watch.topics, watch.node, release)
+    watch.on_want = sender.want
+    ticker = asyncio.create_task(sender.tick())
+    mark = len(watch.progress)
+    started = time.monotonic()
+    try:
+        await sender.offer()
+        done = ("verified", "failed")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while not any(p["state"] in done for _, p in watch.progress[mark:]):
+                    await asyncio.sleep(0.1)
+        took = time.monotonic() - started
+        seen = watch.progress[mark:]
+        # Telemetry before the first progress is normal mode's; after it, the download mode's (no sensors).
+        first = seen[0][0] if seen else len(watch.telemetry)
+        end = next((n for n, p in seen if p["state"] in done), len(watch.telemetry))
+        await asyncio.sleep(1.5)  # the download mode's telemetry of its last second before verified
+        low = [t["readings"]["heap_min"] for t in watch.telemetry[first:end + 2]
+               if t["readings"].get("heap_min") is not None and "temperature" not in t["readings"]]
+        state = next((p["state"] for _, p in seen if p["state"] in done), "timeout")
+        return {
+            "ota_size": release.manifest.size,
+            "ota_state": state,
+            "ota_heap_min": min(low) if low else None,
+            "ota_s": round(took, 1),
+            "ota_bad": max(p.get("bad", 0) for _, p in seen),
+            "ota_frames_sent": sender.sent,
+        }
+    finally:
+        ticker.cancel()
+        watch.on_want = None
+        await sender.withdraw()
+
+
 async def run(*, quick: bool, heap: str = HEAP, workdir: Path, broker: Mosquitto,
-              firmware: Path = FIRMWARE_DIR) -> dict[str, Any]:
+              firmware: Path = FIRMWARE_DIR, ota: bool = False) -> dict[str, Any]:
     topics = Topics(root=f"bench{uuid.uuid4().hex[:6]}")
     name = "heap-node"
+    release = big_release(workdir) if ota else None
     # As deployed: with its web server, without the simulator's control channel (test instrumentation).
     node = SimNode(workdir / name, name=name, heap=heap, control=False, http=True, firmware_dir=firmware)
     node.provision(broker=broker.url, topic_prefix=topics.prefix(name), keepalive=10, max_backoff=1)
+    node.write("mqtt.json", {**node.read("mqtt.json"), "ota_key": device_key(OTA_MASTER, name).hex()})
     node.write("config.json", {"v": 1, "version": 1, "telemetry_period": 1})
     client = wire.Client(wire.BrokerAddress.parse(broker.url), client_id=f"heap-{uuid.uuid4().hex[:8]}", nodelay=True)
     async with client:
@@ -156,7 +270,7 @@ async def run(*, quick: bool, heap: str = HEAP, workdir: Path, broker: Mosquitto
             sent = await storm(watch, quick=quick)
             took = time.monotonic() - started
             await asyncio.sleep(2.5)  # the telemetry of the last second of the storm
-            return {
+            figures = {
                 "heap_size": heap,
                 "limit": LIMIT,
                 "messages": sent,
@@ -166,8 +280,11 @@ async def run(*, quick: bool, heap: str = HEAP, workdir: Path, broker: Mosquitto
                 "unanswered": watch.unanswered,
                 "restarts": node.restarts + (0 if node.running else 1),
                 "storm_s": round(took, 1),
-                "output": node.output()[-2000:],
             }
+            if release is not None:
+                figures.update(await download(watch, release))
+            figures["output"] = node.output()[-2000:]
+            return figures
         finally:
             await node.stop()
             feeder.cancel()
@@ -179,17 +296,22 @@ def main() -> None:
     parser.add_argument("--heap", default=HEAP, help="the interpreter's heap (default %(default)s)")
     parser.add_argument("--firmware", type=Path, default=FIRMWARE_DIR,
                         help="another firmware tree, e.g. an older commit's (git archive), to compare")
+    parser.add_argument("--no-ota", action="store_true",
+                        help="skip the download (a firmware without the download mode, e.g. main's)")
     args = parser.parse_args()
     with Mosquitto() as broker, tempfile.TemporaryDirectory(prefix="nodefleet-heap-") as tmp:
         figures = asyncio.run(run(quick=args.quick, heap=args.heap, workdir=Path(tmp), broker=broker,
-                                  firmware=args.firmware))
+                                  firmware=args.firmware, ota=not args.no_ota))
     output = figures.pop("output")
-    if figures["restarts"] or "Traceback" in output:
+    if "Traceback" in output:
         _say("node output:\n" + output)
     idle, low = figures["idle_heap_min"], figures["storm_heap_min"]
     figures["ratio"] = round(low / idle, 3) if idle and low else None
     _say(f"{figures['messages']} messages in {figures['storm_s']} s; low-water idle {idle} B, "
          f"under the storm {low} B; {figures['disconnects']} disconnects, {figures['restarts']} restarts")
+    if "ota_size" in figures:
+        _say(f"download of {figures['ota_size']} bytes: {figures['ota_state']} after {figures['ota_s']} s, "
+             f"low-water {figures['ota_heap_min']} B, {figures['ota_bad']} frames refused")
     print(json.dumps(figures))
 
 

@@ -36,10 +36,11 @@ async def _main(slot):
     log = ErrLog()
     if cause in _ABNORMAL:
         log.add("reset", "restarted after " + cause, "error", reset_cause=cause)
-    import settings  # normal mode lets it go after its start (loaded again when a config arrives)
+    import settings  # let go at once: normal mode loads it again when a config arrives
 
     cfg = settings.merged(store.load("config.json", None))
     del settings
+    del sys.modules["settings"]
     hal.init(cfg.get("pins", {}))
     wifi = store.load("wifi.json", None)
     mq = store.load("mqtt.json", None)
@@ -52,12 +53,19 @@ async def _main(slot):
 
         await provision.run(FW, ["switch", "temperature", "humidity", "schedule"])
     else:
-        heap.reserve()  # while the heap is still whole, before normal mode's modules
-        import normal
-
+        heap.reserve()  # while the heap is still whole, before the mode's modules
         # Running an OTA slot: its version is the release's (from the image), not this file's.
         fw = slot["image"]["version"] if slot and slot.get("image") else FW
-        await normal.run(fw=fw, boot_count=count, cause=cause, errlog=log, cfg=cfg, wifi=wifi, mq=mq, slot=slot)
+        kw = {"fw": fw, "boot_count": count, "cause": cause, "errlog": log, "cfg": cfg, "wifi": wifi, "mq": mq}
+        offer = (store.load("ota_offer.json", None) or {}).get("offer")
+        if isinstance(offer, dict):
+            import otamode  # normal mode restarted the node to download this offer (docs/ota.md)
+
+            await otamode.run(offer=offer, **kw)
+        else:
+            import normal
+
+            await normal.run(slot=slot, **kw)
 
 
 def main(slot=None):

@@ -2,7 +2,6 @@
 import json
 
 import clock
-import logic
 
 _HELP = "unknown command %s: use switch, logic, stop, restart or time"
 TTL = 60  # seconds a command with sent but no expires stays valid (contracts COMMAND_TTL)
@@ -16,6 +15,16 @@ def _only(cmd, keys):
     for k in cmd:
         if k not in keys:
             raise BadCommand("unknown field %s" % k)
+
+
+def _ident(value):
+    # rules.ident's check, here so that a command does not load the rule engine (the download mode runs none).
+    if not isinstance(value, str) or not 0 < len(value) <= 64:
+        return False
+    for c in value:
+        if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9" or c in "_.:-"):
+            return False
+    return True
 
 
 def _is_int(x):
@@ -39,7 +48,7 @@ def _switch(app, c):
         raise BadCommand("until must be epoch seconds")
     run_id = c.get("run_id")
     if run_id is not None:
-        if not logic._ident(run_id):
+        if not _ident(run_id):
             raise BadCommand("run_id must be 1-64 of A-Z a-z 0-9 _ . : -")
         if state == "TOGGLE":
             raise BadCommand("a run must name a target state, never TOGGLE")
@@ -134,7 +143,7 @@ def run(app, what, raw, replayed=False):
     try:
         cmd = decode(what, raw)
         cid = cmd.get("id")
-        if cid is not None and not logic._ident(cid):
+        if cid is not None and not _ident(cid):
             cid = None
             raise BadCommand("id must be 1-64 of A-Z a-z 0-9 _ . : -")
         if cmd.get("v", 1) != 1:

@@ -5,7 +5,7 @@ import time
 
 import hal
 import heap
-from mqtt import PINGRESP, PUBACK, PUBLISH, SUBACK, UNSUBACK, MQTTError, Proto, parse_publish
+from mqtt import PINGRESP, PUBACK, PUBLISH, SUBACK, MQTTError, Proto, parse_publish
 
 WINDOW = 2  # QoS 1 messages in flight at once: each one stays on the heap until its PUBACK
 ENTRY = 96  # what a queued message costs on the heap beside its payload (list, bytes header, callback)
@@ -18,12 +18,7 @@ class Link:
         self.host = host
         self.port = port
         self.client_id = client_id
-        # [(filter, qos), ...] (a plain filter: QoS 1), subscribed at every connect; extra ones come and go
-        # with subscribe()/unsubscribe() (an OTA stream while downloading) and are subscribed again too.
-        self.subs = [f if isinstance(f, tuple) else (f, 1) for f in subs]
-        self.extra = []
-        self._ctl = []  # (subscribe?, filter, qos) for the writer, while up
-        self._sub_pid = 0
+        self.subs = subs  # [(filter, qos), ...], subscribed at every connect
         self.will = will
         self.on_msg = on_msg
         self.on_up = on_up
@@ -67,21 +62,6 @@ class Link:
             self.dropped += 1
         self.queue.append([topic, payload, retain, qos, key, on_acked])
         self._ev.set()
-
-    def subscribe(self, topic_filter, qos=0):
-        if (topic_filter, qos) not in self.extra:
-            self.extra.append((topic_filter, qos))
-            if self.up:
-                self._ctl.append((True, topic_filter, qos))
-                self._ev.set()
-
-    def unsubscribe(self, topic_filter):
-        kept = [s for s in self.extra if s[0] != topic_filter]
-        if len(kept) != len(self.extra):
-            self.extra = kept
-            if self.up:
-                self._ctl.append((False, topic_filter, 0))
-                self._ev.set()
 
     def pending(self, key):
         """Whether a message of ``key`` waits in the queue or for its PUBACK."""
@@ -132,10 +112,8 @@ class Link:
                                           time.ticks_diff(time.ticks_ms(), self._down_at) > self.stale_after * 1000)
             self._err = None
             self._pubacks = []
-            self._ctl = []
             self._last_rx = time.ticks_ms()
-            self._sub_pid = self._next_pid()
-            await proto.subscribe(self._sub_pid, self.subs + self.extra)
+            await proto.subscribe(self._next_pid(), self.subs)
             # Unacknowledged QoS 1 messages go out again first, marked DUP.
             for pid in sorted(self.inflight, reverse=True):
                 self.queue.insert(0, self.inflight.pop(pid))
@@ -164,12 +142,6 @@ class Link:
             if not hal.wifi_ok():
                 raise MQTTError("wifi lost")
             wrote = False
-            while self._ctl:
-                on, f, qos = self._ctl.pop(0)
-                if on:
-                    await proto.subscribe(self._next_pid(), [(f, qos)])
-                else:
-                    await proto.unsubscribe(self._next_pid(), [f])
             while self._pubacks:
                 proto.put_puback(self._pubacks.pop(0))
                 wrote = True
@@ -224,15 +196,12 @@ class Link:
                     if m is not None and m[5] is not None:
                         m[5]()
                 elif kind == SUBACK:
-                    if (body[0] << 8) | body[1] != self._sub_pid:
-                        continue  # an extra filter's (an OTA stream): a refusal shows as frames that never come
                     self.replaying = False
-                    subs = self.subs + self.extra
-                    refused = [subs[i][0] for i, code in enumerate(body[2:]) if code == 0x80 and i < len(subs)]
+                    refused = [self.subs[i][0] for i, code in enumerate(body[2:]) if code == 0x80 and i < len(self.subs)]
                     if refused and self.on_refused is not None:
                         # Not fatal: under a strict ACL the node still takes what it may read.
                         self.on_refused(refused)
-                elif kind != PINGRESP and kind != UNSUBACK:
+                elif kind != PINGRESP:
                     raise MQTTError("unexpected packet 0x%02x" % head)
         except asyncio.CancelledError:
             raise

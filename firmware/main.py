@@ -35,6 +35,7 @@ def _boot():
 
 
 BOOT = _boot()
+del _boot  # its bytecode, compiled from source at boot, is heap the app needs
 import app  # noqa: E402
 import hal  # noqa: E402
 

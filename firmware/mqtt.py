@@ -6,8 +6,6 @@ PUBLISH = 0x30
 PUBACK = 0x40
 SUBSCRIBE = 0x82
 SUBACK = 0x90
-UNSUBSCRIBE = 0xA2
-UNSUBACK = 0xB0
 PINGREQ = 0xC0
 PINGRESP = 0xD0
 DISCONNECT = 0xE0
@@ -93,17 +91,11 @@ class Proto:
         await self.w.drain()
 
     async def subscribe(self, pid, filters):
-        # filters: [(filter, qos), ...]
+        # filters: [(filter, qos), ...]; OTA frames are subscribed at QoS 0 (docs/ota.md)
         body = bytearray(struct.pack("!H", pid))
         for f, qos in filters:
             body += _s(f) + bytes([qos])
         await self.send(SUBSCRIBE, body)
-
-    async def unsubscribe(self, pid, filters):
-        body = bytearray(struct.pack("!H", pid))
-        for f in filters:
-            body += _s(f)
-        await self.send(UNSUBSCRIBE, body)
 
     async def ping(self):
         await self.send(PINGREQ)

@@ -1,7 +1,6 @@
 # The switch: relay, mode, the rule in force, runs already executed; persisted on flash.
 import clock
 import hal
-import logic
 import store
 from counter import Counter
 
@@ -125,8 +124,10 @@ class Node:
         now = clock.now()
         if self.until is not None and now >= self.until:
             self._set(False)
-        if self.stopped or not self.logic_enabled or not clock.valid():
+        if self.stopped or not self.logic_enabled or not clock.valid() or not self.rules:
             return
+        import logic  # not loaded by a node without rules (the download mode runs none)
+
         w = logic.window_now(self.rules, now)
         if self.resume_pending:
             self.resume_pending = False

@@ -1,26 +1,14 @@
-# Normal mode: WiFi, MQTT link, commands, NodeLogic ticks, telemetry, local web page.
-import asyncio
-import json
-import random
-import time
-
+# Normal mode: core.py (switch, commands, link, NodeLogic, telemetry) plus config, schedule, the local web page,
+# and the first look at an OTA offer: one worth taking restarts the node into the download mode (otamode.py).
 import clock
-import commands
 import hal
 import heap
-import led
 import localpage
 import logic
 import store
-from counter import Counter
-from link import Link
+from core import Core
 
-MAX_IN = heap.MAX_IN  # config and schedule
-FRAME_MAX = heap.FRAME_MAX  # an OTA frame; the receive buffer (heap.RX) holds this much
-CMD_MAX = 512  # a command is a few hundred bytes at most: a larger one is dropped unparsed
-NTP_EVERY_MS = 6 * 3600 * 1000
-HOLD_MS = 5000
-CAPS = ["switch", "temperature", "humidity", "schedule"]
+MAX_IN = heap.MAX_IN  # config and schedule; the receive buffer (heap.RX) holds this much
 
 
 def _settings():
@@ -36,255 +24,58 @@ def _drop(name):
     sys.modules.pop(name, None)
 
 
-class App:
-    def __init__(self, *, fw, boot_count, cause, errlog, cfg, wifi, mq, slot=None):
-        self.fw = fw
-        self.boot_count = boot_count
-        self.cause = cause
-        self.errlog = errlog
-        self.cfg = _settings().merged(cfg)
-        self.cfg_raw = store.load("config.json", None)
-        self.wifi = wifi
-        self.mq = mq
-        self.prefix = mq["topic_prefix"]
-        self._topics = {}
-        self.started = time.ticks_ms()
-        self.bad_input = 0
-        self.ap_open = False
-        self.wifi_seen = False
-        self.connect_failed = False
-        stored = store.load("schedule.json", None)
-        self.schedule = stored or {"v": 1, "version": 1, "rules": []}
-        self.schedule_version = stored.get("version") if stored else None  # applied from the retained topic
-        self.telemetry_seq = Counter("telemetry")
-        clock.set_tz(self.cfg.get("tz", []))
-        # An OTA update under way across its reboot (otarx.json); the receiver is loaded only then or for an offer.
-        self.ota = None
+class App(Core):
+    def __init__(self, *, slot=None, **kw):
+        # An OTA update under way across its reboot (otarx.json): its trial and its report (otainst.Boot).
         ota_st = store.load("otarx.json", None) or {}
         phase = ota_st.get("phase")
+        # The update's own reboot: relay, rule and its end come back as they were.
+        Core.__init__(self, power_on="last" if phase in ("switch", "failed") else None, **kw)
         self.refused_sha = ota_st.get("sha256") if phase == "refuse" else None
-        pending = store.load("ota_offer.json", None) or {}
-        self.refused_tag = pending.get("refused")
-        power_on = self.cfg.get("power_on", "off")
-        if phase in ("switch", "failed"):
-            power_on = "last"  # the update's own reboot: relay, rule and its end come back as they were
-        import node
-
-        self.node = node.Node(power_on, self.publish_state)
-        self.node.rules = self.schedule.get("rules", [])
-        self.node.state_seq = self.node.seq.next()
+        self.refused_tag = (store.load("ota_offer.json", None) or {}).get("refused")
         p = self.prefix
-        self.link = Link(
-            host=mq["broker"], port=mq.get("port", 1883), client_id=mq.get("node_name") or hal.chip_id(),
-            user=mq.get("username"), password=mq.get("password"), keepalive=mq.get("keepalive", 30),
-            # The OTA inbox (Topics.node_ota_inbox): the offer at QoS 1, frames at QoS 0 (docs/ota.md).
-            subs=[p + "/set/#", p + "/config", p + "/schedule", (p + "/ota/offer", 1), (p + "/ota/data", 0)],
-            will=(p + "/status", b"offline", True, 1), on_msg=self.on_msg, on_up=self.on_up,
-            on_down=self.on_down, on_refused=self.on_refused, max_in=FRAME_MAX, max_backoff=mq.get("max_backoff", 30),
-            max_queue=mq.get("max_queue", 24), max_queue_bytes=mq.get("max_queue_bytes", 1536),
-            stale_after=commands.TTL)
-        self.refused_logged = False
-        errlog.publish = self.publish_log
-        _drop("settings")
+        # Offers at QoS 1; ota/data (QoS 0, frames, dropped here) so the inbox is the download mode's.
+        self.connect([(p + "/set/#", 1), (p + "/config", 1), (p + "/schedule", 1), (p + "/ota/offer", 1),
+                      (p + "/ota/data", 0)], MAX_IN)
         self.ota_boot = None
         if phase in ("switch", "trial", "failed"):
             import otainst
 
             self.ota_boot = otainst.Boot(self, ota_st, slot)
 
-    def _load_ota(self):
-        if self.ota is None:
-            import otarx
-
-            self.ota = otarx.Receiver(self)
-        return self.ota
-
-    # -- publishing --------------------------------------------------------
-    def topic(self, kind):
-        # One string per kind for the node's life, not one per message waiting in the queue.
-        t = self._topics.get(kind)
-        if t is None:
-            t = self._topics[kind] = self.prefix + "/" + kind
-        return t
-
-    def send(self, kind, obj, retain=False, qos=0, key=None, on_acked=None):
-        self.link.publish(self.topic(kind), json.dumps(obj).encode(), retain, qos, key, on_acked)
-
-    def publish_state(self):
-        p = self.node.payload()
-        v = (self.cfg_raw or {}).get("version")
-        if v:
-            p["config"] = v  # the config version in force, for the provisioner and openHAB
-        p["schedule"] = self.schedule_version  # the schedule in force (null: none), confirmed like config
-        self.send("state", p, True, 1, "state")
-
-    def publish_log(self, *_):
-        # The ring on flash is the log's queue: one entry in flight, the next once the broker has it.
-        # So an entry is never queued twice (after an outage) and a burst of entries costs no heap.
-        if self.link.pending("log"):
-            return
-        nxt = self.errlog.first_unsent()
-        if nxt is not None:
-            seq = nxt[0]
-            self.link.publish(self.topic("log"), nxt[1], False, 1, "log", lambda: self._log_sent(seq))
-
-    def _log_sent(self, seq):
-        self.errlog.mark_sent(seq)
-        self.publish_log()
-
-    def ack(self, cid, status, err):
-        a = {"v": 1, "id": cid, "status": status}
-        if err:
-            a["error"] = err
-        else:
-            a["state_seq"] = self.node.state_seq
-        self.send("ack", a, False, 1)
-
-    def uptime(self):
-        return time.ticks_diff(time.ticks_ms(), self.started) // 1000
-
-    def info(self):
-        i = {"v": 1, "chip_id": hal.chip_id(), "fw": self.fw, "caps": CAPS, "boot_reason": self.cause,
-             "boot_count": self.boot_count, "mac": hal.mac()}
-        if hal.ip():
-            i["ip"] = hal.ip()
-        return i
-
-    # -- link events -------------------------------------------------------
-    def on_up(self):
-        self.link.publish(self.topic("status"), b"online", True, 1, "status")
-        self.send("info", self.info(), True, 1, "info")
-        self.publish_state()
-        self.publish_log()
-        if self.ota is not None:
-            self.ota.on_up()
-        hal.mark_healthy()
-
-    def on_down(self, reason, was_up):
-        # One entry per outage: a session that ended, or the first failed connect since the last session.
-        if not reason or not hal.wifi_ok():
-            return
-        if was_up:
-            self.errlog.add("mqtt_lost", "broker connection lost: " + reason, "warning", self.ts())
-            self.connect_failed = False
-        elif not self.connect_failed:
-            self.connect_failed = True
-            self.errlog.add("mqtt_connect", "cannot reach the broker: " + reason, "warning", self.ts())
-
-    def on_refused(self, filters):
-        if not self.refused_logged:
-            self.refused_logged = True
-            self.errlog.add("subscribe_refused", "the broker refused " + ", ".join(filters) +
-                            ": grant the node read access to them", "warning", self.ts())
-
-    def ts(self):
-        return clock.now() if clock.valid() else None
-
-    def bad(self, code, msg):
-        self.bad_input += 1
-        self.errlog.add(code, msg, "warning", self.ts())
-
-    def on_msg(self, topic, payload, size, retained):
-        try:
-            frame = self._dispatch(topic.decode(), payload, size, retained)
-        except Exception as exc:  # a handler bug must not end the session
-            frame = False
-            import sys
-
-            sys.print_exception(exc)  # the console (a serial port, the simulator's log) gets the traceback
-            self.bad("handler_error", repr(exc))
-        if size >= 256 and not frame:
-            heap.sample()  # what a large message left behind goes now, before it fragments the heap
-
-    def _dispatch(self, topic, payload, size, retained):
+    def dispatch(self, topic, payload, size, retained):
         if not topic.startswith(self.prefix + "/"):
-            if self.ota is not None and topic == self.ota.stream and payload is not None:
-                self.ota.frame(payload)  # the release's shared stream
-                return True
             return
         kind = topic[len(self.prefix) + 1:]
-        if kind == "ota/data":
-            if self.ota is not None and payload is not None:
-                self.ota.frame(payload)  # a repair for this node; nothing to do when not downloading
-                return True
-            return
-        limit = CMD_MAX if kind.startswith("set/") else MAX_IN
-        if payload is None or size > limit:
-            self.bad("payload_too_large", "%s payload of %d bytes is over the %d-byte limit: dropped" % (kind, size, limit))
-            return
         if kind.startswith("set/"):
-            if retained:
-                # A retained command would replay at every connect and switch the relay at boot.
-                if payload:
-                    self.bad("retained_command", "%s is retained: ignored; clear it with an empty retained message" % kind)
-                return
-            cid, status, err = commands.run(self, kind[4:], payload, self.link.replaying)
-            if status == "error":
-                self.bad_input += 1
-            if cid is not None:
-                self.ack(cid, status, err)
-            elif status == "expired":
-                self.errlog.add("command_expired", "%s: %s" % (kind, err), "warning", self.ts())
-            elif err:
-                self.errlog.add("bad_command", "%s: %s" % (kind, err), "warning", self.ts())
-        elif kind == "config":
-            self.apply_config(payload)
-        elif kind == "schedule":
-            self.apply_schedule(payload)
-        elif kind == "ota/offer":
-            self.on_offer(payload)
+            self.command(kind, payload, size, retained)
+        elif kind == "ota/data":
+            return True  # a frame for a download this mode does not run: nothing parsed, nothing kept
+        elif not self.too_large(kind, payload, size, MAX_IN):
+            if kind == "config":
+                self.apply_config(payload)
+            elif kind == "schedule":
+                self.apply_schedule(payload)
+            elif kind == "ota/offer":
+                self.on_offer(payload)
 
     def on_offer(self, payload):
-        # Checked this far without the OTA modules: an offer of the running release, of an image that rolled
-        # back here, or one already refused loads nothing.
-        if not payload:
-            if self.ota is not None:
-                self.ota.withdraw()
-            return
-        o = self._json("offer", payload)
+        # Only the fields that decide whether to look further; the tag, format and size are checked by the
+        # download mode, which has the heap for the OTA modules. An empty retained offer: nothing offered.
+        o = self.offer_of(payload)
         if o is None:
-            return
-        if not isinstance(o, dict) or not isinstance(o.get("release"), str) or "sha256" not in o or "tag" not in o:
-            self.bad("bad_offer", "ota/offer is not an offer: ignored")
             return
         if o["release"] == self.fw or o["sha256"] == self.refused_sha or o["tag"] == self.refused_tag:
             return
         if self.ota_boot is not None and self.ota_boot.state == "trial":
             return  # a new firmware on trial takes no offer before it has confirmed itself
-        if self.ota is None:
-            # The OTA modules load into a heap just collected, and the offer is parsed again after them.
-            o = None
-            heap.sample()
-            self._load_ota()
-            o = json.loads(payload)
-        if not self._load_ota().take_offer(o):
-            self.refused_tag = o["tag"]  # said once (failed progress); the retained copy at each connect is quiet
-            store.save("ota_offer.json", {"refused": o["tag"]})
-            self._drop_ota()
-
-    def _drop_ota(self):
-        # Nothing to download: let the OTA modules go again, so the heap is an idle node's.
-        import sys
-
-        self.ota = None
-        for m in ("otarx", "otastore", "ota", "hal.slots", "hal.simslot", "hal.esp32slot"):
-            sys.modules.pop(m, None)
-        try:
-            delattr(hal, "slots")
-        except (AttributeError, TypeError):
-            pass
-
-    def _json(self, kind, payload):
-        if not payload:
-            return None  # a retained message was cleared
-        try:
-            return json.loads(payload)
-        except (ValueError, UnicodeError):
-            self.bad("bad_" + kind, kind + " is not valid JSON: keep the previous one")
-            return None
+        # Into the download mode: the offer and the node state on flash, the relay kept through the restart.
+        store.save("ota_offer.json", {"offer": o})
+        print("ota: offer of %s: restarting into the download mode" % o["release"])
+        self.restart_soon(True)
 
     def apply_config(self, payload):
-        c = self._json("config", payload)
+        c = self.json_of("config", payload)
         if c is None:
             return
         settings = _settings()
@@ -310,7 +101,7 @@ class App:
 
     def apply_schedule(self, payload):
         # An empty retained message deletes the schedule.
-        s = self._json("schedule", payload) if payload else None
+        s = self.json_of("schedule", payload) if payload else None
         if s is None and payload:
             return
         err = s is not None and logic.check_schedule(s, heap.RX)  # parsed: its buffer is free to lend
@@ -331,127 +122,9 @@ class App:
         self.node.tick()
         self.node.changed()  # a new state tells the version now in force
 
-    def restart_soon(self):
-        asyncio.create_task(self._restart())
-
-    async def _restart(self):
-        # Let acks and state go out first.
-        for _ in range(20):
-            if not self.link.queue and not self.link.inflight:
-                break
-            await asyncio.sleep_ms(50)
-        await asyncio.sleep_ms(100)
-        hal.restart()
-
-    def led_pattern(self):
-        if self.node.stopped:
-            return "error"  # failsafe engaged: someone has to resume it
-        if not hal.wifi_ok():
-            return "ap" if self.ap_open else "no_wifi"
-        if not self.link.up:
-            return "no_broker"
-        return "ok" if clock.valid() else "no_time"
-
-    # -- tasks -------------------------------------------------------------
-    async def wifi_loop(self):
-        w = self.wifi
-        failures = 0
-        backoff = 1
-        down_since = time.ticks_ms()
-        synced = time.ticks_ms()
-        while True:
-            if hal.wifi_ok():
-                if self.ap_open:
-                    hal.ap(False)
-                    self.ap_open = False
-                down_since = None
-                backoff = 1
-                if time.ticks_diff(time.ticks_ms(), synced) > NTP_EVERY_MS:
-                    # The RTC drifts: NTP again now and then (the first sync happens on joining).
-                    synced = time.ticks_ms()
-                    await hal.ntp()
-                await asyncio.sleep_ms(300)
-                continue
-            if down_since is None:
-                down_since = time.ticks_ms()
-            err = await hal.wifi_connect(w["ssid"], w.get("password", ""), w.get("ip"), w.get("gateway"))
-            if err is None:
-                if not self.wifi_seen:
-                    store.remove("prov_err.json")
-                self.wifi_seen = True
-                if not clock.valid() and await hal.ntp():
-                    self.node.changed()
-                continue
-            failures += 1
-            if not self.wifi_seen and failures >= 3:
-                # Stored credentials never worked: back to provisioning, keeping them and saying why.
-                store.save("prov_err.json", {"error": "wifi: " + err, "enter": True})
-                hal.restart()
-            if not self.ap_open and time.ticks_diff(time.ticks_ms(), down_since) >= self.cfg["ap_after"] * 1000:
-                hal.ap(True, "nodefleet-" + hal.chip_id()[-4:])
-                self.ap_open = True
-            await asyncio.sleep_ms(int(backoff * 1000 * (0.5 + random.getrandbits(8) / 256)))
-            backoff = min(backoff * 2, self.mq.get("max_backoff", 30))
-
-    async def logic_loop(self):
-        valid = clock.valid()
-        while True:
-            self.node.tick()
-            if clock.valid() != valid:
-                valid = clock.valid()
-                self.node.changed()
-            await asyncio.sleep_ms(250)
-
-    async def button_loop(self):
-        # A press toggles the relay by hand; held for HOLD_MS it restarts into provisioning mode.
-        held_since = None
-        while True:
-            await asyncio.sleep_ms(50)
-            if hal.button():
-                if held_since is None:
-                    held_since = time.ticks_ms()
-                elif time.ticks_diff(time.ticks_ms(), held_since) >= HOLD_MS:
-                    hal.restart()
-            elif held_since is not None:
-                held_since = None
-                err = self.node.switch("TOGGLE")
-                if err:
-                    self.bad("button", err)
-
-    async def telemetry_loop(self):
-        last = time.ticks_ms()
-        # Firmware-local (mqtt.json, demo nodes): at most this period, and a first message once online.
-        cap = self.mq.get("telemetry_max")
-        first = bool(cap)
-        while True:
-            # Short steps, so a new period from the config takes effect at once.
-            await asyncio.sleep_ms(250)
-            free = heap.sample()  # every step, so the low-water mark sees short peaks too
-            period = min(self.cfg["telemetry_period"], cap) if cap else self.cfg["telemetry_period"]
-            if first and self.link.up:
-                first = False
-            elif time.ticks_diff(time.ticks_ms(), last) < period * 1000:
-                continue
-            last = time.ticks_ms()
-            readings = hal.sensors()
-            readings["rssi"] = hal.rssi()
-            readings["heap_free"] = free
-            readings["heap_min"] = heap.low
-            readings["mqtt_dropped"] = self.link.dropped
-            readings["bad_input"] = self.bad_input
-            t = {"v": 1, "seq": self.telemetry_seq.next(), "uptime": self.uptime(), "readings": readings}
-            if clock.valid():
-                t["ts"] = clock.now()
-            self.send("telemetry", t)
-
 
 async def run(**kw):
     app = App(**kw)
-    asyncio.create_task(led.run(app.led_pattern))
-    asyncio.create_task(app.wifi_loop())
-    asyncio.create_task(app.logic_loop())
-    asyncio.create_task(app.telemetry_loop())
-    asyncio.create_task(app.button_loop())
+    app.start()
     await localpage.serve(app)
     await app.link.run()
-

@@ -34,9 +34,9 @@ async def install(rx):
         if not app.link.pending("progress"):
             break
         await asyncio.sleep_ms(50)
+    store.remove("ota_offer.json")  # first: a power cut now must not boot the trial into the download mode
     slots.slot_select()
     rx.dl.clear()
-    store.remove("ota_offer.json")
     hal.restart()
 
 

@@ -1,6 +1,5 @@
-# The OTA receiver of normal mode (docs/ota.md): offer check, download with credit and repair, progress, verify,
-# the idle check (the install and the trial boot are otainst.py). Imported only when an offer arrives, so an idle
-# node keeps the heap it takes.
+# The OTA receiver of the download mode (otamode.py, docs/ota.md): offer check, download with credit and repair,
+# progress, verify, the idle check (the install and the trial boot are otainst.py). Never loaded in normal mode.
 import asyncio
 import random
 import time
@@ -8,8 +7,6 @@ from binascii import unhexlify
 
 import clock
 import heap
-import ota
-import store
 import otastore
 from hal import slots
 
@@ -19,6 +16,12 @@ PROGRESS_MS = 1000
 
 def _now():
     return time.ticks_ms()
+
+
+def _drop(name):
+    import sys
+
+    sys.modules.pop(name, None)
 
 
 def report(o, state, ts=None, code=None, reason=None):
@@ -41,7 +44,6 @@ class Receiver:
         self.node_name = mq.get("node_name") or app.prefix.split("/")[-1]
         self.offer = None
         self.dl = None
-        self.stream = None
         self.state = None
         self.session = None
         self.since_want = 0
@@ -72,10 +74,7 @@ class Receiver:
         return self.offer is not None and o.get("tag") == self.offer.get("tag") and o.get("stream") == self.offer.get("stream")
 
     def take_offer(self, o):
-        """A retained offer (parsed); returns False if refused."""
-        if self.same(o) or self.state == "updating":
-            return True  # the same offer again (every connect replays it), or an update already installing
-        self.stop()
+        """The offer the download mode started for (parsed); returns False if refused."""
         self.offer = o
         key = self.app.mq.get("ota_key")
         if not key:
@@ -87,7 +86,13 @@ class Receiver:
             self.fail("no_key", "ota_key in mqtt.json is not hex")
             return False
         info = slots.slot_info()
+        import ota  # the offer check, let go once it has answered
+
         err = ota.check_offer(o, self.node_name, key, self.app.fw, info["format"], info["capacity"])
+        del ota
+        _drop("ota")
+        if err is None and not isinstance(o.get("stream"), str):
+            err = ("bad_offer", "the offer names no stream")
         if err is None and 20 + o.get("block_size", 4096) > heap.FRAME_MAX:
             err = ("no_space", "blocks of %d bytes, the receive buffer holds %d" % (o["block_size"], heap.FRAME_MAX - 20))
         if err is not None:
@@ -104,24 +109,13 @@ class Receiver:
             self.state = "downloaded"  # finished before a reboot: verify again, then install
         else:
             self.state = "downloading"
-            self.stream = o["stream"]
-            self.app.link.subscribe(self.stream, 0)
             self.progress("downloading")
             self.new_session()
         self.ensure_task()
         return True
 
-    def withdraw(self):
-        # An empty retained offer: stop downloading; what is on flash stays for a later offer of the same image.
-        if self.state in ("downloading", "downloaded", "verified", "failed"):
-            self.stop()
-            self.offer = None
-            store.remove("ota_offer.json")  # the next boot need not load the receiver
-
     def stop(self):
-        if self.stream is not None:
-            self.app.link.unsubscribe(self.stream)
-            self.stream = None
+        # What is on flash stays for a later offer of the same image (withdrawn, then offered again).
         self.dl = None
         self.state = None
 
@@ -129,6 +123,7 @@ class Receiver:
         self.progress("failed", code, reason[:200])
         self.stop()
         self.state = "failed"
+        self.app.leave(self.offer.get("tag"))  # back to normal mode, which then ignores this offer
 
     # -- frames --------------------------------------------------------------------
     def new_session(self):
@@ -143,8 +138,9 @@ class Receiver:
             self.want()
 
     def frame(self, payload):
+        # What Download.handle said ("ok", "dup", "bad", ...), None when not downloading.
         if self.state != "downloading":
-            return
+            return None
         t0 = time.ticks_us()
         r = self.dl.handle(payload)
         self.busy_us += time.ticks_diff(time.ticks_us(), t0)
@@ -154,9 +150,7 @@ class Receiver:
         if r == "bad":
             print("ota: frame refused (%d bad)" % self.dl.bad)
         if self.dl.complete():
-            self.app.link.unsubscribe(self.stream)
-            self.stream = None
-            self.state = "downloaded"
+            self.state = "downloaded"  # the stream's frames for other nodes are dropped from now on
             self.want()  # the sender sees the full bitmap and lets this node go
             print("ota: downloaded %d bytes, %d frames handled in %d us (%d us each), %d ms" % (
                 self.dl.size, self.frames, self.busy_us, self.busy_us // max(self.frames, 1),
@@ -165,6 +159,7 @@ class Receiver:
         elif self.since_want >= max(1, self.window // 2):
             self.want()
             heap.sample()  # the low-water mark sees a download too, without a collection per frame
+        return r
 
     # -- the timer: stalls, progress, verify, the idle check ------------------------
     def ensure_task(self):
@@ -203,7 +198,8 @@ class Receiver:
         n = self.app.node
         if n.relay:
             return False
-        active = [r for r in n.rules if r.get("enabled", True)] if n.logic_enabled and not n.stopped else []
+        rules_ = self.app.schedule.get("rules", [])  # the node's schedule, run or not in this mode
+        active = [r for r in rules_ if r.get("enabled", True)] if n.logic_enabled and not n.stopped else []
         if not active:
             return True
         if not clock.valid():

@@ -150,3 +150,11 @@ async def sample_heap():
 
 def mark_healthy():
     pass
+
+
+def start():
+    # The control channel for the tests (NF_CTL_PORT): without it, its module is never loaded.
+    if _env("NF_CTL_PORT"):
+        from hal import simctl
+
+        simctl.start()

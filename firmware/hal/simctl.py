@@ -1,5 +1,5 @@
 # Control channel of the simulated board: one text command per line, one JSON line back.
-# Its start() is hal.start() on the unix port, so the board (hal/sim.py) never imports its controller.
+# Loaded by hal.start() (hal/sim.py) only when NF_CTL_PORT names a port: a node as deployed has no such module.
 import asyncio
 import gc
 import json
