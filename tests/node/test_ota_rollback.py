@@ -36,7 +36,7 @@ async def test_failed_self_test_rolls_back_and_refuses_the_release(tmp_path, mos
                 await watch.wait("info", lambda i: i["fw"] == "0.1.0", since=trial, timeout=10)
                 fws = [i["fw"] for i in watch.found("info")]
                 assert fws[0] == "0.1.0" and "1.4.0" in fws and fws[-1] == "0.1.0", fws
-                assert node.restarts == 2, node.exits
+                assert set(node.exits) == {75}, node.exits  # restarts the firmware asked for, never a crash
                 slots = node.read("slots.json")
                 assert slots["active"] == 0 and not slots["trial"], slots
                 await asyncio.sleep(0.5)  # the report is acknowledged: then the image is refused for good

@@ -201,6 +201,6 @@ async def assert_untouched(node, watch: Watch, svc, *, refusals: int) -> None:
     ack = await watch.command("switch", {"state": "ON"})
     assert ack["status"] == "ok"
     assert (await watch.wait("state", lambda s: s["relay"] == "ON", since=mark))
-    assert node.restarts == 0 and node.running
+    assert node.running and set(node.exits) <= {75}, node.exits  # never a crash
     assert [i["fw"] for i in watch.found("info")] == ["0.1.0"] * len(watch.found("info"))
     assert not watch.invalid, watch.invalid
