@@ -98,6 +98,7 @@ class Watcher:
         self.unanswered = 0
         self.acks: dict[str, dict[str, Any]] = {}
         self._ack = asyncio.Event()
+        self.states: list[dict[str, Any]] = []
         self.progress: list[tuple[int, dict[str, Any]]] = []
         """(telemetry messages seen before it, progress)."""
         self.on_want: Any = None
@@ -113,17 +114,20 @@ class Watcher:
                 ack = json.loads(body)
                 self.acks[ack["id"]] = ack
                 self._ack.set()
+            elif topic == self.topics.state(self.node):
+                self.states.append(json.loads(body))
             elif topic == self.topics.ota(self.node, OtaTopic.PROGRESS):
                 self.progress.append((len(self.telemetry), json.loads(body)))
             elif topic == self.topics.ota(self.node, OtaTopic.WANT) and self.on_want is not None:
                 await self.on_want(Want.model_validate_json(bytes(body)))
 
-    async def roundtrip(self, timeout: float = 5.0, tries: int = 4) -> bool:
+    async def roundtrip(self, timeout: float = 5.0, tries: int = 4, command: Command = Command.LOGIC,
+                        body: dict[str, Any] | None = None) -> bool:
         """A command with an id, answered: the node has handled everything sent before it."""
         for _ in range(tries):
             cid = f"rt{uuid.uuid4().hex[:8]}"
-            await self.client.publish(self.topics.set(self.node, Command.LOGIC),
-                                      json.dumps({"enabled": True, "id": cid}), qos=1)
+            await self.client.publish(self.topics.set(self.node, command),
+                                      json.dumps({**(body or {"enabled": True}), "id": cid}), qos=1)
             try:
                 async with asyncio.timeout(timeout):
                     while cid not in self.acks:
@@ -205,37 +209,54 @@ class Sender:
             await self.pump()
 
 
+async def _progress(watch: Watcher, mark: int, states: tuple[str, ...], timeout: float) -> str:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            while True:
+                for _, p in watch.progress[mark:]:
+                    if p["state"] in states:
+                        return p["state"]
+                await asyncio.sleep(0.1)
+    return "timeout"
+
+
 async def download(watch: Watcher, release: Release, *, timeout: float = 120) -> dict[str, Any]:
-    """Offer ``release`` and wait for ``verified``; the node's low-water heap in its download mode."""
+    """Offer ``release`` with the relay on, so the node waits after ``verified`` (not idle) and its download mode
+    reports telemetry: its low-water heap from its boot to then. Then the relay off: install, trial, ``updated``."""
+    await watch.roundtrip(command=Command.SWITCH, body={"state": "ON"})
     sender = Sender(watch.client, watch.topics, watch.node, release)
     watch.on_want = sender.want
     ticker = asyncio.create_task(sender.tick())
-    mark = len(watch.progress)
+    mark, states_mark = len(watch.progress), len(watch.states)
     started = time.monotonic()
     try:
         await sender.offer()
-        done = ("verified", "failed")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                while not any(p["state"] in done for _, p in watch.progress[mark:]):
-                    await asyncio.sleep(0.1)
+        state = await _progress(watch, mark, ("verified", "failed"), timeout)
         took = time.monotonic() - started
         seen = watch.progress[mark:]
         # Telemetry before the first progress is normal mode's; after it, the download mode's (no sensors).
         first = seen[0][0] if seen else len(watch.telemetry)
-        end = next((n for n, p in seen if p["state"] in done), len(watch.telemetry))
-        await asyncio.sleep(1.5)  # the download mode's telemetry of its last second before verified
-        low = [t["readings"]["heap_min"] for t in watch.telemetry[first:end + 2]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                while len(watch.telemetry) < first + 2:
+                    await asyncio.sleep(0.1)
+        low = [t["readings"]["heap_min"] for t in watch.telemetry[first:]
                if t["readings"].get("heap_min") is not None and "temperature" not in t["readings"]]
-        state = next((p["state"] for _, p in seen if p["state"] in done), "timeout")
-        return {
+        relay_kept = all(st["relay"] == "ON" for st in watch.states[states_mark:])
+        figures = {
             "ota_size": release.manifest.size,
             "ota_state": state,
             "ota_heap_min": min(low) if low else None,
             "ota_s": round(took, 1),
-            "ota_bad": max(p.get("bad", 0) for _, p in seen),
+            "ota_bad": max((p.get("bad", 0) for _, p in seen), default=0),
             "ota_frames_sent": sender.sent,
+            "ota_relay_kept": relay_kept and bool(watch.states[states_mark:]),
         }
+        if state == "verified":
+            await watch.roundtrip(command=Command.SWITCH, body={"state": "OFF"})  # idle now: it installs
+            figures["ota_result"] = await _progress(watch, mark, ("updated", "rolled_back", "failed"), 60)
+            figures["ota_updated_s"] = round(time.monotonic() - started, 1)
+        return figures
     finally:
         ticker.cancel()
         watch.on_want = None

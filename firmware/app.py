@@ -19,11 +19,14 @@ def _on_task_error(loop, context):
 
 
 def crash_report(exc):
-    import io
+    try:
+        import io
 
-    buf = io.StringIO()
-    sys.print_exception(exc, buf)
-    ErrLog().add("crash", repr(exc)[:200], "critical", trace=buf.getvalue())
+        buf = io.StringIO()
+        sys.print_exception(exc, buf)
+        ErrLog().add("crash", repr(exc)[:200], "critical", trace=buf.getvalue())
+    except MemoryError:
+        sys.print_exception(exc)  # no room to keep it on flash: the console has it, and the restart follows
 
 
 async def _main(slot):
@@ -57,11 +60,11 @@ async def _main(slot):
         # Running an OTA slot: its version is the release's (from the image), not this file's.
         fw = slot["image"]["version"] if slot and slot.get("image") else FW
         kw = {"fw": fw, "boot_count": count, "cause": cause, "errlog": log, "cfg": cfg, "wifi": wifi, "mq": mq}
-        offer = (store.load("ota_offer.json", None) or {}).get("offer")
-        if isinstance(offer, dict):
+        st = store.load("ota_offer.json", None) or {}
+        if isinstance(st.get("offer"), dict):
             import otamode  # normal mode restarted the node to download this offer (docs/ota.md)
 
-            await otamode.run(offer=offer, **kw)
+            await otamode.run(st, **kw)
         else:
             import normal
 

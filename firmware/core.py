@@ -21,7 +21,8 @@ KEEP = "keep.json"  # written before a restart between modes: the next boot rest
 
 
 class Core:
-    def __init__(self, *, fw, boot_count, cause, errlog, cfg, wifi, mq, power_on=None):
+    def __init__(self, subs, max_in, *, fw, boot_count, cause, errlog, cfg, wifi, mq, power_on=None):
+        # subs: [(filter, qos), ...], fixed for the mode's life.
         self.fw = fw
         self.boot_count = boot_count
         self.cause = cause
@@ -53,10 +54,6 @@ class Core:
         self.node.state_seq = self.node.seq.next()
         self.refused_logged = False
         errlog.publish = self.publish_log
-
-    def connect(self, subs, max_in):
-        # subs: [(filter, qos), ...], fixed for the mode's life.
-        mq = self.mq
         self.link = Link(
             host=mq["broker"], port=mq.get("port", 1883), client_id=mq.get("node_name") or hal.chip_id(),
             user=mq.get("username"), password=mq.get("password"), keepalive=mq.get("keepalive", 30), subs=subs,
@@ -153,9 +150,10 @@ class Core:
             frame = self.dispatch(topic.decode(), payload, size, retained)
         except Exception as exc:  # a handler bug must not end the session
             frame = False
-            import sys
+            if not isinstance(exc, MemoryError):  # no room to parse it (a large payload): no bug to trace
+                import sys
 
-            sys.print_exception(exc)  # the console (a serial port, the simulator's log) gets the traceback
+                sys.print_exception(exc)  # the console (a serial port, the simulator's log) gets the traceback
             self.bad("handler_error", repr(exc))
         if size >= 256 and not frame:
             heap.sample()  # what a large message left behind goes now, before it fragments the heap
@@ -269,6 +267,7 @@ class Core:
     async def logic_loop(self):
         valid = clock.valid()
         while True:
+            hal.feed()  # the ESP32 watchdog: a stalled loop resets the chip (the download mode has no LED task)
             self.node.tick()
             if clock.valid() != valid:
                 valid = clock.valid()
@@ -318,10 +317,13 @@ class Core:
             self.send("telemetry", t)
 
     def start(self):
-        import led
-
-        asyncio.create_task(led.run(self.led_pattern))
+        self.start_led()
         asyncio.create_task(self.wifi_loop())
         asyncio.create_task(self.logic_loop())
         asyncio.create_task(self.telemetry_loop())
         asyncio.create_task(self.button_loop())
+
+    def start_led(self):
+        import led
+
+        asyncio.create_task(led.run(self.led_pattern))

@@ -4,7 +4,7 @@ import sys
 
 
 def _boot():
-    # Which slot runs, on trial or not, and a rollback just done (hal.slots.slot_boot, once per boot).
+    # Which slot runs, on trial or not, and a rollback just done (hal.slotboot.slot_boot, once per boot).
     # A node that never updated has no slots.json: its modules lie beside this file and nothing is imported.
     import os
 
@@ -12,9 +12,9 @@ def _boot():
         os.stat("slots.json")
     except OSError:
         return None
-    from hal import slots
+    from hal import slotboot, slots
 
-    b = slots.slot_boot()
+    b = slotboot.slot_boot()
     if slots.SLOT_FORMAT == "nfi1":
         # The slot's modules, unpacked by the OTA receiver before it selected the slot; without them
         # (slot 0 was never written: the factory firmware) the modules beside this file run.

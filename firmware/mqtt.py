@@ -8,7 +8,6 @@ SUBSCRIBE = 0x82
 SUBACK = 0x90
 PINGREQ = 0xC0
 PINGRESP = 0xD0
-DISCONNECT = 0xE0
 _REFUSED = ("", "protocol version", "client id", "server unavailable",
             "bad username or password: check them with POST /api/mqtt",
             "not authorised: check the node's MQTT username and password")
@@ -99,9 +98,6 @@ class Proto:
 
     async def ping(self):
         await self.send(PINGREQ)
-
-    async def disconnect(self):
-        await self.send(DISCONNECT)
 
     async def _fill(self, mv):
         # Into the preallocated buffer: a large body never becomes a new object on the heap.

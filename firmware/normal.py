@@ -11,32 +11,19 @@ from core import Core
 MAX_IN = heap.MAX_IN  # config and schedule; the receive buffer (heap.RX) holds this much
 
 
-def _settings():
-    # Config checks are needed only when a config arrives: loaded then and let go after (about 2.8 KB).
-    import settings
-
-    return settings
-
-
-def _drop(name):
-    import sys
-
-    sys.modules.pop(name, None)
-
-
 class App(Core):
     def __init__(self, *, slot=None, **kw):
         # An OTA update under way across its reboot (otarx.json): its trial and its report (otainst.Boot).
         ota_st = store.load("otarx.json", None) or {}
         phase = ota_st.get("phase")
         # The update's own reboot: relay, rule and its end come back as they were.
-        Core.__init__(self, power_on="last" if phase in ("switch", "failed") else None, **kw)
+        p = kw["mq"]["topic_prefix"]
+        # Offers at QoS 1; ota/data (QoS 0, frames, dropped here) so the inbox is the download mode's.
+        Core.__init__(self, [(p + "/set/#", 1), (p + "/config", 1), (p + "/schedule", 1), (p + "/ota/offer", 1),
+                             (p + "/ota/data", 0)], MAX_IN, power_on="last" if phase in ("switch", "failed") else None,
+                      **kw)
         self.refused_sha = ota_st.get("sha256") if phase == "refuse" else None
         self.refused_tag = (store.load("ota_offer.json", None) or {}).get("refused")
-        p = self.prefix
-        # Offers at QoS 1; ota/data (QoS 0, frames, dropped here) so the inbox is the download mode's.
-        self.connect([(p + "/set/#", 1), (p + "/config", 1), (p + "/schedule", 1), (p + "/ota/offer", 1),
-                      (p + "/ota/data", 0)], MAX_IN)
         self.ota_boot = None
         if phase in ("switch", "trial", "failed"):
             import otainst
@@ -78,11 +65,14 @@ class App(Core):
         c = self.json_of("config", payload)
         if c is None:
             return
-        settings = _settings()
+        # Config checks are needed only when a config arrives: loaded now and let go after (about 2.8 KB).
+        import settings
+        import sys
+
         err = settings.check_config(c)
         merged = settings.merged(c) if not err else None
         del settings
-        _drop("settings")
+        sys.modules.pop("settings", None)
         if err:
             v = c.get("version") if isinstance(c, dict) else None
             self.bad("bad_config", "config version %s rejected: %s" % (v, err))

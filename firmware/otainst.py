@@ -7,7 +7,7 @@ import time
 import clock
 import hal
 import store
-from hal import slots
+from hal import slotboot, slots
 
 STATE = "otarx.json"  # phase: switch (slot selected), trial, failed (rolled back), refuse (that image, never again)
 
@@ -19,11 +19,11 @@ async def install(rx):
     target = info["next"]
     if info["format"] == "nfi1":
         # The image's modules into app<slot>/, which main.py puts first on the path when that slot boots.
-        import otastore
+        import otaunpack
 
         d = "app%d" % target
         store.remove(d + "/image.json")
-        otastore.unpack(d, bytearray(512))
+        otaunpack.unpack(d, bytearray(512))
         store.save(d + "/image.json", {"version": o["release"], "sha256": o["sha256"]})
     if info.get("rolled_back"):
         # An earlier update's rollback marker goes now: one that Boot finds after this switch is this update's.
@@ -38,8 +38,9 @@ async def install(rx):
             break
         await asyncio.sleep_ms(50)
     store.remove("ota_offer.json")  # first: a power cut now must not boot the trial into the download mode
-    slots.slot_select()
-    rx.dl.clear()
+    slotboot.slot_select()
+    for name in rx.files:  # the download's bitmap and block table (otastore)
+        store.remove(name)
     hal.restart()
 
 
@@ -99,7 +100,7 @@ class Boot:
                 except Exception as exc:  # a self-test that raises has failed
                     err = "self-test raised %r" % exc
                 if err is None:
-                    slots.slot_mark_valid()
+                    slotboot.slot_mark_valid()
                     self.confirmed()
                     return
                 await self.rollback("self_test", err)
@@ -110,7 +111,7 @@ class Boot:
     async def rollback(self, code, reason):
         reason = reason[:200]
         print("ota: rolling back: %s" % reason)
-        slots.slot_rollback(reason)
+        slotboot.slot_rollback(reason)
         self.st.update(phase="failed", code=code, reason=reason)
         store.save(STATE, self.st)
         await self.app._restart()

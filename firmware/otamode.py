@@ -16,16 +16,17 @@ TRIES = 3  # boots of this mode in a row that were not power cuts (a crash, a wa
 
 class Lean(Core):
     def __init__(self, *, offer, tries, **kw):
-        Core.__init__(self, **kw)
-        self.node.rules = []  # no NodeLogic here: the rule engine stays out of this heap (the scheduler backs it up)
-        self.sensors = False
-        self.leaving = False
-        self.tries = tries
-        p = self.prefix
+        p = kw["mq"]["topic_prefix"]
         self.data = p + "/ota/data"
         stream = offer.get("stream")
         self.stream = stream if isinstance(stream, str) else self.data
-        self.connect([(p + "/set/#", 1), (p + "/ota/offer", 1), (self.data, 0), (self.stream, 0)], heap.FRAME_MAX)
+        Core.__init__(self, [(p + "/set/#", 1), (p + "/ota/offer", 1), (self.data, 0), (self.stream, 0)],
+                      heap.FRAME_MAX, **kw)
+        self.node.rules = []  # no NodeLogic here: the rule engine stays out of this heap (the scheduler backs it up)
+        self.schedule = None  # read again by the idle check (otarx.Receiver.idle)
+        self.sensors = False
+        self.leaving = False
+        self.tries = tries
         self.rx = otarx.Receiver(self)
         if tries > TRIES:
             self.rx.offer = offer
@@ -81,18 +82,20 @@ class Lean(Core):
         Core.on_up(self)
         self.rx.on_up()
 
-    def led_pattern(self):
-        p = Core.led_pattern(self)
-        return "updating" if p in ("ok", "no_time") else p
+    def start_led(self):
+        import hal
+
+        hal.led(1, "updating")  # steady, the whole download: no LED task (led.py) in this heap
 
 
-async def run(*, offer, **kw):
-    st = store.load(OFFER, None) or {}
+async def run(st, **kw):
+    # st: OFFER as app.py read it (one copy of the offer on the heap).
     tries = st.get("tries", 0)
     if kw["cause"] != "power_on":
         tries += 1  # a power cut is no reason to give up: a crash loop is
     st["tries"] = tries
     store.save(OFFER, st)
-    app = Lean(offer=offer, tries=tries, **kw)
+    app = Lean(offer=st["offer"], tries=tries, **kw)
+    del st
     app.start()
     await app.link.run()

@@ -7,7 +7,7 @@ from binascii import unhexlify
 
 import clock
 import heap
-import otastore
+import store
 from hal import slots
 
 STALL_MS = 2000  # a want after this long without a frame while units are missing
@@ -27,7 +27,7 @@ def _drop(name):
 def report(o, state, ts=None, code=None, reason=None):
     # A Progress payload without a download at hand (a refused offer, a result after the update's reboot).
     size = o.get("size") if isinstance(o.get("size"), int) else 0
-    p = {"v": 1, "release": o.get("release"), "state": state, "bytes": size if state == "updated" else 0,
+    p = {"v": 1, "release": o.get("release"), "state": state, "bytes": size if state in ("updating", "updated") else 0,
          "size": size, "bad": 0}
     for k, v in (("ts", ts), ("code", code), ("reason", reason), ("rollout", o.get("rollout"))):
         if v is not None:
@@ -49,9 +49,6 @@ class Receiver:
         self.since_want = 0
         self.last_frame = self.last_want = self.last_progress = _now()
         self.last_bytes = 0
-        self.started = None
-        self.frames = 0
-        self.busy_us = 0
         self.task = None
 
     # -- publishing ----------------------------------------------------------------
@@ -98,12 +95,14 @@ class Receiver:
         if err is not None:
             self.fail(err[0], err[1])
             return False
+        import otastore  # held through self.dl only: the install lets both go
+
+        self.files = (otastore.PROGRESS, otastore.TABLE)
         try:
             self.dl = otastore.Download(o)
         except OSError as exc:
             self.fail("no_space", "cannot prepare the slot: %s" % exc)
             return False
-        self.started = _now()
         self.last_bytes = self.dl.bytes_done()
         if self.dl.complete():
             self.state = "downloaded"  # finished before a reboot: verify again, then install
@@ -141,10 +140,7 @@ class Receiver:
         # What Download.handle said ("ok", "dup", "bad", ...), None when not downloading.
         if self.state != "downloading":
             return None
-        t0 = time.ticks_us()
         r = self.dl.handle(payload)
-        self.busy_us += time.ticks_diff(time.ticks_us(), t0)
-        self.frames += 1
         self.last_frame = _now()
         self.since_want += 1
         if r == "bad":
@@ -152,9 +148,6 @@ class Receiver:
         if self.dl.complete():
             self.state = "downloaded"  # the stream's frames for other nodes are dropped from now on
             self.want()  # the sender sees the full bitmap and lets this node go
-            print("ota: downloaded %d bytes, %d frames handled in %d us (%d us each), %d ms" % (
-                self.dl.size, self.frames, self.busy_us, self.busy_us // max(self.frames, 1),
-                time.ticks_diff(_now(), self.started)))
             self.progress("downloaded")
         elif self.since_want >= max(1, self.window // 2):
             self.want()
@@ -198,7 +191,7 @@ class Receiver:
         n = self.app.node
         if n.relay:
             return False
-        rules_ = self.app.schedule.get("rules", [])  # the node's schedule, run or not in this mode
+        rules_ = (store.load("schedule.json", None) or {}).get("rules", [])  # the node's schedule, run here or not
         active = [r for r in rules_ if r.get("enabled", True)] if n.logic_enabled and not n.stopped else []
         if not active:
             return True
@@ -212,6 +205,11 @@ class Receiver:
 
     async def install(self):
         self.state = "updating"
+        # The download's code and data go before the install's come in (the download's files stay until the
+        # slot is selected, so a power cut before that resumes a verified download).
+        self.dl = None
+        _drop("otastore")
+        heap.sample()
         import otainst  # the install and what follows its reboot: loaded only now
 
         await otainst.install(self)

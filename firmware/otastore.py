@@ -111,9 +111,6 @@ class Download:
     def complete(self):
         return self.count == self.units
 
-    def missing(self):
-        return [u for u in range(self.units) if not self.has(u)]
-
     def bytes_done(self):
         n = 0
         for i in range(self.blocks):
@@ -130,11 +127,11 @@ class Download:
         return {"v": 1, "release": self.release, "session": session, "got": self.got, "window": window,
                 "have": b2a_base64(bytes(self.have), newline=False).decode()}
 
-    def progress(self, state, seq=None, ts=None, rate=None, code=None, reason=None):
+    def progress(self, state, ts=None, rate=None, code=None, reason=None):
         # A Progress payload of this download (nodefleet.contracts.ota.Progress).
         p = {"v": 1, "release": self.release, "state": state, "bytes": self.bytes_done(), "size": self.size,
              "bad": self.bad}
-        for k, v in (("seq", seq), ("ts", ts), ("rate", rate), ("code", code), ("reason", reason),
+        for k, v in (("ts", ts), ("rate", rate), ("code", code), ("reason", reason),
                      ("rollout", self.offer.get("rollout"))):
             if v is not None:
                 p[k] = v
@@ -211,15 +208,3 @@ class Download:
         store.remove(PROGRESS)
         store.remove(TABLE)
 
-
-# -- nfi1 images: modules laid out by `nodefleet ota build` (otaunpack.py, loaded only to install) ------------
-def image_files(slot=None):
-    import otaunpack
-
-    return otaunpack.image_files(slot)
-
-
-def unpack(dest, buf, slot=None):
-    import otaunpack
-
-    return otaunpack.unpack(dest, buf, slot)

@@ -1,5 +1,5 @@
 # nfi1 images (modules laid out by `nodefleet ota build`): the file table and unpacking into a directory.
-# Loaded only to install an update (otastore.unpack), so a download does not hold it.
+# Loaded only to install an update (otainst.install), so a download does not hold it.
 import json
 import os
 import struct

@@ -1,6 +1,5 @@
 # Simulated board for the MicroPython unix port; tests drive it through hal.simctl (which also starts it).
 import asyncio
-import gc
 import os
 import random
 import sys
@@ -19,8 +18,6 @@ _clock_offset = 0
 _rtc_set = _env("NF_NTP", "1") == "1"
 _ssid = _env("NF_SSID") or "simnet"
 _password = _env("NF_PASS") or "simpass"
-heap_peak = 0
-heap_live_peak = 0
 PLATFORM = "sim"
 PROV_RETRY_S = int(_env("NF_PROV_RETRY") or 600)
 
@@ -134,18 +131,6 @@ async def open_connection(host, port):
     if not wifi_ok():
         raise OSError("wifi down")
     return await asyncio.open_connection(host, port)
-
-
-async def sample_heap():
-    global heap_peak, heap_live_peak
-    n = 0
-    while True:
-        heap_peak = max(heap_peak, gc.mem_alloc())
-        n += 1
-        if n % 10 == 0:
-            gc.collect()
-            heap_live_peak = max(heap_live_peak, gc.mem_alloc())
-        await asyncio.sleep_ms(100)
 
 
 def mark_healthy():

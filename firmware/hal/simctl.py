@@ -7,6 +7,22 @@ import json
 from hal import sim
 
 
+heap_peak = 0
+heap_live_peak = 0
+
+
+async def sample_heap():
+    global heap_peak, heap_live_peak
+    n = 0
+    while True:
+        heap_peak = max(heap_peak, gc.mem_alloc())
+        n += 1
+        if n % 10 == 0:
+            gc.collect()
+            heap_live_peak = max(heap_live_peak, gc.mem_alloc())
+        await asyncio.sleep_ms(100)
+
+
 def _state():
     return {
         "relay": sim.relay_on,
@@ -16,8 +32,8 @@ def _state():
         "time": sim.time_s(),
         "time_valid": sim.rtc_valid(),
         "heap_free": gc.mem_free(),
-        "heap_peak": sim.heap_peak,
-        "heap_live_peak": sim.heap_live_peak,
+        "heap_peak": heap_peak,
+        "heap_live_peak": heap_live_peak,
     }
 
 
@@ -68,4 +84,4 @@ def start():
     port = sim._env("NF_CTL_PORT")
     if port:
         asyncio.create_task(serve(int(port)))
-        asyncio.create_task(sim.sample_heap())
+        asyncio.create_task(sample_heap())

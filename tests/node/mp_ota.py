@@ -13,11 +13,11 @@ args = sys.argv[3:]
 FRAME = bytearray(20 + 4096)
 if "--with-firmware" in args:
     args.remove("--with-firmware")
-    import normal  # noqa: F401  the normal-mode modules a real node holds while it downloads
+    import otamode  # noqa: F401  the download mode's modules, which a real node holds while it downloads
 
 from binascii import hexlify, unhexlify  # noqa: E402
 
-from hal import slots  # noqa: E402
+from hal import slotboot, slots  # noqa: E402
 import ota  # noqa: E402
 
 
@@ -80,7 +80,7 @@ elif mode == "download":
     stop, save_every = int(args[1]), int(args[2])
     with open("offer.json") as f:
         offer = json.load(f)
-    slots.slot_boot()
+    slotboot.slot_boot()
     d = otastore.Download(offer, save_every)
     start = d.count
     buf = FRAME if len(FRAME) >= ota.HEADER_SIZE + d.bs else bytearray(ota.HEADER_SIZE + d.bs)
@@ -113,16 +113,16 @@ elif mode == "download":
     verified = d.complete() and d.verify(buf)
     verify_alloc = gc.mem_alloc() - before
     out({"resumed": d.resumed, "start": start, "count": d.count, "complete": d.complete(), "verified": verified,
-         "results": results, "bad": d.bad, "got": d.got, "missing": d.missing()[:20], "bytes": d.bytes_done(),
+         "results": results, "bad": d.bad, "got": d.got, "missing": [u for u in range(d.units) if not d.has(u)][:20], "bytes": d.bytes_done(),
          "base": base, "alloc_max": alloc_max, "verify_alloc": verify_alloc,
          "heap": gc.mem_alloc() + gc.mem_free(), "want": d.want("s1", 8),
-         "progress": d.progress("verified" if verified else "downloading", seq=3, rate=1000.5), "us_per_frame": busy // max(handled, 1)})
+         "progress": d.progress("verified" if verified else "downloading", rate=1000.5), "us_per_frame": busy // max(handled, 1)})
 
 elif mode == "unpack":
-    import otastore
+    import otaunpack
 
-    slots.slot_boot()
-    out({"files": otastore.unpack(args[0], bytearray(1024))})
+    slotboot.slot_boot()
+    out({"files": otaunpack.unpack(args[0], bytearray(1024))})
 
 elif mode == "slots":
     # Boots, as the bootloader would see them: select on trial, a boot that never confirms, rollback, confirm.
@@ -130,28 +130,28 @@ elif mode == "slots":
 
     def boot():
         slots._running = None
-        b = slots.slot_boot()
+        b = slotboot.slot_boot()
         return [b["slot"], b["trial"], (b["rolled_back"] or {}).get("reason")]
 
     steps = [["boot", boot()]]
     slots.slot_begin(10)
     slots.slot_write(0, b"new app 1!")
-    slots.slot_select()
+    slotboot.slot_select()
     steps.append(["select", slots.slot_info()["running"]])
     steps.append(["trial boot", boot()])
     steps.append(["unconfirmed boot", boot()])
     slots.slot_begin(10)
     slots.slot_write(0, b"new app 2!")
-    slots.slot_select()
+    slotboot.slot_select()
     steps.append(["trial boot", boot()])
-    slots.slot_mark_valid()
+    slotboot.slot_mark_valid()
     steps.append(["confirmed boot", boot()])
     steps.append(["next boot", boot()])
     slots.slot_begin(4)
     slots.slot_write(0, b"bad!")
-    slots.slot_select()
+    slotboot.slot_select()
     steps.append(["trial boot", boot()])
-    slots.slot_rollback("self-test failed")
+    slotboot.slot_rollback("self-test failed")
     steps.append(["after rollback", boot()])
     buf = bytearray(10)
     slots.slot_read(0, buf, 1)
