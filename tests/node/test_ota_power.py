@@ -214,7 +214,7 @@ def cutting_firmware(tmp_path: Path) -> Path:
     """Today's firmware whose sim HAL loses power inside ``slot_select()`` once, when the flash holds a flag."""
     src = tmp_path / "cut-fw"
     shutil.copytree(FIRMWARE_DIR, src, ignore=shutil.ignore_patterns("__pycache__", "build"))
-    slot = src / "hal" / "simslot.py"
+    slot = src / "hal" / "simboot.py"
     text = slot.read_text()
     assert "\ndef slot_select():\n" in text
     slot.write_text(text.replace("\ndef slot_select():\n", "\n" + CUT_AT_SELECT + "    _select()\n\n\ndef _select():\n"))
