@@ -166,7 +166,7 @@ async def test_power_cuts_never_brick_the_node(tmp_path, mosquitto, topics):
                     assert back["release"] == target and back["code"] == "not_confirmed", (history, back)
                     rel, svc = await offer_next()  # that image is refused now: a newer release
                 elif expect == "confirmed":
-                    await watch.wait("ota/progress", lambda p: p["state"] == "updated" and p["release"] == target,
+                    await watch.wait("ota/progress", lambda p, v=target: p["state"] == "updated" and p["release"] == v,
                                      since=begun, timeout=10)
                     running, running_slot = target, 1 - running_slot
                     rel, svc = await offer_next()

@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
-import random
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 from nodefleet.contracts import Topics
 from nodefleet.contracts.ota import Progress
@@ -20,7 +16,7 @@ from nodefleet.ota_release import Release, build, read
 from nodefleet.sim import FIRMWARE_DIR, HEAP, SimNode
 
 from .conftest import FAST_CONFIG, Watch, watching
-from .ota_service import OtaService, node_key, serving
+from .ota_service import node_key, serving
 
 NODE = "node-1"
 OTA_HEAP = HEAP

@@ -9,7 +9,16 @@ import pytest
 
 from .conftest import watching
 from .ota_service import serving
-from .test_ota_receiver import BROKEN_SELFTEST, NODE, broken_release, make, online, progress, state_of, states
+from .test_ota_receiver import (
+    BROKEN_SELFTEST,
+    NODE,
+    broken_release,
+    make,
+    online,
+    progress,
+    state_of,
+    states,
+)
 
 FAILING_SELFTEST = "def run(app):\n    return 'relay driver check failed on purpose'\n"
 
