@@ -25,6 +25,9 @@ async def install(rx):
         store.remove(d + "/image.json")
         otaunpack.unpack(d, bytearray(512))
         store.save(d + "/image.json", {"version": o["release"], "sha256": o["sha256"]})
+    if info.get("rolled_back"):
+        # An earlier update's rollback marker goes now: one that Boot finds after this switch is this update's.
+        slotboot.slot_mark_valid()
     n = app.node
     n._save()  # relay, mode, rule and its end: restored as they are after the reboot (power_on "last")
     store.save(STATE, {"phase": "switch", "slot": target, "release": o["release"], "sha256": o["sha256"],

@@ -2,7 +2,8 @@
 
 It publishes the retained offer (``Manifest.offer`` tagged with the node's key), takes the node's wants and
 sends what ``services.ota.stream.Stream`` schedules: units two nodes lack on the release's shared stream, the
-rest on the node's ``ota/data``.  It counts every frame it sends, per unit, and can damage chosen frames.
+rest on the node's ``ota/data``.  It counts every frame it sends, per unit, keeps their order (``log``), can
+damage chosen frames and can stop after a number of frames (``limit``, to cut a node's power mid-download).
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ class OtaService:
         self.damage: Callable[[int, int, bytes], bytes] | None = None
         """(unit, times sent before, frame) -> the frame to send."""
         self.paused = False
+        self.log: list[int] = []
+        """Every unit sent, in order."""
+        self.limit: int | None = None
+        """Send nothing once ``len(log)`` reaches this (``limit_reached`` is set then)."""
+        self.limit_reached = asyncio.Event()
         self._lock = asyncio.Lock()
 
     def offer(self, node: str, *, force: bool = False, key: bytes | None = None) -> Offer:
@@ -75,6 +81,9 @@ class OtaService:
         loop = asyncio.get_running_loop()
         async with self._lock:
             while not self.paused:
+                if self.limit is not None and len(self.log) >= self.limit:
+                    self.limit_reached.set()
+                    return
                 send = self.stream.next(now=loop.time())
                 if send is None:
                     return
@@ -82,8 +91,22 @@ class OtaService:
                 if self.damage is not None:
                     frame = self.damage(send.unit, self.sent[send.unit], frame)
                 self.sent[send.unit] += 1
+                self.log.append(send.unit)
                 topic = self.stream_topic if send.to is None else self.topics.ota(send.to, OtaTopic.DATA)
                 await self.client.publish(topic, frame, qos=0)
+
+    def stop_after(self, frames: int) -> None:
+        """Send at most ``frames`` more frames, then hold (until ``resume``)."""
+        self.limit = len(self.log) + frames
+        self.limit_reached.clear()
+
+    async def resume(self) -> None:
+        self.limit = None
+        self.paused = False
+        await self.pump()
+
+    def wants_of(self, node: str, since: int = 0) -> list[Want]:
+        return [w for n, w in self.wants[since:] if n == node]
 
     async def tick(self) -> None:
         while True:

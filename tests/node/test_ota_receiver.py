@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
-import random
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 from nodefleet.contracts import Topics
 from nodefleet.contracts.ota import Progress
@@ -20,21 +16,27 @@ from nodefleet.ota_release import Release, build, read
 from nodefleet.sim import FIRMWARE_DIR, HEAP, SimNode
 
 from .conftest import FAST_CONFIG, Watch, watching
-from .ota_service import OtaService, node_key, serving
+from .ota_service import node_key, serving
 
 NODE = "node-1"
+OTA_HEAP = HEAP
+"""The heap of every OTA test's node: an ESP32's 110K, since the download runs in its own mode (docs/ota.md)."""
 
 
 @functools.cache
-def release(version: str = "1.4.0") -> Release:
-    return build(FIRMWARE_DIR, version=version, target="unix")
+def release(version: str = "1.4.0", block_size: int = 4096) -> Release:
+    return build(FIRMWARE_DIR, version=version, target="unix", block_size=block_size)
 
 
-def broken_release(tmp_path: Path, version: str) -> Release:
-    """Today's firmware with a self-test that raises, built by ``nodefleet ota build`` from a modified copy."""
+BROKEN_SELFTEST = "def run(app):\n    raise RuntimeError('self-test broken on purpose')\n"
+
+
+def broken_release(tmp_path: Path, version: str, selftest: str = BROKEN_SELFTEST) -> Release:
+    """Today's firmware with another ``selftest.py`` (by default one that raises), built by ``nodefleet ota build``
+    from a modified copy."""
     src = tmp_path / "broken-fw"
     shutil.copytree(FIRMWARE_DIR, src, ignore=shutil.ignore_patterns("__pycache__", "build"))
-    (src / "selftest.py").write_text("def run(app):\n    raise RuntimeError('self-test broken on purpose')\n")
+    (src / "selftest.py").write_text(selftest)
     out = tmp_path / "broken.nfr"
     done = subprocess.run([sys.executable, "-m", "nodefleet", "ota", "build", str(src), "--version", version,
                            "--target", "unix", "-o", str(out)], capture_output=True, text=True, timeout=120)
@@ -43,8 +45,8 @@ def broken_release(tmp_path: Path, version: str) -> Release:
 
 
 def make(tmp_path: Path, broker_url: str, topics: Topics, name: str = NODE, *, key: bool = True,
-         **mq: object) -> SimNode:
-    node = SimNode(tmp_path / name, name=name, heap=HEAP, control=False)
+         control: bool = False, **mq: object) -> SimNode:
+    node = SimNode(tmp_path / name, name=name, heap=OTA_HEAP, control=control)
     node.provision(broker=broker_url, topic_prefix=topics.prefix(name), keepalive=5, max_backoff=1)
     stored = node.read("mqtt.json")
     if key:
