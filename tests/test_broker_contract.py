@@ -269,14 +269,15 @@ def test_a_refused_connection_leaves_the_session_of_its_client_id_alone(secure_p
     tag = uuid.uuid4().hex[:8]
     client_id = f"svc-{tag}"
     service = secure_probes(SERVICE[0], client_id=client_id, clean_session=False)
-    service.subscribe(f"{PREFIX}/node-a/{tag}/#")
+    # A topic of the node's outbox (Topics.node_outbox); the tag is in the payload.
+    service.subscribe(f"{PREFIX}/node-a/telemetry")
     service.disconnect()
-    secure_probes("node-a").publish(f"{PREFIX}/node-a/{tag}/telemetry", b"kept")
+    secure_probes("node-a").publish(f"{PREFIX}/node-a/telemetry", b"kept " + tag.encode())
     intruder = secure_probes(SERVICE[0], "wrong", client_id=client_id, clean_session=True, connect=False)
     assert intruder.try_connect() != 0
     back = secure_probes(SERVICE[0], client_id=client_id, clean_session=False)
     assert back.session_present
-    assert back.get().payload == b"kept"
+    assert back.get().payload == b"kept " + tag.encode()
 
 
 def test_anonymous_refused_when_secured(secure_probes) -> None:
@@ -286,12 +287,13 @@ def test_anonymous_refused_when_secured(secure_probes) -> None:
 def test_node_cannot_publish_outside_its_prefix(secure_probes) -> None:
     tag = uuid.uuid4().hex[:8]
     service = secure_probes(SERVICE[0])
-    service.subscribe(f"{PREFIX}/+/{tag}")  # scoped: other tests leave retained messages under PREFIX
+    # Telemetry is in every node's outbox (Topics.node_outbox), not retained; the tag is in the payload.
+    service.subscribe(f"{PREFIX}/+/telemetry")
     node = secure_probes("node-a")
-    node.publish(f"{PREFIX}/node-b/{tag}", b"forged")  # 3.1.1 has no refusal: the broker drops it
-    node.publish(f"{PREFIX}/node-a/{tag}", b"own")
+    node.publish(f"{PREFIX}/node-b/telemetry", b"forged " + tag.encode())  # 3.1.1 has no refusal: dropped
+    node.publish(f"{PREFIX}/node-a/telemetry", b"own " + tag.encode())
     got = service.get()
-    assert (got.topic, got.payload) == (f"{PREFIX}/node-a/{tag}", b"own")
+    assert (got.topic, got.payload) == (f"{PREFIX}/node-a/telemetry", b"own " + tag.encode())
     assert service.nothing_within(QUIET) == []
 
 
