@@ -145,8 +145,13 @@ class Link:
             while self._pubacks:
                 proto.put_puback(self._pubacks.pop(0))
                 wrote = True
-            while self.queue and len(self.inflight) < WINDOW:
-                m = self.queue.pop(0)
+            i = 0
+            while i < len(self.queue):
+                m = self.queue[i]
+                if m[3] and len(self.inflight) >= WINDOW:
+                    i += 1  # QoS 0 (a want, telemetry) need no PUBACK: they go past, off the heap at once
+                    continue
+                self.queue.pop(i)
                 pid = 0
                 if m[3]:
                     pid = self._next_pid()
