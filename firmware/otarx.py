@@ -39,7 +39,7 @@ class Receiver:
     def __init__(self, app):
         self.app = app
         mq = app.mq
-        self.window = mq.get("ota_window", 8)
+        self.window = mq.get("ota_window", 32)
         self.margin = mq.get("ota_idle_margin", 300)
         self.node_name = mq.get("node_name") or app.prefix.split("/")[-1]
         self.offer = None
@@ -50,6 +50,7 @@ class Receiver:
         self.last_frame = self.last_want = self.last_progress = _now()
         self.last_bytes = 0
         self.task = None
+        self.wake = asyncio.Event()  # the last frame starts the whole-image check at once, not at the next tick
 
     # -- publishing ----------------------------------------------------------------
     def progress(self, state, code=None, reason=None, rate=None):
@@ -149,6 +150,7 @@ class Receiver:
             self.state = "downloaded"  # the stream's frames for other nodes are dropped from now on
             self.want()  # the sender sees the full bitmap and lets this node go
             self.progress("downloaded")
+            self.wake.set()
         elif self.since_want >= max(1, self.window // 2):
             self.want()
             heap.sample()  # the low-water mark sees a download too, without a collection per frame
@@ -162,7 +164,14 @@ class Receiver:
     async def run(self):
         try:
             while self.state in ("downloading", "downloaded", "verified"):
-                await asyncio.sleep_ms(250)
+                if self.state == "downloaded":
+                    await asyncio.sleep_ms(10)  # the full want and `downloaded` go out before the check holds the loop
+                else:
+                    try:
+                        await asyncio.wait_for_ms(self.wake.wait(), 250)
+                    except asyncio.TimeoutError:
+                        pass
+                    self.wake.clear()
                 now = _now()
                 if self.state == "downloading":
                     if self.app.link.up and time.ticks_diff(now, max(self.last_frame, self.last_want)) >= STALL_MS:

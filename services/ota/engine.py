@@ -91,6 +91,8 @@ class Engine:
         """Node -> the kept rollout it is a target of (one at a time)."""
         self.streams: dict[str, Stream] = {}
         self.live: dict[str, Live] = {}
+        self.offline: set[str] = set()
+        """Nodes whose retained status says offline: a stream's gather does not wait for them."""
         self.lock = asyncio.Lock()
 
     # -- start ----------------------------------------------------------------
@@ -240,13 +242,26 @@ class Engine:
             stream = self.streams[rollout.release] = Stream(
                 rollout.release, table=table_chunks(blocks, release.manifest.block_size), blocks=blocks,
                 max_members=self.max_downloads, silence=self.silence, gather=self.gather)
+        expected = None
+        if stream.held_until > now:
+            # The gather ends once every node this release is offered to and still downloading, and not
+            # known to be offline, has asked: a single node, or a stage that is all online, waits no longer.
+            expected = [n for r in self.rollouts.values() if r.release == rollout.release and r.state in KEPT
+                        for n, t in r.targets.items()
+                        if t.offered and t.state not in DONE_DOWNLOADING and n not in self.offline]
         try:
-            placed = stream.want(node, want, now=now)
+            placed = stream.want(node, want, now=now, expected=expected)
         except StreamError as exc:
             raise InputError(str(exc)) from exc
         if placed == "member":
             self.wake()
         return placed
+
+    def on_status(self, node: str, online: bool) -> None:
+        if online:
+            self.offline.discard(node)
+        else:
+            self.offline.add(node)
 
     async def on_progress(self, node: str, progress: Progress) -> None:
         rollout = self.target_of(node)

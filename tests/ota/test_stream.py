@@ -269,3 +269,15 @@ def test_a_member_that_joined_late_rides_the_stream_and_gets_its_gaps_after():
     assert first == Send(0, "late")
     shared = stream.next(now=0.0)
     assert shared.to is None and shared.unit == 40
+
+
+def test_the_gather_ends_once_every_expected_node_has_joined():
+    stream = Stream("1.4.0", table=TABLE, blocks=BLOCKS, gather=1.0)
+    a, b = Node("a"), Node("b")
+    stream.want(a.name, a.want(), now=0.0, expected=["a", "b"])
+    assert stream.next(now=0.1) is None  # b was offered too and has not asked yet
+    stream.want(b.name, b.want(), now=0.2, expected=["a", "b"])
+    assert stream.next(now=0.2) == Send(0, None)  # the whole stage is in: no need to wait out the second
+    alone = Stream("1.4.0", table=TABLE, blocks=BLOCKS, gather=1.0)
+    alone.want(a.name, a.want(), now=0.0, expected=["a"])
+    assert alone.next(now=0.0) == Send(0, "a")  # one node offered: it starts at once
