@@ -50,7 +50,6 @@ class Receiver:
         self.last_frame = self.last_want = self.last_progress = _now()
         self.last_bytes = 0
         self.task = None
-        self.wake = asyncio.Event()  # the last frame starts the whole-image check at once, not at the next tick
 
     # -- publishing ----------------------------------------------------------------
     def progress(self, state, code=None, reason=None, rate=None):
@@ -150,7 +149,7 @@ class Receiver:
             self.state = "downloaded"  # the stream's frames for other nodes are dropped from now on
             self.want()  # the sender sees the full bitmap and lets this node go
             self.progress("downloaded")
-            self.wake.set()
+            asyncio.create_task(self.check())  # at once, not at the timer's next tick (an Event costs more heap)
         elif self.since_want >= max(1, self.window // 2):
             self.want()
             heap.sample()  # the low-water mark sees a download too, without a collection per frame
@@ -164,14 +163,7 @@ class Receiver:
     async def run(self):
         try:
             while self.state in ("downloading", "downloaded", "verified"):
-                if self.state == "downloaded":
-                    await asyncio.sleep_ms(10)  # the full want and `downloaded` go out before the check holds the loop
-                else:
-                    try:
-                        await asyncio.wait_for_ms(self.wake.wait(), 250)
-                    except asyncio.TimeoutError:
-                        pass
-                    self.wake.clear()
+                await asyncio.sleep_ms(250)
                 now = _now()
                 if self.state == "downloading":
                     if self.app.link.up and time.ticks_diff(now, max(self.last_frame, self.last_want)) >= STALL_MS:
@@ -184,16 +176,24 @@ class Receiver:
                         self.last_bytes = b
                         self.last_progress = now
                 elif self.state == "downloaded":
-                    if self.dl.verify(bytearray(512)):
-                        self.state = "verified"
-                        self.progress("verified")
-                    else:
-                        self.dl.clear()
-                        self.fail("bad_image", "the image read back does not match its sha256")
+                    self.verify()  # finished before a reboot
                 elif self.idle() or self.offer.get("force"):
                     await self.install()
         finally:
             self.task = None
+
+    async def check(self):
+        await asyncio.sleep_ms(10)  # the full want and `downloaded` go out before the check holds the loop
+        if self.state == "downloaded":
+            self.verify()
+
+    def verify(self):
+        if self.dl.verify(bytearray(512)):
+            self.state = "verified"
+            self.progress("verified")
+        else:
+            self.dl.clear()
+            self.fail("bad_image", "the image read back does not match its sha256")
 
     def idle(self):
         # Relay off and no rule due within the margin (with rules but no valid time: not idle).

@@ -151,7 +151,7 @@ class OtaService:
             except InputError as exc:
                 self.errors.report("rejected_want", str(exc), topic=message.topic, node=node)
         elif parsed.kind == NodeTopic.STATUS and parsed.ota is None:
-            self.engine.on_status(node, message.payload == b"online")
+            self.engine.on_status(node, message.payload == b"online", now=time.monotonic())
         elif parsed.ota == OtaTopic.PROGRESS:
             try:
                 progress = Progress.model_validate_json(message.payload)

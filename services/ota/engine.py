@@ -91,8 +91,8 @@ class Engine:
         """Node -> the kept rollout it is a target of (one at a time)."""
         self.streams: dict[str, Stream] = {}
         self.live: dict[str, Live] = {}
-        self.offline: set[str] = set()
-        """Nodes whose retained status says offline: a stream's gather does not wait for them."""
+        self.offline: dict[str, float] = {}
+        """Node -> when (monotonic) its status said offline: a stream's gather does not wait for it."""
         self.lock = asyncio.Lock()
 
     # -- start ----------------------------------------------------------------
@@ -243,12 +243,14 @@ class Engine:
                 rollout.release, table=table_chunks(blocks, release.manifest.block_size), blocks=blocks,
                 max_members=self.max_downloads, silence=self.silence, gather=self.gather)
         expected = None
-        if stream.held_until > now:
+        if not stream.members or stream.held_until > now:
             # The gather ends once every node this release is offered to and still downloading, and not
-            # known to be offline, has asked: a single node, or a stage that is all online, waits no longer.
+            # offline for longer than the gather, has asked: a single node, or a stage that is all online,
+            # waits no longer. (A node restarting into its download mode is offline for a moment: it counts.)
+            gone = now - self.gather
             expected = [n for r in self.rollouts.values() if r.release == rollout.release and r.state in KEPT
                         for n, t in r.targets.items()
-                        if t.offered and t.state not in DONE_DOWNLOADING and n not in self.offline]
+                        if t.offered and t.state not in DONE_DOWNLOADING and self.offline.get(n, now) >= gone]
         try:
             placed = stream.want(node, want, now=now, expected=expected)
         except StreamError as exc:
@@ -257,11 +259,11 @@ class Engine:
             self.wake()
         return placed
 
-    def on_status(self, node: str, online: bool) -> None:
+    def on_status(self, node: str, online: bool, *, now: float) -> None:
         if online:
-            self.offline.discard(node)
+            self.offline.pop(node, None)
         else:
-            self.offline.add(node)
+            self.offline.setdefault(node, now)
 
     async def on_progress(self, node: str, progress: Progress) -> None:
         rollout = self.target_of(node)
