@@ -177,6 +177,8 @@ class Receiver:
                         self.last_progress = now
                 elif self.state == "downloaded":
                     self.verify()  # finished before a reboot
+                elif self.app.link.up and self.app.link.pending("progress"):
+                    pass  # `verified` reaches the broker before `updating` would take its place in the queue
                 elif self.idle() or self.offer.get("force"):
                     await self.install()
         finally:
