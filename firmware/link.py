@@ -145,8 +145,13 @@ class Link:
             while self._pubacks:
                 proto.put_puback(self._pubacks.pop(0))
                 wrote = True
-            while self.queue and len(self.inflight) < WINDOW:
-                m = self.queue.pop(0)
+            i = 0
+            while i < len(self.queue):
+                m = self.queue[i]
+                if m[3] and len(self.inflight) >= WINDOW:
+                    i += 1  # QoS 0 (a want, telemetry) need no PUBACK: they go past, off the heap at once
+                    continue
+                self.queue.pop(i)
                 pid = 0
                 if m[3]:
                     pid = self._next_pid()
@@ -195,6 +200,8 @@ class Link:
                     m = self.inflight.pop((body[0] << 8) | body[1], None)
                     if m is not None and m[5] is not None:
                         m[5]()
+                    if self.queue:
+                        self._ev.set()  # a place in the window: the next QoS 1 message goes now, not in 250 ms
                 elif kind == SUBACK:
                     self.replaying = False
                     refused = [self.subs[i][0] for i, code in enumerate(body[2:]) if code == 0x80 and i < len(self.subs)]

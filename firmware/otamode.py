@@ -33,6 +33,19 @@ class Lean(Core):
             self.rx.fail("restarts", "the download mode restarted %d times without finishing" % (tries - 1))
         else:
             self.rx.take_offer(offer)
+        self.shed()
+
+    def shed(self):
+        # What this mode never reads again goes before the connect burst, its lowest point (docs/ota.md): the
+        # config's second copy (a provisioned one is about 1.9 KB), its pins (hal.init has them) and the
+        # login and key (the link and the receiver have them). In place, cleared so the tables shrink too:
+        # app.py holds the same dicts.
+        self.cfg_raw = {"version": self.cfg_raw.get("version")} if isinstance(self.cfg_raw, dict) else None
+        for d, keep in ((self.cfg, ("ap_after", "telemetry_period")), (self.mq, ("max_backoff", "telemetry_max"))):
+            kept = [(k, d[k]) for k in keep if k in d]
+            d.clear()
+            for k, v in kept:
+                d[k] = v
 
     def dispatch(self, topic, payload, size, retained):
         if topic == self.stream or topic == self.data:

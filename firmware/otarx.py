@@ -39,7 +39,7 @@ class Receiver:
     def __init__(self, app):
         self.app = app
         mq = app.mq
-        self.window = mq.get("ota_window", 8)
+        self.window = mq.get("ota_window", 32)
         self.margin = mq.get("ota_idle_margin", 300)
         self.node_name = mq.get("node_name") or app.prefix.split("/")[-1]
         self.offer = None
@@ -149,6 +149,7 @@ class Receiver:
             self.state = "downloaded"  # the stream's frames for other nodes are dropped from now on
             self.want()  # the sender sees the full bitmap and lets this node go
             self.progress("downloaded")
+            asyncio.create_task(self.check())  # at once, not at the timer's next tick (an Event costs more heap)
         elif self.since_want >= max(1, self.window // 2):
             self.want()
             heap.sample()  # the low-water mark sees a download too, without a collection per frame
@@ -175,16 +176,26 @@ class Receiver:
                         self.last_bytes = b
                         self.last_progress = now
                 elif self.state == "downloaded":
-                    if self.dl.verify(bytearray(512)):
-                        self.state = "verified"
-                        self.progress("verified")
-                    else:
-                        self.dl.clear()
-                        self.fail("bad_image", "the image read back does not match its sha256")
+                    self.verify()  # finished before a reboot
+                elif self.app.link.up and self.app.link.pending("progress"):
+                    pass  # `verified` reaches the broker before `updating` would take its place in the queue
                 elif self.idle() or self.offer.get("force"):
                     await self.install()
         finally:
             self.task = None
+
+    async def check(self):
+        await asyncio.sleep_ms(10)  # the full want and `downloaded` go out before the check holds the loop
+        if self.state == "downloaded":
+            self.verify()
+
+    def verify(self):
+        if self.dl.verify(bytearray(512)):
+            self.state = "verified"
+            self.progress("verified")
+        else:
+            self.dl.clear()
+            self.fail("bad_image", "the image read back does not match its sha256")
 
     def idle(self):
         # Relay off and no rule due within the margin (with rules but no valid time: not idle).

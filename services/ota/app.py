@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from nodefleet.backoff import Backoff
 from nodefleet.contracts import OFFLINE
 from nodefleet.contracts.ota import OTA_SERVICE, Progress, Want
-from nodefleet.contracts.topics import OtaTopic, TopicError
+from nodefleet.contracts.topics import NodeTopic, OtaTopic, TopicError
 from nodefleet.errors import InputError, NodefleetError, StorageError, StorageUnavailable
 from nodefleet.fleet import ErrorReporter, Requester, answer, presence
 from nodefleet.logging import get_logger
@@ -87,6 +87,7 @@ class OtaService:
             await mqtt.subscribe(self.topics.requests(OTA_SERVICE), qos=1)
             await mqtt.subscribe(self.topics.all_ota(OtaTopic.WANT), qos=0)
             await mqtt.subscribe(self.topics.all_ota(OtaTopic.PROGRESS), qos=1)
+            await mqtt.subscribe(self.topics.all_nodes(NodeTopic.STATUS), qos=1)  # for the streams' gather
             request_handlers = handlers(self.engine, Directory(requester, timeout=self.settings.directory_timeout))
             requests_prefix = self.topics.requests(OTA_SERVICE)[:-1]
             async with presence(mqtt, status, self.errors):
@@ -149,6 +150,8 @@ class OtaService:
                 self.engine.on_want(node, want, now=time.monotonic())
             except InputError as exc:
                 self.errors.report("rejected_want", str(exc), topic=message.topic, node=node)
+        elif parsed.kind == NodeTopic.STATUS and parsed.ota is None:
+            self.engine.on_status(node, message.payload == b"online", now=time.monotonic())
         elif parsed.ota == OtaTopic.PROGRESS:
             try:
                 progress = Progress.model_validate_json(message.payload)

@@ -91,6 +91,8 @@ class Engine:
         """Node -> the kept rollout it is a target of (one at a time)."""
         self.streams: dict[str, Stream] = {}
         self.live: dict[str, Live] = {}
+        self.offline: dict[str, float] = {}
+        """Node -> when (monotonic) its status said offline: a stream's gather does not wait for it."""
         self.lock = asyncio.Lock()
 
     # -- start ----------------------------------------------------------------
@@ -240,13 +242,28 @@ class Engine:
             stream = self.streams[rollout.release] = Stream(
                 rollout.release, table=table_chunks(blocks, release.manifest.block_size), blocks=blocks,
                 max_members=self.max_downloads, silence=self.silence, gather=self.gather)
+        expected = None
+        if not stream.members or stream.held_until > now:
+            # The gather ends once every node this release is offered to and still downloading, and not
+            # offline for longer than the gather, has asked: a single node, or a stage that is all online,
+            # waits no longer. (A node restarting into its download mode is offline for a moment: it counts.)
+            gone = now - self.gather
+            expected = [n for r in self.rollouts.values() if r.release == rollout.release and r.state in KEPT
+                        for n, t in r.targets.items()
+                        if t.offered and t.state not in DONE_DOWNLOADING and self.offline.get(n, now) >= gone]
         try:
-            placed = stream.want(node, want, now=now)
+            placed = stream.want(node, want, now=now, expected=expected)
         except StreamError as exc:
             raise InputError(str(exc)) from exc
         if placed == "member":
             self.wake()
         return placed
+
+    def on_status(self, node: str, online: bool, *, now: float) -> None:
+        if online:
+            self.offline.pop(node, None)
+        else:
+            self.offline.setdefault(node, now)
 
     async def on_progress(self, node: str, progress: Progress) -> None:
         rollout = self.target_of(node)

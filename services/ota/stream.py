@@ -3,25 +3,32 @@
 Pure: the service feeds it the nodes' wants and asks ``next()`` for the next
 frame to publish until it answers None. Each member (a node downloading this
 release) grants credit: at most ``got + window`` frames in its session, and
-no member is ever sent more. A unit (table chunk or block) that two or more
-members lack goes once on the shared stream, charged to each of them, and
-only while each of them has credit: the stream goes at the pace of its
-slowest member that is still heard, which is what keeps a slow flash from
-being overrun. A unit only one member lacks goes to that member's repair
-topic. Table chunks come
-first (a block cannot be checked before its chunk), then blocks in order,
-cycling. A frame sent to a member is in flight until the member has handled
-that many frames (``got``); if its bitmap still lacks the unit then, the
-frame was lost or bad, and the unit is due again. A member silent for
-``silence`` seconds is left out until its next want, so a stalled node holds
-nobody back; beyond ``max_members`` nodes wait (queued) for a free place.
-When the first member joins an idle stream, frames wait ``gather`` seconds
-(``held_until``), so the nodes of one stage, offered together, start on
-the shared stream together instead of each on its own repairs.
+no member is ever sent more. Every member is subscribed to the shared stream,
+so every shared frame counts against every member's credit, whether it lacks
+that unit or not (its ``got`` counts every frame it handled: a frame it was
+not charged for would make its in-flight count, and so its repairs, wrong).
+A unit (table chunk or block) that two or more members lack goes once on the
+shared stream, and only while every member that is still heard has credit:
+the stream goes at the pace of its slowest member, which is what keeps a
+slow flash from being overrun. A unit only one member lacks goes to that
+member's repair topic, and only when no shared frame can go: a member that
+joined late or resumed rides the shared stream from where it is and gets its
+gaps when the stream leaves room, instead of holding the others back with
+its repairs. Table chunks come first (a block cannot be checked before its
+chunk), then blocks in order, cycling. A frame sent to a member is in flight
+until the member has handled that many frames (``got``); if its bitmap still
+lacks the unit then, the frame was lost or bad, and the unit is due again. A
+member silent for ``silence`` seconds is left out until its next want, so a
+stalled node holds nobody back; beyond ``max_members`` nodes wait (queued)
+for a free place. When the first member joins an idle stream, frames wait
+``gather`` seconds (``held_until``), so the nodes of one stage, offered
+together, start on the shared stream together instead of each on its own
+repairs; the wait ends as soon as every node the caller expects has joined.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from nodefleet.contracts.ota import FrameError, Want, bitmap_bits
@@ -64,8 +71,10 @@ class Member:
         return all(self.have)
 
     def charge(self, unit: int) -> None:
+        """One more frame published to this member (on the stream or its repair topic)."""
         self.sent += 1
-        self.in_flight[unit] = self.sent
+        if self.lacks(unit):
+            self.in_flight[unit] = self.sent
 
 
 class Stream:
@@ -79,13 +88,19 @@ class Stream:
         self.members: dict[str, Member] = {}
         self.queued: list[str] = []
         self._cursor = table
+        self._repair_cursor = table
+        self._shared_left = True
+        """False once a scan found no unit two members lack; a want can change that (a join, a loss)."""
         self.frames_shared = 0
         self.frames_repaired = 0
         self.gather = gather
         self.held_until = 0.0
 
-    def want(self, node: str, want: Want, *, now: float) -> str:
-        """Take a node's want; ``member``, ``queued`` (no free place yet) or ``complete``."""
+    def want(self, node: str, want: Want, *, now: float, expected: Collection[str] | None = None) -> str:
+        """Take a node's want; ``member``, ``queued`` (no free place yet) or ``complete``.
+
+        ``expected``: the nodes the caller offered this release to and still waits for; once all of them are
+        members, the gather ends at once (one node, or a whole stage online, need not wait it out)."""
         if want.release != self.release:
             raise StreamError(f"want for release {want.release} on the stream of {self.release}")
         try:
@@ -112,15 +127,25 @@ class Stream:
         else:
             # The same count again with no credit left: the node's stall timer (2 s without a frame), so what
             # was in flight never arrived (a publish that failed, a broker that dropped it); grant it again.
-            stalled = want.got == member.got and member.credit <= 0
+            repeated = want.got == member.got  # the node's stall timer: nothing arrived for 2 s
+            stalled = repeated and member.credit <= 0
             member.window, member.got, member.have, member.heard = want.window, want.got, have, now
             if stalled:
                 member.sent, member.in_flight = want.got, {}
+            # It handled more than it was sent: shared frames that reached it between its subscription and
+            # its first want. Its credit counts from what it handled, and a frame counts as lost only half a
+            # window after its turn (or at a stall), so those few frames never make repairs of frames that
+            # are still on their way.
+            member.sent = max(member.sent, want.got)
+            lost = want.got if repeated else want.got - member.window // 2
             member.in_flight = {unit: seq for unit, seq in member.in_flight.items()
-                                if seq > want.got and not have[unit]}
+                                if seq > lost and not have[unit]}
+        self._shared_left = True
         if member.complete():
             self.leave(node)
             return "complete"
+        if self.held_until > now and expected is not None and all(n in self.members for n in expected):
+            self.held_until = now
         return "member"
 
     def leave(self, node: str) -> None:
@@ -133,39 +158,55 @@ class Stream:
         return [m for m in self.members.values() if now - m.heard <= self.silence]
 
     def next(self, *, now: float) -> Send | None:
-        """The next frame to send, charged to whoever it is for; None while no active member has credit."""
+        """The next frame to send, charged to whoever it gets to; None while nothing may go."""
         if now < self.held_until:
             return None
         active = self._active(now)
-        able = [m for m in active if m.credit > 0]
-        if not able:
+        if not any(m.credit > 0 for m in active):
             return None
-        broke = [m for m in active if m.credit <= 0]
-        unit = self._pick(able, broke)
-        if unit is None:
+        picked = self._pick(active)
+        if picked is None:
             return None
-        lacking = [m for m in able if m.lacks(unit)]
-        for member in lacking:
-            member.charge(unit)
+        unit, lacking = picked
         if len(lacking) >= 2:
+            # Every member is subscribed to the stream: each one handles this frame, and counts it in got.
+            for member in self.members.values():
+                member.charge(unit)
             self.frames_shared += 1
             return Send(unit, None)
+        lacking[0].charge(unit)
         self.frames_repaired += 1
         return Send(unit, lacking[0].node)
 
-    def _pick(self, able: list[Member], broke: list[Member]) -> int | None:
-        """The first unit someone with credit lacks and nobody without credit lacks (it would be overrun)."""
+    def _pick(self, active: list[Member]) -> tuple[int, list[Member]] | None:
+        """Table chunks first, then the shared stream from its cursor, then repairs; with who lacks the unit.
 
-        def due(unit: int) -> bool:
-            return any(m.lacks(unit) for m in able) and not any(m.lacks(unit) for m in broke)
+        A shared frame waits until every active member has credit (each of them gets it); a repair needs
+        its member's credit only, and goes only when no unit is left that two or more members lack."""
+        everyone = all(m.credit > 0 for m in active)
+
+        def lacking(unit: int) -> list[Member]:
+            return [m for m in active if m.lacks(unit)]
 
         for unit in range(self.table):
-            if due(unit):
-                return unit
+            who = lacking(unit)
+            if (len(who) >= 2 and everyone) or (len(who) == 1 and who[0].credit > 0):
+                return unit, who
         blocks = self.units - self.table
+        if len(active) >= 2 and self._shared_left:
+            for step in range(blocks):
+                unit = self.table + (self._cursor - self.table + step) % blocks
+                who = lacking(unit)
+                if len(who) >= 2:
+                    if not everyone:
+                        return None  # the stream waits for its slowest member's credit
+                    self._cursor = unit + 1 if unit + 1 < self.units else self.table
+                    return unit, who
+            self._shared_left = False
         for step in range(blocks):
-            unit = self.table + (self._cursor - self.table + step) % blocks
-            if due(unit):
-                self._cursor = unit + 1 if unit + 1 < self.units else self.table
-                return unit
+            unit = self.table + (self._repair_cursor - self.table + step) % blocks
+            who = lacking(unit)
+            if len(who) == 1 and who[0].credit > 0:
+                self._repair_cursor = unit + 1 if unit + 1 < self.units else self.table
+                return unit, who
         return None
