@@ -11,7 +11,7 @@ from .conftest import watching
 from .ota_service import serving
 from .test_ota_receiver import NODE, make, online, release, state_of, states
 
-WINDOW = 8  # the receiver's default ota_window
+WINDOW = 8  # set as ota_window: the bound is one window plus one save interval, so a small window keeps it tight
 SAVE_EVERY = 8  # otastore.SAVE_EVERY: units written between bitmap saves
 BLOCK = 1024  # small blocks: today's firmware is then 50-odd units, enough to cut in the middle
 
@@ -24,7 +24,7 @@ async def test_sigkill_mid_download_resumes_from_the_saved_bitmap(tmp_path, mosq
     rel = release(block_size=BLOCK)
     units = rel.units()
     assert units >= 4 * (WINDOW + SAVE_EVERY) // 2, units
-    node = make(tmp_path, mosquitto.url, topics)
+    node = make(tmp_path, mosquitto.url, topics, ota_window=WINDOW)
     async with watching(mosquitto, topics, NODE) as watch:
         await node.start()
         try:
