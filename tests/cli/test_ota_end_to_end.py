@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 from nodefleet.contracts import Topics
 from nodefleet.embedded.dynsec import mosquitto_dynsec_config
@@ -65,6 +66,19 @@ async def build_release(tmp_path: Path, version: str, *, self_test: str | None =
 # -- the system: `nodefleet up --demo N` and the commands against it ------------------------------------------------
 
 @dataclass
+class Status:
+    """What ``nodefleet ota status ROLLOUT`` printed: state, stage N of M, and per node (stage, state)."""
+
+    state: str
+    stage: int
+    stages: int
+    nodes: dict[str, tuple[int, str]]
+
+    def states(self) -> dict[str, str]:
+        return {node: state for node, (_, state) in self.nodes.items()}
+
+
+@dataclass
 class System:
     """One ``nodefleet up`` and how the commands reach it (``broker``: the URL they get with ``--broker``)."""
 
@@ -105,30 +119,30 @@ class System:
             assert loop.time() < deadline, f"{len(online)} of {count} demo nodes online: {rows}"
             await asyncio.sleep(0.5)
 
-    async def status(self, rollout: str) -> tuple[str, dict[str, str]]:
-        """``nodefleet ota status ROLLOUT`` as printed: the rollout's state and each node's."""
+    async def status(self, rollout: str) -> Status:
+        """``nodefleet ota status ROLLOUT`` as printed: the rollout's state and stage, each node's stage and state."""
         out = await self.run("ota", "status", rollout)
-        head = re.match(rf"rollout {re.escape(rollout)}\s+release \S+\s+(\w+)\s", out)
+        head = re.match(rf"rollout {re.escape(rollout)}\s+release \S+\s+(\w+)\s+\d+%\s+stage (\d+)/(\d+)", out)
         assert head, out
         nodes = {}
         for line in out.splitlines():
             words = line.replace("│", " ").split()
             if len(words) >= 3 and words[0].startswith("demo-"):
-                nodes[words[0]] = words[2]
-        return head.group(1), nodes
+                nodes[words[0]] = (int(words[1]), words[2])
+        return Status(head.group(1), int(head.group(2)), int(head.group(3)), nodes)
 
-    async def until_ended(self, rollout: str, *, timeout: float) -> tuple[str, dict[str, str], list[str]]:
-        """Poll the status until the rollout ends; its last state, the nodes' states, and the states it went through."""
+    async def until_ended(self, rollout: str, *, timeout: float) -> tuple[Status, list[tuple[str, int]]]:
+        """Poll the status until the rollout ends: its last status and the (state, stage) it went through."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        seen: list[str] = []
+        seen: list[tuple[str, int]] = []
         while True:
-            state, nodes = await self.status(rollout)
-            if not seen or seen[-1] != state:
-                seen.append(state)
-            if state in ENDED:
-                return state, nodes, seen
-            assert loop.time() < deadline, f"rollout {rollout} still {state} after {timeout} s: {nodes}"
+            status = await self.status(rollout)
+            if not seen or seen[-1] != (status.state, status.stage):
+                seen.append((status.state, status.stage))
+            if status.state in ENDED:
+                return status, seen
+            assert loop.time() < deadline, f"rollout {rollout} still {status.state} after {timeout} s: {status}"
             await asyncio.sleep(1.0)
 
     async def history(self, node: str) -> list[dict]:
@@ -163,7 +177,7 @@ async def system(tmp_path: Path, topics: Topics, demo: int, *, broker: Mosquitto
             found.broker = f"mqtt://127.0.0.1:{port}"
             found.operator = operator_url(data_dir, port)
         else:
-            found.broker = found.operator = admin_url(broker)
+            found.broker = found.operator = operator_on(broker)
         found.remember_children()
         return found
 
@@ -194,10 +208,15 @@ def _own_dir() -> str:
 
 
 DYNSEC_ADMIN = ("provisioner", "provisioner-e2e-pw")
+OPERATOR_PASSWORD = "operator-e2e-pw"
 
 
 def admin_url(broker: Mosquitto) -> str:
     return f"mqtt://{DYNSEC_ADMIN[0]}:{DYNSEC_ADMIN[1]}@{broker.host}:{broker.port}"
+
+
+def operator_on(broker: Mosquitto) -> str:
+    return f"mqtt://operator:{OPERATOR_PASSWORD}@{broker.host}:{broker.port}"
 
 
 # -- what goes over the wire: a subscriber logged in as the operator ------------------------------------------------
@@ -254,21 +273,131 @@ def transitions(rows: list[dict]) -> list[str]:
     return [row["state"] for row in rows]
 
 
+UPDATE = ["queued", "downloading", "downloaded", "verified", "updating", "updated"]
+
+
+def in_order(rows: list[dict], end: str = "updated") -> bool:
+    """The history went forward through an update's states to ``end``.
+
+    A node keeps only its newest progress waiting to be sent (docs/ota.md), so on a busy machine a state it
+    passed quickly (``downloaded`` just before ``verified``) may never reach the service: skipped, never
+    reordered.
+    """
+    states = transitions(rows)
+    order = UPDATE[:-1] + [end]
+    return states[0] == "queued" and states[-1] == end and "verified" in states and \
+        [order.index(s) for s in states] == sorted({order.index(s) for s in states})
+
+
 # -- the cases -------------------------------------------------------------------------------------------------------
+
+async def update_one_node(fleet: System, release: Path) -> None:
+    """Case 1 and 2: one demo node from 0.1.0 to 0.2.0, every step through the CLI."""
+    [node] = await fleet.demo_nodes(1)
+    assert (await fleet.devices())[node]["fw"] == OLD
+    out = await fleet.run("ota", "release", str(release))
+    assert "release 0.2.0 kept" in out
+    out = await fleet.run("ota", "rollout", "start", "0.2.0", "--to", "all", "--canary", "0", "--id", "one")
+    assert "rollout one of 0.2.0: 1 nodes" in out
+    status, _ = await fleet.until_ended("one", timeout=60)
+    assert (status.state, status.states()) == ("done", {node: "updated"})
+    history = await fleet.history(node)
+    assert in_order(history), transitions(history)
+
+    async def reports_new_version() -> bool:
+        row = (await fleet.devices())[node]
+        return row["fw"] == "0.2.0" and row["online"]
+    await wait_for(reports_new_version, timeout=15, interval=0.5)
+
 
 async def test_one_node_updates_on_the_embedded_broker(tmp_path: Path, topics: Topics) -> None:
     release = await build_release(tmp_path, "0.2.0")
     async with system(tmp_path, topics, demo=1) as launch:
+        await update_one_node(await launch(), release)
+
+
+async def test_one_node_updates_on_mosquitto(tmp_path: Path, topics: Topics) -> None:
+    """``nodefleet up --broker`` on a Mosquitto with its dynamic-security plugin: the demo nodes log in as
+    themselves (users the provisioner made), the commands as the operator."""
+    release = await build_release(tmp_path, "0.2.0")
+    folder = Path(_own_dir())  # Mosquitto started as root runs as its own user: not under tmp_path (0700)
+    config = mosquitto_dynsec_config(folder, admin=DYNSEC_ADMIN[0], password=DYNSEC_ADMIN[1],
+                                     services={"operator": OPERATOR_PASSWORD})
+    with Mosquitto(extra_config=config) as broker:
+        env = up_env(topics, NODEFLEET_PROVISIONER_CREDENTIALS="dynsec")
+        async with system(tmp_path, topics, demo=1, broker=broker, env=env) as launch:
+            await update_one_node(await launch(), release)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def began(rows: list[dict]) -> float:
+    """When the node first reported on its offer (the service's time, epoch seconds)."""
+    return min(row["ts"] for row in rows if row["state"] != "queued")
+
+
+def ended(rows: list[dict]) -> float:
+    return max(row["ts"] for row in rows if row["state"] == "updated")
+
+
+async def test_twenty_nodes_in_one_staged_rollout(tmp_path: Path, topics: Topics) -> None:
+    release = await build_release(tmp_path, "0.2.0")
+    size = json.loads((await nodefleet("ota", "inspect", str(release), "--json", env=cli_env())).stdout)["size"]
+    async with system(tmp_path, topics, demo=20) as launch:
         fleet = await launch()
-        [node] = await fleet.demo_nodes(1)
-        assert (await fleet.devices())[node]["fw"] == OLD
-        out = await fleet.run("ota", "release", str(release))
-        assert "release 0.2.0 kept" in out
-        out = await fleet.run("ota", "rollout", "start", "0.2.0", "--to", "all", "--canary", "0", "--id", "one")
-        assert "rollout one of 0.2.0: 1 nodes" in out
-        state, nodes, _ = await fleet.until_ended("one", timeout=60)
-        assert (state, nodes) == ("done", {node: "updated"})
-        assert transitions(await fleet.history(node)) == \
-            ["queued", "downloading", "downloaded", "verified", "updating", "updated"]
+        names = await fleet.demo_nodes(20, timeout=120)
+        await fleet.run("ota", "release", str(release))
+        async with tapped(fleet.operator, topics) as tap:
+            out = await fleet.run("ota", "rollout", "start", "0.2.0", "--to", "all", "--canary", "1",
+                                  "--stages", "50%,100%", "--id", "twenty")
+            assert "rollout twenty of 0.2.0: 20 nodes in 3 stage(s) (1, 9, 10)" in out
+            status, seen = await fleet.until_ended("twenty", timeout=150)
+            await asyncio.sleep(0.5)
+        assert status.state == "done" and status.stages == 3
+        assert status.states() == {name: "updated" for name in names}
+        assert [stage for _, stage in seen] == sorted(stage for _, stage in seen)  # forward only
+        stages = [sorted(n for n, (stage, _) in status.nodes.items() if stage == k) for k in (0, 1, 2)]  # 0: the canary
+        assert [len(s) for s in stages] == [1, 9, 10]
+        histories = {}
+        for group in (names[i:i + 5] for i in range(0, 20, 5)):
+            for name, rows in zip(group, await asyncio.gather(*(fleet.history(n) for n in group))):
+                histories[name] = rows
+        for name, rows in histories.items():
+            assert in_order(rows), (name, transitions(rows))
+        # A stage is offered only once the one before it updated (all of it: 10% of 9 nodes is no node).
+        for before, after in zip(stages, stages[1:]):
+            assert max(ended(histories[n]) for n in before) < min(began(histories[n]) for n in after)
         rows = await fleet.devices()
-        assert rows[node]["fw"] == "0.2.0" and rows[node]["online"]
+        assert {rows[n]["fw"] for n in names} == {"0.2.0"}
+        # The stream is shared: the canary's download went to it alone (its repairs), each later stage's mostly
+        # once on fleet/ota/data/<release> for all of its nodes.
+        print(json.dumps({"case": "twenty", "image": size, "shared_bytes": tap.shared, "repair_bytes": tap.repair,
+                          "per_node": round((tap.shared + tap.repair) / 20), "frames": tap.frames()}))
+        assert tap.shared >= 2 * size
+        assert tap.shared + tap.repair < 4.5 * size  # 20 separate downloads would be 20 images
+
+
+async def test_a_failing_self_test_rolls_the_canary_back_and_halts(tmp_path: Path, topics: Topics) -> None:
+    release = await build_release(tmp_path, "0.3.0", self_test="fails on purpose")
+    async with system(tmp_path, topics, demo=3) as launch:
+        fleet = await launch()
+        names = await fleet.demo_nodes(3)
+        await fleet.run("ota", "release", str(release))
+        async with tapped(fleet.operator, topics) as tap:
+            await fleet.run("ota", "rollout", "start", "0.3.0", "--to", "all", "--canary", "1", "--id", "bad")
+            status, _ = await fleet.until_ended("bad", timeout=90)
+            await asyncio.sleep(3)  # were anything offered to the others, they would be downloading by now
+        [canary] = [n for n, (stage, _) in status.nodes.items() if stage == 0]
+        others = sorted(set(names) - {canary})
+        assert status.state == "halted"
+        assert status.states() == {canary: "rolled_back", **{n: "queued" for n in others}}
+        out = await fleet.run("ota", "status", "bad")
+        assert f"the canary {canary} rolled back" in out
+        history = await fleet.history(canary)
+        assert in_order(history, end="rolled_back"), transitions(history)
+        assert history[-1]["code"] == "self_test"
+        for name in others:
+            assert transitions(await fleet.history(name)) == ["queued"]
+        # Nobody but the canary said a word about the release; everyone still runs the old firmware.
+        assert {p["node"] for p in tap.progress} == {canary}
+        rows = await fleet.devices()
+        assert {rows[n]["fw"] for n in names} == {OLD} and all(rows[n]["online"] for n in names)
