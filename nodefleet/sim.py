@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import json
 import os
 import shutil
 import signal
+import sys
 import sysconfig
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -87,6 +89,27 @@ def deployed(firmware_dir: Path = FIRMWARE_DIR) -> Path:
         shutil.copy(root / "main.py", out / "main.py")
         _DEPLOYED[key] = out
     return _DEPLOYED[key]
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _dies_with(launcher: int) -> Any:
+    """What a node's process runs before exec (Linux): SIGKILL when ``launcher`` dies, even by kill -9.
+
+    A node the launcher no longer watches is not restarted when it asks (exit 75), and the next
+    launcher (``nodefleet up --demo`` again) would run a second copy of it on the same flash: so it goes,
+    as a chip loses power with its supply, and resumes from its flash when started again."""
+    if _LIBC is None:
+        return None
+
+    def before_exec() -> None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != launcher:  # it died before the line above
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return before_exec
 
 
 def interpreter() -> str:
@@ -193,6 +216,7 @@ class SimNode:
             self._process = await asyncio.create_subprocess_exec(
                 interpreter(), "-X", f"heapsize={self.heap}", str(self.firmware_dir / "main.py"),
                 cwd=self.flash_dir, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+                preexec_fn=_dies_with(os.getpid()),
             )
 
     async def _watch(self) -> None:

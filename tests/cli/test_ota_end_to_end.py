@@ -25,6 +25,7 @@ from nodefleet.embedded.dynsec import mosquitto_dynsec_config
 from nodefleet.embedded.mosquitto import Mosquitto, free_port
 from nodefleet.embedded.postgres import EmbeddedPostgres
 from nodefleet.sim import FIRMWARE_DIR
+from nodefleet.errors import BrokerUnavailable
 from nodefleet.wire import BrokerAddress, Client
 
 from .helpers import UpProcess, children_of, cli_env, nodefleet, operator_url, postmaster_pid, process_alive
@@ -161,11 +162,11 @@ async def system(tmp_path: Path, topics: Topics, demo: int, *, broker: Mosquitto
     security); at the end stopped, and whatever it left running ended by pid."""
     data_dir = data_dir or Path(_own_dir()) / "data"
     started: list[System] = []
+    port, db_port = free_port(), free_port()  # the same at each launch, as a restarted `up` keeps its ports
 
     async def launch() -> System:
-        up_args = ["--db-port", str(free_port()), "--demo", str(demo), "--log-format", "json"]
+        up_args = ["--db-port", str(db_port), "--demo", str(demo), "--log-format", "json"]
         if broker is None:
-            port = free_port()
             up_args += ["--mqtt-port", str(port)]
         else:
             up_args += ["--broker", admin_url(broker)]
@@ -232,35 +233,48 @@ class Tap:
         self.subscribed = asyncio.Event()
 
     async def run(self) -> None:
-        async with Client(BrokerAddress.parse(self.url), client_id=f"tap-{uuid.uuid4().hex[:6]}") as client:
-            await client.subscribe(self.topics.ota_streams(), qos=0)
-            await client.subscribe(f"{self.topics.root}/+/ota/data", qos=0)  # noqa: topic-literal (test)
-            await client.subscribe(f"{self.topics.root}/+/ota/progress", qos=1)  # noqa: topic-literal (test)
-            self.subscribed.set()
-            async for message in client.messages:
-                topic, payload = str(message.topic), bytes(message.payload)
-                if topic.endswith("/progress"):
-                    self.progress.append({"node": topic.split("/")[-3], **json.loads(payload)})
-                    continue
-                if topic.startswith(self.topics.fleet):
-                    self.shared += len(payload)
-                else:
-                    self.repair += len(payload)
-                key = (topic, payload[3], int.from_bytes(payload[4:8], "big"))
-                self.units[key] = self.units.get(key, 0) + 1
+        # Connected as soon as the broker listens: a `nodefleet up` may still be starting.
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:
+            try:
+                async with Client(BrokerAddress.parse(self.url), client_id=f"tap-{uuid.uuid4().hex[:6]}") as client:
+                    await self._read(client)
+            except BrokerUnavailable:
+                if self.subscribed.is_set() or asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+    async def _read(self, client: Client) -> None:
+        await client.subscribe(self.topics.ota_streams(), qos=0)
+        await client.subscribe(f"{self.topics.root}/+/ota/data", qos=0)  # noqa: topic-literal (test)
+        await client.subscribe(f"{self.topics.root}/+/ota/progress", qos=1)  # noqa: topic-literal (test)
+        self.subscribed.set()
+        async for message in client.messages:
+            topic, payload = str(message.topic), bytes(message.payload)
+            if topic.endswith("/progress"):
+                self.progress.append({"node": topic.split("/")[-3], **json.loads(payload)})
+                continue
+            if topic.startswith(self.topics.fleet):
+                self.shared += len(payload)
+            else:
+                self.repair += len(payload)
+            key = (topic, payload[3], int.from_bytes(payload[4:8], "big"))
+            self.units[key] = self.units.get(key, 0) + 1
 
     def frames(self) -> int:
         return sum(self.units.values())
 
 
 @contextlib.asynccontextmanager
-async def tapped(url: str, topics: Topics):
+async def tapped(url: str, topics: Topics, *, wait: bool = True):
+    """A running Tap; ``wait=False``: not waiting for it to subscribe (the broker is not up yet)."""
     tap = Tap(url, topics)
     task = asyncio.create_task(tap.run())
     waiter = asyncio.create_task(tap.subscribed.wait())
-    await asyncio.wait({task, waiter}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
+    if wait:
+        await asyncio.wait({task, waiter}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()
     try:
         yield tap
     finally:
@@ -401,3 +415,62 @@ async def test_a_failing_self_test_rolls_the_canary_back_and_halts(tmp_path: Pat
         assert {p["node"] for p in tap.progress} == {canary}
         rows = await fleet.devices()
         assert {rows[n]["fw"] for n in names} == {OLD} and all(rows[n]["online"] for n in names)
+
+
+def saved_units(flash: Path) -> int:
+    """Units of the download the node's flash holds (its saved bitmap, ``ota.json``)."""
+    import base64
+
+    try:
+        saved = json.loads((flash / "ota.json").read_text())
+    except FileNotFoundError:
+        return 0
+    return sum(bin(byte).count("1") for byte in base64.b64decode(saved["have"]))
+
+
+async def test_kill_9_of_up_mid_rollout(tmp_path: Path, topics: Topics) -> None:
+    """The ota service runs inside the ``nodefleet up`` process (a task, restarted by its supervisor when it
+    raises), so a kill -9 of the service is a kill -9 of ``up``: broker, services and, with it, the demo nodes (a
+    power cut; they die with their launcher).  ``up`` started again on the same data directory carries on."""
+    release = await build_release(tmp_path, "0.4.0", filler=512 * 1024)  # long enough to be cut half-way
+    manifest = json.loads((await nodefleet("ota", "inspect", str(release), "--json", env=cli_env())).stdout)
+    size, blocks = manifest["size"], len(manifest["blocks"])
+    async with system(tmp_path, topics, demo=3) as launch:
+        fleet = await launch()
+        names = await fleet.demo_nodes(3)
+        await fleet.run("ota", "release", str(release), timeout=60)
+        async with tapped(fleet.operator, topics) as tap:
+            await fleet.run("ota", "rollout", "start", "0.4.0", "--to", "all", "--canary", "0", "--id", "cut")
+            await wait_for(lambda: sum(kind == 2 for _, kind, _ in tap.units) >= blocks // 3, timeout=60,
+                           interval=0.005)
+            fleet.remember_children()
+            nodes_before = fleet.seen - {fleet.up.pid}
+            os.kill(fleet.up.pid, signal.SIGKILL)
+            assert await fleet.up.wait(timeout=10) == -signal.SIGKILL
+        await wait_for(lambda: not any(process_alive(pid) for pid in nodes_before), timeout=10)
+        flash = fleet.data_dir / "demo-nodes"
+        saved = {name: saved_units(flash / name) for name in names}
+        assert all(0 < units < blocks for units in saved.values()), saved  # each held part of it, on flash
+
+        # Listening from the moment the broker is back (same port, same operator login), before any node is.
+        async with tapped(fleet.operator, topics, wait=False) as after:
+            again = await launch()
+            assert after.subscribed.is_set()
+            assert await again.demo_nodes(3) == names
+            status, _ = await again.until_ended("cut", timeout=90)
+            await asyncio.sleep(0.3)
+        assert status.state == "done" and status.states() == {name: "updated" for name in names}
+        rows = await again.devices()
+        assert {rows[n]["fw"] for n in names} == {"0.4.0"}
+        for name in names:
+            history = await again.history(name)
+            assert in_order(history), (name, transitions(history))
+        # Each resumed from its flash: after the restart the stream and the repairs carried, for all three, the
+        # blocks they lacked and not the ones they held (a node starting over would have needed those again).
+        sent_after = {index for _, kind, index in after.units if kind == 2}
+        print(json.dumps({"case": "kill-9", "image": size, "blocks": blocks, "saved_units": saved,
+                          "blocks_sent_after_restart": len(sent_after),
+                          "bytes_after_restart": after.shared + after.repair}))
+        assert len(sent_after) >= blocks - max(saved.values())  # the tap saw the whole rest go out
+        assert len(sent_after) <= blocks - min(saved.values()) + 8 + 8  # the last bitmap save and a window
+        assert after.shared + after.repair < size
