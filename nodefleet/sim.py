@@ -5,7 +5,8 @@ cut is ``kill()`` followed by ``start()``).  The firmware's simulation HAL
 reads its environment: ``NF_CTL_PORT`` opens the control channel (WiFi up and
 down, button, clock, relay and LED readout), ``NF_HTTP_PORT`` the node's web
 server on loopback.  The firmware asks for a restart by exiting with code 75;
-the launcher starts it again on the same flash directory.
+the launcher starts it again on the same flash directory.  A node dies with its
+launcher (on Linux, even a kill -9 of it), as a chip loses power with its supply.
 
 ``SimFleet`` runs N of them against a broker (``nodefleet sim``), and
 ``run_demo`` is the hook ``nodefleet up --demo N`` calls.  Demo nodes are

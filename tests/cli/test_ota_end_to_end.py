@@ -6,13 +6,16 @@ N real MicroPython demo nodes that got their keys at registration), then ``nodef
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import itertools
 import json
 import os
 import random
 import re
 import shutil
 import signal
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +27,19 @@ from nodefleet.contracts import Topics
 from nodefleet.embedded.dynsec import mosquitto_dynsec_config
 from nodefleet.embedded.mosquitto import Mosquitto, free_port
 from nodefleet.embedded.postgres import EmbeddedPostgres
-from nodefleet.sim import FIRMWARE_DIR
 from nodefleet.errors import BrokerUnavailable
+from nodefleet.sim import FIRMWARE_DIR
 from nodefleet.wire import BrokerAddress, Client
 
-from .helpers import UpProcess, children_of, cli_env, nodefleet, operator_url, postmaster_pid, process_alive
+from .helpers import (
+    UpProcess,
+    children_of,
+    cli_env,
+    nodefleet,
+    operator_url,
+    postmaster_pid,
+    process_alive,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -89,7 +100,7 @@ class System:
     broker: str
     operator: str
     env: dict[str, str]
-    seen: set[int] = field(default_factory=set)
+    seen: dict[int, str] = field(default_factory=dict)  # pid -> its start time, so a reused pid is never hit
 
     async def run(self, *args: str, timeout: float = 30.0) -> str:
         done = await nodefleet(*args, "--broker", self.broker, env=self.env, timeout=timeout)
@@ -101,8 +112,16 @@ class System:
         pending = [self.up.pid]
         while pending:
             for child in children_of(pending.pop()):
-                self.seen.add(child)
+                if (started := start_time(child)) is not None:
+                    self.seen.setdefault(child, started)
                 pending.append(child)
+
+    def end_leftovers(self) -> None:
+        """SIGKILL what is still running of the processes noted, the very ones (pid and start time)."""
+        for pid, started in self.seen.items():
+            if process_alive(pid) and start_time(pid) == started:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     async def devices(self) -> dict[str, dict]:
         return {row["node"]: row for row in json.loads(await self.run("devices", "--format", "json"))}
@@ -151,16 +170,25 @@ class System:
         return list(reversed(json.loads(await self.run("ota", "history", node, "--format", "json"))))
 
 
+def start_time(pid: int) -> str | None:
+    """When ``pid`` started (clock ticks since boot, /proc), or None if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
 def up_env(topics: Topics, **extra: str) -> dict[str, str]:
     return cli_env(topics, NODEFLEET_TELEMETRY_CLIENT_ID=f"telemetry-{uuid.uuid4().hex[:8]}", **extra)
 
 
 @contextlib.asynccontextmanager
 async def system(tmp_path: Path, topics: Topics, demo: int, *, broker: Mosquitto | None = None,
-                 env: dict[str, str] | None = None, data_dir: Path | None = None):
-    """``nodefleet up --demo N`` on its own ports and data directory (or ``broker``, a Mosquitto with dynamic
-    security); at the end stopped, and whatever it left running ended by pid."""
-    data_dir = data_dir or Path(_own_dir()) / "data"
+                 env: dict[str, str] | None = None):
+    """Launches ``nodefleet up --demo N`` on its own ports and data directory (``broker``: a Mosquitto with
+    dynamic security instead of the embedded broker), again on the same ones at each call; at the end each is
+    stopped, and whatever it left running ended by pid."""
+    data_dir = Path(_own_dir()) / "data"
     started: list[System] = []
     port, db_port = free_port(), free_port()  # the same at each launch, as a restarted `up` keeps its ports
 
@@ -191,10 +219,7 @@ async def system(tmp_path: Path, topics: Topics, demo: int, *, broker: Mosquitto
                 with contextlib.suppress(AssertionError):
                     await each.up.stop(signal.SIGTERM, timeout=30)
             each.up.kill()
-            for pid in each.seen:  # only processes this test's `up` started
-                if process_alive(pid):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+            each.end_leftovers()  # only processes this test's `up` started
         pid = postmaster_pid(data_dir)
         if pid is not None and process_alive(pid):
             EmbeddedPostgres(data_dir / "postgres", port=0).stop("immediate")
@@ -203,8 +228,6 @@ async def system(tmp_path: Path, topics: Topics, demo: int, *, broker: Mosquitto
 
 def _own_dir() -> str:
     # Not under pytest's tmp_path: pytest resets its base to mode 0700 when a run starts (PostgreSQL's own user).
-    import tempfile
-
     return tempfile.mkdtemp(prefix="nodefleet-ota-e2e-")
 
 
@@ -337,11 +360,13 @@ async def test_one_node_updates_on_mosquitto(tmp_path: Path, topics: Topics) -> 
     folder = Path(_own_dir())  # Mosquitto started as root runs as its own user: not under tmp_path (0700)
     config = mosquitto_dynsec_config(folder, admin=DYNSEC_ADMIN[0], password=DYNSEC_ADMIN[1],
                                      services={"operator": OPERATOR_PASSWORD})
-    with Mosquitto(extra_config=config) as broker:
-        env = up_env(topics, NODEFLEET_PROVISIONER_CREDENTIALS="dynsec")
-        async with system(tmp_path, topics, demo=1, broker=broker, env=env) as launch:
-            await update_one_node(await launch(), release)
-    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        with Mosquitto(extra_config=config) as broker:
+            env = up_env(topics, NODEFLEET_PROVISIONER_CREDENTIALS="dynsec")
+            async with system(tmp_path, topics, demo=1, broker=broker, env=env) as launch:
+                await update_one_node(await launch(), release)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def began(rows: list[dict]) -> float:
@@ -378,7 +403,7 @@ async def test_twenty_nodes_in_one_staged_rollout(tmp_path: Path, topics: Topics
         for name, rows in histories.items():
             assert in_order(rows), (name, transitions(rows))
         # A stage is offered only once the one before it updated (all of it: 10% of 9 nodes is no node).
-        for before, after in zip(stages, stages[1:]):
+        for before, after in itertools.pairwise(stages):
             assert max(ended(histories[n]) for n in before) < min(began(histories[n]) for n in after)
         rows = await fleet.devices()
         assert {rows[n]["fw"] for n in names} == {"0.2.0"}
@@ -419,13 +444,11 @@ async def test_a_failing_self_test_rolls_the_canary_back_and_halts(tmp_path: Pat
 
 def saved_units(flash: Path) -> int:
     """Units of the download the node's flash holds (its saved bitmap, ``ota.json``)."""
-    import base64
-
     try:
         saved = json.loads((flash / "ota.json").read_text())
     except FileNotFoundError:
         return 0
-    return sum(bin(byte).count("1") for byte in base64.b64decode(saved["have"]))
+    return sum(byte.bit_count() for byte in base64.b64decode(saved["have"]))
 
 
 async def test_kill_9_of_up_mid_rollout(tmp_path: Path, topics: Topics) -> None:
@@ -444,10 +467,10 @@ async def test_kill_9_of_up_mid_rollout(tmp_path: Path, topics: Topics) -> None:
             await wait_for(lambda: sum(kind == 2 for _, kind, _ in tap.units) >= blocks // 3, timeout=60,
                            interval=0.005)
             fleet.remember_children()
-            nodes_before = fleet.seen - {fleet.up.pid}
+            nodes = set(fleet.seen)  # the processes under `up`: its demo nodes (PostgreSQL runs detached)
             os.kill(fleet.up.pid, signal.SIGKILL)
             assert await fleet.up.wait(timeout=10) == -signal.SIGKILL
-        await wait_for(lambda: not any(process_alive(pid) for pid in nodes_before), timeout=10)
+        await wait_for(lambda: not any(process_alive(pid) for pid in nodes), timeout=10)
         flash = fleet.data_dir / "demo-nodes"
         saved = {name: saved_units(flash / name) for name in names}
         assert all(0 < units < blocks for units in saved.values()), saved  # each held part of it, on flash
