@@ -5,7 +5,8 @@ cut is ``kill()`` followed by ``start()``).  The firmware's simulation HAL
 reads its environment: ``NF_CTL_PORT`` opens the control channel (WiFi up and
 down, button, clock, relay and LED readout), ``NF_HTTP_PORT`` the node's web
 server on loopback.  The firmware asks for a restart by exiting with code 75;
-the launcher starts it again on the same flash directory.
+the launcher starts it again on the same flash directory.  A node dies with its
+launcher (on Linux, even a kill -9 of it), as a chip loses power with its supply.
 
 ``SimFleet`` runs N of them against a broker (``nodefleet sim``), and
 ``run_demo`` is the hook ``nodefleet up --demo N`` calls.  Demo nodes are
@@ -17,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import json
 import os
 import shutil
 import signal
+import sys
 import sysconfig
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -87,6 +90,27 @@ def deployed(firmware_dir: Path = FIRMWARE_DIR) -> Path:
         shutil.copy(root / "main.py", out / "main.py")
         _DEPLOYED[key] = out
     return _DEPLOYED[key]
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
+def _dies_with(launcher: int) -> Any:
+    """What a node's process runs before exec (Linux): SIGKILL when ``launcher`` dies, even by kill -9.
+
+    A node the launcher no longer watches is not restarted when it asks (exit 75), and the next
+    launcher (``nodefleet up --demo`` again) would run a second copy of it on the same flash: so it goes,
+    as a chip loses power with its supply, and resumes from its flash when started again."""
+    if _LIBC is None:
+        return None
+
+    def before_exec() -> None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != launcher:  # it died before the line above
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return before_exec
 
 
 def interpreter() -> str:
@@ -193,6 +217,7 @@ class SimNode:
             self._process = await asyncio.create_subprocess_exec(
                 interpreter(), "-X", f"heapsize={self.heap}", str(self.firmware_dir / "main.py"),
                 cwd=self.flash_dir, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+                preexec_fn=_dies_with(os.getpid()),
             )
 
     async def _watch(self) -> None:
