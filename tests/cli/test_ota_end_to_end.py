@@ -433,6 +433,8 @@ async def test_a_failing_self_test_rolls_the_canary_back_and_halts(tmp_path: Pat
         assert status.states() == {canary: "rolled_back", **{n: "queued" for n in others}}
         out = await fleet.run("ota", "status", "bad")
         assert f"the canary {canary} rolled back" in out
+        [view] = json.loads(await fleet.run("ota", "status", "bad", "--json"))
+        assert {t["node"]: t["offered"] for t in view["targets"]} == {n: False for n in others} | {canary: True}
         history = await fleet.history(canary)
         assert in_order(history, end="rolled_back"), transitions(history)
         assert history[-1]["code"] == "self_test"
