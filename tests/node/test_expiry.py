@@ -23,7 +23,9 @@ async def test_commands_sent_during_a_blip_are_answered_when_the_node_returns(br
         await watch.send("logic", {"enabled": True, "id": "plain"})  # no timestamps, a short outage
         await watch.send("switch", {"state": "OFF", "id": "late", "sent": now - 120})
         await watch.send("stop", {"id": "soon", "expires": now + 1})
-        await asyncio.sleep(1.5)  # "soon" is past its expiry before the node is back
+        # "soon" is past its expiry before the node is back. The node's clock counts whole seconds (int), so
+        # its time passes a fractional deadline up to a second late: wait out that second too.
+        await asyncio.sleep(2.5)
 
         mark = watch.mark()
         await node.ctl("wifi 1")
