@@ -13,7 +13,7 @@ MAX_IN = heap.MAX_IN  # config and schedule; the receive buffer (heap.RX) holds 
 
 class App(Core):
     def __init__(self, *, slot=None, **kw):
-        # An OTA update under way across its reboot (otarx.json): its trial and its report (otainst.Boot).
+        # An OTA update under way across its reboot (otarx.json): its trial and its report (ottrial.Boot).
         ota_st = store.load("otarx.json", None) or {}
         phase = ota_st.get("phase")
         # The update's own reboot: relay, rule and its end come back as they were.
@@ -26,9 +26,9 @@ class App(Core):
         self.refused_tag = (store.load("ota_offer.json", None) or {}).get("refused")
         self.ota_boot = None
         if phase in ("switch", "trial", "failed"):
-            import otainst
+            import ottrial
 
-            self.ota_boot = otainst.Boot(self, ota_st, slot)
+            self.ota_boot = ottrial.Boot(self, ota_st, slot)
 
     def dispatch(self, topic, payload, size, retained):
         if not topic.startswith(self.prefix + "/"):
