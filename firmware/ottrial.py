@@ -19,8 +19,13 @@ def _slotboot():
 
 
 def _drop(*names):
+    # Out of sys.modules and off its package: `from hal import slotboot` made it an attribute of hal too, and
+    # that reference alone keeps the module's code on the heap.
     for name in names:
         sys.modules.pop(name, None)
+        pkg, _, attr = name.rpartition(".")
+        if pkg in sys.modules and hasattr(sys.modules[pkg], attr):
+            delattr(sys.modules[pkg], attr)
 
 
 class Boot:
