@@ -50,7 +50,7 @@ from nodefleet.contracts import Command, Topics
 from nodefleet.contracts.scheduling import SCHEDULER_SERVICE
 from nodefleet.embedded.mosquitto import Mosquitto, free_port
 from nodefleet.embedded.postgres import EmbeddedPostgres
-from nodefleet.fleet import Requester, RequestError
+from nodefleet.fleet import RequestError, replies_to
 from nodefleet.processes import stop_process
 
 from .telemetry_ingest import Service, run_load, wait_rows
@@ -135,15 +135,8 @@ async def side_load(broker: Mosquitto, topics: Topics, nodes: list[str], until: 
     client_id = f"soak-{uuid.uuid4().hex[:8]}"
     counts = {"commands": 0, "changes": 0, "changes_failed": 0}
     latencies: list[float] = []
-    async with wire.Client(wire.BrokerAddress.parse(broker.url), client_id=client_id) as client:
-        requester = Requester(client, topics, client_id=client_id)
-        await requester.start()
-
-        async def feed() -> None:
-            async for message in client.messages:
-                requester.feed(message)
-
-        reader = asyncio.create_task(feed())
+    async with (wire.Client(wire.BrokerAddress.parse(broker.url), client_id=client_id) as client,
+                replies_to(client, topics, client_id=client_id) as requester):
 
         async def commands() -> None:
             while time.monotonic() < until:
@@ -169,10 +162,7 @@ async def side_load(broker: Mosquitto, topics: Topics, nodes: list[str], until: 
                     counts["changes_failed"] += 1
                 await asyncio.sleep(1 / CHANGES_PER_S)
 
-        try:
-            await asyncio.gather(commands(), changes())
-        finally:
-            reader.cancel()
+        await asyncio.gather(commands(), changes())
     latencies.sort()
     counts["change_p99_ms"] = round(latencies[int(len(latencies) * 0.99) - 1] * 1000, 1) if latencies else None
     return counts
