@@ -36,3 +36,7 @@ def guarded_amqtt() -> Iterator[BrokerThread]:
 def guarded_broker(request: pytest.FixtureRequest):
     """Each broker with dynamic security in turn (the provisioner hands out the node logins)."""
     return request.getfixturevalue("logged_mosquitto" if request.param == "mosquitto" else "guarded_amqtt")
+
+
+# The simulated node's fixtures (the real MicroPython interpreter at 110K), for the node's garbage test.
+from node.conftest import make_node, node, watch  # noqa: E402,F401
