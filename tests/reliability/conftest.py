@@ -39,4 +39,9 @@ def guarded_broker(request: pytest.FixtureRequest):
 
 
 # The simulated node's fixtures (the real MicroPython interpreter at 110K), for the node's garbage test.
+# `nodefleet up` as a real subprocess, for the end-to-end garbage and restart tests.
+from cli.conftest import data_dir, launch_up  # noqa: E402,F401
 from node.conftest import make_node, node, watch  # noqa: E402,F401
+
+# An in-process scheduler, for its own garbage cases.
+from scheduler.conftest import scheduler  # noqa: E402,F401
