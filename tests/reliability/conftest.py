@@ -38,10 +38,10 @@ def guarded_broker(request: pytest.FixtureRequest):
     return request.getfixturevalue("logged_mosquitto" if request.param == "mosquitto" else "guarded_amqtt")
 
 
-# The simulated node's fixtures (the real MicroPython interpreter at 110K), for the node's garbage test.
-# `nodefleet up` as a real subprocess, for the end-to-end garbage and restart tests.
+
+# Fixtures of other test packages used here: `nodefleet up` as a subprocess (the end-to-end garbage and restart
+# tests), the simulated node on the real interpreter at 110K (the node's garbage and HTTP tests), an in-process
+# scheduler (its own garbage cases).
 from cli.conftest import data_dir, launch_up  # noqa: E402,F401
 from node.conftest import make_node, node, watch  # noqa: E402,F401
-
-# An in-process scheduler, for its own garbage cases.
 from scheduler.conftest import scheduler  # noqa: E402,F401
