@@ -37,6 +37,8 @@ from amqtt.utils import gen_client_id
 from nodefleet.embedded.amqtt_access import AccessError, AccessList, split_shared, topic_matches
 from nodefleet.embedded.amqtt_handler import DeliveryHandler
 from nodefleet.embedded.amqtt_retained import StoredMessage
+from nodefleet.embedded.persist import StoredSession
+from nodefleet.embedded.persist import restore as restore_sessions
 from nodefleet.logging import get_logger
 
 log = get_logger(__name__)
@@ -49,10 +51,12 @@ MAX_QUEUED = 1_000_000
 
 
 class NodefleetBroker(Broker):
-    def __init__(self, config: dict[str, Any], *, access: AccessList, retained: list[StoredMessage] | None = None) -> None:
+    def __init__(self, config: dict[str, Any], *, access: AccessList, retained: list[StoredMessage] | None = None,
+                 sessions: list[StoredSession] | None = None) -> None:
         super().__init__(config)
         self.access = access
         self._initial_retained = retained or []
+        self._initial_sessions = sessions or []
         # Bumped on every change of a retained message, so a saver knows when to write.
         self.retained_changes = 0
         self._deliveries: set[asyncio.Task[Any]] = set()
@@ -60,6 +64,8 @@ class NodefleetBroker(Broker):
         self._password_checks = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mqtt-auth")
         # What was refused or dropped, by reason, for `EmbeddedBroker.stats()` and the logs.
         self.counters: Counter[str] = Counter()
+        # Connections whose messages are still being handled (a clean stop waits for them: persist.quiesce).
+        self.open_loops = 0
 
     async def _start_listeners(self) -> None:
         # amqtt's start() has just cleared the retained messages; restore ours before anyone can connect.
@@ -67,6 +73,7 @@ class NodefleetBroker(Broker):
             self._retained_messages[message.topic] = RetainedApplicationMessage(
                 None, message.topic, message.payload, message.qos
             )
+        restore_sessions(self, self._initial_sessions)
         await super()._start_listeners()
 
     async def retain_message(self, source_session: Session | None, topic_name: str | None, data: Any,
@@ -118,10 +125,14 @@ class NodefleetBroker(Broker):
             raise AMQTTError(f"client {client_session.client_id!r} could not take its session: {exc}") from exc
         handler.attach(session, reader, writer)
         self._sessions[session.client_id] = (session, handler)
-        await handler.mqtt_connack_authorize(True)
-        await handler.start()  # resends what the previous connection left unacknowledged
-        handler.send_backlog()  # what was queued while away, with RETAIN=0 (amqtt sent RETAIN=1)
-        await self._client_message_loop(session, handler)
+        self.open_loops += 1
+        try:
+            await handler.mqtt_connack_authorize(True)
+            await handler.start()  # resends what the previous connection left unacknowledged
+            handler.send_backlog()  # what was queued while away, with RETAIN=0 (amqtt sent RETAIN=1)
+            await self._client_message_loop(session, handler)
+        finally:
+            self.open_loops -= 1
 
     async def _claim_session(self, incoming: Session) -> Session:
         """The session this CONNECT continues (or a new one), with any older connection of its id closed."""

@@ -20,10 +20,12 @@ from pathlib import Path
 
 from amqtt.errors import BrokerError
 
+from nodefleet.embedded import persist
 from nodefleet.embedded.amqtt_access import AccessList, TopicAccess
 from nodefleet.embedded.amqtt_broker import NodefleetBroker
 from nodefleet.embedded.amqtt_retained import RetainedFile
 from nodefleet.embedded.dynsec import DynamicSecurity, DynsecBroker, admin_access
+from nodefleet.embedded.persist import SessionFile
 from nodefleet.errors import StartupError
 from nodefleet.logging import get_logger
 
@@ -82,11 +84,14 @@ class EmbeddedBroker:
         save_interval: float = 5.0,
         dynsec_admin: tuple[str, str] | None = None,
         dynsec_file: Path | None = None,
+        sessions_file: Path | None = None,
     ) -> None:
         """``users`` maps username to password; ``acl`` limits some of them (the rest get every topic).
 
         With ``retained_file`` the retained messages survive a restart (written every
-        ``save_interval`` seconds when they changed, and on stop). With ``ws_port`` it also
+        ``save_interval`` seconds when they changed, and on stop). With ``sessions_file`` the persistent
+        sessions and their unacknowledged QoS 1 messages survive a clean restart (nodefleet.embedded.persist).
+        With ``ws_port`` it also
         speaks MQTT over WebSockets there (for apps and browsers), with the same logins and ACL.
         """
         self.host = host
@@ -94,6 +99,7 @@ class EmbeddedBroker:
         self.ws_port = ws_port
         self.access = AccessList(users=users, acl=acl, allow_anonymous=allow_anonymous)
         self._retained_file = RetainedFile(retained_file) if retained_file is not None else None
+        self._sessions_file = SessionFile(sessions_file) if sessions_file is not None else None
         self._save_interval = save_interval
         self._saved_changes = 0
         self._saver: asyncio.Task[None] | None = None
@@ -141,7 +147,8 @@ class EmbeddedBroker:
             log.info("dynsec_loaded", clients=self.dynsec.load(), path=str(self.dynsec.state_file))
             self._dynsec_saver = asyncio.create_task(self._save_dynsec_every_second())
         broker_class = DynsecBroker if self.dynsec is not None else NodefleetBroker
-        broker = broker_class(config, access=self.access, retained=retained)
+        sessions = self._sessions_file.take() if self._sessions_file is not None else []
+        broker = broker_class(config, access=self.access, retained=retained, sessions=sessions)
         if self.dynsec is not None:
             broker.dynsec = self.dynsec
         try:
@@ -156,7 +163,7 @@ class EmbeddedBroker:
         if self._retained_file is not None:
             self._saver = asyncio.create_task(self._save_every_interval())
         log.info("embedded_broker_started", url=self.url, ws_url=self.ws_url, users=len(self.access.usernames()),
-                 allow_anonymous=self.access.allow_anonymous, retained=len(retained))
+                 allow_anonymous=self.access.allow_anonymous, retained=len(retained), sessions=len(sessions))
 
     @staticmethod
     async def _discard(broker: NodefleetBroker) -> None:
@@ -168,6 +175,14 @@ class EmbeddedBroker:
         broker, self._broker = self._broker, None
         if broker is None:
             return
+        if self._sessions_file is not None:
+            await persist.quiesce(broker)
+            sessions = persist.snapshot(broker)
+            try:
+                await asyncio.to_thread(self._sessions_file.save, sessions)
+                log.info("sessions_saved", sessions=len(sessions), pending=sum(len(s.pending) for s in sessions))
+            except OSError as exc:
+                log.error("sessions_save_failed", path=str(self._sessions_file.path), error=str(exc))
         if self._saver is not None:
             self._saver.cancel()
             await asyncio.gather(self._saver, return_exceptions=True)

@@ -1,7 +1,8 @@
 """The broker of one ``nodefleet up``: an external one probed once, or the embedded amqtt started with its logins.
 
 Retained config, schedules and states are kept in ``<data dir>/retained.json``
-so they survive a restart; who may log in is :mod:`.logins`.
+and the services' persistent sessions with their unacknowledged QoS 1 messages in
+``<data dir>/sessions.json``, so they survive a restart; who may log in is :mod:`.logins`.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class Broker:
             broker = await asyncio.to_thread(
                 EmbeddedBroker, host=options.mqtt_host, port=options.mqtt_port, ws_port=self._ws_port,
                 retained_file=options.data_dir / "retained.json",
+                sessions_file=options.data_dir / "sessions.json",
                 **self.access.broker_options(options.data_dir),
             )
             await broker.start()

@@ -39,8 +39,8 @@ MAX_CONNECTIONS = 64
 REGISTER = HTTP_REGISTER_PATH
 STATUS = HTTP_STATUS_PATH
 _REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            409: "Conflict", 411: "Length Required", 413: "Payload Too Large", 415: "Unsupported Media Type",
-            431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
+            408: "Request Timeout", 409: "Conflict", 411: "Length Required", 413: "Payload Too Large",
+            415: "Unsupported Media Type", 431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 class HttpEdgeError(StartupError):
@@ -101,7 +101,8 @@ class HttpEdge:
                 allow = f"Allow: {exc.allow}\r\n" if exc.allow else ""
                 self.errors.report("http_bad_request", f"{exc.status}: {exc}")
             except TimeoutError:
-                status, answer = 400, {"error": f"request not complete within {READ_TIMEOUT:g} s"}
+                status, answer = 408, {"error": f"request not complete within {READ_TIMEOUT:g} s"}
+                self.errors.report("http_bad_request", f"408: {answer['error']}")
             payload = json.dumps(answer).encode()
             writer.write(
                 f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
@@ -136,12 +137,13 @@ class HttpEdge:
         if parts[0] == "POST":
             if "transfer-encoding" in headers:
                 raise HttpError(411, "send the body with a Content-Length, not chunked")
-            try:
-                length = int(headers.get("content-length", ""))
-            except ValueError as exc:
-                raise HttpError(411, "a POST needs a Content-Length header") from exc
-            if length < 0 or length > MAX_BODY:
+            declared = headers.get("content-length", "")
+            if not declared.isascii() or not declared.isdigit():
+                raise HttpError(411, "a POST needs a Content-Length header of decimal digits")
+            # Digits only (int() takes "+1", " 1" and "1_0"); a length of thousands of digits is just too large.
+            if len(declared.lstrip("0")) > len(str(MAX_BODY)) or int(declared) > MAX_BODY:
                 raise HttpError(413, f"body larger than {MAX_BODY} bytes")
+            length = int(declared)
             try:
                 body = await reader.readexactly(length)
             except asyncio.IncompleteReadError as exc:
@@ -158,6 +160,8 @@ class HttpEdge:
                     data = json.loads(body)
                 except (ValueError, UnicodeDecodeError) as exc:
                     raise HttpError(400, f"body is not valid JSON: {exc}") from exc
+                except RecursionError as exc:
+                    raise HttpError(400, "body is not valid JSON: nested too deeply") from exc
                 if not isinstance(data, dict):
                     raise HttpError(400, "body must be a JSON object {home_id, device_name, chip_id?}")
                 registration = await self.registry.registrations.register(RegisterRequest.model_validate(data))
