@@ -53,6 +53,8 @@ class Core:
         self.node.rules = self.schedule.get("rules", [])
         self.node.state_seq = self.node.seq.next()
         self.refused_logged = False
+        self.sleep_until = None  # set on the last state before a planned sleep (sleep.py)
+        self.wake = None  # why this boot ended a deep sleep (sleep.py), for info
         errlog.publish = self.publish_log
         self.link = Link(
             host=mq["broker"], port=mq.get("port", 1883), client_id=mq.get("node_name") or hal.chip_id(),
@@ -79,6 +81,8 @@ class Core:
         if v:
             p["config"] = v  # the config version in force, for the provisioner and openHAB
         p["schedule"] = self.schedule_version  # the schedule in force (null: none), confirmed like config
+        if self.sleep_until:
+            p["sleep_until"] = self.sleep_until
         self.send("state", p, True, 1, "state")
 
     def publish_log(self, *_):
@@ -111,7 +115,20 @@ class Core:
              "boot_count": self.boot_count, "mac": hal.mac()}
         if hal.ip():
             i["ip"] = hal.ip()
+        i["clock"] = clock.source()
+        if self.wake:
+            i["wake"] = self.wake
         return i
+
+    def clock_changed(self):
+        # A new time source: the state (time_valid) and the info (clock) say so.
+        self.node.changed()
+        self.send("info", self.info(), True, 1, "info")
+
+    def ask_time(self):
+        # No valid time: the scheduler answers with set/time (it also offers it on connect and hourly).
+        if self.link.up and not clock.valid():
+            self.send("clock", {"v": 1})
 
     # -- link events -------------------------------------------------------
     def on_up(self):
@@ -119,6 +136,7 @@ class Core:
         self.send("info", self.info(), True, 1, "info")
         self.publish_state()
         self.publish_log()
+        self.ask_time()
         hal.mark_healthy()
 
     def on_down(self, reason, was_up):
@@ -240,7 +258,8 @@ class Core:
                 if time.ticks_diff(time.ticks_ms(), synced) > NTP_EVERY_MS:
                     # The RTC drifts: NTP again now and then (the first sync happens on joining).
                     synced = time.ticks_ms()
-                    await hal.ntp()
+                    if await clock.ntp():
+                        self.clock_changed()
                 await asyncio.sleep_ms(300)
                 continue
             if down_since is None:
@@ -250,8 +269,8 @@ class Core:
                 if not self.wifi_seen:
                     store.remove("prov_err.json")
                 self.wifi_seen = True
-                if not clock.valid() and await hal.ntp():
-                    self.node.changed()
+                if clock.source() != "ntp" and await clock.ntp():
+                    self.clock_changed()
                 continue
             failures += 1
             if not self.wifi_seen and failures >= 3:

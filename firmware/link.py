@@ -5,7 +5,7 @@ import time
 
 import hal
 import heap
-from mqtt import PINGRESP, PUBACK, PUBLISH, SUBACK, MQTTError, Proto, parse_publish
+from mqtt import DISCONNECT, PINGRESP, PUBACK, PUBLISH, SUBACK, MQTTError, Proto, parse_publish
 
 WINDOW = 2  # QoS 1 messages in flight at once: each one stays on the heap until its PUBACK
 ENTRY = 96  # what a queued message costs on the heap beside its payload (list, bytes header, callback)
@@ -47,6 +47,7 @@ class Link:
         self._pid = 0
         self._ev = asyncio.Event()
         self._err = None
+        self.closing = False  # bye(): DISCONNECT once the queue is out, then no reconnect
 
     def publish(self, topic, payload, retain=False, qos=0, key=None, on_acked=None):
         if key is not None:
@@ -73,10 +74,20 @@ class Link:
                 return True
         return False
 
+    async def bye(self, timeout_ms=3000):
+        """End the session with DISCONNECT once everything queued is out and acknowledged (the broker then keeps
+        the last status instead of publishing the will), and stay offline: before a deep sleep."""
+        self.closing = True
+        self._ev.set()
+        t0 = time.ticks_ms()
+        while self.up and time.ticks_diff(time.ticks_ms(), t0) < timeout_ms:
+            await asyncio.sleep_ms(20)
+        return not self.up
+
     async def run(self):
         backoff = 1
         while True:
-            if not hal.wifi_ok():
+            if not hal.wifi_ok() or self.closing:
                 await asyncio.sleep_ms(200)
                 continue
             reason = None
@@ -163,6 +174,9 @@ class Link:
             if wrote:
                 await proto.drain()
                 last_tx = time.ticks_ms()
+            if self.closing and not self.queue and not self.inflight:
+                await proto.send(DISCONNECT)
+                return
             now = time.ticks_ms()
             if time.ticks_diff(now, self._last_rx) > self.keepalive * 1500:
                 raise MQTTError("keepalive timeout: no answer from broker")

@@ -1,14 +1,19 @@
 # Normal mode: core.py (switch, commands, link, NodeLogic, telemetry) plus config, schedule, the local web page,
-# and the first look at an OTA offer: one worth taking restarts the node into the download mode (otamode.py).
+# the first look at an OTA offer: one worth taking restarts the node into the download mode (otamode.py),
+# planned deep sleep (sleep.py) and asking the backend for time while the clock is unset.
+import asyncio
+
 import clock
 import hal
 import heap
 import localpage
 import logic
+import sleep
 import store
 from core import Core
 
 MAX_IN = heap.MAX_IN  # config and schedule; the receive buffer (heap.RX) holds this much
+ASK_TIME_MS = 60000  # how often a node without valid time asks for it
 
 
 class App(Core):
@@ -25,6 +30,8 @@ class App(Core):
         self.refused_sha = ota_st.get("sha256") if phase == "refuse" else None
         self.refused_tag = (store.load("ota_offer.json", None) or {}).get("refused")
         self.ota_boot = None
+        self.sleep_cmd = None  # set/sleep: epoch to sleep until
+        sleep.woke(self)
         if phase in ("switch", "trial", "failed"):
             import otainst
 
@@ -60,6 +67,15 @@ class App(Core):
         store.save("ota_offer.json", {"offer": o})
         print("ota: offer of %s: restarting into the download mode" % o["release"])
         self.restart_soon(True)
+
+    def sleep_for(self, seconds):
+        # set/sleep: the sleep task goes down at its next look, if the relay is still off.
+        self.sleep_cmd = clock.now() + seconds
+
+    async def time_loop(self):
+        while True:
+            await asyncio.sleep_ms(ASK_TIME_MS)
+            self.ask_time()
 
     def apply_config(self, payload):
         c = self.json_of("config", payload)
@@ -116,5 +132,7 @@ class App(Core):
 async def run(**kw):
     app = App(**kw)
     app.start()
+    asyncio.create_task(app.time_loop())
+    asyncio.create_task(sleep.run(app))
     await localpage.serve(app)
     await app.link.run()

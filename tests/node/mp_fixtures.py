@@ -23,6 +23,12 @@ class App:
     def restart_soon(self):
         App.restarted = True
 
+    def clock_changed(self):
+        pass
+
+    def sleep_for(self, seconds):
+        pass
+
 
 # The fixtures describe one moment (the ts of set_time.json): the node's clock is put there, whatever today is.
 with open(fixtures + "/set_time.json") as f:
