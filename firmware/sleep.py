@@ -11,7 +11,7 @@ import store
 FILE = "sleep.json"  # the timer's purpose, for the boot that ends the sleep
 MIN_S = 2  # a shorter sleep is not worth the reboot
 EARLY = 30  # default seconds of waking before a rule (boot, WiFi, broker)
-SETTLE_MS = 3000  # after boot: online, the retained config and schedule, commands first
+SETTLE_S = 3  # after boot, before a window's sleep: online, the retained config and schedule, commands first
 
 
 def woke(app):
@@ -36,7 +36,7 @@ def plan(app, now):
     early = cfg.get("early", EARLY) if cfg else EARLY
     if cfg or n.rules:
         import rules  # only with a window or a schedule, as NodeLogic loads it
-    if cfg and clock.valid():
+    if cfg and clock.valid() and app.uptime() >= SETTLE_S:
         rule = {"id": "sleep", "at": cfg["at"], "duration": cfg["duration"], "days": cfg.get("days", rules.DAYS)}
         w = rules.window([rule], clock._tz, now)
         if w is not None and (until is None or w[4] > until):
@@ -70,7 +70,6 @@ async def _announce(app, until):
 
 
 async def run(app):
-    await asyncio.sleep_ms(SETTLE_MS)
     while True:
         await asyncio.sleep_ms(500)
         p = plan(app, clock.now())
