@@ -14,7 +14,8 @@ button_held = _env("NF_BUTTON") == "1"
 wifi_in_range = _env("NF_WIFI", "1") == "1"
 wifi_joined = False
 ap_on = False
-_clock_offset = 0
+# NF_CLOCK: where the board's clock starts (epoch s), e.g. 946684800 for an ESP32's unset RTC; else this machine's.
+_clock_offset = int(_env("NF_CLOCK")) - time.time() if _env("NF_CLOCK") else 0
 _ntp = _env("NF_NTP", "1") == "1"
 _rtc_set = _ntp
 RTC_FILE = "simrtc.json"  # the RTC across a deep sleep: the launcher starts the node again after "ms"
