@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+from conftest import wait_for
+
+from nodefleet.contracts.queries import TELEMETRY_SERVICE, DevicesQuery
 from nodefleet.contracts.topics import Command
 from nodefleet.sim import SimNode
 from services.scheduler.nodes import NodeView
@@ -15,7 +18,8 @@ from services.scheduler.rulebook import Run
 from .conftest import FAST_CONFIG, GRACE, aligned, schedule, schedule_topic
 
 
-async def test_a_node_that_oversleeps_is_flagged_and_backed_up(tmp_path, mosquitto, topics, watch, scheduler):
+async def test_a_node_that_oversleeps_is_flagged_and_backed_up(tmp_path, mosquitto, topics, watch, scheduler,
+                                                                telemetry):
     start, offset, at = aligned(10)
     here = (start + offset - 10) % 86400  # the local minute of now: the sleep window is open already
     config = {**FAST_CONFIG, "tz": [{"from": 0, "offset": offset}],
@@ -36,6 +40,12 @@ async def test_a_node_that_oversleeps_is_flagged_and_backed_up(tmp_path, mosquit
         assert shown["sleep_until"] == start - 2 and shown["overslept"] is False
         while not node.asleep:
             await asyncio.sleep(0.05)
+        # Telemetry keeps it as asleep, not lost.
+        async def asleep() -> list:
+            rows = await watch.requester.request(TELEMETRY_SERVICE, "devices", DevicesQuery())
+            return [r for r in rows if r["node"] == "n1" and r["sleeping"] and r["online"] is False]
+
+        assert await wait_for(asleep, timeout=5)
         await node.kill()  # its battery went flat: it never wakes
 
         flagged = await watch.wait(topics.errors(), lambda e: e["code"] == "overslept", timeout=10)
