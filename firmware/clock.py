@@ -19,13 +19,9 @@ def source():
     return _source if _source else ("rtc" if valid() else None)
 
 
-async def ntp():
-    """NTP now; True if it set the clock (then NTP is the source)."""
+def got_ntp():
     global _source
-    if await hal.ntp():
-        _source = "ntp"
-        return True
-    return False
+    _source = "ntp"
 
 
 def set_backend(ts):

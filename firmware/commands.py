@@ -85,24 +85,12 @@ def _time(app, c):
         return None  # NTP set the clock: it is better than the backend's
     if not was_valid:
         app.node.shift(delta)
-    app.clock_changed()
+    app.node.changed()
+    app.send("info", app.info(), True, 1, "info")  # its clock source is now the backend
 
 
-def _sleep(app, c):
-    _only(c, ("v", "for", "id"))
-    f = c.get("for")
-    if not (_is_int(f) and 1 <= f <= 604800):
-        raise BadCommand("for must be whole seconds, 1-604800")
-    if app.node.relay:
-        return "the relay is on: a node sleeps only with it off"
-    go = getattr(app, "sleep_for", None)
-    if go is None:
-        return "no sleep in this mode"
-    go(f)
-
-
-_HANDLERS = {"switch": _switch, "logic": _logic, "stop": _stop, "restart": _restart, "time": _time,
-             "sleep": _sleep}
+_HANDLERS = {"switch": _switch, "logic": _logic, "stop": _stop, "restart": _restart, "time": _time}
+# "sleep": added by normal mode (sleep.py); the download mode does not sleep.
 
 
 def decode(what, raw):

@@ -54,7 +54,6 @@ class Core:
         self.node.state_seq = self.node.seq.next()
         self.refused_logged = False
         self.sleep_until = None  # set on the last state before a planned sleep (sleep.py)
-        self.wake = None  # why this boot ended a deep sleep (sleep.py), for info
         errlog.publish = self.publish_log
         self.link = Link(
             host=mq["broker"], port=mq.get("port", 1883), client_id=mq.get("node_name") or hal.chip_id(),
@@ -116,19 +115,8 @@ class Core:
         if hal.ip():
             i["ip"] = hal.ip()
         i["clock"] = clock.source()
-        if self.wake:
-            i["wake"] = self.wake
         return i
 
-    def clock_changed(self):
-        # A new time source: the state (time_valid) and the info (clock) say so.
-        self.node.changed()
-        self.send("info", self.info(), True, 1, "info")
-
-    def ask_time(self):
-        # No valid time: the scheduler answers with set/time (it also offers it on connect and hourly).
-        if self.link.up and not clock.valid():
-            self.send("clock", {"v": 1})
 
     # -- link events -------------------------------------------------------
     def on_up(self):
@@ -136,7 +124,6 @@ class Core:
         self.send("info", self.info(), True, 1, "info")
         self.publish_state()
         self.publish_log()
-        self.ask_time()
         hal.mark_healthy()
 
     def on_down(self, reason, was_up):
@@ -258,8 +245,8 @@ class Core:
                 if time.ticks_diff(time.ticks_ms(), synced) > NTP_EVERY_MS:
                     # The RTC drifts: NTP again now and then (the first sync happens on joining).
                     synced = time.ticks_ms()
-                    if await clock.ntp():
-                        self.clock_changed()
+                    if await hal.ntp():
+                        clock.got_ntp()
                 await asyncio.sleep_ms(300)
                 continue
             if down_since is None:
@@ -269,8 +256,9 @@ class Core:
                 if not self.wifi_seen:
                     store.remove("prov_err.json")
                 self.wifi_seen = True
-                if clock.source() != "ntp" and await clock.ntp():
-                    self.clock_changed()
+                if clock.source() != "ntp" and await hal.ntp():
+                    clock.got_ntp()
+                    self.node.changed()  # the info says "ntp" at the next connect (WiFi came first)
                 continue
             failures += 1
             if not self.wifi_seen and failures >= 3:

@@ -47,7 +47,9 @@ class Link:
         self._pid = 0
         self._ev = asyncio.Event()
         self._err = None
-        self.closing = False  # bye(): DISCONNECT once the queue is out, then no reconnect
+        # Set before a deep sleep (sleep.py): DISCONNECT once the queue is out and acknowledged, so the broker keeps
+        # the last status instead of publishing the will; then no reconnect.
+        self.closing = False
 
     def publish(self, topic, payload, retain=False, qos=0, key=None, on_acked=None):
         if key is not None:
@@ -73,16 +75,6 @@ class Link:
             if m[4] == key:
                 return True
         return False
-
-    async def bye(self, timeout_ms=3000):
-        """End the session with DISCONNECT once everything queued is out and acknowledged (the broker then keeps
-        the last status instead of publishing the will), and stay offline: before a deep sleep."""
-        self.closing = True
-        self._ev.set()
-        t0 = time.ticks_ms()
-        while self.up and time.ticks_diff(time.ticks_ms(), t0) < timeout_ms:
-            await asyncio.sleep_ms(20)
-        return not self.up
 
     async def run(self):
         backoff = 1

@@ -4,16 +4,22 @@
 import asyncio
 
 import clock
+import commands
 import hal
 import heap
 import localpage
 import logic
-import sleep
 import store
 from core import Core
 
 MAX_IN = heap.MAX_IN  # config and schedule; the receive buffer (heap.RX) holds this much
-ASK_TIME_MS = 60000  # how often a node without valid time asks for it
+ASK_TIME_S = 60  # how often a node without valid time asks for it
+
+
+def _sleep_command(app, c):
+    import sleep  # loaded by the first set/sleep (or a sleep window in the config)
+
+    return sleep.command(app, c)
 
 
 class App(Core):
@@ -31,7 +37,12 @@ class App(Core):
         self.refused_tag = (store.load("ota_offer.json", None) or {}).get("refused")
         self.ota_boot = None
         self.sleep_cmd = None  # set/sleep: epoch to sleep until
-        sleep.woke(self)
+        self.wake = None  # why this boot ended a deep sleep (sleep.woke), for info
+        commands._HANDLERS["sleep"] = _sleep_command
+        if self.cause == "deepsleep":
+            import sleep  # loaded only by a node that sleeps (its heap is tight)
+
+            sleep.woke(self)
         if phase in ("switch", "trial", "failed"):
             import otainst
 
@@ -68,14 +79,33 @@ class App(Core):
         print("ota: offer of %s: restarting into the download mode" % o["release"])
         self.restart_soon(True)
 
-    def sleep_for(self, seconds):
-        # set/sleep: the sleep task goes down at its next look, if the relay is still off.
-        self.sleep_cmd = clock.now() + seconds
+    def info(self):
+        i = Core.info(self)
+        if self.wake:
+            i["wake"] = self.wake
+        return i
 
-    async def time_loop(self):
+    def on_up(self):
+        Core.on_up(self)
+        self.ask_time()
+
+    def ask_time(self):
+        # No valid time: the scheduler answers with set/time (it also offers it on connect and hourly).
+        if self.link.up and not clock.valid():
+            self.send("clock", {"v": 1})
+
+    async def slow_loop(self):
+        # Once a second: ask for time while the clock is unset; sleep when planned (sleep.py, loaded only then).
+        n = 0
         while True:
-            await asyncio.sleep_ms(ASK_TIME_MS)
-            self.ask_time()
+            await asyncio.sleep_ms(1000)
+            n += 1
+            if n % ASK_TIME_S == 0:
+                self.ask_time()
+            if self.sleep_cmd is not None or self.cfg.get("sleep"):
+                import sleep
+
+                await sleep.check(self)
 
     def apply_config(self, payload):
         c = self.json_of("config", payload)
@@ -132,7 +162,6 @@ class App(Core):
 async def run(**kw):
     app = App(**kw)
     app.start()
-    asyncio.create_task(app.time_loop())
-    asyncio.create_task(sleep.run(app))
+    asyncio.create_task(app.slow_loop())
     await localpage.serve(app)
     await app.link.run()

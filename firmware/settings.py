@@ -37,18 +37,12 @@ def check_config(c):
         # ESP32: GPIO 6-11 drive the flash chip, 34-39 are input-only.
         if p is not None and (not _int_in(p, 0, 39) or 6 <= p <= 11 or p >= 34):
             return "pins.outputs.%s=%s cannot drive an output on the ESP32: use 0-5, 12-33" % (k, p)
-    sl = c.get("sleep")
-    if sl is not None:
-        if not isinstance(sl, dict) or any(k not in ("at", "duration", "days", "early") for k in sl):
-            return "sleep must be an object of at, duration, days, early"
-        if not _int_in(sl.get("early", 30), 0, 600):
-            return "sleep.early must be 0-600 seconds"
-        import rules  # the window is checked as a rule is
+    if c.get("sleep") is not None:
+        import sleep  # only a config with a sleep window loads its check
 
-        err = rules.check_rule({"id": "sleep", "at": sl.get("at"), "duration": sl.get("duration"),
-                                "days": sl.get("days", rules.DAYS)})
+        err = sleep.check_window(c["sleep"])
         if err:
-            return err.replace("rule sleep: ", "sleep.")
+            return err
     pw = c.get("web_password")
     if pw is not None and not isinstance(pw, str):
         return "web_password must be text"

@@ -5,13 +5,41 @@
 import asyncio
 
 import clock
-import hal
 import store
+from hal import deepsleep
 
 FILE = "sleep.json"  # the timer's purpose, for the boot that ends the sleep
 MIN_S = 2  # a shorter sleep is not worth the reboot
 EARLY = 30  # default seconds of waking before a rule (boot, WiFi, broker)
 SETTLE_S = 3  # after boot, before a window's sleep: online, the retained config and schedule, commands first
+
+
+def command(app, c):
+    # set/sleep (the commands table's handler in normal mode): the node goes down at its next look
+    # (normal.py's slow_loop), if the relay is still off.
+    import commands
+
+    commands._only(c, ("v", "for", "id"))
+    f = c.get("for")
+    if not (isinstance(f, int) and not isinstance(f, bool) and 1 <= f <= 604800):
+        raise commands.BadCommand("for must be whole seconds, 1-604800")
+    if app.node.relay:
+        return "the relay is on: a node sleeps only with it off"
+    app.sleep_cmd = clock.now() + f
+
+
+def check_window(sl):
+    """The config's sleep window checked (settings.check_config): an error, or None."""
+    if not isinstance(sl, dict) or any(k not in ("at", "duration", "days", "early") for k in sl):
+        return "sleep must be an object of at, duration, days, early"
+    e = sl.get("early", EARLY)
+    if not (isinstance(e, int) and not isinstance(e, bool) and 0 <= e <= 600):
+        return "sleep.early must be 0-600 seconds"
+    import rules  # the window is checked as a rule is
+
+    err = rules.check_rule({"id": "sleep", "at": sl.get("at"), "duration": sl.get("duration"),
+                            "days": sl.get("days", rules.DAYS)})
+    return err.replace("rule sleep: ", "sleep.") if err else None
 
 
 def woke(app):
@@ -20,7 +48,7 @@ def woke(app):
     if s is not None:
         store.remove(FILE)
     if app.cause == "deepsleep":
-        w = hal.wake_reason()
+        w = deepsleep.wake_reason()
         app.wake = s.get("why", w) if (w == "timer" and isinstance(s, dict)) else w
 
 
@@ -65,20 +93,25 @@ async def _announce(app, until):
         app.sleep_until = None
         app.on_up()
         return False
-    await app.link.bye()  # if the broker is too slow to see it, the will says offline: it sleeps all the same
+    link = app.link
+    link.closing = True  # DISCONNECT (link.py); if the broker does not see it, the will says offline: it sleeps
+    link._ev.set()
+    for _ in range(150):
+        if not link.up:
+            break
+        await asyncio.sleep_ms(20)
     return True
 
 
-async def run(app):
-    while True:
-        await asyncio.sleep_ms(500)
-        p = plan(app, clock.now())
-        if p is None:
-            continue
-        until, why = p
-        if app.link.up and not await _announce(app, until):
-            continue
-        store.save(FILE, {"until": until, "why": why})
-        ms = max(0, until - clock.now()) * 1000
-        print("sleep: %s, %d ms" % (why, ms))
-        hal.deepsleep(ms)
+async def check(app):
+    """Sleep now if planned (normal.py asks once a second); returns if the node stays awake."""
+    p = plan(app, clock.now())
+    if p is None:
+        return
+    until, why = p
+    if app.link.up and not await _announce(app, until):
+        return
+    store.save(FILE, {"until": until, "why": why})
+    ms = max(0, until - clock.now()) * 1000
+    print("sleep: %s, %d ms" % (why, ms))
+    deepsleep.deepsleep(ms)

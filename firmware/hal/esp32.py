@@ -79,27 +79,6 @@ def restart():
     machine.reset()
 
 
-def deepsleep(ms):
-    # The relay pin is held at off through the sleep (a floating pin would switch a low-trigger module on);
-    # a press of the button wakes the chip early (ext0, active low).
-    if _relay is not None:
-        _relay.value(1 if _relay_low else 0)
-        _relay.init(hold=True)
-    try:
-        esp32.gpio_deep_sleep_hold(True)
-    except AttributeError:
-        pass
-    if _button is not None:
-        esp32.wake_on_ext0(pin=_button, level=esp32.WAKEUP_ALL_LOW)
-    machine.deepsleep(int(ms))
-
-
-def wake_reason():
-    """Why the chip left its deep sleep: timer, button or unknown."""
-    w = machine.wake_reason()
-    return "timer" if w == machine.TIMER_WAKE else ("button" if w == machine.EXT0_WAKE else "unknown")
-
-
 def feed():
     if _wdt is not None:
         _wdt.feed()

@@ -15,11 +15,9 @@ wifi_in_range = _env("NF_WIFI", "1") == "1"
 wifi_joined = False
 ap_on = False
 # NF_CLOCK: where the board's clock starts (epoch s), e.g. 946684800 for an ESP32's unset RTC; else this machine's.
-_clock_offset = int(_env("NF_CLOCK")) - time.time() if _env("NF_CLOCK") else 0
+_clock_offset = int(_env("NF_CLOCK") or time.time()) - time.time()
 _ntp = _env("NF_NTP", "1") == "1"
 _rtc_set = _ntp
-RTC_FILE = "simrtc.json"  # the RTC across a deep sleep: the launcher starts the node again after "ms"
-SLEEP_EXIT = 76
 _ssid = _env("NF_SSID") or "simnet"
 _password = _env("NF_PASS") or "simpass"
 PLATFORM = "sim"
@@ -61,35 +59,6 @@ def reset_cause():
 def restart():
     # The launcher starts the process again when it exits with 75.
     sys.exit(75)
-
-
-def deepsleep(ms):
-    # As the chip's RTC keeps running, the clock (offset, valid) is kept beside the flash for the next boot;
-    # the launcher (nodefleet.sim) starts the process again once ms have passed.
-    import json
-
-    with open(RTC_FILE, "w") as f:
-        json.dump({"offset": _clock_offset, "set": _rtc_set, "ms": int(ms)}, f)
-    sys.exit(SLEEP_EXIT)
-
-
-def wake_reason():
-    return _env("NF_WAKE") or "timer"
-
-
-def _rtc_kept():
-    # Only a wake from a deep sleep finds the RTC as it was; a power cut loses it.
-    global _clock_offset, _rtc_set
-    if reset_cause() != "deepsleep":
-        return
-    import json
-
-    try:
-        with open(RTC_FILE) as f:
-            r = json.load(f)
-        _clock_offset, _rtc_set = r["offset"], r["set"]
-    except (OSError, ValueError, KeyError):
-        pass
 
 
 def feed():
@@ -175,7 +144,10 @@ def mark_healthy():
 
 
 def start():
-    _rtc_kept()
+    if reset_cause() == "deepsleep":
+        from hal import simsleep
+
+        simsleep.woke()
     # The control channel for the tests (NF_CTL_PORT): without it, its module is never loaded.
     if _env("NF_CTL_PORT"):
         from hal import simctl
