@@ -1,7 +1,6 @@
 # Deep sleep on the ESP32 (hal/deepsleep.py picks it): machine.deepsleep, and the wake reason read at boot.
 import esp32
 import machine
-
 from hal import esp32 as board
 
 
