@@ -98,3 +98,17 @@ async def test_a_config_with_a_bad_sleep_window_is_refused(topics, make_node, mo
         log = await watch.wait("log", lambda e: e.get("code") == "bad_config", since=mark, timeout=15)
         assert "sleep.at must be HH:MM" in log["msg"]
         await watch.retain(NodeTopic.CONFIG, b"")
+
+
+def test_availability_consumers_take_sleeping_as_expected(topics):
+    # openHAB through Homie: a state of its own (Homie 4), not "lost"; telemetry stores it, not rejects it.
+    from nodefleet.contracts import SLEEPING
+    from nodefleet.wire import Inbound
+    from services.provisioner.discovery import homie_state
+    from services.telemetry.decode import Decoder
+
+    assert homie_state("sleepy-5", SLEEPING)[1] == "sleeping" and homie_state("sleepy-5", "offline")[1] == "lost"
+    now = time.time()
+    decoded = Decoder(topics, retention_days=30, max_clock_ahead=86_400).decode(
+        [Inbound(topics.status("sleepy-5"), b"sleeping", now, 1, 1)], now=now)
+    assert not decoded.rejected and decoded.statuses == [("sleepy-5", False, now, True)]
