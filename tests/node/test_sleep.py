@@ -8,8 +8,11 @@ import asyncio
 import time
 from datetime import UTC, datetime
 
-from nodefleet.contracts import Info, State
+from nodefleet.contracts import SLEEPING, Info, State
 from nodefleet.contracts.topics import NodeTopic
+from nodefleet.wire import Inbound
+from services.provisioner.discovery import homie_state
+from services.telemetry.decode import Decoder
 
 from .conftest import SLOW, online, until
 
@@ -102,11 +105,6 @@ async def test_a_config_with_a_bad_sleep_window_is_refused(topics, make_node, mo
 
 def test_availability_consumers_take_sleeping_as_expected(topics):
     # openHAB through Homie: a state of its own (Homie 4), not "lost"; telemetry stores it, not rejects it.
-    from nodefleet.contracts import SLEEPING
-    from nodefleet.wire import Inbound
-    from services.provisioner.discovery import homie_state
-    from services.telemetry.decode import Decoder
-
     assert homie_state("sleepy-5", SLEEPING)[1] == "sleeping" and homie_state("sleepy-5", "offline")[1] == "lost"
     now = time.time()
     decoded = Decoder(topics, retention_days=30, max_clock_ahead=86_400).decode(
