@@ -117,7 +117,6 @@ class Core:
         i["clock"] = clock.source()
         return i
 
-
     # -- link events -------------------------------------------------------
     def on_up(self):
         self.link.publish(self.topic("status"), b"online", True, 1, "status")
@@ -210,10 +209,10 @@ class Core:
 
     async def _restart(self, keep=False):
         # Let acks and state go out first. keep: into the other mode, the relay as it is (KEEP).
-        for _ in range(20):
+        for _ in range(100):
             if not self.link.queue and not self.link.inflight:
                 break
-            await asyncio.sleep_ms(50)
+            await asyncio.sleep_ms(10)
         await asyncio.sleep_ms(100)
         if keep:
             store.save(KEEP, 1)

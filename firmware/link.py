@@ -80,7 +80,9 @@ class Link:
         backoff = 1
         while True:
             if not hal.wifi_ok() or self.closing:
-                await asyncio.sleep_ms(200)
+                # Short steps: the broker is tried within 50 ms of WiFi coming up (a restart into the
+                # download mode waits on this twice: its WiFi, then its connect).
+                await asyncio.sleep_ms(50)
                 continue
             reason = None
             try:

@@ -24,7 +24,7 @@ def _sleep_command(app, c):
 
 class App(Core):
     def __init__(self, *, slot=None, **kw):
-        # An OTA update under way across its reboot (otarx.json): its trial and its report (otainst.Boot).
+        # An OTA update under way across its reboot (otarx.json): its trial and its report (ottrial.Boot).
         ota_st = store.load("otarx.json", None) or {}
         phase = ota_st.get("phase")
         # The update's own reboot: relay, rule and its end come back as they were.
@@ -44,9 +44,9 @@ class App(Core):
 
             sleep.woke(self)
         if phase in ("switch", "trial", "failed"):
-            import otainst
+            import ottrial
 
-            self.ota_boot = otainst.Boot(self, ota_st, slot)
+            self.ota_boot = ottrial.Boot(self, ota_st, slot)
 
     def dispatch(self, topic, payload, size, retained):
         if not topic.startswith(self.prefix + "/"):
