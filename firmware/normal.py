@@ -37,7 +37,6 @@ class App(Core):
         self.refused_tag = (store.load("ota_offer.json", None) or {}).get("refused")
         self.ota_boot = None
         self.sleep_cmd = None  # set/sleep: epoch to sleep until
-        self.wake = None  # why this boot ended a deep sleep (sleep.woke), for info
         commands._HANDLERS["sleep"] = _sleep_command
         if self.cause == "deepsleep":
             import sleep  # loaded only by a node that sleeps (its heap is tight)
@@ -79,29 +78,16 @@ class App(Core):
         print("ota: offer of %s: restarting into the download mode" % o["release"])
         self.restart_soon(True)
 
-    def info(self):
-        i = Core.info(self)
-        if self.wake:
-            i["wake"] = self.wake
-        return i
-
-    def on_up(self):
-        Core.on_up(self)
-        self.ask_time()
-
-    def ask_time(self):
-        # No valid time: the scheduler answers with set/time (it also offers it on connect and hourly).
-        if self.link.up and not clock.valid():
-            self.send("clock", {"v": 1})
 
     async def slow_loop(self):
-        # Once a second: ask for time while the clock is unset; sleep when planned (sleep.py, loaded only then).
+        # Once a second: ask for time while the clock is unset (the scheduler answers with set/time; it also
+        # offers it on connect and hourly); sleep when planned (sleep.py, loaded only then).
         n = 0
         while True:
             await asyncio.sleep_ms(1000)
             n += 1
-            if n % ASK_TIME_S == 0:
-                self.ask_time()
+            if n % ASK_TIME_S == 5 and self.link.up and not clock.valid():
+                self.send("clock", {"v": 1})
             if self.sleep_cmd is not None or self.cfg.get("sleep"):
                 import sleep
 

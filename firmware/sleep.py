@@ -43,13 +43,21 @@ def check_window(sl):
 
 
 def woke(app):
-    """At boot: why a deep sleep ended (the timer's purpose, or the chip's wake reason), into app.wake."""
+    """At boot after a deep sleep: why it ended (the timer's purpose, or the chip's wake reason), in the info."""
     s = store.load(FILE, None)
     if s is not None:
         store.remove(FILE)
-    if app.cause == "deepsleep":
-        w = deepsleep.wake_reason()
-        app.wake = s.get("why", w) if (w == "timer" and isinstance(s, dict)) else w
+    w = deepsleep.wake_reason()
+    wake = s.get("why", w) if (w == "timer" and isinstance(s, dict)) else w
+    base = app.info
+
+    def info():
+        # Only a woken node carries this: the others keep the heap.
+        i = base()
+        i["wake"] = wake
+        return i
+
+    app.info = info
 
 
 def plan(app, now):

@@ -31,7 +31,7 @@ async def test_a_node_without_ntp_takes_the_backend_time_and_runs_its_rule_on_th
     async with online(node, broker, topics) as watch:
         assert watch.found("state")[-1]["time_valid"] is False
         assert Info.model_validate(await watch.wait("info")).clock is None
-        await watch.wait("clock", timeout=10)  # it asks: its clock is unset
+        await watch.wait("clock", timeout=15)  # it asks: its clock is unset
 
         settings = SchedulerSettings(mqtt_url=broker.url, database_url=database, topic_root=topics.root,
                                      fleet_root=topics.fleet, instance="time-a", grace=2.0, lease=2.0)
