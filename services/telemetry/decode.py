@@ -19,6 +19,7 @@ from nodefleet.contracts import (
     NODE_TOPICS,
     OFFLINE,
     ONLINE,
+    SLEEPING,
     Ack,
     Info,
     Log,
@@ -75,7 +76,8 @@ class Decoded:
     infos: list[tuple[str, Info, float]] = field(default_factory=list)
     logs: list[tuple[str, Log, float]] = field(default_factory=list)
     acks: list[tuple[str, Ack, float]] = field(default_factory=list)
-    statuses: list[tuple[str, bool, float]] = field(default_factory=list)
+    statuses: list[tuple[str, bool, float, bool]] = field(default_factory=list)
+    """(node, online, received, sleeping): ``sleeping`` is a planned sleep, not a loss."""
     removals: list[tuple[str, float]] = field(default_factory=list)
     """Nodes whose retained status was cleared (removed), with the time it was."""
     run_events: list[tuple[str, RunEvent, float]] = field(default_factory=list)
@@ -163,9 +165,10 @@ class Decoder:
                 )
             elif kind is NodeTopic.STATUS:
                 text = payload.strip()
-                if text not in (ONLINE.encode(), OFFLINE.encode()):
-                    return Rejected("bad_payload", f"status must be {ONLINE!r} or {OFFLINE!r}", topic, node)
-                out.statuses.append((node, text == ONLINE.encode(), received))
+                if text not in (ONLINE.encode(), OFFLINE.encode(), SLEEPING.encode()):
+                    return Rejected("bad_payload", f"status must be {ONLINE!r}, {OFFLINE!r} or {SLEEPING!r}", topic,
+                                    node)
+                out.statuses.append((node, text == ONLINE.encode(), received, text == SLEEPING.encode()))
             else:
                 stored = _STORED.get(kind)
                 if stored is None:
