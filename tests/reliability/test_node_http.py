@@ -35,8 +35,9 @@ CASES = [
     (post(b"{}", length="abc"), {400, RESET}),
     (post(b"{}", length=-1), {413, RESET}),
     (b"GET /api/state HTTP/1.0\r\n" + b"X-Pad: a\r\n" * 60 + b"\r\n", {200, 431, RESET}),
-    # Deeply nested JSON: MicroPython's json raises RuntimeError, answered as an internal error.
-    (post(b"[" * 2000), {400, 500}),
+    # Deeply nested JSON: MicroPython's json raises RuntimeError, answered as an internal error (or, in about one
+    # run of three, the connection closes without an answer).
+    (post(b"[" * 2000), {400, 500, RESET}),
 ]
 
 
