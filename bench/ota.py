@@ -24,7 +24,9 @@ other the same way.  Published bytes are counted by the tap on
 service's claim).  Resume: one node is SIGKILLed once half the units have
 been published to it, started again, and the units published to it again are
 counted.  ``peak_heap_kb``: the least ``heap_min`` (free heap after a
-collection, low-water since boot) any node reported in its download mode.
+collection, low-water since boot) any node reported in its download mode;
+``trial_heap_kb`` the same in the trial boot that follows (normal mode of
+the new firmware with the trial and self-test).
 
 The last line printed is JSON (see bench/README.md); the line before it holds
 the per-window and per-phase details and the goals.
@@ -176,6 +178,12 @@ class Bench:
                     "states": [p["state"] for t, p in self.tap.progress[first.name] if t >= t0][-4:],
                     "otarx": first.read("otarx.json"), "slots": first.read("slots.json"), "exits": first.exits[-3:]})
             t_end = time.monotonic()
+            # The trial boot's heap: wait (at most 2 s) for a telemetry of each updated node's new firmware.
+            settle = time.monotonic() + 2.0
+            while time.monotonic() < settle and not all(
+                    any(t > u and "temperature" in r for t, r in self.tap.telemetry[n])
+                    for n in names if (u := self.tap.first(n, "updating", t0))):
+                await asyncio.sleep(0.05)
             await asyncio.sleep(0.3)
         finally:
             self.tap.on_frame = None
@@ -210,6 +218,14 @@ class Bench:
             # Download mode has no sensors: its telemetry carries no temperature (normal mode's does).
             lows += [r["heap_min"] for t, r in tap.telemetry[n] if t0 <= t <= until and "temperature" not in r
                      and r.get("heap_min")]
+        # rollout_start to the first want: the offer, the restart into the download mode and its connect; from
+        # there to the first frame: the service's gather and pump.
+        wants = [t for n in names for t, _ in tap.wants[n] if t >= t0]
+        offers = [t for n in names for t in tap.offers[n] if t >= t0]
+        # The trial boot: normal mode of the new firmware (its telemetry has sensors) with the trial on top,
+        # from `updating` on; heap_min is a low-water mark since that boot.
+        trial = [r["heap_min"] for n in names if (u := tap.first(n, "updating", t0))
+                 for t, r in tap.telemetry[n] if t > u and "temperature" in r and r.get("heap_min")]
         shared = sum(f.size for f in frames if f.to is None)
         repair = sum(f.size for f in frames if f.to is not None)
         out = {
@@ -217,12 +233,15 @@ class Bench:
             "verified_s": round(max(verified.values()), 3), "updated_s": round(max(ups) - t0, 3) if all(ups) else None,
             "updated_nodes": sum(1 for u in ups if u),
             "first_frame_s": round(first_frame, 3),
+            "first_offer_s": round(min(offers) - t0, 3) if offers else None,
+            "first_want_s": round(min(wants) - t0, 3) if wants else None,
             "download_s": round(max(verified.values()) - first_frame, 3),
             "publish_span_s": round(last_frame - first_frame, 3),
             "downloaded_s": round(max(downloaded), 3) if len(downloaded) == len(names) else None,
             "verified_spread_s": round(max(verified.values()) - min(verified.values()), 3),
             "shared_bytes": shared, "repair_bytes": repair, "frames": len(frames),
             "heap_min": min(lows) if lows else None, "heap_samples": len(lows),
+            "trial_heap_min": min(trial) if trial else None,
         }
         if case.kill and "killed" in kill:
             out.update(self._resume(names[0], t0, kill))
@@ -336,7 +355,8 @@ async def cases(b: Bench, args: argparse.Namespace, window: int, size: int) -> d
 
     per_window = {w: {"verified_s": median(rs, "verified_s"), "download_s": median(rs, "download_s"),
                       "publish_span_s": median(rs, "publish_span_s"),
-                      "first_frame_s": median(rs, "first_frame_s"),
+                      "first_frame_s": median(rs, "first_frame_s"), "first_want_s": median(rs, "first_want_s"),
+                      "first_offer_s": median(rs, "first_offer_s"),
                       "updated_s": median(rs, "updated_s") if all(r["updated_s"] for r in rs) else None}
                   for w, rs in single.items()}
     saw = per_window[STOP_AND_WAIT]
@@ -346,6 +366,7 @@ async def cases(b: Bench, args: argparse.Namespace, window: int, size: int) -> d
     head, crowd = per_window[window], fleet[window]
     published = crowd["shared_bytes"] + crowd["repair_bytes"]
     lows = [r["heap_min"] for r in results if r["heap_min"]]
+    trial_lows = [r["trial_heap_min"] for r in results if r["trial_heap_min"]]
     figures: dict[str, Any] = {
         "image_bytes": size,
         "rtt_ms": round(RTT * 1000),
@@ -358,6 +379,7 @@ async def cases(b: Bench, args: argparse.Namespace, window: int, size: int) -> d
         "ota_bytes_published_per_node": round(published / FLEET),
         "resume_redownloaded_bytes": resume.get("resume_redownloaded_bytes"),
         "peak_heap_kb": round(min(lows) / 1024, 1) if lows else None,
+        "trial_heap_kb": round(min(trial_lows) / 1024, 1) if trial_lows else None,
         "heap": b.heap,
         "window": window,
     }
@@ -372,6 +394,7 @@ async def cases(b: Bench, args: argparse.Namespace, window: int, size: int) -> d
         "published<=0.1_image_per_node": published / FLEET <= 0.1 * size,
         "resume<=window+save": (resume.get("resume_redownloaded_bytes") or 0) <= (window + SAVE_EVERY) * frame,
         "peak_heap>=20KB": bool(lows) and min(lows) >= 20 * 1024,
+        "trial_heap>=20KB": bool(trial_lows) and min(trial_lows) >= 20 * 1024,
     }
     if flash is not None:
         goals["flash_rate_share>=0.85"] = figures["flash_rate_share"] >= 0.85

@@ -128,6 +128,8 @@ class Tap:
     progress: dict[str, list[tuple[float, dict[str, Any]]]] = field(default_factory=lambda: defaultdict(list))
     telemetry: dict[str, list[tuple[float, dict[str, Any]]]] = field(default_factory=lambda: defaultdict(list))
     status: dict[str, str] = field(default_factory=dict)
+    offers: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    """When each node's offer (retained, non-empty) was published."""
     on_frame: Callable[[FrameSeen], None] | None = None
 
     async def start(self) -> None:
@@ -137,6 +139,7 @@ class Tap:
         await self.client.subscribe(self.topics.all_ota(OtaTopic.DATA), qos=0)
         await self.client.subscribe(self.topics.all_ota(OtaTopic.WANT), qos=0)
         await self.client.subscribe(self.topics.all_ota(OtaTopic.PROGRESS), qos=1)
+        await self.client.subscribe(self.topics.all_ota(OtaTopic.OFFER), qos=1)
         await self.client.subscribe(self.topics.all_nodes(NodeTopic.TELEMETRY), qos=0)
         await self.client.subscribe(self.topics.all_nodes(NodeTopic.STATUS), qos=1)
 
@@ -162,6 +165,9 @@ class Tap:
                 self._frame(now, node, message.payload)
             elif parsed.ota == OtaTopic.WANT:
                 self.wants[node].append((now, Want.model_validate_json(message.payload)))
+            elif parsed.ota == OtaTopic.OFFER:
+                if message.payload:
+                    self.offers[node].append(now)
             elif parsed.ota == OtaTopic.PROGRESS:
                 self.progress[node].append((now, json.loads(message.payload)))
             elif parsed.kind == NodeTopic.TELEMETRY:

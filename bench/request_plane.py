@@ -29,7 +29,7 @@ from typing import Any
 from nodefleet.contracts import Topics
 from nodefleet.contracts.queries import TELEMETRY_SERVICE, DeviceRow, DevicesQuery
 from nodefleet.embedded.mosquitto import Mosquitto, free_port
-from nodefleet.fleet import ErrorReporter, Requester, typed
+from nodefleet.fleet import ErrorReporter, replies_to, typed
 from nodefleet.wire import BrokerAddress, Client
 
 USER, PASSWORD = "bench", "bench-password"
@@ -73,15 +73,8 @@ def _responder(url: str, root: str, plane: str, ready: Any) -> None:
 
 async def _measure(url: str, topics: Topics, sequential: int, pipelined: int, in_flight: int) -> dict[str, Any]:
     client_id = f"bench-req-{uuid.uuid4().hex[:8]}"
-    async with Client(BrokerAddress.parse(url), client_id=client_id, nodelay=True, pending_calls=100_000) as client:
-        requester = Requester(client, topics, client_id=client_id)
-        await requester.start()
-
-        async def feed() -> None:
-            async for message in client.messages:
-                requester.feed(message)
-
-        reader = asyncio.create_task(feed())
+    async with (Client(BrokerAddress.parse(url), client_id=client_id, nodelay=True, pending_calls=100_000) as client,
+                replies_to(client, topics, client_id=client_id) as requester):
         query = DevicesQuery()
         for _ in range(30):  # warm up both sides
             await requester.request(TELEMETRY_SERVICE, "devices", query, timeout=10)
@@ -100,7 +93,6 @@ async def _measure(url: str, topics: Topics, sequential: int, pipelined: int, in
         started = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(pipelined)))
         elapsed = time.perf_counter() - started
-        reader.cancel()
     latencies.sort()
     return {"p50_ms": round(statistics.median(latencies), 3),
             "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1], 3),

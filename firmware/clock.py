@@ -1,4 +1,5 @@
-# Wall time: valid only once NTP or the backend set it; local time from config offsets.
+# Wall time: valid only once NTP, the backend or the chip's RTC (kept across a deep sleep) set it;
+# local time from config offsets. source() says which, for the node's info.
 import hal
 
 _tz = []
@@ -13,9 +14,21 @@ def now():
     return int(hal.time_s())
 
 
-def set_backend(ts):
-    # Returns the jump in seconds so timers kept in epoch can follow it.
+def source():
+    # Time the node had at boot came from the RTC (a deep sleep keeps it running; the sim keeps its offset).
+    return _source if _source else ("rtc" if valid() else None)
+
+
+def got_ntp():
     global _source
+    _source = "ntp"
+
+
+def set_backend(ts):
+    """The backend's time, taken only when NTP has not set the clock; the jump in seconds, None if not taken."""
+    global _source
+    if _source == "ntp":
+        return None
     before = now()
     hal.set_time(int(ts))
     _source = "backend"

@@ -3,7 +3,7 @@ import json
 
 import clock
 
-_HELP = "unknown command %s: use switch, logic, stop, restart or time"
+_HELP = "unknown command %s: use switch, logic, stop, restart, time or sleep"
 TTL = 60  # seconds a command with sent but no expires stays valid (contracts COMMAND_TTL)
 
 
@@ -81,12 +81,16 @@ def _time(app, c):
         raise BadCommand("ts must be epoch seconds")
     was_valid = clock.valid()
     delta = clock.set_backend(ts)
+    if delta is None:
+        return None  # NTP set the clock: it is better than the backend's
     if not was_valid:
         app.node.shift(delta)
     app.node.changed()
+    app.send("info", app.info(), True, 1, "info")  # its clock source is now the backend
 
 
 _HANDLERS = {"switch": _switch, "logic": _logic, "stop": _stop, "restart": _restart, "time": _time}
+# "sleep": added by normal mode (sleep.py); the download mode does not sleep.
 
 
 def decode(what, raw):
@@ -152,6 +156,8 @@ def run(app, what, raw, replayed=False):
         if fn is None:
             raise BadCommand(_HELP % what)
         late = expired(_deadline(cmd), replayed)
+        if not late and replayed and what == "time":
+            late = "time held by the broker through an outage is stale: not taken"
         if late:
             return cid, "expired", late
         err = fn(app, cmd)

@@ -53,6 +53,7 @@ class Core:
         self.node.rules = self.schedule.get("rules", [])
         self.node.state_seq = self.node.seq.next()
         self.refused_logged = False
+        self.sleep_until = None  # set on the last state before a planned sleep (sleep.py)
         errlog.publish = self.publish_log
         self.link = Link(
             host=mq["broker"], port=mq.get("port", 1883), client_id=mq.get("node_name") or hal.chip_id(),
@@ -79,6 +80,8 @@ class Core:
         if v:
             p["config"] = v  # the config version in force, for the provisioner and openHAB
         p["schedule"] = self.schedule_version  # the schedule in force (null: none), confirmed like config
+        if self.sleep_until:
+            p["sleep_until"] = self.sleep_until
         self.send("state", p, True, 1, "state")
 
     def publish_log(self, *_):
@@ -111,6 +114,7 @@ class Core:
              "boot_count": self.boot_count, "mac": hal.mac()}
         if hal.ip():
             i["ip"] = hal.ip()
+        i["clock"] = clock.source()
         return i
 
     # -- link events -------------------------------------------------------
@@ -205,10 +209,10 @@ class Core:
 
     async def _restart(self, keep=False):
         # Let acks and state go out first. keep: into the other mode, the relay as it is (KEEP).
-        for _ in range(20):
+        for _ in range(100):
             if not self.link.queue and not self.link.inflight:
                 break
-            await asyncio.sleep_ms(50)
+            await asyncio.sleep_ms(10)
         await asyncio.sleep_ms(100)
         if keep:
             store.save(KEEP, 1)
@@ -240,7 +244,8 @@ class Core:
                 if time.ticks_diff(time.ticks_ms(), synced) > NTP_EVERY_MS:
                     # The RTC drifts: NTP again now and then (the first sync happens on joining).
                     synced = time.ticks_ms()
-                    await hal.ntp()
+                    if await hal.ntp():
+                        clock.got_ntp()
                 await asyncio.sleep_ms(300)
                 continue
             if down_since is None:
@@ -250,8 +255,9 @@ class Core:
                 if not self.wifi_seen:
                     store.remove("prov_err.json")
                 self.wifi_seen = True
-                if not clock.valid() and await hal.ntp():
-                    self.node.changed()
+                if clock.source() != "ntp" and await hal.ntp():
+                    clock.got_ntp()
+                    self.node.changed()  # the info says "ntp" at the next connect (WiFi came first)
                 continue
             failures += 1
             if not self.wifi_seen and failures >= 3:

@@ -5,7 +5,7 @@ import time
 
 import hal
 import heap
-from mqtt import PINGRESP, PUBACK, PUBLISH, SUBACK, MQTTError, Proto, parse_publish
+from mqtt import DISCONNECT, PINGRESP, PUBACK, PUBLISH, SUBACK, MQTTError, Proto, parse_publish
 
 WINDOW = 2  # QoS 1 messages in flight at once: each one stays on the heap until its PUBACK
 ENTRY = 96  # what a queued message costs on the heap beside its payload (list, bytes header, callback)
@@ -47,6 +47,9 @@ class Link:
         self._pid = 0
         self._ev = asyncio.Event()
         self._err = None
+        # Set before a deep sleep (sleep.py): DISCONNECT once the queue is out and acknowledged, so the broker keeps
+        # the last status instead of publishing the will; then no reconnect.
+        self.closing = False
 
     def publish(self, topic, payload, retain=False, qos=0, key=None, on_acked=None):
         if key is not None:
@@ -76,8 +79,10 @@ class Link:
     async def run(self):
         backoff = 1
         while True:
-            if not hal.wifi_ok():
-                await asyncio.sleep_ms(200)
+            if not hal.wifi_ok() or self.closing:
+                # Short steps: the broker is tried within 50 ms of WiFi coming up (a restart into the
+                # download mode waits on this twice: its WiFi, then its connect).
+                await asyncio.sleep_ms(50)
                 continue
             reason = None
             try:
@@ -163,6 +168,9 @@ class Link:
             if wrote:
                 await proto.drain()
                 last_tx = time.ticks_ms()
+            if self.closing and not self.queue and not self.inflight:
+                await proto.send(DISCONNECT)
+                return
             now = time.ticks_ms()
             if time.ticks_diff(now, self._last_rx) > self.keepalive * 1500:
                 raise MQTTError("keepalive timeout: no answer from broker")

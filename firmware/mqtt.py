@@ -8,6 +8,7 @@ SUBSCRIBE = 0x82
 SUBACK = 0x90
 PINGREQ = 0xC0
 PINGRESP = 0xD0
+DISCONNECT = 0xE0
 _REFUSED = ("", "protocol version", "client id", "server unavailable",
             "bad username or password: check them with POST /api/mqtt",
             "not authorised: check the node's MQTT username and password")

@@ -1,6 +1,10 @@
 # Normal mode: core.py (switch, commands, link, NodeLogic, telemetry) plus config, schedule, the local web page,
-# and the first look at an OTA offer: one worth taking restarts the node into the download mode (otamode.py).
+# the first look at an OTA offer: one worth taking restarts the node into the download mode (otamode.py),
+# planned deep sleep (sleep.py) and asking the backend for time while the clock is unset.
+import asyncio
+
 import clock
+import commands
 import hal
 import heap
 import localpage
@@ -9,11 +13,18 @@ import store
 from core import Core
 
 MAX_IN = heap.MAX_IN  # config and schedule; the receive buffer (heap.RX) holds this much
+ASK_TIME_S = 60  # how often a node without valid time asks for it
+
+
+def _sleep_command(app, c):
+    import sleep  # loaded by the first set/sleep (or a sleep window in the config)
+
+    return sleep.command(app, c)
 
 
 class App(Core):
     def __init__(self, *, slot=None, **kw):
-        # An OTA update under way across its reboot (otarx.json): its trial and its report (otainst.Boot).
+        # An OTA update under way across its reboot (otarx.json): its trial and its report (ottrial.Boot).
         ota_st = store.load("otarx.json", None) or {}
         phase = ota_st.get("phase")
         # The update's own reboot: relay, rule and its end come back as they were.
@@ -25,10 +36,16 @@ class App(Core):
         self.refused_sha = ota_st.get("sha256") if phase == "refuse" else None
         self.refused_tag = (store.load("ota_offer.json", None) or {}).get("refused")
         self.ota_boot = None
-        if phase in ("switch", "trial", "failed"):
-            import otainst
+        self.sleep_cmd = None  # set/sleep: epoch to sleep until
+        commands._HANDLERS["sleep"] = _sleep_command
+        if self.cause == "deepsleep":
+            import sleep  # loaded only by a node that sleeps (its heap is tight)
 
-            self.ota_boot = otainst.Boot(self, ota_st, slot)
+            sleep.woke(self)
+        if phase in ("switch", "trial", "failed"):
+            import ottrial
+
+            self.ota_boot = ottrial.Boot(self, ota_st, slot)
 
     def dispatch(self, topic, payload, size, retained):
         if not topic.startswith(self.prefix + "/"):
@@ -60,6 +77,21 @@ class App(Core):
         store.save("ota_offer.json", {"offer": o})
         print("ota: offer of %s: restarting into the download mode" % o["release"])
         self.restart_soon(True)
+
+
+    async def slow_loop(self):
+        # Once a second: ask for time while the clock is unset (the scheduler answers with set/time; it also
+        # offers it on connect and hourly); sleep when planned (sleep.py, loaded only then).
+        n = 0
+        while True:
+            await asyncio.sleep_ms(1000)
+            n += 1
+            if n % ASK_TIME_S == 5 and self.link.up and not clock.valid():
+                self.send("clock", {"v": 1})
+            if self.sleep_cmd is not None or self.cfg.get("sleep"):
+                import sleep
+
+                await sleep.check(self)
 
     def apply_config(self, payload):
         c = self.json_of("config", payload)
@@ -116,5 +148,6 @@ class App(Core):
 async def run(**kw):
     app = App(**kw)
     app.start()
+    asyncio.create_task(app.slow_loop())
     await localpage.serve(app)
     await app.link.run()

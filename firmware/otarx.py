@@ -1,5 +1,5 @@
 # The OTA receiver of the download mode (otamode.py, docs/ota.md): offer check, download with credit and repair,
-# progress, verify, the idle check (the install and the trial boot are otainst.py). Never loaded in normal mode.
+# progress, verify, the idle check (the install is otainst.py, the trial boot ottrial.py). Never loaded in normal mode.
 import asyncio
 import random
 import time

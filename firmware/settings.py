@@ -37,6 +37,12 @@ def check_config(c):
         # ESP32: GPIO 6-11 drive the flash chip, 34-39 are input-only.
         if p is not None and (not _int_in(p, 0, 39) or 6 <= p <= 11 or p >= 34):
             return "pins.outputs.%s=%s cannot drive an output on the ESP32: use 0-5, 12-33" % (k, p)
+    if c.get("sleep") is not None:
+        import sleep  # only a config with a sleep window loads its check
+
+        err = sleep.check_window(c["sleep"])
+        if err:
+            return err
     pw = c.get("web_password")
     if pw is not None and not isinstance(pw, str):
         return "web_password must be text"

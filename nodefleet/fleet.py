@@ -27,7 +27,8 @@ from .wire import Client, Message
 log = get_logger(__name__)
 
 
-__all__ = ["ErrorReporter", "Handler", "RequestError", "Requester", "TypedHandler", "answer", "presence", "typed"]
+__all__ = ["ErrorReporter", "Handler", "RequestError", "Requester", "TypedHandler", "answer", "presence", "replies_to",
+           "typed"]
 
 
 class Requester:
@@ -75,6 +76,29 @@ class Requester:
         if reply.status != "ok":
             raise RequestError(reply.error or "the service answered with an error")
         return reply.data
+
+
+@contextlib.asynccontextmanager
+async def replies_to(client: Client, topics: Topics, *, client_id: str) -> AsyncIterator[Requester]:
+    """A started Requester fed by every message ``client`` receives, until the block ends.
+
+    For a connection that subscribes to nothing but its replies (a command, a benchmark's operator); a client
+    that also reads other topics feeds its own Requester with :meth:`Requester.feed`.
+    """
+    requester = Requester(client, topics, client_id=client_id)
+    await requester.start()
+
+    async def feed() -> None:
+        async for message in client.messages:
+            requester.feed(message)
+
+    reader = asyncio.create_task(feed())
+    try:
+        yield requester
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WireError):
+            await reader
 
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]

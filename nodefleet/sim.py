@@ -5,7 +5,10 @@ cut is ``kill()`` followed by ``start()``).  The firmware's simulation HAL
 reads its environment: ``NF_CTL_PORT`` opens the control channel (WiFi up and
 down, button, clock, relay and LED readout), ``NF_HTTP_PORT`` the node's web
 server on loopback.  The firmware asks for a restart by exiting with code 75;
-the launcher starts it again on the same flash directory.  A node dies with its
+the launcher starts it again on the same flash directory.  A deep sleep is an
+exit with code 76 after the board wrote its RTC (clock offset, sleep length) to
+``simrtc.json``: the launcher starts it again once that time has passed, with
+reset cause ``deepsleep``, as the chip's timer would.  A node dies with its
 launcher (on Linux, even a kill -9 of it), as a chip loses power with its supply.
 
 ``SimFleet`` runs N of them against a broker (``nodefleet sim``), and
@@ -46,6 +49,9 @@ from .wire import BrokerAddress
 FIRMWARE_DIR = Path(firmware.__file__).resolve().parent
 """The node firmware's source: in the repository, or carried by the wheel (package ``firmware``)."""
 RESTART_EXIT = 75
+SLEEP_EXIT = 76
+"""The board's deep sleep (firmware/hal/sim.py): started again after the ``ms`` of ``simrtc.json``."""
+SIM_RTC = "simrtc.json"
 HEAP = "110K"
 DEMO_PREFIX = "demo"
 DEMO_FLASH = "demo-nodes"
@@ -147,6 +153,9 @@ class SimNode:
         self.firmware_dir = deployed(firmware_dir) if compiled else Path(firmware_dir)
         self.log_path = self.flash_dir.parent / f"{self.flash_dir.name}.log"
         self.restarts = 0
+        self.sleeps = 0
+        self.asleep = False
+        """True while the process is gone in a deep sleep (no control channel until it wakes)."""
         self.exits: list[int] = []
         self._process: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -225,10 +234,25 @@ class SimNode:
         while self._process is not None:
             code = await self._process.wait()
             self.exits.append(code)
-            if self._stopping or code != RESTART_EXIT:
+            if self._stopping or code not in (RESTART_EXIT, SLEEP_EXIT):
                 return
+            if code == SLEEP_EXIT:
+                self.sleeps += 1
+                self.asleep = True
+                await asyncio.sleep(self._sleep_ms() / 1000)
+                self.asleep = False
+                await self._spawn("deepsleep")
+                continue
             self.restarts += 1
             await self._spawn("soft")
+
+    def _sleep_ms(self) -> int:
+        rtc = self.read(SIM_RTC)
+        try:
+            return max(0, int(rtc["ms"]))
+        except (TypeError, KeyError, ValueError):
+            log.warning("sim_rtc_unreadable", node=self.name)
+            return 0
 
     async def kill(self) -> None:
         """Cut the power: SIGKILL, nothing is flushed."""

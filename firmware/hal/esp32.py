@@ -36,7 +36,8 @@ def init(pins):
     out = pins.get("outputs", {})
     inp = pins.get("inputs", {})
     _relay_low = bool(out.get("relay_active_low"))
-    _relay = machine.Pin(out.get("relay", 26), machine.Pin.OUT, value=1 if _relay_low else 0)
+    # hold=False: a deep sleep held the pin off (deepsleep below); the node drives it again.
+    _relay = machine.Pin(out.get("relay", 26), machine.Pin.OUT, value=1 if _relay_low else 0, hold=False)
     led_pin = out.get("led", 2)
     _led = machine.Pin(led_pin, machine.Pin.OUT) if led_pin is not None else None
     btn = inp.get("button", 22)

@@ -14,8 +14,10 @@ button_held = _env("NF_BUTTON") == "1"
 wifi_in_range = _env("NF_WIFI", "1") == "1"
 wifi_joined = False
 ap_on = False
-_clock_offset = 0
-_rtc_set = _env("NF_NTP", "1") == "1"
+# NF_CLOCK: where the board's clock starts (epoch s), e.g. 946684800 for an ESP32's unset RTC; else this machine's.
+_clock_offset = int(_env("NF_CLOCK") or time.time()) - time.time()
+_ntp = _env("NF_NTP", "1") == "1"
+_rtc_set = _ntp
 _ssid = _env("NF_SSID") or "simnet"
 _password = _env("NF_PASS") or "simpass"
 PLATFORM = "sim"
@@ -119,7 +121,11 @@ def set_time(ts):
 
 
 async def ntp():
-    return _rtc_set
+    # NF_NTP=0: no NTP server answers. One that does agrees with the simulated clock (its offset stays).
+    global _rtc_set
+    if _ntp:
+        _rtc_set = True
+    return _ntp
 
 
 def http_addr(provisioning):
@@ -138,6 +144,10 @@ def mark_healthy():
 
 
 def start():
+    if reset_cause() == "deepsleep":
+        from hal import simsleep
+
+        simsleep.woke()
     # The control channel for the tests (NF_CTL_PORT): without it, its module is never loaded.
     if _env("NF_CTL_PORT"):
         from hal import simctl

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
 from .. import wire
 from ..contracts.queries import TELEMETRY_SERVICE
-from ..fleet import Requester, RequestError
+from ..fleet import RequestError, replies_to
 from ..settings import CommonSettings
 from .connect import NOT_RUNNING_HINT, Connection, connect
 from .errors import CliError
@@ -20,26 +18,15 @@ T = TypeVar("T")
 
 async def request_on(connection: Connection, service: str, action: str, data: Any, *, timeout: float) -> Any:
     """One fleet request to ``service`` over an open connection; CliError that says what to do on any failure."""
-    requester = Requester(connection.client, connection.topics, client_id=connection.client_id)
-    await requester.start()
-
-    async def feed() -> None:
-        async for message in connection.client.messages:
-            requester.feed(message)
-
-    reader = asyncio.create_task(feed())
     try:
-        return await requester.request(service, action, data, timeout=timeout)
+        async with replies_to(connection.client, connection.topics, client_id=connection.client_id) as requester:
+            return await requester.request(service, action, data, timeout=timeout)
     except RequestError as exc:
         if str(exc).startswith("no answer"):
             raise CliError(f"{exc} (start it with `nodefleet up`, or check --broker and --fleet-root)") from exc
         raise CliError(f"the {service} service answered with an error: {exc}") from exc
     except wire.WireError as exc:
         raise CliError(f"lost the broker connection ({exc}): {NOT_RUNNING_HINT}") from exc
-    finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, wire.WireError):
-            await reader
 
 
 async def service_request(settings: CommonSettings, service: str, action: str, data: Any, *, timeout: float) -> Any:

@@ -8,7 +8,7 @@ AsyncAPI document (docs/asyncapi.json, ``python -m nodefleet.contracts.asyncapi`
 from .node_topics import COMMAND_PAYLOADS, NODE_PAYLOADS, NODE_TOPICS, NodeTopicSpec
 from .payloads import *  # noqa: F403
 from .payloads import __all__ as _payloads
-from .topics import OFFLINE, ONLINE, Command, NodeKind, NodeTopic, OtaTopic, ParsedTopic, Topics, TopicError, validate_node_name
+from .topics import OFFLINE, ONLINE, SLEEPING, Command, NodeKind, NodeTopic, OtaTopic, ParsedTopic, Topics, TopicError, validate_node_name
 
-__all__ = [*_payloads, "COMMAND_PAYLOADS", "NODE_PAYLOADS", "NODE_TOPICS", "NodeTopicSpec", "OFFLINE", "ONLINE",
+__all__ = [*_payloads, "COMMAND_PAYLOADS", "NODE_PAYLOADS", "NODE_TOPICS", "NodeTopicSpec", "OFFLINE", "ONLINE", "SLEEPING",
            "Command", "NodeKind", "NodeTopic", "OtaTopic", "ParsedTopic", "Topics", "TopicError", "validate_node_name"]

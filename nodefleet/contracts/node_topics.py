@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from . import ota
 from .payloads import (
     Ack,
+    ClockRequest,
     Config,
     Info,
     LogicCommand,
@@ -22,13 +23,14 @@ from .payloads import (
     Payload,
     RestartCommand,
     Schedule,
+    SleepCommand,
     State,
     StopCommand,
     SwitchCommand,
     Telemetry,
     TimeCommand,
 )
-from .topics import OFFLINE, ONLINE, Command, NodeKind, NodeTopic, OtaTopic, node_path
+from .topics import OFFLINE, ONLINE, SLEEPING, Command, NodeKind, NodeTopic, OtaTopic, node_path
 
 JSON = "application/json"
 TEXT = "text/plain"
@@ -60,8 +62,9 @@ class NodeTopicSpec:
 
 _ROWS = (
     NodeTopicSpec(NodeTopic.STATUS, None, "node (its last will says offline)", "everyone (openHAB availability)",
-                  True, 1, "online / offline; the provisioner clears it (empty, retained) when a node is removed",
-                  content_type=TEXT, plain=(ONLINE, OFFLINE)),
+                  True, 1, "online / offline; sleeping (its state says until when) while it sleeps by plan; the "
+                  "provisioner clears it (empty, retained) when a node is removed",
+                  content_type=TEXT, plain=(ONLINE, OFFLINE, SLEEPING)),
     NodeTopicSpec(NodeTopic.INFO, Info, "node", "everyone", True, 1,
                   "what the node is: chip id, firmware, capabilities, boot reason and count"),
     NodeTopicSpec(NodeTopic.STATE, State, "node", "everyone", True, 1,
@@ -83,8 +86,12 @@ _ROWS = (
     NodeTopicSpec(Command.STOP, StopCommand, "anyone", "node", False, 1,
                   "failsafe: relay off, logic paused until resume"),
     NodeTopicSpec(Command.RESTART, RestartCommand, "anyone", "node", False, 1, "restart the node"),
-    NodeTopicSpec(Command.TIME, TimeCommand, "backend", "node", False, 1,
-                  "the backend's time, the fallback when NTP is unreachable"),
+    NodeTopicSpec(NodeTopic.CLOCK, ClockRequest, "node", "scheduler", False, 0,
+                  "the node's clock is unset: it asks for the backend's time"),
+    NodeTopicSpec(Command.TIME, TimeCommand, "scheduler (on connect, on request, hourly)", "node", False, 1,
+                  "the backend's time, taken by a node without NTP time"),
+    NodeTopicSpec(Command.SLEEP, SleepCommand, "anyone", "node", False, 1,
+                  "deep sleep for a while (relay off only; a rule due sooner wakes it)"),
     NodeTopicSpec(OtaTopic.OFFER, ota.Offer, "ota", "node", True, 1,
                   "the release on offer and the node's tag; an empty retained message withdraws it"),
     NodeTopicSpec(OtaTopic.DATA, None, "ota", "node", False, 0,

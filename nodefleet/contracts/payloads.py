@@ -6,7 +6,8 @@ or a payload from a newer, incompatible format is rejected instead of being
 half-understood.  Times are Unix epoch seconds (UTC); durations are seconds.
 
 ``status`` is not JSON: it is the plain ``online``/``offline`` string that
-openHAB's availability binding expects.  ``set/switch`` also accepts plain
+openHAB's availability binding expects (``sleeping`` while a node sleeps by
+plan: its retained state then carries ``sleep_until``).  ``set/switch`` also accepts plain
 ``ON``/``OFF``/``TOGGLE`` (see :func:`parse_switch`).
 """
 
@@ -43,6 +44,10 @@ __all__ = [
     "StopCommand",
     "RestartCommand",
     "TimeCommand",
+    "SleepCommand",
+    "SleepWindow",
+    "ClockRequest",
+    "ClockSource",
     "Outputs",
     "Inputs",
     "Pins",
@@ -94,6 +99,10 @@ class Payload(Part):
 # -- node -> everyone ------------------------------------------------------
 
 
+ClockSource = Literal["ntp", "backend", "rtc"]
+"""``ntp``; ``backend``: the scheduler's ``set/time``; ``rtc``: kept by the chip's clock (across a deep sleep)."""
+
+
 class Info(Payload):
     """``home/N/info`` (retained): what the node is."""
 
@@ -104,6 +113,11 @@ class Info(Payload):
     boot_count: Annotated[int, Field(ge=0)] = 0
     ip: ShortText | None = None
     mac: ShortText | None = None
+    clock: ClockSource | None = None
+    """Where the node's time came from (null: it has none)."""
+    wake: ShortText | None = None
+    """After a deep sleep: why the node woke (``window``, ``rule``, ``command``: the timer it set; else the chip's
+    wake reason, such as ``button``)."""
 
 
 Mode = Literal["auto", "manual", "logic_disabled", "stopped"]
@@ -125,6 +139,8 @@ class State(Payload):
     schedule: Annotated[int, Field(ge=1)] | None = None
     """Version of the retained schedule the node applied and runs; null while it has none (a rejected one is
     logged as ``bad_schedule`` and the previous version stays in force)."""
+    sleep_until: Epoch | None = None
+    """Set on the last state before a planned sleep (status ``sleeping``): when the node means to wake."""
 
 
 class Telemetry(Payload):
@@ -236,10 +252,20 @@ class RestartCommand(CommandPayload):
     """``home/N/set/restart``."""
 
 
+class ClockRequest(Payload):
+    """``home/N/clock``: the node has no valid time and asks the scheduler for ``set/time``."""
+
+
 class TimeCommand(CommandPayload):
     """``home/N/set/time``: backend time, the fallback when NTP is unreachable."""
 
     ts: Epoch
+
+
+class SleepCommand(CommandPayload):
+    """``home/N/set/sleep``: deep sleep for ``for`` seconds, only while the relay is off; a rule due sooner wakes it."""
+
+    for_: Annotated[int, Field(ge=1, le=7 * 86400)] = Field(alias="for")
 
 
 def parse_switch(raw: bytes | str) -> SwitchCommand:
@@ -278,6 +304,26 @@ class Offset(Part):
     offset: Annotated[int, Field(ge=-14 * 3600, le=14 * 3600)]
 
 
+class SleepWindow(Part):
+    """The config's planned sleep: on the listed days from ``at`` (node-local) for ``duration`` seconds.
+
+    The node sleeps inside it only with the relay off, wakes ``early`` seconds before a rule that falls due
+    inside, and at its end.
+    """
+
+    at: HHMM
+    duration: Annotated[int, Field(ge=1, le=86400)]
+    days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS), min_length=1, max_length=7)
+    early: Annotated[int, Field(ge=0, le=600)] = 30
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _hhmm(cls, value: Any) -> Any:
+        if not isinstance(value, str) or HHMM_PATTERN.fullmatch(value) is None:
+            raise PydanticCustomError("hhmm", "sleep.at must be HH:MM", {})
+        return value
+
+
 class Config(Payload):
     """``home/N/config`` (retained): the versioned device configuration.
 
@@ -293,6 +339,7 @@ class Config(Payload):
     tz_name: ShortText | None = None
     web_password: ShortText | None = None
     ap_after: Annotated[int, Field(ge=0, le=86400)] = 300
+    sleep: SleepWindow | None = None
 
     @field_validator("tz")
     @classmethod

@@ -29,6 +29,8 @@ class DevicesQuery(Query):
 class DeviceRow(Query):
     node: NodeName
     online: bool | None = None
+    sleeping: bool = False
+    """Status ``sleeping``: asleep by plan (``online`` is false), not lost."""
     availability_changed: Epoch | None = None
     last_seen: Epoch | None = None
     relay: str | None = None

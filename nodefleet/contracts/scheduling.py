@@ -115,6 +115,10 @@ class ShowAnswer(Query):
     mode: str | None = None
     open: RunView | None = None
     next: RunView | None = None
+    sleep_until: float | None = None
+    """Set while the node sleeps by plan (status ``sleeping``): when it meant to wake."""
+    overslept: bool = False
+    """Still asleep a wake grace after ``sleep_until``."""
 
 
 class ScheduleChange(Query):

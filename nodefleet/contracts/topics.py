@@ -28,6 +28,8 @@ SHARED_PREFIX = "$share/"
 
 ONLINE = "online"
 OFFLINE = "offline"
+SLEEPING = "sleeping"
+"""A node's status while it sleeps by plan (retained, instead of its will's ``offline``); its state says until when."""
 
 
 class TopicError(InputError):
@@ -45,6 +47,8 @@ class NodeTopic(StrEnum):
     ACK = "ack"
     CONFIG = "config"
     SCHEDULE = "schedule"
+    CLOCK = "clock"
+    """node -> scheduler: the node's clock is unset, it asks for the backend's time (``set/time``)."""
 
 
 class Command(StrEnum):
@@ -55,6 +59,7 @@ class Command(StrEnum):
     STOP = "stop"
     RESTART = "restart"
     TIME = "time"
+    SLEEP = "sleep"
 
 
 class OtaTopic(StrEnum):
@@ -217,12 +222,14 @@ class Topics:
                 self.ota_streams()]
 
     def node_outbox(self, node: str) -> list[str]:
-        """What a node may publish: its status, info, state, telemetry, log and acks, its OTA want and progress.
+        """What a node may publish: its status, info, state, telemetry, log, acks and clock requests, its OTA want
+        and progress.
 
         Never its own config, schedule or commands, nor an OTA offer or data frame (those are the services').
         """
         own = [self.node(node, kind) for kind in (NodeTopic.STATUS, NodeTopic.INFO, NodeTopic.STATE,
-                                                   NodeTopic.TELEMETRY, NodeTopic.LOG, NodeTopic.ACK)]
+                                                   NodeTopic.TELEMETRY, NodeTopic.LOG, NodeTopic.ACK,
+                                                   NodeTopic.CLOCK)]
         return [*own, self.ota(node, OtaTopic.WANT), self.ota(node, OtaTopic.PROGRESS)]
 
     def parse(self, topic: str) -> ParsedTopic:

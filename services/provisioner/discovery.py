@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nodefleet.contracts import OFFLINE, ONLINE, NodeTopic, Topics
+from nodefleet.contracts import OFFLINE, ONLINE, SLEEPING, NodeTopic, Topics
 from nodefleet.contracts.provisioning import HaDevice, HaSensor, HaSwitch
 from nodefleet.contracts.topics import Command
 
@@ -111,5 +111,6 @@ def removal(topics: Topics, node: str) -> list[str]:
 
 
 def homie_state(node: str, status: str) -> tuple[str, str]:
-    """Homie's ``$state`` follows the node's availability: ready while online, lost otherwise."""
-    return Topics.homie(node, "$state"), "ready" if status == ONLINE else "lost"
+    """Homie's ``$state`` follows the node's availability: ready while online, sleeping while it sleeps by plan
+    (Homie 4 has that state), lost otherwise."""
+    return Topics.homie(node, "$state"), {ONLINE: "ready", SLEEPING: "sleeping"}.get(status, "lost")

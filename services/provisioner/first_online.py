@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from nodefleet.contracts import OFFLINE, ONLINE, Config, Info, Topics
+from nodefleet.contracts import OFFLINE, ONLINE, SLEEPING, Config, Info, Topics
 from nodefleet.fleet import ErrorReporter
 from nodefleet.logging import get_logger
 
@@ -41,6 +41,10 @@ class FirstOnline:
             return  # a cleared retained status
         online = payload == ONLINE.encode()
         self.memory.online[node] = online
+        if payload == SLEEPING.encode():
+            self.memory.asleep.add(node)
+        else:
+            self.memory.asleep.discard(node)
         if online and node not in self.memory.info:
             return  # a node sends its info right after: one look at the registry then (bursts of first onlines)
         await self._maybe_provisioned(node, availability_changed=True)
@@ -86,7 +90,8 @@ class FirstOnline:
             if row["status"] == "revoked":
                 return
             if row["status"] == "provisioned" and availability_changed:
-                await self.publish(*discovery.homie_state(node, ONLINE if online else OFFLINE), True)
+                status = ONLINE if online else SLEEPING if node in self.memory.asleep else OFFLINE
+                await self.publish(*discovery.homie_state(node, status), True)
             if not online or info is None:
                 return
             if row["chip_id"] and row["chip_id"] != info.chip_id:

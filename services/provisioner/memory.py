@@ -15,6 +15,7 @@ from nodefleet.contracts import Info
 @dataclass
 class NodeMemory:
     online: dict[str, bool] = field(default_factory=dict)
+    asleep: set[str] = field(default_factory=set)  # status "sleeping": asleep by plan, not lost
     info: dict[str, Info] = field(default_factory=dict)
     applied: dict[str, int] = field(default_factory=dict)  # config version each node last reported
     rejected: dict[str, tuple[int, str]] = field(default_factory=dict)  # the last config version refused, and why
@@ -28,6 +29,7 @@ class NodeMemory:
         """A removed node: nothing of it is kept."""
         self.info.pop(node, None)
         self.online.pop(node, None)
+        self.asleep.discard(node)
         self.applied.pop(node, None)
         self.settled.discard(node)
         self.rejected.pop(node, None)

@@ -7,6 +7,13 @@ retained messages to settle, then runs the planner.  The fleet requests
 answered on the same session.  Run events go out on
 ``Topics.scheduler_events()``; the telemetry service keeps them for
 ``nodefleet schedule history``.
+
+The scheduler is also the fleet's time-keeper: it offers its clock (``set/time``)
+to a node when it comes online, when it asks (``<prefix>/clock``: its clock is
+unset) and every ``time_every`` seconds to every online node; a node takes it
+only when NTP has not set its clock.  A node that said it sleeps (status
+``sleeping``, ``sleep_until`` in its state) is not lost: no backup for it until
+it oversleeps, then it is flagged (``overslept`` on ``fleet/errors``).
 """
 
 from __future__ import annotations
@@ -70,7 +77,7 @@ class Scheduler:
         self.store = store
         self.errors = ErrorReporter(SCHEDULER_SERVICE, self.topics)
         self.planner = Planner(store=store, grace=settings.grace, lease=settings.lease, send=self.send_backups,
-                               publish=self.publish_events)
+                               publish=self.publish_events, wake_grace=settings.wake_grace)
         self.address = BrokerAddress.parse(settings.mqtt_url)
         # Backups and run events go out on a connection of their own (nodefleet.wire.Publisher).
         self.publisher = Publisher(self.address, client_id=f"nodefleet-sched-pub-{settings.instance}"[:64],
@@ -87,8 +94,9 @@ class Scheduler:
         # The node topics the scheduler follows (subscribed at their senders' QoS) and what it does with each.
         self._node_topics: dict[NodeKind, Callable[[NodeView, str, bytes], None]] = {
             NodeTopic.SCHEDULE: self._on_schedule, NodeTopic.CONFIG: self._on_config,
-            NodeTopic.STATE: self._on_state, NodeTopic.STATUS: self._on_status,
+            NodeTopic.STATE: self._on_state, NodeTopic.STATUS: self._on_status, NodeTopic.CLOCK: self._on_clock,
         }
+        self._wake_checks: dict[str, float] = {}  # node -> the sleep_until a check for oversleeping is pending for
 
     # -- outgoing ------------------------------------------------------------
     def _switch_topic(self, node: str) -> str:
@@ -103,6 +111,23 @@ class Scheduler:
         for node, run, detail in won[:3]:
             log.info("backup_sent", node=node, run_id=run.run_id, until=run.end, detail=detail, batch=len(won))
         return acked
+
+    def offer_time(self, nodes: list[str]) -> None:
+        """The time command with this machine's clock to ``nodes``; no ``sent`` or ``expires``: a node whose clock is wrong
+        would judge those on that clock. A node drops a time the broker held through an outage (it is stale)."""
+        if not nodes:
+            return
+        now = time.time()
+        body = json.dumps({"v": 1, "ts": round(now, 3)}).encode()
+        try:
+            self.publisher.publish([(self.topics.set(node, Command.TIME), body) for node in nodes], qos=1)
+        except NotSent:
+            log.debug("time_not_offered", nodes=len(nodes))
+
+    async def time_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.time_every)
+            self.offer_time([v.name for v in self.planner.nodes.values() if v.online])
 
     def _held_schedule(self, node: str) -> dict[str, Any] | None:
         view = self.planner.nodes.get(node)
@@ -163,10 +188,37 @@ class Scheduler:
             view.note_state(State.model_validate_json(payload))
         except ValidationError as exc:
             self.errors.report("bad_state", f"{exc.errors()[0]['msg']}", topic=topic, node=view.name)
+            return
+        self._watch_wake(view)
 
     def _on_status(self, view: NodeView, topic: str, payload: bytes) -> None:
-        if view.note_status(payload) and self.settled.is_set():
-            self.planner.came_online(view)
+        came = view.note_status(payload)
+        if came:
+            self.offer_time([view.name])
+            if self.settled.is_set():
+                self.planner.came_online(view)
+        self._watch_wake(view)
+
+    def _on_clock(self, view: NodeView, topic: str, payload: bytes) -> None:
+        self.offer_time([view.name])  # the node's clock is unset; what it sent is only the question
+
+    def _watch_wake(self, view: NodeView) -> None:
+        """A node asleep by plan: flag it if it is still asleep a wake grace after the wake it announced."""
+        until = view.sleep_until
+        if not view.asleep or until is None or self._wake_checks.get(view.name) == until:
+            return
+        self._wake_checks[view.name] = until
+        self._background(self._check_wake(view, until))
+
+    async def _check_wake(self, view: NodeView, until: float) -> None:
+        await asyncio.sleep(max(0.0, until + self.settings.wake_grace - time.time()))
+        if self._wake_checks.get(view.name) == until:
+            del self._wake_checks[view.name]
+        if view.asleep and view.sleep_until == until and not view.overslept:
+            view.overslept = True
+            log.warning("node_overslept", node=view.name, wake=until)
+            self.errors.report("overslept", f"{view.name} meant to wake at {until:.0f} and is still asleep",
+                               node=view.name)
 
     def _on_schedule(self, view: NodeView, topic: str, payload: bytes) -> None:
         try:
@@ -255,6 +307,7 @@ async def serve(settings: SchedulerSettings, *, ready: asyncio.Event | None = No
             scheduler.planner.on_idle = pacer.idle
             group.create_task(scheduler.planner.run())
             group.create_task(_prune_loop(store, settings.history_days))
+            group.create_task(scheduler.time_loop())
             log.info("scheduler_ready", nodes=len(scheduler.planner.nodes))
             if ready is not None:
                 ready.set()

@@ -1,4 +1,5 @@
-"""What the scheduler knows of each node: its last valid schedule, tz, availability and reported runs."""
+"""What the scheduler knows of each node: its last valid schedule, tz, availability (a planned sleep included) and
+reported runs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from nodefleet.contracts import ONLINE, Config, State
+from nodefleet.contracts import ONLINE, SLEEPING, Config, State
 from nodefleet.contracts.scheduling import BadSchedule, validate_schedule
 
 from .rulebook import Run, Tz, tz_pairs
@@ -24,6 +25,12 @@ class NodeView:
     rejected: str | None = None
     tz: Tz = field(default_factory=list)
     online: bool | None = None
+    asleep: bool = False
+    """Status ``sleeping``: the node went to sleep by plan, and said so."""
+    sleep_until: float | None = None
+    """When it meant to wake (its last state's ``sleep_until``)."""
+    overslept: bool = False
+    """Still asleep a wake grace after ``sleep_until``: flagged, and its runs are backed up again."""
     mode: str | None = None
     relay: str | None = None
     run_id: str | None = None
@@ -41,6 +48,7 @@ class NodeView:
 
     def note_state(self, state: State) -> None:
         self.mode, self.relay, self.run_id = state.mode, state.relay, state.run_id
+        self.sleep_until = state.sleep_until
         if state.run_id:
             self.seen[state.run_id] = None
             self.seen.move_to_end(state.run_id)
@@ -49,10 +57,18 @@ class NodeView:
 
     def note_status(self, payload: bytes) -> bool:
         """Record availability; True if the node just came online."""
-        online = payload.decode(errors="replace").strip() == ONLINE
+        text = payload.decode(errors="replace").strip()
+        online = text == ONLINE
         came = online and self.online is not True
         self.online = online
+        self.asleep = text == SLEEPING
+        if not self.asleep:
+            self.overslept = False
         return came
+
+    def asleep_by_plan(self, now: float, wake_grace: float) -> bool:
+        """Asleep and not yet late: a wake at ``sleep_until`` plus ``wake_grace`` to boot and reconnect."""
+        return self.asleep and self.sleep_until is not None and now < self.sleep_until + wake_grace
 
 
 def parse_schedule(payload: bytes) -> dict[str, Any] | None:

@@ -10,6 +10,9 @@ At ``start + grace`` a run is classified:
 * the node reported the run id            -> ``run`` recorded, nothing sent;
 * the node is stopped / logic disabled    -> ``skipped`` (a manual stop is respected);
 * the window is over                      -> ``miss``;
+* the node is asleep by plan (status ``sleeping``, not yet past its ``sleep_until`` and the wake grace)
+                                           -> ``skipped``;
+* the node overslept (still ``sleeping`` after that) -> claim the ``backup`` (the broker holds it for the node);
 * the node is offline                     -> ``miss``; resumed if it comes back inside the window;
 * otherwise                               -> claim the ``backup``; the instance that wins sends
   ``SwitchCommand(state, until=end, run_id, expires=end)`` and marks it sent once the broker acknowledged it
@@ -66,9 +69,11 @@ class Counts:
 
 class Planner:
     def __init__(self, *, store: Store, grace: float, lease: float, send: SendBackups, publish: Publish,
-                 clock: Callable[[], float] = time.time, on_idle: Callable[[float | None], None] | None = None) -> None:
+                 clock: Callable[[], float] = time.time, on_idle: Callable[[float | None], None] | None = None,
+                 wake_grace: float = 60.0) -> None:
         self.store = store
         self.grace = grace
+        self.wake_grace = wake_grace
         self.lease = lease
         self.send = send
         self.publish = publish
@@ -247,6 +252,10 @@ class Planner:
             return "skipped", f"node mode is {view.mode}"
         if now >= run.end:
             return "miss", "the window ended before the node reported the run"
+        if view.asleep and view.sleep_until is not None:
+            if view.asleep_by_plan(now, self.wake_grace):
+                return "skipped", f"node asleep by plan until {view.sleep_until:.0f}"
+            return "claim", f"node overslept its wake at {view.sleep_until:.0f}: held by the broker until it wakes"
         if view.online is not True:
             return "miss", "node offline at the due time"
         return "claim", "resumed after the node came back" if resumed else f"state did not follow within {self.grace:g} s"

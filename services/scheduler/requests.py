@@ -32,6 +32,7 @@ def handlers(nodes: dict[str, NodeView], changes: ScheduleChanges) -> dict[str, 
         return ShowAnswer(
             node=view.name, schedule=view.schedule, rejected=view.rejected, online=view.online, mode=view.mode,
             open=_run_view(window(view.rules, view.tz, now)), next=_run_view(next_start(view.rules, view.tz, now)),
+            sleep_until=view.sleep_until if view.asleep else None, overslept=view.overslept,
         )
 
     @typed

@@ -16,6 +16,14 @@ class SchedulerSettings(CommonSettings):
         5.0, "Seconds after which another instance takes over a claimed backup that was never sent", "lease",
         gt=0, le=600,
     )
+    wake_grace: float = _own(
+        60.0, "Seconds after its planned wake a sleeping node has to come back before it is flagged as overslept",
+        "wake_grace", ge=0, le=3600,
+    )
+    time_every: float = _own(
+        3600.0, "Seconds between the backend time offers (the time command) to every online node", "time_every",
+        gt=0, le=86400,
+    )
     history_days: int = _own(90, "Days of run events kept in the claim table (`scheduler_events`)", "history_days", ge=1)
     keepalive: int = _own(30, "MQTT keepalive in seconds", "keepalive", ge=5, le=600)
     db_retry_max: float = _own(10.0, "Longest pause (s) between database reconnection attempts", "db_retry_max", gt=0)

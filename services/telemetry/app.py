@@ -23,6 +23,7 @@ from .control import ControlPlane
 from .db import TRANSIENT, create_pool, retry_forever
 from .decode import Decoder
 from .ingest import Ingest
+from .limits import NodeLimits
 from .queries import Queries
 from .settings import TelemetrySettings
 from .writer import BatchWriter
@@ -94,7 +95,9 @@ async def serve(settings: TelemetrySettings, *, ready: asyncio.Event | None = No
         buffer_limit=settings.buffer_limit,
     )
     writer = BatchWriter(settings.database_url, dedup_window=settings.dedup_window, max_delay=settings.db_retry_max)
-    decoder = Decoder(settings.topics, retention_days=settings.retention_days, max_clock_ahead=settings.max_clock_ahead)
+    limits = NodeLimits(settings.node_limit, settings.node_limit_window) if settings.node_limit else None
+    decoder = Decoder(settings.topics, retention_days=settings.retention_days, max_clock_ahead=settings.max_clock_ahead,
+                      limits=limits)
     ingest = Ingest(subscriber, decoder, writer, errors, batch_size=settings.batch_size, flush_interval=settings.flush_interval)
     control = ControlPlane(settings, Queries(pool).handlers(), errors)
     try:

@@ -15,10 +15,26 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from nodefleet.contracts import NODE_TOPICS, OFFLINE, ONLINE, Ack, Info, Log, NodeTopic, Payload, State, Telemetry, TopicError, Topics
+from nodefleet.contracts import (
+    NODE_TOPICS,
+    OFFLINE,
+    ONLINE,
+    SLEEPING,
+    Ack,
+    Info,
+    Log,
+    NodeTopic,
+    Payload,
+    State,
+    Telemetry,
+    TopicError,
+    Topics,
+)
 from nodefleet.contracts.payloads import MAX_PAYLOAD_BYTES
 from nodefleet.contracts.scheduling import RunEvent
 from nodefleet.wire import Inbound
+
+from .limits import NodeLimits
 
 DAY = 86_400
 
@@ -38,6 +54,8 @@ class Rejected:
     detail: str
     topic: str
     node: str | None = None
+    reported: bool = True
+    """False: counted only (a rate-limited node's excess after the first drop of its window)."""
 
 
 @dataclass(slots=True)
@@ -58,7 +76,8 @@ class Decoded:
     infos: list[tuple[str, Info, float]] = field(default_factory=list)
     logs: list[tuple[str, Log, float]] = field(default_factory=list)
     acks: list[tuple[str, Ack, float]] = field(default_factory=list)
-    statuses: list[tuple[str, bool, float]] = field(default_factory=list)
+    statuses: list[tuple[str, bool, float, bool]] = field(default_factory=list)
+    """(node, online, received, sleeping): ``sleeping`` is a planned sleep, not a loss."""
     removals: list[tuple[str, float]] = field(default_factory=list)
     """Nodes whose retained status was cleared (removed), with the time it was."""
     run_events: list[tuple[str, RunEvent, float]] = field(default_factory=list)
@@ -79,8 +98,10 @@ def _first_error(exc: ValidationError) -> str:
 class Decoder:
     """Decodes the node topics under ``topics.root``; caches parsed topics."""
 
-    def __init__(self, topics: Topics, *, retention_days: int, max_clock_ahead: float) -> None:
+    def __init__(self, topics: Topics, *, retention_days: int, max_clock_ahead: float,
+                 limits: NodeLimits | None = None) -> None:
         self.topics = topics
+        self.limits = limits
         self.retention = retention_days * DAY
         self.max_clock_ahead = max_clock_ahead
         self.events_topic = topics.scheduler_events()
@@ -115,10 +136,12 @@ class Decoder:
             node, kind = self._parse_topic(topic)
         except TopicError as exc:
             return Rejected("bad_topic", str(exc), topic)
+        received = message.received
+        if kind not in (NodeTopic.STATUS, NodeTopic.TELEMETRY) and (over := self._over(node, received, topic)):
+            return over
         payload = message.payload
         if len(payload) > MAX_PAYLOAD_BYTES:
             return Rejected("too_large", f"{len(payload)} bytes, the limit is {MAX_PAYLOAD_BYTES}", topic, node)
-        received = message.received
         if not payload and kind in (NodeTopic.STATUS, NodeTopic.STATE, NodeTopic.INFO):
             # A retained message cleared: a removal (the provisioner empties status, state and info) is not bad
             # input and not the node being heard; the emptied status marks the node removed.
@@ -133,14 +156,19 @@ class Decoder:
                         return Rejected("too_old", f"device time {reading.ts:.0f} is older than the retention", topic, node)
                     if reading.ts > now + self.max_clock_ahead:
                         return Rejected("clock_ahead", f"device time {reading.ts:.0f} is in the future", topic, node)
+                # On the device's clock where it gives one: the backlog a persistent session replays after an
+                # outage of this service arrives at once but was sent at the node's own pace.
+                if over := self._over(node, received if reading.ts is None else reading.ts, topic):
+                    return over
                 out.telemetry.append(
                     TelemetryRecord(node, reading.ts, received, reading.seq, _JSON.encode(reading.readings))
                 )
             elif kind is NodeTopic.STATUS:
                 text = payload.strip()
-                if text not in (ONLINE.encode(), OFFLINE.encode()):
-                    return Rejected("bad_payload", f"status must be {ONLINE!r} or {OFFLINE!r}", topic, node)
-                out.statuses.append((node, text == ONLINE.encode(), received))
+                if text not in (ONLINE.encode(), OFFLINE.encode(), SLEEPING.encode()):
+                    return Rejected("bad_payload", f"status must be {ONLINE!r}, {OFFLINE!r} or {SLEEPING!r}", topic,
+                                    node)
+                out.statuses.append((node, text == ONLINE.encode(), received, text == SLEEPING.encode()))
             else:
                 stored = _STORED.get(kind)
                 if stored is None:
@@ -154,6 +182,15 @@ class Decoder:
             return Rejected("bad_payload", str(exc), topic, node)
         out.see(node, received)
         return None
+
+    def _over(self, node: str, at: float, topic: str) -> Rejected | None:
+        """The rejection of a message over its node's limit, or None (also without limits)."""
+        limits = self.limits
+        if limits is None or limits.allow(node, at):
+            return None
+        return Rejected("rate_limited", f"over {limits.capacity:.0f} messages in {limits.window:g} s: dropped "
+                        f"({limits.dropped_by(node)} so far; the limit is the telemetry service's node_limit)",
+                        topic, node, reported=limits.first_in_window(node, at))
 
     def _run_event(self, message: Inbound, out: Decoded) -> Rejected | None:
         """A scheduler run event; it says nothing about whether its node was heard, so ``seen`` stays as it is."""

@@ -81,7 +81,8 @@ class Ingest:
         for r in rejected:
             self.stats.rejected += 1
             self.stats.by_code[r.code] = self.stats.by_code.get(r.code, 0) + 1
-            self.errors.report(r.code, r.detail, topic=r.topic, node=r.node)
+            if r.reported:
+                self.errors.report(r.code, r.detail, topic=r.topic, node=r.node)
 
     async def _report_stats(self, every: float = 30.0) -> None:
         while True:

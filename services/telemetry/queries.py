@@ -22,7 +22,7 @@ from nodefleet.fleet import TypedHandler, typed
 from .db import TRANSIENT
 
 _DEVICES = """
-SELECT n.node, n.online,
+SELECT n.node, n.online, n.sleeping,
        extract(epoch FROM n.availability_changed)::float8 AS availability_changed,
        extract(epoch FROM n.last_seen)::float8 AS last_seen,
        s.relay, s.mode, s.seq AS state_seq, i.fw, i.chip_id

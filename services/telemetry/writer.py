@@ -60,9 +60,9 @@ UPDATE nodes SET removed = to_timestamp($2) WHERE node = $1 AND last_seen <= to_
 
 _STATUS = """
 WITH changed AS (
-    UPDATE nodes SET online = $2, availability_changed = to_timestamp($3)
-    WHERE node = $1 AND online IS DISTINCT FROM $2 RETURNING node)
-INSERT INTO availability (node, online, time) SELECT node, $2, to_timestamp($3) FROM changed
+    UPDATE nodes SET online = $2, sleeping = $4, availability_changed = to_timestamp($3)
+    WHERE node = $1 AND (online IS DISTINCT FROM $2 OR sleeping IS DISTINCT FROM $4) RETURNING node)
+INSERT INTO availability (node, online, time, sleeping) SELECT node, $2, to_timestamp($3), $4 FROM changed
 """
 
 _STATE = """

@@ -11,7 +11,10 @@ import hal  # noqa: E402
 import logic  # noqa: E402
 import node  # noqa: E402
 import settings  # noqa: E402
+import sleep  # noqa: E402
 import store  # noqa: E402
+
+commands._HANDLERS["sleep"] = sleep.command  # as normal mode registers it
 
 
 class App:
@@ -19,9 +22,16 @@ class App:
 
     def __init__(self):
         self.node = node.Node("off", lambda: None)
+        self.sleep_cmd = None
 
     def restart_soon(self):
         App.restarted = True
+
+    def send(self, *args):
+        pass
+
+    def info(self):
+        return {}
 
 
 # The fixtures describe one moment (the ts of set_time.json): the node's clock is put there, whatever today is.

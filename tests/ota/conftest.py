@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from nodefleet.contracts.ota import OTA_SERVICE, device_key
-from nodefleet.fleet import Requester
+from nodefleet.fleet import Requester, replies_to
 from nodefleet.ota_release import Release, build, encode
 from nodefleet.sim import FIRMWARE_DIR
 from nodefleet.wire import BrokerAddress, Client
@@ -50,21 +50,9 @@ class Operator:
 @contextlib.asynccontextmanager
 async def operator(url: str, topics) -> AsyncIterator[Operator]:
     client_id = f"op-{uuid.uuid4().hex[:8]}"
-    async with Client(BrokerAddress.parse(url), client_id=client_id) as client:
-        requester = Requester(client, topics, client_id=client_id)
-        await requester.start()
-
-        async def feed() -> None:
-            async for message in client.messages:
-                requester.feed(message)
-
-        task = asyncio.create_task(feed())
-        try:
-            yield Operator(client, requester)
-        finally:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+    async with (Client(BrokerAddress.parse(url), client_id=client_id) as client,
+                replies_to(client, topics, client_id=client_id) as requester):
+        yield Operator(client, requester)
 
 
 def settings_for(broker_url: str, database: str, topics, **extra) -> OtaSettings:

@@ -90,8 +90,9 @@ async def test_offline_across_the_due_time_then_resumed_once(make_node, schedule
     await watch.wait(topics.status("n1"), lambda s: s == "offline")
     miss = await watch.wait(topics.scheduler_events(), lambda e: e["kind"] == "miss", timeout=12)
     assert "offline" in miss["detail"]
-    # Back inside the window, but without NTP: the node cannot resume the run itself.
-    node.env["NF_NTP"] = "0"
+    # Back inside the window, but with a clock two hours behind (and NTP agreeing, so the backend's time is not
+    # taken): the node cannot resume the run itself.
+    node.env["NF_CLOCK"] = str(int(time.time()) - 7200)
     await node.start()
     state = await watch.wait(topics.state("n1"), lambda s: s.get("run_id") == miss["run_id"], timeout=15)
     assert state["relay"] == "ON" and (await node.ctl())["relay"] == 1

@@ -29,6 +29,7 @@ def make_settings(mosquitto, database: str, topics: Topics, **overrides) -> Tele
         mqtt_url=mosquitto.url, database_url=database, topic_root=topics.root, fleet_root=topics.fleet,
         client_id=f"telemetry-{uuid.uuid4().hex[:8]}", instance="test", flush_interval=0.02,
         maintenance_interval=3600, log_format="console",
+        node_limit=0,  # the load generators send hundreds a second per node; test_node_limits sets one
     )
     values.update(overrides)
     return TelemetrySettings(**values)

@@ -24,7 +24,9 @@ class ServiceProcess:
     """Runs the service alone from environment variables, as a container would."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        self.env = {**os.environ, **env, "NODEFLEET_LOG_FORMAT": "json", "PYTHONPATH": str(ROOT)}
+        # No per-node limit unless a test sets one: its load generator sends hundreds a second per node.
+        self.env = {**os.environ, "NODEFLEET_TELEMETRY_NODE_LIMIT": "0", **env, "NODEFLEET_LOG_FORMAT": "json",
+                    "PYTHONPATH": str(ROOT)}
         self.log_path = Path(tempfile.mkdtemp(prefix="nodefleet-telemetry-")) / "service.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._log_offset = 0

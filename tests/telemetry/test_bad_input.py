@@ -20,7 +20,7 @@ BAD = [
     ("bad_payload", "telemetry", "n1", b'{"v": 1, "seq": "seven"}'),
     ("bad_payload", "telemetry", "n1", b'{"v": 1, "seq": 1, "colour": "red"}'),
     ("bad_payload", "state", "n1", b'{"v": 1, "seq": 1, "relay": "MAYBE", "mode": "auto"}'),
-    ("bad_payload", "status", "n1", b"sleeping"),
+    ("bad_payload", "status", "n1", b"dozing"),
     ("too_large", "log", "n1", b'{"v": 1, "seq": 1, "code": "x", "msg": "' + b"a" * MAX_PAYLOAD_BYTES + b'"}'),
     ("bad_topic", "telemetry", "Bad.Node", b'{"v": 1, "seq": 1}'),
 ]

@@ -9,11 +9,11 @@ import uuid
 
 import asyncpg
 import pytest
-
 from conftest import wait_for
+
 from nodefleet.contracts import Topics
 from nodefleet.contracts.queries import DeviceRow, LogRow, LogsQuery, TelemetryQuery, TelemetryRow
-from nodefleet.fleet import Requester, RequestError
+from nodefleet.fleet import RequestError, replies_to
 from nodefleet.wire import BrokerAddress, Client
 from services.telemetry import schema
 from services.telemetry.app import maintain
@@ -24,19 +24,9 @@ from .helpers import make_settings, start, stop
 
 async def _ask(mosquitto, topics: Topics, action: str, data) -> object:
     requester_id = f"cli-{uuid.uuid4().hex[:8]}"
-    async with Client(BrokerAddress.parse(mosquitto.url), client_id=requester_id) as mqtt:
-        requester = Requester(mqtt, topics, client_id=requester_id)
-        await requester.start()
-
-        async def route() -> None:
-            async for message in mqtt.messages:
-                requester.feed(message)
-
-        router = asyncio.create_task(route())
-        try:
-            return await requester.request("telemetry", action, data, timeout=5)
-        finally:
-            router.cancel()
+    async with (Client(BrokerAddress.parse(mosquitto.url), client_id=requester_id) as mqtt,
+                replies_to(mqtt, topics, client_id=requester_id) as requester):
+        return await requester.request("telemetry", action, data, timeout=5)
 
 
 async def test_fleet_queries_answer_devices_telemetry_and_logs(service, publisher, mosquitto, topics: Topics):
