@@ -32,6 +32,9 @@ from nodefleet.up.services import SERVICES
 from nodefleet.wire import BrokerAddress, Client, WireError
 
 pytestmark = pytest.mark.timeout(150)
+# The load comes from one publisher as one node: telemetry's per-node rate limit (tests/telemetry/test_node_limits.py)
+# would drop most of it, and what is measured here is the restart.
+NO_NODE_LIMIT = {"NODEFLEET_TELEMETRY_NODE_LIMIT": "0"}
 SENDER = "stream-1"
 ASK = {"telemetry": ("devices", {}), "provisioner": ("list", {}), "scheduler": ("show", {"node": SENDER}),
        "ota": ("releases", {})}
@@ -128,7 +131,8 @@ async def test_broker_restart_under_load(kind: str, launch_up, data_dir: Path, m
     broker = Restartable(kind, Path(tempfile.mkdtemp(prefix="nodefleet-rel-persist-")))
     broker.start()
     try:
-        up = launch_up("--broker", broker.url, "--db-port", str(free_port()), data_dir=data_dir, env=up_env(topics))
+        up = launch_up("--broker", broker.url, "--db-port", str(free_port()), data_dir=data_dir,
+                       env={**up_env(topics), **NO_NODE_LIMIT})
         await up.wait_ready()
         await all_answer(broker.url, topics)
         node = make_node("node-1", broker=broker, keepalive=2)
@@ -183,7 +187,7 @@ async def test_nodefleet_up_restarted_under_load_loses_nothing_acknowledged(laun
     """
     mqtt_port, db_port = free_port(), free_port()
     args = ("--mqtt-port", str(mqtt_port), "--db-port", str(db_port), "--http-port", "-1")
-    env = up_env(topics)  # the same telemetry client id both times, as a real `nodefleet up` has
+    env = {**up_env(topics), **NO_NODE_LIMIT}  # the same telemetry client id both times, as a real `nodefleet up` has
     up = launch_up(*args, data_dir=data_dir, env=env)
     await up.wait_ready()
     url = operator_url(data_dir, mqtt_port)

@@ -58,8 +58,8 @@ async def _send(port: int, data: bytes, *, wait: float = 30) -> tuple[int | None
 
 HEAP_GOAL = 90 * 1024
 """20 KB of the 110 KB heap to spare (tests/node/test_heap.py)."""
-HEAP_CEILING = 104 * 1024
-"""What hostile HTTP clients may take the live peak to today (a normal GET takes it to about 96 KB)."""
+HEAP_CEILING = 106 * 1024
+"""What hostile HTTP clients may take the live peak to today (measured 101-103 KB; a normal GET about 96 KB)."""
 
 
 async def _unharmed(node, watch, limit: int = HEAP_GOAL) -> dict:
