@@ -50,6 +50,12 @@ _TAKEOVER_ATTEMPTS = 100
 MAX_QUEUED = 1_000_000
 
 
+def handled(handler: Any, message: Any) -> None:
+    """The broker is handling the message the handler took: it is no longer a leftover."""
+    if getattr(handler, "taken", None) is message:
+        handler.taken = None
+
+
 class NodefleetBroker(Broker):
     def __init__(self, config: dict[str, Any], *, access: AccessList, retained: list[StoredMessage] | None = None,
                  sessions: list[StoredSession] | None = None) -> None:
@@ -131,8 +137,25 @@ class NodefleetBroker(Broker):
             await handler.start()  # resends what the previous connection left unacknowledged
             handler.send_backlog()  # what was queued while away, with RETAIN=0 (amqtt sent RETAIN=1)
             await self._client_message_loop(session, handler)
+            await self._deliver_leftovers(session, handler)
         finally:
             self.open_loops -= 1
+
+    async def _deliver_leftovers(self, session: Session, handler: Any) -> None:
+        """Publish what the client sent, and was acknowledged, just before its connection closed.
+
+        amqtt's message loop ends at the disconnect and drops the message it took but did not handle, and those
+        still waiting behind it.
+        """
+        leftovers = [handler.taken] if getattr(handler, "taken", None) is not None else []
+        while not session.delivered_message_queue.empty():
+            leftovers.append(session.delivered_message_queue.get_nowait())
+        for message in leftovers:
+            done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            done.set_result(message)
+            self.counters["delivered_after_disconnect"] += 1
+            if not await self._handle_message_delivery(session, handler, done):
+                break
 
     async def _claim_session(self, incoming: Session) -> Session:
         """The session this CONNECT continues (or a new one), with any older connection of its id closed."""
@@ -169,6 +192,7 @@ class NodefleetBroker(Broker):
 
     async def _handle_message_delivery(self, client_session: Session, handler: Any, wait_deliver: Any) -> bool:
         message = wait_deliver.result()
+        handled(handler, message)
         if message is None:
             return True
         topic = message.topic

@@ -17,6 +17,7 @@ rest wait in the session's queue, in order, and go out as PUBACKs come back
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from amqtt.errors import ProtocolHandlerError
 from amqtt.mqtt.constants import QOS_1
@@ -38,6 +39,13 @@ class DeliveryHandler(BrokerProtocolHandler):
         super().__init__(*args, **kwargs)
         self._stopped = False
         self._side_tasks: set[asyncio.Task[None]] = set()
+        # A message the client sent that the broker took from the queue but has not handled yet (see taken()).
+        self.taken: Any = None
+
+    async def mqtt_deliver_next_message(self) -> Any:
+        # amqtt's message loop can take a message and then end at a disconnect without handling it: keep it here.
+        self.taken = await super().mqtt_deliver_next_message()
+        return self.taken
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)

@@ -41,7 +41,7 @@ from nodefleet.embedded.amqtt_access import (
     _check_filters,
     _Credential,
 )
-from nodefleet.embedded.amqtt_broker import NodefleetBroker
+from nodefleet.embedded.amqtt_broker import NodefleetBroker, handled
 from nodefleet.errors import InputError
 from nodefleet.logging import get_logger
 
@@ -271,6 +271,7 @@ class DynsecBroker(NodefleetBroker):
         message = wait_deliver.result()
         if message is None or message.topic != Topics.dynsec_control():
             return await super()._handle_message_delivery(client_session, handler, wait_deliver)
+        handled(handler, message)
         access = self.access.access_for(client_session.username)
         if access is None or not access.may_publish(message.topic):
             self.counters["publish_denied"] += 1

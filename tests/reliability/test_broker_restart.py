@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from broker_thread import BrokerThread
+from cli.helpers import operator_url
 from cli.test_cli_up import up_env
 from node.conftest import online, watching
 
@@ -31,6 +32,9 @@ from nodefleet.up.services import SERVICES
 from nodefleet.wire import BrokerAddress, Client, WireError
 
 pytestmark = pytest.mark.timeout(150)
+# The load comes from one publisher as one node: telemetry's per-node rate limit (tests/telemetry/test_node_limits.py)
+# would drop most of it, and what is measured here is the restart.
+NO_NODE_LIMIT = {"NODEFLEET_TELEMETRY_NODE_LIMIT": "0"}
 SENDER = "stream-1"
 ASK = {"telemetry": ("devices", {}), "provisioner": ("list", {}), "scheduler": ("show", {"node": SENDER}),
        "ota": ("releases", {})}
@@ -127,7 +131,8 @@ async def test_broker_restart_under_load(kind: str, launch_up, data_dir: Path, m
     broker = Restartable(kind, Path(tempfile.mkdtemp(prefix="nodefleet-rel-persist-")))
     broker.start()
     try:
-        up = launch_up("--broker", broker.url, "--db-port", str(free_port()), data_dir=data_dir, env=up_env(topics))
+        up = launch_up("--broker", broker.url, "--db-port", str(free_port()), data_dir=data_dir,
+                       env={**up_env(topics), **NO_NODE_LIMIT})
         await up.wait_ready()
         await all_answer(broker.url, topics)
         node = make_node("node-1", broker=broker, keepalive=2)
@@ -171,3 +176,42 @@ async def test_broker_restart_under_load(kind: str, launch_up, data_dir: Path, m
         assert await up.stop(signal.SIGTERM) == 0, up.stderr[-3000:]
     finally:
         broker.stop()
+
+
+async def test_nodefleet_up_restarted_under_load_loses_nothing_acknowledged(launch_up, data_dir: Path,
+                                                                            topics: Topics):
+    """`nodefleet up` (embedded broker) stopped while a client streams telemetry, then started again.
+
+    The services stop before the broker; what the broker acknowledged after telemetry left waits in
+    telemetry's persistent session, goes to ``<data dir>/sessions.json`` and arrives after the next start.
+    """
+    mqtt_port, db_port = free_port(), free_port()
+    args = ("--mqtt-port", str(mqtt_port), "--db-port", str(db_port), "--http-port", "-1")
+    env = {**up_env(topics), **NO_NODE_LIMIT}  # the same telemetry client id both times, as a real `nodefleet up` has
+    up = launch_up(*args, data_dir=data_dir, env=env)
+    await up.wait_ready()
+    url = operator_url(data_dir, mqtt_port)
+    acked: list[int] = []
+    stop = asyncio.Event()
+    publisher = asyncio.create_task(stream(url, topics, acked, stop))
+    await asyncio.sleep(1.0)
+    assert await up.stop(signal.SIGTERM) == 0, up.stderr[-3000:]
+    stop.set()
+    attempts = await publisher
+    saved = json.loads((data_dir / "sessions.json").read_text())
+    pending = sum(len(s["pending"]) for s in saved["sessions"])
+    up = launch_up(*args, data_dir=data_dir, env=env)
+    await up.wait_ready()
+    deadline = time.monotonic() + 15
+    while True:
+        rows = await stored_rows(url, topics)
+        if {row["seq"] for row in rows} >= set(acked) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.3)
+    seqs = [row["seq"] for row in rows]
+    lost, duplicated = sorted(set(acked) - set(seqs)), len(seqs) - len(set(seqs))
+    print(f"up restart: {attempts} publishes, {len(acked)} acknowledged, {pending} waited in sessions.json, "
+          f"{len(set(seqs))} stored, lost {len(lost)}, duplicated {duplicated}")
+    assert lost == [] and duplicated == 0, lost[:20]
+    assert not (data_dir / "sessions.json").exists()
+    assert await up.stop(signal.SIGTERM) == 0, up.stderr[-3000:]
