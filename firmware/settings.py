@@ -3,6 +3,8 @@ DEFAULT = {"v": 1, "version": 1, "telemetry_period": 60, "power_on": "off", "tz"
 
 
 POWER_ON = ("off", "last", "schedule")
+# The Config contract's fields (nodefleet/contracts/payloads.py): anything else is refused, not stored.
+FIELDS = ("v", "version", "pins", "telemetry_period", "power_on", "tz", "tz_name", "web_password", "ap_after", "sleep")
 
 
 def _int_in(x, lo, hi):
@@ -14,6 +16,9 @@ def check_config(c):
         return "config must be an object with v=1"
     if not _int_in(c.get("version"), 1, 2 ** 31):
         return "config version must be an integer >= 1"
+    for k in c:
+        if k not in FIELDS:
+            return "unknown config field %s: the fields are %s" % (k, ", ".join(FIELDS))
     if not _int_in(c.get("telemetry_period", 60), 1, 86400):
         return "telemetry_period must be 1-86400 seconds"
     if c.get("power_on", "off") not in POWER_ON:

@@ -220,3 +220,15 @@ def test_mqtt_config_carries_the_nodes_ota_key() -> None:
     for bad in ("ab" * 31, "AB" * 32, "zz" * 32, key + "00"):
         with pytest.raises(ValidationError):
             MqttConfig.model_validate({**base, "ota_key": bad})
+
+
+def test_the_firmware_takes_exactly_the_config_fields_of_the_contract():
+    import ast
+
+    from nodefleet.contracts.payloads import Config
+    from nodefleet.sim import FIRMWARE_DIR
+
+    tree = ast.parse((FIRMWARE_DIR / "settings.py").read_text())
+    fields = next(ast.literal_eval(node.value) for node in tree.body
+                  if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "FIELDS")
+    assert list(fields) == list(Config.model_fields)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from nodefleet.contracts import Command, NodeTopic, OtaTopic, Topics
 
 from .garbage import payloads
@@ -75,8 +73,6 @@ async def test_garbage_at_every_node_topic_leaves_it_serving(node, watch, topics
     assert before["heap_free"] > 0
 
 
-@pytest.mark.xfail(strict=True, reason="firmware settings.check_config takes unknown fields (the Config contract "
-                   "forbids them) and stores them in config.json; fix asked of the firmware's owner")
 async def test_a_config_with_unknown_fields_is_rejected(node, watch, topics: Topics):
     kept = node.read("config.json")
     mark = watch.mark()
