@@ -166,10 +166,13 @@ class Core:
         if not payload:
             return None  # a retained message was cleared
         try:
-            return json.loads(payload)
+            v = json.loads(payload)
         except (ValueError, UnicodeError):
             self.bad("bad_" + kind, kind + " is not valid JSON: keep the previous one")
             return None
+        if v is None:
+            self.bad("bad_" + kind, kind + " is JSON null: keep the previous one (clear it with an empty message)")
+        return v
 
     def offer_of(self, payload):
         # An OTA offer as far as the modes look at it without the OTA modules, or None.
