@@ -14,14 +14,22 @@ from .running import run
 from .times import iso_time, relative
 
 
-def _availability(online: Any) -> str:
-    return {True: "online", False: "offline"}.get(online, "unknown")
+def availability(row: dict[str, Any]) -> str:
+    """``online``, ``sleeping`` (asleep by plan: not lost, so not ``offline``), ``offline`` or ``unknown``."""
+    if row.get("sleeping"):
+        return "sleeping"
+    return {True: "online", False: "offline"}.get(row.get("online"), "unknown")
+
+
+def _wake(epoch: float | None) -> str:
+    return "" if epoch is None else relative(epoch)  # "10 min from now"; "ago" once the wake is overdue
 
 
 COLUMNS = (
     Column(key="node", title="node"),
-    Column(key="online", title="availability", human=_availability, machine=_availability),
+    Column(key="availability", title="availability"),
     Column(key="availability_changed", title="since", human=relative, machine=iso_time),
+    Column(key="sleep_until", title="wake", human=_wake, machine=iso_time),
     Column(key="last_seen", title="last seen", human=relative, machine=iso_time),
     Column(key="relay", title="relay"),
     Column(key="mode", title="mode"),
@@ -37,6 +45,9 @@ COLUMNS = (
 def devices(settings: CommonSettings, fmt: str, timeout: float) -> None:
     """List every node: availability, last seen, relay and mode (latest state), firmware.
 
+    A node asleep by plan shows as `sleeping`, with the wake it announced
+    (`wake`); `offline` is a node that went away without saying so.
+
     Asks the telemetry service over MQTT, so a system must be running
     (`nodefleet up`, or the services against your own broker).
 
@@ -48,6 +59,8 @@ def devices(settings: CommonSettings, fmt: str, timeout: float) -> None:
     """
     data = run(fleet_request(settings, DevicesQuery(), timeout=timeout))
     rows = [row.model_dump(mode="json") for row in parse_rows(data, DeviceRow, "devices")]
+    for row in rows:
+        row["availability"] = availability(row)
     rows.sort(key=lambda row: row["node"])
     emit(rows, COLUMNS, fmt, title=f"{len(rows)} node(s) under {settings.topic_root}/" if fmt == "table" else None)
     if not rows:

@@ -31,6 +31,8 @@ class DeviceRow(Query):
     online: bool | None = None
     sleeping: bool = False
     """Status ``sleeping``: asleep by plan (``online`` is false), not lost."""
+    sleep_until: Epoch | None = None
+    """While ``sleeping``: when the node means to wake (its last state's ``sleep_until``), if it said."""
     availability_changed: Epoch | None = None
     last_seen: Epoch | None = None
     relay: str | None = None

@@ -84,7 +84,7 @@ class DynamicSecurity:
         try:
             responses = json.loads(message.payload)["responses"]
             transaction = str(responses[0].get("correlationData", "")).split(":")[0]
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError):
             log.warning("dynsec_bad_response", payload=message.payload[:200])
             return True
         future = self._waiting.pop(transaction, None)

@@ -79,6 +79,9 @@ def parse_schedule(payload: bytes) -> dict[str, Any] | None:
         raw = json.loads(payload)
     except ValueError as exc:
         raise BadSchedule(f"schedule is not valid JSON ({exc})") from None
+    except RecursionError:
+        # json.loads recurses once per nesting level: a few thousand brackets are a rejection, not a crash.
+        raise BadSchedule("schedule is not valid JSON (nested too deeply)") from None
     validate_schedule(raw)
     return raw
 

@@ -23,6 +23,7 @@ from .db import TRANSIENT
 
 _DEVICES = """
 SELECT n.node, n.online, n.sleeping,
+       CASE WHEN n.sleeping THEN (s.state->>'sleep_until')::float8 END AS sleep_until,
        extract(epoch FROM n.availability_changed)::float8 AS availability_changed,
        extract(epoch FROM n.last_seen)::float8 AS last_seen,
        s.relay, s.mode, s.seq AS state_seq, i.fw, i.chip_id

@@ -38,6 +38,9 @@ def devices(now: float) -> list[DeviceRow]:
         DeviceRow(node="kitchen", online=True, availability_changed=now - 3600, last_seen=now - 12, relay="ON",
                   mode="auto", state_seq=7, fw="1.4.2", chip_id="a1b2c3"),
         DeviceRow(node="attic", online=False, availability_changed=now - 7200, last_seen=now - 7300),
+        DeviceRow(node="porch", online=False, sleeping=True, sleep_until=now + 1830, availability_changed=now - 60,
+                  last_seen=now - 61),
+        DeviceRow(node="shed", online=False, sleeping=True, availability_changed=now - 60, last_seen=now - 61),
     ]
 
 
@@ -92,16 +95,24 @@ async def test_devices_in_every_format(mosquitto, topics: Topics) -> None:
     lines = table.stdout.splitlines()
     kitchen = next(line for line in lines if "kitchen" in line)
     attic = next(line for line in lines if "attic" in line)
+    porch = next(line for line in lines if "porch" in line)
+    shed = next(line for line in lines if "shed" in line)
     # The table shows the rows' age when it was printed.
     seen_ago = int(re.search(r"(\d+) s ago", kitchen).group(1))
     assert 12 <= seen_ago <= 12 + time.time() - made + 1
     assert "online" in kitchen and "ON" in kitchen and "auto" in kitchen and "1.4.2" in kitchen
     assert "offline" in attic and "2 h ago" in attic
-    assert lines.index(attic) < lines.index(kitchen)  # sorted by name
-    assert json.loads(as_json.stdout) == sorted(as_dicts(rows), key=lambda row: row["node"])
+    # Asleep by plan is not offline; the wake it announced shows where it said one.
+    assert "sleeping" in porch and "offline" not in porch and "30 min from now" in porch
+    assert "sleeping" in shed and "from now" not in shed
+    assert lines.index(attic) < lines.index(kitchen) < lines.index(porch)  # sorted by name
+    words = {"attic": "offline", "kitchen": "online", "porch": "sleeping", "shed": "sleeping"}
+    assert json.loads(as_json.stdout) == sorted(({**row, "availability": words[row["node"]]} for row in as_dicts(rows)),
+                                                key=lambda row: row["node"])
     parsed = list(csv.DictReader(io.StringIO(as_csv.stdout)))
-    assert [row["node"] for row in parsed] == ["attic", "kitchen"]
-    assert parsed[1]["online"] == "online" and parsed[1]["last_seen"].endswith("Z")
+    assert [row["node"] for row in parsed] == ["attic", "kitchen", "porch", "shed"]
+    assert [row["availability"] for row in parsed] == ["offline", "online", "sleeping", "sleeping"]
+    assert parsed[1]["last_seen"].endswith("Z") and parsed[2]["sleep_until"].endswith("Z") and not parsed[3]["sleep_until"]
 
 
 async def test_telemetry_query_sends_the_window_and_prints_rows(mosquitto, topics: Topics) -> None:

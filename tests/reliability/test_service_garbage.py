@@ -136,8 +136,6 @@ async def _scheduler_after(scheduler, mosquitto, topics: Topics, payload: bytes)
     return not task.done(), events
 
 
-@pytest.mark.xfail(strict=True, reason="services/scheduler/nodes.py parse_schedule lets json.loads raise RecursionError "
-                   "(deeply nested JSON) out of the subscriber: the scheduler dies; fix asked of its owner")
 async def test_deep_json_on_a_schedule_topic_is_rejected(scheduler, mosquitto, topics: Topics):
     running, events = await _scheduler_after(scheduler, mosquitto, topics, b"[" * 1500)
     assert running and any(e["code"] == "bad_schedule" for e in events)

@@ -50,7 +50,9 @@ async def test_invalid_schedules_are_rejected_and_the_last_valid_one_is_kept(mak
     assert shown.next is not None and shown.next.rule == "morning"
 
 
-@pytest.mark.parametrize("payload", [b"not json", json.dumps({"v": 1, "version": 0}).encode()])
+@pytest.mark.parametrize("payload", [b"not json", json.dumps({"v": 1, "version": 0}).encode(), b"[" * 1500,
+                                     b'{"rules": ' * 1200 + b"1" + b"}" * 1200],
+                         ids=["not json", "version 0", "deep arrays", "deep objects"])
 async def test_garbage_is_an_error_event_and_the_service_keeps_running(scheduler, watch, topics, payload):
     await scheduler()
     await watch.retain(schedule_topic(topics, "n2"), payload)
