@@ -254,8 +254,8 @@ def check_schedule(s, scratch=None):
     for k in s:
         if k not in SCHEDULE_KEYS:
             return "schedule: unknown field %s" % k
-    if not _is_int(s.get("version")) or s["version"] < 1:
-        return "schedule version must be an integer >= 1"
+    if not _is_int(s.get("version")) or not 1 <= s["version"] <= 2 ** 31 - 1:
+        return "schedule version must be an integer 1-2147483647"
     rules = s.get("rules", [])
     if not isinstance(rules, list) or len(rules) > MAX_RULES:
         return "rules must be a list of at most %d" % MAX_RULES

@@ -14,8 +14,8 @@ def _int_in(x, lo, hi):
 def check_config(c):
     if not isinstance(c, dict) or c.get("v") != 1:
         return "config must be an object with v=1"
-    if not _int_in(c.get("version"), 1, 2 ** 31):
-        return "config version must be an integer >= 1"
+    if not _int_in(c.get("version"), 1, 2 ** 31 - 1):
+        return "config version must be an integer 1-2147483647"
     for k in c:
         if k not in FIELDS:
             return "unknown config field %s: the fields are %s" % (k, ", ".join(FIELDS))

@@ -67,6 +67,8 @@ __all__ = [
 PAYLOAD_VERSION = 1
 MAX_PAYLOAD_BYTES = 16 * 1024
 """Largest node payload any service accepts; larger ones are rejected unread."""
+VERSION_MAX = 2**31 - 1
+"""Largest config or schedule version: the services keep it in a PostgreSQL integer, the firmware checks it too."""
 
 ShortText = Annotated[str, StringConstraints(max_length=64)]
 Text = Annotated[str, StringConstraints(max_length=1024)]
@@ -331,7 +333,7 @@ class Config(Payload):
     IANA zone (MicroPython has no zoneinfo), sorted by ``from``.
     """
 
-    version: Annotated[int, Field(ge=1)]
+    version: Annotated[int, Field(ge=1, le=VERSION_MAX)]
     pins: Pins = Field(default_factory=Pins)
     telemetry_period: Annotated[int, Field(ge=1, le=86400)] = 60
     power_on: Literal["off", "last", "schedule"] = "off"
@@ -398,7 +400,7 @@ class Rule(Part):
 class Schedule(Payload):
     """``home/N/schedule`` (retained): the node's versioned NodeLogic rules."""
 
-    version: Annotated[int, Field(ge=1)]
+    version: Annotated[int, Field(ge=1, le=VERSION_MAX)]
     rules: list[Rule] = Field(default_factory=list, max_length=32)
 
     @field_validator("rules")

@@ -141,8 +141,6 @@ async def test_deep_json_on_a_schedule_topic_is_rejected(scheduler, mosquitto, t
     assert running and any(e["code"] == "bad_schedule" for e in events)
 
 
-@pytest.mark.xfail(strict=True, reason="a schedule version past int32 is taken (the Schedule contract has no upper "
-                   "bound) and its store write fails in an unwatched task; fix asked of the scheduler's owner")
 async def test_a_schedule_version_past_int32_is_rejected(scheduler, mosquitto, topics: Topics):
     running, events = await _scheduler_after(scheduler, mosquitto, topics, b'{"v": 1, "version": 1' + b"0" * 400 + b"}")
     assert running and any(e["code"] == "bad_schedule" for e in events)
