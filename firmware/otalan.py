@@ -100,6 +100,17 @@ class Lan(otarx.Receiver):
                 break
             await asyncio.sleep_ms(50)
 
+    async def drain(self, r, n):
+        # The rest of a body read and dropped, so closing does not reset the connection before the answer.
+        try:
+            while n > 0:
+                chunk = await asyncio.wait_for(r.read(min(n, 512)), 1)
+                if not chunk:
+                    return
+                n -= len(chunk)
+        except (OSError, asyncio.TimeoutError):
+            pass
+
     async def take(self, r, length):
         # (status, answer) of the upload on this connection.
         self.busy = True
@@ -120,13 +131,7 @@ class Lan(otarx.Receiver):
             status, code, reason = exc.args
             if self.state != "failed":
                 self.fail(code, reason)
-            buf = otamode.LAN_BUF
-            try:  # the rest of the body read, so closing does not reset the connection before the answer
-                while self.left > 0:
-                    self.read_s = 1
-                    await self.read(r, memoryview(buf)[:min(self.left, len(buf))])
-            except (OSError, asyncio.TimeoutError, EOFError):
-                pass
+            await self.drain(r, self.left)
             return status, {"error": self.reason, "code": self.code}
         finally:
             otamode.LAN_BUF = None  # the install that follows needs the room
@@ -153,6 +158,8 @@ class Lan(otarx.Receiver):
                                         "a Content-Length; GET /api/ota says how it goes" % self.state}
             else:
                 status, content = await self.take(r, length)
+                length = 0
+            await self.drain(r, length)  # a body not taken
         except Exception as exc:  # one bad client never stops the mode
             status, content = 400, {"error": "bad request: %r" % exc}
         try:

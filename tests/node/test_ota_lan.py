@@ -6,6 +6,7 @@ The real firmware on the real interpreter at 110K; the backend's side is Manifes
 from __future__ import annotations
 
 import asyncio
+import base64
 import struct
 
 import pytest
@@ -91,12 +92,16 @@ def _tamper_block(body: bytes) -> bytes:
 
 @pytest.mark.parametrize(("case", "status", "code"), [
     ("wrong_tag", 400, "bad_tag"), ("tampered_block", 400, "bad_block"), ("truncated", 400, "bad_length"),
-    ("body_stops", 408, "truncated"), ("older", 409, "not_newer")])
+    ("oversized", 400, "bad_length"), ("body_stops", 408, "truncated"), ("older", 409, "not_newer"),
+    ("no_space", 413, "no_space")])
 async def test_bad_upload_is_refused_and_nothing_is_installed(tmp_path, mosquitto, topics, case, status, code):
     body = {"wrong_tag": lambda: upload_file(key=b"k" * 32), "tampered_block": lambda: _tamper_block(upload_file()),
             "truncated": lambda: upload_file()[:-3000], "body_stops": upload_file,
-            "older": lambda: upload_file("0.0.9")}[case]()
+            "oversized": lambda: upload_file() + bytes(100), "older": lambda: upload_file("0.0.9"),
+            "no_space": upload_file}[case]()
     node = make(tmp_path, mosquitto.url, topics, ota_lan_read_s=1)
+    if case == "no_space":
+        node.env["NF_SLOT_CAPACITY"] = "4096"  # a slot smaller than the image
     async with watching(mosquitto, topics, NODE) as watch:
         await node.start()
         try:
@@ -118,7 +123,7 @@ async def test_bad_upload_is_refused_and_nothing_is_installed(tmp_path, mosquitt
             slots = node.read("slots.json")
             assert slots is None or slots["active"] == 0, slots
             assert node.read("otarx.json") is None and node.read("ota_offer.json") is None
-            if case != "wrong_tag" and case != "truncated":
+            if code not in ("bad_tag", "bad_length"):  # else the offer is not known good: nothing said about it
                 assert states(watch)[-1] == "failed", states(watch)
             log = await watch.wait("log", lambda e: e.get("code") == "ota_" + code, timeout=10)
             assert code in log["code"]
@@ -133,3 +138,36 @@ async def test_bad_upload_is_refused_and_nothing_is_installed(tmp_path, mosquitt
         finally:
             await node.stop()
         assert "Traceback" not in node.output(), node.output()
+
+
+async def test_web_password_guards_the_upload(tmp_path, mosquitto, topics):
+    node = make(tmp_path, mosquitto.url, topics)
+    node.write("config.json", {**node.read("config.json"), "web_password": "s3cret"})
+    login = {"Authorization": "Basic " + base64.b64encode(b"admin:s3cret").decode()}
+    async with watching(mosquitto, topics, NODE) as watch:
+        await node.start()
+        try:
+            await online(node, watch)
+            port = node.http_port
+            assert (await request(port, "POST", "/api/ota"))[0] == 401
+            assert (await request(port, "POST", "/api/ota", headers=login))[0] == 202
+            await poll_auth(port, login)
+            # In the download mode too: no password, no upload; the password alone does not make a file installable.
+            assert (await request(port, "POST", "/api/ota", upload_file()))[0] == 401
+            got, answer = await request(port, "POST", "/api/ota", upload_file(key=b"k" * 32), headers=login)
+            assert got == 400 and answer["code"] == "bad_tag", answer
+        finally:
+            await node.stop()
+        assert "Traceback" not in node.output(), node.output()
+
+
+async def poll_auth(port: int, login: dict) -> None:
+    for _ in range(100):
+        try:
+            got, answer = await request(port, "GET", "/api/ota", headers=login, timeout=2)
+            if got == 200 and answer.get("mode") == "download":
+                return
+        except (OSError, TimeoutError, ValueError, IndexError):
+            pass
+        await asyncio.sleep(0.2)
+    raise AssertionError("the node did not enter the download mode")
