@@ -11,6 +11,9 @@ import hal
 IDLE_S = 30  # after this long without a visit the page's modules are let go
 _BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n" \
         b"the node is short of memory right now: try again in a minute\n"
+_TRIAL = "HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n" \
+         "{\"mode\": \"normal\", \"ota\": \"trial\", \"fw\": \"%s\", \"error\": \"the new firmware is on " \
+         "trial: the page is back once it has confirmed itself, in a few seconds\"}"
 _visiting = 0
 _last = 0
 _unloading = False
@@ -40,6 +43,21 @@ async def serve(app):
         global _visiting, _last
         _visiting += 1
         try:
+            b = app.ota_boot
+            if b is not None and b.state == "trial":
+                # The new firmware's self-test is due: the page's 7 KB stay out of the heap it checks. A poller
+                # (nodefleet ota upload, the page's script) is told to look again.
+                try:
+                    for _ in range(40):  # the request's head; a GET has no body
+                        if (await asyncio.wait_for(r.readline(), 2)) in (b"\r\n", b"\n", b""):
+                            break
+                    w.write((_TRIAL % app.fw).encode())
+                    await w.drain()
+                except (OSError, asyncio.TimeoutError):
+                    pass
+                w.close()
+                await w.wait_closed()
+                return
             if "web" not in sys.modules:
                 gc.collect()  # the modules load in large pieces: collect the garbage between them first
             import web

@@ -179,8 +179,8 @@ class Receiver:
                     self.verify()  # finished before a reboot
                 elif self.app.link.up and self.app.link.pending("progress"):
                     pass  # `verified` reaches the broker before `updating` would take its place in the queue
-                elif self.idle() or self.offer.get("force"):
-                    await self.install()
+                elif self.state == "verified" and (self.idle() or self.offer.get("force")):
+                    await self.install()  # (not a download failed while this task slept: its state is gone)
         finally:
             self.task = None
 

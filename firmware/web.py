@@ -11,7 +11,16 @@ _PAGE = """<!doctype html><meta name=viewport content="width=device-width"><titl
 <button onclick="go('stop',{})">STOP</button> <button onclick="go('stop',{resume:true})">RESUME</button>
 <button onclick="go('logic',{enabled:true})">NodeLogic on</button> <button onclick="go('logic',{enabled:false})">NodeLogic off</button></p>
 <h2>Schedule</h2><pre>%s</pre><h2>Recent errors</h2><pre>%s</pre>
-<script>function go(p,b){fetch('/api/'+p,{method:'POST',body:JSON.stringify(b)}).then(()=>location.reload())}</script>"""
+<h2>Firmware %s</h2><p><input type=file id=f accept=.nfu> <button onclick="up()">Upload</button> <b id=o>%s</b></p>
+<script>function go(p,b){fetch('/api/'+p,{method:'POST',body:JSON.stringify(b)}).then(()=>location.reload())}
+var o=document.getElementById('o'),S=t=>new Promise(r=>setTimeout(r,t));
+function j(r){return r.json().then(b=>{if(!r.ok)throw Error(b.error);return b})}
+async function st(){for(;;){await S(1000);try{return await j(await fetch('/api/ota'))}catch(e){}}}
+async function up(){var f=document.getElementById('f').files[0];if(!f)return;try{o.textContent='restarting into download mode';
+await j(await fetch('/api/ota',{method:'POST'}));for(var s;(s=await st()).mode!='download';);o.textContent='uploading';
+var b=await j(await fetch('/api/ota',{method:'POST',body:f}));o.textContent=b.state+(b.next?': '+b.next:'');
+for(;(s=await st()).mode=='download';)o.textContent=s.state;o.textContent='now running '+s.fw+(s.ota?' ('+s.ota+')':'')
+}catch(e){o.textContent='failed: '+e.message}}</script>"""
 
 
 def _esc(text):
@@ -36,13 +45,27 @@ def _page(app):
     rules = "\n".join("%s %s %ds %s %s" % (r["id"], r["at"], r["duration"], ",".join(r.get("days", ["every day"])),
                                           r.get("action", "on")) for r in n.rules) or "no rules"
     errors = "\n".join("#%d %s %s" % (e["seq"], e["code"], e["msg"]) for e in app.errlog.items[-5:]) or "none"
+    last = _ota(app).get("reason")
     return _PAGE % (app.prefix, app.prefix, "ON" if n.relay else "OFF", n.mode(), app.uptime(),
-                    "valid" if n.payload()["time_valid"] else "not set", _esc(rules), _esc(errors))
+                    "valid" if n.payload()["time_valid"] else "not set", _esc(rules), _esc(errors), app.fw,
+                    _esc("last upload failed: " + last) if last else "")
+
+
+def _ota(app):
+    # GET /api/ota in normal mode: the running firmware, an update's trial or result, the last LAN upload's failure.
+    import store
+
+    s = {"mode": "normal", "fw": app.fw, "ota": app.ota_boot.state if app.ota_boot is not None else None}
+    last = store.load("ota_lan.json", None)
+    if last:
+        s.update(last)
+    return s
 
 
 # Known paths and their methods: another method is 405, an unknown path 404.
 _ALLOWED = {"/": ("GET",), "/api/info": ("GET",), "/api/state": ("GET",), "/api/switch": ("POST",),
-            "/api/stop": ("POST",), "/api/logic": ("POST",), "/api/restart": ("POST", "DELETE")}
+            "/api/stop": ("POST",), "/api/logic": ("POST",), "/api/restart": ("POST", "DELETE"),
+            "/api/ota": ("GET", "POST")}
 
 
 def _route(app, method, path, data, auth):
@@ -50,7 +73,8 @@ def _route(app, method, path, data, auth):
         return 401, {"error": "password required: log in with any user name and the node's web password"}
     allowed = _ALLOWED.get(path)
     if allowed is None:
-        return 404, {"error": "use GET /, GET /api/state|info, POST /api/switch|stop|logic|restart, DELETE /api/restart"}
+        return 404, {"error": "use GET /, GET /api/state|info|ota, POST /api/switch|stop|logic|restart|ota, "
+                              "DELETE /api/restart"}
     if method not in allowed:
         return httpd.wrong_method(path, allowed)
     if method == "GET" and path == "/":
@@ -66,6 +90,21 @@ def _route(app, method, path, data, auth):
         s["rules"] = app.node.rules
         s["errors"] = app.errlog.items[-5:]
         return 200, s
+    if path == "/api/ota":
+        if method == "GET":
+            return 200, _ota(app)
+        if app.ota_boot is not None and app.ota_boot.state == "trial":
+            return 409, {"error": "the new firmware is on trial: upload again once GET /api/ota says updated"}
+        import store
+
+        # Into the download mode (otamode.py, otalan.py) by a restart, as an MQTT offer does: the upload's
+        # checks, flash writes and install need the heap the OTA modules get only there.
+        store.remove("ota_lan.json")
+        store.save("ota_offer.json", {"offer": {"lan": True}})
+        app.errlog.add("ota_lan", "LAN upload asked for: restarting into the download mode", "info", app.ts())
+        app.restart_soon(True)
+        return 202, {"ok": True, "next": "download mode: poll GET /api/ota until mode is download, then POST the "
+                     "upload file (.nfu) to /api/ota"}
     if method == "DELETE" and path == "/api/restart":
         import store
 

@@ -4,6 +4,10 @@ A release file (``.nfr``) is::
 
     b"NFR1" | u32 manifest length | manifest (canonical JSON, contracts.ota.Manifest) | image
 
+a node upload file (``.nfu``, one release for one node, for the node's local page and API) is::
+
+    b"NFU1" | u32 offer length | offer (JSON, contracts.ota.Offer tagged by the ota service) | block table | image
+
 and an ``nfi1`` image, the firmware's modules compiled by ``mpy-cross``, is::
 
     b"NFI1" | u32 header length | header {"v": 1, "version", "files": [[path, offset, size], ...]} | files
@@ -37,6 +41,7 @@ from .contracts.ota import (
     MAX_IMAGE_BYTES,
     Manifest,
     ManifestFile,
+    Offer,
     canonical_json,
     encode_frame,
     table_chunks,
@@ -44,6 +49,7 @@ from .contracts.ota import (
 from .errors import InputError
 
 RELEASE_MAGIC = b"NFR1"
+UPLOAD_MAGIC = b"NFU1"
 IMAGE_MAGIC = b"NFI1"
 MAX_MANIFEST_BYTES = 2 * 1024 * 1024
 MPY_ARCH = "xtensawin"
@@ -166,6 +172,15 @@ def build(firmware_dir: Path, *, version: str, block_size: int = DEFAULT_BLOCK_S
 def encode(release: Release) -> bytes:
     manifest = canonical_json(release.manifest.model_dump(mode="json", exclude_none=True))
     return RELEASE_MAGIC + struct.pack(">I", len(manifest)) + manifest + release.image
+
+
+def encode_upload(release: Release, offer: Offer) -> bytes:
+    """The node upload file of ``release`` for the node ``offer`` was tagged for (firmware/otalan.py reads it)."""
+    if offer.sha256 != release.manifest.sha256 or offer.release != release.manifest.version:
+        raise ReleaseError(f"the offer is for {offer.release} ({offer.sha256[:12]}), the file holds "
+                           f"{release.manifest.version} ({release.manifest.sha256[:12]})")
+    head = offer.model_dump_json(exclude_none=True).encode()
+    return UPLOAD_MAGIC + struct.pack(">I", len(head)) + head + release.manifest.table() + release.image
 
 
 def write(release: Release, path: Path) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # Each module registers its commands on ``main`` when imported.
-from . import device, devices, logs, ota, provision, schedule, sim, telemetry, up  # noqa: F401
+from . import device, devices, logs, ota, ota_upload, provision, schedule, sim, telemetry, up  # noqa: F401
 from .group import main
 
 __all__ = ["main"]

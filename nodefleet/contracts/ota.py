@@ -385,6 +385,15 @@ class HistoryQuery(OtaRequest):
     limit: Annotated[int, Field(ge=1, le=1000)] = 100
 
 
+class LanOffer(OtaRequest):
+    """``lan_offer``: the offer of a kept release tagged for one provisioned node, for an upload over the LAN
+    (``nodefleet ota upload``; the node checks the tag as it checks an MQTT offer).  Answer: an :class:`Offer`."""
+
+    node: NodeName
+    release: Release
+    force: bool = False
+
+
 class TargetView(BaseModel):
     node: str
     stage: int

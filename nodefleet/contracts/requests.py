@@ -19,6 +19,8 @@ from .ota import (
     OTA_SERVICE,
     HistoryQuery,
     HistoryRow,
+    LanOffer,
+    Offer,
     ReleaseInfo,
     ReleasesQuery,
     ReleaseUpload,
@@ -103,6 +105,8 @@ REQUESTS: dict[tuple[str, str], RequestSpec] = {
     (OTA_SERVICE, "status"): RequestSpec(StatusQuery, list[RolloutView],
                                          "one rollout, or every open one: per node state, bytes, rate, ETA"),
     (OTA_SERVICE, "history"): RequestSpec(HistoryQuery, list[HistoryRow], "a node's OTA transitions, newest first"),
+    (OTA_SERVICE, "lan_offer"): RequestSpec(LanOffer, Offer,
+                                            "a kept release's offer tagged for one node, for an upload over the LAN"),
 }
 """(service, action) -> request model, answer type and what it does."""
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from nodefleet.contracts.ota import (
     FINAL_STATES,
     HistoryRow,
+    LanOffer,
+    Offer,
     Progress,
     ReleaseInfo,
     ReleaseUpload,
@@ -140,6 +142,16 @@ class Engine:
         log.info("ota_release_added", version=m.version, size=m.size, blocks=len(m.blocks))
         return ReleaseInfo(version=m.version, sha256=m.sha256, format=m.format, size=m.size,
                            block_size=m.block_size, blocks=len(m.blocks), files=len(m.files), created=now)
+
+    async def lan_offer(self, request: LanOffer) -> Offer:
+        """The offer of a kept release for one node's LAN upload: tagged with its key as a rollout's would be."""
+        if self.master is None:
+            raise NoMasterKey("the ota service has no OTA master key, so it cannot tag an upload for the node: set "
+                              "NODEFLEET_OTA_MASTER_KEY (the same as the provisioner's) and restart it")
+        manifest = (await self._release(request.release)).manifest
+        log.info("ota_lan_offer", node=request.node, release=request.release, force=request.force)
+        return manifest.offer(node=request.node, key=device_key(self.master, request.node), stream="lan",
+                              force=request.force)
 
     async def list_releases(self) -> list[ReleaseInfo]:
         return [ReleaseInfo(**row) for row in await self.store.releases()]

@@ -6,6 +6,8 @@ from __future__ import annotations
 from nodefleet.contracts.ota import (
     HistoryQuery,
     HistoryRow,
+    LanOffer,
+    Offer,
     ReleaseInfo,
     ReleasesQuery,
     ReleaseUpload,
@@ -54,5 +56,10 @@ def handlers(engine: Engine, directory: Directory) -> dict[str, Handler]:
     async def history(request: HistoryQuery) -> list[HistoryRow]:
         return await engine.history(request.node, request.limit)
 
-    return {"release": release, "releases": releases, "rollout_start": rollout_start, "rollout_pause": rollout_pause,
+    @typed
+    async def lan_offer(request: LanOffer) -> Offer:
+        await directory.targets(RolloutStart(release=request.release, nodes=[request.node]))  # known, provisioned
+        return await engine.lan_offer(request)
+
+    return {"lan_offer": lan_offer, "release": release, "releases": releases, "rollout_start": rollout_start, "rollout_pause": rollout_pause,
             "rollout_resume": rollout_resume, "rollout_abort": rollout_abort, "status": status, "history": history}
