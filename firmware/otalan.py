@@ -10,11 +10,42 @@ import struct
 import time
 
 import heap
+import otamode
 import otarx
 import store
 
 RESULT = "ota_lan.json"  # the last upload's failure, for GET /api/ota in normal mode
 WAIT_S = 120  # no upload begun this long after entering the mode: back to normal mode
+LAN_RX = 512 + 132  # the link's receive buffer while an upload holds the large one: a command (core.CMD_MAX)
+# The upload's frame buffer: the receive buffer app.py reserved while the heap was whole (4 KB in one piece: a
+# heap cut up by the imports may have none). The link gets a small one instead, since this mode then takes only
+# commands from the broker (larger messages are skipped unread, as any oversized one).
+LAN_BUF = None
+
+
+class LanMode(otamode.Lean):
+    """The download mode for a LAN upload: the receiver is Lan, offers wait in the broker until it ends."""
+
+    MQ_KEEP = otamode.Lean.MQ_KEEP + ("ota_key",)  # the upload's offer is checked later: the key stays for it
+
+    def __init__(self, **kw):
+        global LAN_BUF
+        LAN_BUF, heap.RX = heap.RX, bytearray(LAN_RX)  # before the link takes heap.RX (Core.__init__)
+        self.web_password = kw["cfg"].get("web_password")  # before shed() clears the config
+        otamode.Lean.__init__(self, **kw)
+
+    def receiver(self):
+        return Lan(self)
+
+    def begin(self, offer):
+        pass  # the offer comes with the upload (Lan.upload checks it then)
+
+    def on_offer(self, payload):
+        pass  # an offer, or its withdrawal, waits in the broker until the upload ends
+
+    def start(self):
+        otamode.Lean.start(self)
+        asyncio.create_task(serve(self.rx))
 
 
 class Refused(Exception):
@@ -56,13 +87,13 @@ class Lan(otarx.Receiver):
         return s
 
     async def read(self, r, mv):
+        # Straight into the buffer: a bytes object per read would cut up the little heap this mode has left.
         got = 0
         while got < len(mv):
-            chunk = await asyncio.wait_for(r.read(min(1024, len(mv) - got)), self.read_s)
-            if not chunk:
+            n = await asyncio.wait_for(r.readinto(mv[got:]), self.read_s)
+            if not n:
                 raise EOFError("connection closed")
-            mv[got:got + len(chunk)] = chunk
-            got += len(chunk)
+            got += n
         self.left -= got
 
     async def upload(self, r, buf):
@@ -102,24 +133,25 @@ class Lan(otarx.Receiver):
 
     async def drain(self, r, n):
         # The rest of a body read and dropped, so closing does not reset the connection before the answer.
+        # Into the upload's buffer while it is there (no new allocation on a heap the refusal found short).
+        mv = memoryview(LAN_BUF if LAN_BUF is not None else bytearray(256))
         try:
             while n > 0:
-                chunk = await asyncio.wait_for(r.read(min(n, 512)), 1)
-                if not chunk:
+                got = await asyncio.wait_for(r.readinto(mv[:min(n, len(mv))]), 1)
+                if not got:
                     return
-                n -= len(chunk)
+                n -= got
         except (OSError, asyncio.TimeoutError):
             pass
 
     async def take(self, r, length):
         # (status, answer) of the upload on this connection.
+        global LAN_BUF
         self.busy = True
         self.left = length
-        import otamode
-
         try:
             try:
-                await self.upload(r, otamode.LAN_BUF)
+                await self.upload(r, LAN_BUF)
             except (OSError, asyncio.TimeoutError, EOFError) as exc:
                 raise Refused(408 if isinstance(exc, asyncio.TimeoutError) else 400, "truncated",
                               "the upload stopped %d bytes before its end (%r): send the file again" % (self.left, exc))
@@ -134,7 +166,7 @@ class Lan(otarx.Receiver):
             await self.drain(r, self.left)
             return status, {"error": self.reason, "code": self.code}
         finally:
-            otamode.LAN_BUF = None  # the install that follows needs the room
+            LAN_BUF = None  # the install that follows needs the room
 
     async def visit(self, r, w):
         try:

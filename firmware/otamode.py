@@ -2,28 +2,22 @@
 # the OTA modules load first, into a heap that is still whole. It keeps what a downloading node needs: the switch
 # and its commands, NodeLogic, WiFi, the link, state, log and telemetry (without sensors); no config or schedule
 # updates, no local page. Subscriptions are fixed at connect: commands, the offer, ota/data and the offer's stream.
-# An offer {"lan": true} (POST /api/ota in normal mode) takes the release from a LAN upload instead (otalan.py).
-import heap  # noqa: I001
+# An offer {"lan": true} (POST /api/ota in normal mode) runs otalan.LanMode instead: a LAN upload.
+import otarx  # noqa: I001  first: the receiver, otastore and hal.slots while the heap is whole
+
+import asyncio
+
+import heap
 import store
-
-LAN_RX = 512 + 132  # the link's receive buffer while a LAN upload holds the large one: a command (core.CMD_MAX)
-
-# A LAN upload (otalan.py) takes the receive buffer that app.py reserved while the heap was whole (4 KB in one
-# piece: a heap cut up by the imports may have none) for its frames; the link gets a small one instead, since this
-# mode then takes only commands from the broker (larger messages are skipped unread, as any oversized one).
-LAN_BUF = None
-if ((store.load("ota_offer.json", None) or {}).get("offer") or {}).get("lan") is True:
-    LAN_BUF, heap.RX = heap.RX, bytearray(LAN_RX)
-import asyncio  # noqa: E402
-
-import otarx  # noqa: E402  next: the receiver, otastore and hal.slots while the heap is still whole
-from core import Core  # noqa: E402
+from core import Core
 
 OFFER = "ota_offer.json"  # {"offer": ..., "tries": n}: this mode; {"refused": tag}: normal mode ignores that tag
 TRIES = 3  # boots of this mode in a row that were not power cuts (a crash, a watchdog): then back to normal mode
 
 
 class Lean(Core):
+    MQ_KEEP = ("max_backoff", "telemetry_max")  # what shed() keeps of mqtt.json
+
     def __init__(self, *, offer, tries, **kw):
         p = kw["mq"]["topic_prefix"]
         self.data = p + "/ota/data"
@@ -36,29 +30,27 @@ class Lean(Core):
         self.sensors = False
         self.leaving = False
         self.tries = tries
-        self.lan = offer.get("lan") is True
-        self.web_password = self.cfg.get("web_password")
-        if self.lan:
-            import otalan
-
-            self.rx = otalan.Lan(self)
-        else:
-            self.rx = otarx.Receiver(self)
+        self.rx = self.receiver()
         if tries > TRIES:
             self.rx.offer = offer
             self.rx.fail("restarts", "the download mode restarted %d times without finishing" % (tries - 1))
-        elif not self.lan:
-            self.rx.take_offer(offer)
+        else:
+            self.begin(offer)
         self.shed()
+
+    def receiver(self):
+        return otarx.Receiver(self)
+
+    def begin(self, offer):
+        self.rx.take_offer(offer)
 
     def shed(self):
         # What this mode never reads again goes before the connect burst, its lowest point (docs/ota.md): the
         # config's second copy (a provisioned one is about 1.9 KB), its pins (hal.init has them) and the
         # login and key (the link and the receiver have them). In place, cleared so the tables shrink too:
-        # app.py holds the same dicts. A LAN upload checks its offer later: the key stays for it.
-        mq_keep = ("max_backoff", "telemetry_max", "ota_key") if self.lan else ("max_backoff", "telemetry_max")
+        # app.py holds the same dicts.
         self.cfg_raw = {"version": self.cfg_raw.get("version")} if isinstance(self.cfg_raw, dict) else None
-        for d, keep in ((self.cfg, ("ap_after", "telemetry_period")), (self.mq, mq_keep)):
+        for d, keep in ((self.cfg, ("ap_after", "telemetry_period")), (self.mq, self.MQ_KEEP)):
             kept = [(k, d[k]) for k in keep if k in d]
             d.clear()
             for k, v in kept:
@@ -76,11 +68,10 @@ class Lean(Core):
         kind = topic[len(self.prefix) + 1:]
         if kind.startswith("set/"):
             self.command(kind, payload, size, retained)
-        elif kind == "ota/offer" and not (self.leaving or self.lan or self.too_large(kind, payload, size, heap.MAX_IN)):
+        elif kind == "ota/offer" and not self.leaving and not self.too_large(kind, payload, size, heap.MAX_IN):
             self.on_offer(payload)
 
     def on_offer(self, payload):
-        # Not while a LAN upload runs (dispatch): an offer, or its withdrawal, waits in the broker until it ends.
         rx = self.rx
         if not payload:
             # Withdrawn: back to normal mode; what is on flash stays for a later offer of the same image.
@@ -126,11 +117,12 @@ async def run(st, **kw):
         tries += 1  # a power cut is no reason to give up: a crash loop is
     st["tries"] = tries
     store.save(OFFER, st)
-    app = Lean(offer=st["offer"], tries=tries, **kw)
-    del st
-    app.start()
-    if app.lan:
+    mode = Lean
+    if st["offer"].get("lan") is True:
         import otalan
 
-        asyncio.create_task(otalan.serve(app.rx))
+        mode = otalan.LanMode
+    app = mode(offer=st["offer"], tries=tries, **kw)
+    del st
+    app.start()
     await app.link.run()
