@@ -52,6 +52,7 @@ or does not derive from :class:`NodefleetError`::
     │   │   └── BrokerPortInUse      its port is taken
     │   ├── PostgresError            (embedded.postgres) the embedded PostgreSQL did not start
     │   ├── MosquittoError           (embedded.mosquitto) Mosquitto is missing or did not start
+    │   ├── NatsError                (embedded.nats) nats-server is missing or did not start
     │   ├── HttpEdgeError            (provisioner) the HTTP edge cannot listen
     │   └── SimError                 (nodefleet.sim) a simulated node cannot run
     └── CliError                     (cli.errors; a click exception) shown as "Error: ...", exit 1

@@ -30,6 +30,13 @@ class CommonSettings(BaseSettings):
         default="postgresql://postgres@127.0.0.1:5432/nodefleet",
         description="PostgreSQL DSN (asyncpg)",
     )
+    engine_url: str | None = Field(
+        default=None,
+        description="A NATS cluster as nats://host:port[,host:port...]: services that ingest node traffic "
+        "(telemetry) read it through a JetStream durable consumer there, while every MQTT client still "
+        "uses mqtt_url (the MQTT port of one of its servers). Unset: everything goes through the MQTT broker",
+        pattern=r"^nats://[^/]+$",
+    )
     topic_root: str = Field(default="home", description="Root of node topics")
     fleet_root: str = Field(default="fleet", description="Root of fleet request and event topics")
     instance: str = Field(

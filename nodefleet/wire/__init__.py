@@ -9,13 +9,17 @@
                               clients: connect, CONNACK, keepalive
 ``reconnect``                 :class:`Reconnect`: the one reconnect policy (``Backoff``) every
                               connection uses, our own clients and ``Client`` sessions alike
-``subscriber``                :class:`AckingSubscriber`: acknowledges QoS 1 only after commit
+``subscriber``                :class:`AckingSubscriber`: acknowledges QoS 1 only after commit;
+                              :class:`Batches`, the shape every ingest subscriber has
+``jetstream``                 :class:`~nodefleet.wire.jetstream.JetStreamSubscriber`: the same from a
+                              NATS cluster, through a JetStream durable consumer (nats-py)
+``engine``                    :func:`ingest_subscriber`: one of the two, as ``NODEFLEET_ENGINE_URL`` says
 ``publisher``                 :class:`Publisher`: a burst of publishes in one write
 ============================  ==========================================================
 
 Errors leave this package as :mod:`nodefleet.errors`' ``WireError`` branch
 (``BrokerUnavailable``, ``ConnectionLost``, ``BrokerRefused``,
-``ProtocolError``, ``NotSent``), never as aiomqtt's or the socket's.
+``ProtocolError``, ``NotSent``), never as aiomqtt's, nats-py's or the socket's.
 """
 
 from ..errors import (
@@ -28,12 +32,14 @@ from ..errors import (
 )
 from .address import BrokerAddress, BrokerUrlError
 from .client import Client, Message, Will
+from .engine import ingest_subscriber
 from .publisher import Publisher
 from .reconnect import Reconnect
-from .subscriber import AckingSubscriber, Inbound
+from .subscriber import AckingSubscriber, Batches, Inbound
 
 __all__ = [
     "AckingSubscriber",
+    "Batches",
     "BrokerAddress",
     "BrokerRefused",
     "BrokerUnavailable",
@@ -48,4 +54,5 @@ __all__ = [
     "Reconnect",
     "WireError",
     "Will",
+    "ingest_subscriber",
 ]

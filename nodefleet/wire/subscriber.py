@@ -94,7 +94,59 @@ class _Link(Link):
                 self.owner.pauses += 1
 
 
-class AckingSubscriber:
+class Batches:
+    """The buffer every ingest subscriber fills and :meth:`batch` empties; ``buffer_limit`` bounds it.
+
+    A subclass fills ``_buffer`` (and sets ``_data``), stops taking more at ``buffer_limit``, and
+    starts again in :meth:`_drained`, called when a batch leaves half the limit or less.
+    """
+
+    def __init__(self, buffer_limit: int) -> None:
+        self.buffer_limit = buffer_limit
+        self.subscribed = asyncio.Event()
+        self.connections = 0
+        self.pauses = 0
+        self.acked = 0
+        self._buffer: deque[Inbound] = deque()
+        self._data = asyncio.Event()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def _drained(self) -> None:
+        """The buffer is at half its limit or below: take more."""
+
+    async def batch(self, max_items: int, max_wait: float, *, idle_gap: float = 0.01) -> list[Inbound]:
+        """Wait for at least one message, then up to ``max_wait`` s for ``max_items``; return them.
+
+        The wait also ends when nothing arrived for ``idle_gap`` s: a broker that
+        holds back deliveries until earlier ones are acknowledged (a small
+        in-flight window) would otherwise cost ``max_wait`` per window.
+        """
+        buffer = self._buffer
+        while not buffer:
+            self._data.clear()
+            await self._data.wait()
+        if len(buffer) < max_items and max_wait > 0:
+            deadline = time.monotonic() + max_wait
+            while len(buffer) < max_items:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._data.clear()
+                try:
+                    await asyncio.wait_for(self._data.wait(), min(remaining, idle_gap))
+                except TimeoutError:
+                    break
+        count = min(max_items, len(buffer))
+        taken = [buffer.popleft() for _ in range(count)]
+        if len(buffer) <= self.buffer_limit // 2:
+            self._drained()
+        return taken
+
+
+class AckingSubscriber(Batches):
     """Subscribes ``filters`` with a persistent session and hands out batches."""
 
     def __init__(
@@ -111,27 +163,17 @@ class AckingSubscriber:
         max_backoff: float = 10.0,
         backoff: Backoff | None = None,
     ) -> None:
+        super().__init__(buffer_limit)
         self.address = address
         self.client_id = client_id
         self.filters = filters
         self.qos = qos
         self.clean_session = clean_session
         self.keepalive = keepalive
-        self.buffer_limit = buffer_limit
         self.connect_timeout = connect_timeout
         self.reconnect = Reconnect(address, event="mqtt_connection_lost", failed_event="mqtt_connect_failed",
                                    backoff=backoff or Backoff(most=max_backoff))
-        self.subscribed = asyncio.Event()
-        self.connections = 0
-        self.pauses = 0
-        self.acked = 0
-        self._buffer: deque[Inbound] = deque()
-        self._data = asyncio.Event()
         self._link: _Link | None = None
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buffer)
 
     async def run(self) -> None:
         """Connect, subscribe and keep the link alive; reconnect (``reconnect``'s policy) until cancelled."""
@@ -167,34 +209,10 @@ class AckingSubscriber:
             await self.disconnect()
             raise
 
-    async def batch(self, max_items: int, max_wait: float, *, idle_gap: float = 0.01) -> list[Inbound]:
-        """Wait for at least one message, then up to ``max_wait`` s for ``max_items``; return them.
-
-        The wait also ends when nothing arrived for ``idle_gap`` s: a broker that
-        holds back deliveries until earlier ones are acknowledged (a small
-        in-flight window) would otherwise cost ``max_wait`` per window.
-        """
-        buffer = self._buffer
-        while not buffer:
-            self._data.clear()
-            await self._data.wait()
-        if len(buffer) < max_items and max_wait > 0:
-            deadline = time.monotonic() + max_wait
-            while len(buffer) < max_items:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._data.clear()
-                try:
-                    await asyncio.wait_for(self._data.wait(), min(remaining, idle_gap))
-                except TimeoutError:
-                    break
-        count = min(max_items, len(buffer))
-        taken = [buffer.popleft() for _ in range(count)]
+    def _drained(self) -> None:
         link = self._link
-        if link is not None and link.paused and len(buffer) <= self.buffer_limit // 2:
+        if link is not None and link.paused:
             link.resume()
-        return taken
 
     def ack(self, messages: Iterable[Inbound]) -> int:
         """Send PUBACK for the QoS 1 messages of the current connection; return how many."""

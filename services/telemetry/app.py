@@ -16,7 +16,7 @@ from nodefleet.contracts import NodeTopic
 from nodefleet.contracts.queries import TELEMETRY_SERVICE
 from nodefleet.fleet import ErrorReporter
 from nodefleet.logging import get_logger
-from nodefleet.wire import AckingSubscriber, BrokerAddress
+from nodefleet.wire import BrokerAddress, ingest_subscriber
 
 from . import schema
 from .control import ControlPlane
@@ -62,9 +62,14 @@ async def _maintenance_loop(pool: asyncpg.Pool, settings: TelemetrySettings) -> 
             log.warning("maintenance_failed", error=str(exc) or type(exc).__name__)
 
 
+def node_filters(settings: TelemetrySettings) -> list[str]:
+    """What ingest takes: the node topics it stores and the scheduler's run events."""
+    return [*(settings.topics.all_nodes(kind) for kind in SUBSCRIBED_KINDS), settings.topics.scheduler_events()]
+
+
 def ingest_filters(settings: TelemetrySettings) -> list[str]:
-    filters = [settings.topics.all_nodes(kind) for kind in SUBSCRIBED_KINDS]
-    filters.append(settings.topics.scheduler_events())
+    """The MQTT subscriptions of ingest on one broker: shared ones when instances split the stream."""
+    filters = node_filters(settings)
     if settings.shared_group:
         filters = [settings.topics.shared(settings.shared_group, f) for f in filters]
     return filters
@@ -84,15 +89,14 @@ async def _prepare_database(settings: TelemetrySettings) -> asyncpg.Pool:
 
 async def serve(settings: TelemetrySettings, *, ready: asyncio.Event | None = None) -> None:
     """Run the telemetry service until cancelled."""
-    log.info("telemetry_starting", broker=BrokerAddress.parse(settings.mqtt_url).url, client_id=settings.client_id)
+    log.info("telemetry_starting", broker=BrokerAddress.parse(settings.mqtt_url).url, client_id=settings.client_id,
+             engine=settings.engine_url or "mqtt", group=settings.shared_group)
     pool = await _prepare_database(settings)
     errors = ErrorReporter(TELEMETRY_SERVICE, settings.topics)
-    subscriber = AckingSubscriber(
-        BrokerAddress.parse(settings.mqtt_url),
-        client_id=settings.client_id,
-        filters=ingest_filters(settings),
-        keepalive=settings.keepalive,
-        buffer_limit=settings.buffer_limit,
+    subscriber = ingest_subscriber(
+        settings.mqtt_url, settings.engine_url, client_id=settings.client_id, group=settings.shared_group,
+        filters=node_filters(settings), keepalive=settings.keepalive, buffer_limit=settings.buffer_limit,
+        ack_wait=settings.ack_wait,
     )
     writer = BatchWriter(settings.database_url, dedup_window=settings.dedup_window, max_delay=settings.db_retry_max)
     limits = NodeLimits(settings.node_limit, settings.node_limit_window) if settings.node_limit else None

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from nodefleet.fleet import ErrorReporter
 from nodefleet.logging import get_logger
-from nodefleet.wire import AckingSubscriber, Inbound
+from nodefleet.wire import Batches, Inbound
 
 from .decode import Decoded, Decoder, Rejected
 from .writer import BatchWriter
@@ -36,7 +36,7 @@ class IngestStats:
 class Ingest:
     def __init__(
         self,
-        subscriber: AckingSubscriber,
+        subscriber: Batches,
         decoder: Decoder,
         writer: BatchWriter,
         errors: ErrorReporter,

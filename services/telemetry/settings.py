@@ -15,8 +15,14 @@ class TelemetrySettings(CommonSettings):
         pattern=r"^[A-Za-z0-9_-]{1,64}$",
     )
     shared_group: str | None = _own(
-        None, "Split the load between instances through $share/<group>/ subscriptions (broker must support it)",
+        None, "Split the load between instances: $share/<group>/ subscriptions on one MQTT broker, the durable consumer "
+        "<group> on a NATS cluster",
         "shared_group",
+    )
+    ack_wait: float = _own(
+        30.0, "On a NATS cluster (NODEFLEET_ENGINE_URL): seconds a fetched message may stay unacknowledged before "
+        "the consumer hands it to another instance (a dead instance's messages come again after this)", "ack_wait",
+        gt=0, le=3600,
     )
     retention_days: int = _own(30, "Days of telemetry kept; older daily partitions are dropped", "retention_days", ge=1)
     log_retention_days: int = _own(90, "Days of device logs, availability history, acks and run events kept", "log_retention_days", ge=1)
