@@ -114,10 +114,35 @@ class NatsCluster:
                             raise NatsError(f"nats-server {server.name} did not listen on {port} within {timeout:g} s")
                         time.sleep(0.05)
 
+    def wait_mqtt(self, timeout: float = 30.0) -> None:
+        """Until every running server answers an MQTT CONNECT: JetStream has a leader and the MQTT layer its
+        streams (made at its first client), so the first real client does not wait for them."""
+        from nodefleet.wire import packets
+
+        deadline = time.monotonic() + timeout
+        for index, server in enumerate(self.servers):
+            if self._processes[index] is None:
+                continue
+            while True:
+                try:
+                    with socket.create_connection((self.host, server.mqtt_port), timeout=2) as probe:
+                        probe.settimeout(max(0.5, min(5.0, deadline - time.monotonic())))
+                        probe.sendall(packets.connect(f"probe-{server.name}", clean_session=True, keepalive=10))
+                        if probe.recv(4)[:1] == bytes([packets.CONNACK]):
+                            probe.sendall(packets.DISCONNECT_PACKET)
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise NatsError(f"nats-server {server.name} took no MQTT client within {timeout:g} s")
+                time.sleep(0.2)
+
     def start(self) -> None:
         for index in range(len(self.servers)):
             self.start_server(index)
         self.wait_listening()
+        self.wait_mqtt()
 
     def stop(self) -> None:
         for index, process in enumerate(self._processes):
