@@ -1,7 +1,7 @@
 """One node floods, fifty others go on: ``python -m bench.node_flood [--quick]``.
 
-The telemetry service (its own process, the per-node limit at its default,
-100 messages in 60 s), Mosquitto and an embedded PostgreSQL. Fifty nodes
+The telemetry service (its own process, the per-node limit set to 100
+messages in 60 s), Mosquitto and an embedded PostgreSQL. Fifty nodes
 send telemetry at one message a second each; in a second run over the same
 service one more node (same topics as any node) publishes as fast as the
 broker takes it. For the fifty, publish-to-commit p99 of each run (from the

@@ -34,8 +34,8 @@ class TelemetrySettings(CommonSettings):
         3600.0, "Seconds within which a redelivered row without device time is still recognised", "dedup_window", gt=0
     )
     node_limit: int = _own(
-        100, "Messages one node may send in node_limit_window seconds (token bucket; its status is not counted); "
-        "the excess is counted and dropped. 0: no limit", "node_limit", ge=0,
+        0, "Messages one node may send in node_limit_window seconds (token bucket; its status is not counted); "
+        "the excess is counted and dropped. 0 (the default for now): no limit; seed 003 asks 100", "node_limit", ge=0,
     )
     node_limit_window: float = _own(60.0, "Seconds of node_limit", "node_limit_window", gt=0)
     batch_size: int = _own(5000, "Most messages written in one transaction", "batch_size", ge=1, le=100_000)
