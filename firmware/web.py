@@ -2,7 +2,6 @@
 import binascii
 import gc
 
-import hal
 import httpd
 
 _PAGE = """<!doctype html><meta name=viewport content="width=device-width"><title>%s</title>
