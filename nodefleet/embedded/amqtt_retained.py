@@ -11,14 +11,17 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from nodefleet.logging import get_logger
 
 log = get_logger(__name__)
 
 FORMAT_VERSION = 1
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,39 +31,49 @@ class StoredMessage:
     qos: int
 
 
+def encode_message(m: StoredMessage) -> dict[str, Any]:
+    return {"topic": m.topic, "payload": base64.b64encode(m.payload).decode(), "qos": m.qos}
+
+
+def decode_message(item: dict[str, Any]) -> StoredMessage:
+    return StoredMessage(str(item["topic"]), base64.b64decode(item["payload"]), int(item["qos"]))
+
+
+def read_items(path: Path, key: str, decode: Callable[[Any], T], event: str) -> list[T]:
+    """The decoded list under ``key`` of a versioned JSON file of the broker's; none when it is absent, and
+    none (the file kept aside as ``*.bad``, logged as ``event``) when it cannot be read."""
+    if not path.exists():
+        return []
+    try:
+        document = json.loads(path.read_text())
+        if document.get("version") != FORMAT_VERSION:
+            raise ValueError(f"unknown format version {document.get('version')!r}")
+        return [decode(item) for item in document[key]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        aside = path.with_suffix(path.suffix + ".bad")
+        path.replace(aside)
+        log.error(event, path=str(path), kept_as=str(aside), error=str(exc))
+        return []
+
+
+def write_items(path: Path, key: str, items: list[Any]) -> None:
+    """Atomically: a temporary file, synced, renamed over the old one (a power cut leaves one or the other)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(path.suffix + ".tmp")
+    with open(partial, "w") as out:
+        json.dump({"version": FORMAT_VERSION, key: items}, out)
+        out.flush()
+        os.fsync(out.fileno())
+    partial.replace(path)
+
+
 class RetainedFile:
     def __init__(self, path: Path) -> None:
         self.path = path
 
     def load(self) -> list[StoredMessage]:
         """The stored messages; none (and the file kept aside as ``*.bad``) when it cannot be read."""
-        if not self.path.exists():
-            return []
-        try:
-            document = json.loads(self.path.read_text())
-            if document.get("version") != FORMAT_VERSION:
-                raise ValueError(f"unknown format version {document.get('version')!r}")
-            return [
-                StoredMessage(str(item["topic"]), base64.b64decode(item["payload"]), int(item["qos"]))
-                for item in document["messages"]
-            ]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            aside = self.path.with_suffix(self.path.suffix + ".bad")
-            self.path.replace(aside)
-            log.error("retained_file_unreadable", path=str(self.path), kept_as=str(aside), error=str(exc))
-            return []
+        return read_items(self.path, "messages", decode_message, "retained_file_unreadable")
 
     def save(self, messages: list[StoredMessage]) -> None:
-        document = {
-            "version": FORMAT_VERSION,
-            "messages": [
-                {"topic": m.topic, "payload": base64.b64encode(m.payload).decode(), "qos": m.qos} for m in messages
-            ],
-        }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(self.path.suffix + ".tmp")
-        with open(partial, "w") as out:
-            json.dump(document, out)
-            out.flush()
-            os.fsync(out.fileno())
-        partial.replace(self.path)
+        write_items(self.path, "messages", [encode_message(m) for m in messages])

@@ -15,9 +15,6 @@ A kill -9 loses what was pending: the file is written only on a clean stop (Mosq
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +23,11 @@ from amqtt.broker import RetainedApplicationMessage
 from amqtt.mqtt.constants import QOS_1
 from amqtt.session import Session
 
-from nodefleet.embedded.amqtt_retained import StoredMessage
+from nodefleet.embedded.amqtt_retained import StoredMessage, decode_message, encode_message, read_items, write_items
 from nodefleet.logging import get_logger
 
 log = get_logger(__name__)
 
-FORMAT_VERSION = 1
 QUIESCE_TIMEOUT = 2.0
 """How long a stop waits for acknowledged messages to reach the session queues."""
 ACK_GRACE = 0.5
@@ -46,51 +42,26 @@ class StoredSession:
     pending: list[StoredMessage]
 
 
+def _decode_session(item: dict[str, Any]) -> StoredSession:
+    return StoredSession(client_id=str(item["client_id"]), username=item["username"],
+                         subscriptions=[(str(f), int(q)) for f, q in item["subscriptions"]],
+                         pending=[decode_message(m) for m in item["pending"]])
+
+
 class SessionFile:
     def __init__(self, path: Path) -> None:
         self.path = path
 
     def load(self) -> list[StoredSession]:
         """The stored sessions; none (and the file kept aside as ``*.bad``) when it cannot be read."""
-        if not self.path.exists():
-            return []
-        try:
-            document = json.loads(self.path.read_text())
-            if document.get("version") != FORMAT_VERSION:
-                raise ValueError(f"unknown format version {document.get('version')!r}")
-            return [
-                StoredSession(
-                    client_id=str(item["client_id"]),
-                    username=item["username"],
-                    subscriptions=[(str(f), int(q)) for f, q in item["subscriptions"]],
-                    pending=[StoredMessage(str(m["topic"]), base64.b64decode(m["payload"]), int(m["qos"]))
-                             for m in item["pending"]],
-                )
-                for item in document["sessions"]
-            ]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            aside = self.path.with_suffix(self.path.suffix + ".bad")
-            self.path.replace(aside)
-            log.error("sessions_file_unreadable", path=str(self.path), kept_as=str(aside), error=str(exc))
-            return []
+        return read_items(self.path, "sessions", _decode_session, "sessions_file_unreadable")
 
     def save(self, sessions: list[StoredSession]) -> None:
-        document = {
-            "version": FORMAT_VERSION,
-            "sessions": [
-                {"client_id": s.client_id, "username": s.username, "subscriptions": s.subscriptions,
-                 "pending": [{"topic": m.topic, "payload": base64.b64encode(m.payload).decode(), "qos": m.qos}
-                             for m in s.pending]}
-                for s in sessions
-            ],
-        }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(self.path.suffix + ".tmp")
-        with open(partial, "w") as out:
-            json.dump(document, out)
-            out.flush()
-            os.fsync(out.fileno())
-        partial.replace(self.path)
+        write_items(self.path, "sessions", [
+            {"client_id": s.client_id, "username": s.username, "subscriptions": s.subscriptions,
+             "pending": [encode_message(m) for m in s.pending]}
+            for s in sessions
+        ])
 
     def take(self) -> list[StoredSession]:
         """Load and remove: after a later crash the same messages must not come back a second time."""

@@ -27,7 +27,7 @@ from node.conftest import online, watching
 from nodefleet.contracts import Topics
 from nodefleet.embedded.mosquitto import Mosquitto, free_port
 from nodefleet.errors import RequestError
-from nodefleet.fleet import Requester
+from nodefleet.fleet import replies_to
 from nodefleet.up.services import SERVICES
 from nodefleet.wire import BrokerAddress, Client, WireError
 
@@ -88,41 +88,21 @@ async def stream(url: str, topics: Topics, acked: list[int], stop: asyncio.Event
 async def all_answer(url: str, topics: Topics) -> None:
     """Every service answers one request (each retried until it does)."""
     client_id = f"ask-{uuid.uuid4().hex[:6]}"
-    async with Client(BrokerAddress.parse(url), client_id=client_id) as client:
-        requester = Requester(client, topics, client_id=client_id)
-        await requester.start()
-
-        async def feed() -> None:
-            async for message in client.messages:
-                requester.feed(message)
-
-        feeder = asyncio.create_task(feed())
-        try:
-            for service in SERVICES:
-                action, data = ASK[service]
-                while True:
-                    with contextlib.suppress(RequestError):
-                        await requester.request(service, action, data, timeout=1.0)
-                        break
-        finally:
-            feeder.cancel()
+    async with (Client(BrokerAddress.parse(url), client_id=client_id) as client,
+                replies_to(client, topics, client_id=client_id) as requester):
+        for service in SERVICES:
+            action, data = ASK[service]
+            while True:
+                with contextlib.suppress(RequestError):
+                    await requester.request(service, action, data, timeout=1.0)
+                    break
 
 
 async def stored_rows(url: str, topics: Topics) -> list[dict]:
     client_id = f"q-{uuid.uuid4().hex[:6]}"
-    async with Client(BrokerAddress.parse(url), client_id=client_id) as client:
-        requester = Requester(client, topics, client_id=client_id)
-        await requester.start()
-
-        async def feed() -> None:
-            async for message in client.messages:
-                requester.feed(message)
-
-        feeder = asyncio.create_task(feed())
-        try:
-            return await requester.request("telemetry", "telemetry", {"node": SENDER, "since": 0}, timeout=10)
-        finally:
-            feeder.cancel()
+    async with (Client(BrokerAddress.parse(url), client_id=client_id) as client,
+                replies_to(client, topics, client_id=client_id) as requester):
+        return await requester.request("telemetry", "telemetry", {"node": SENDER, "since": 0}, timeout=10)
 
 
 @pytest.mark.parametrize("kind", ["mosquitto", "amqtt"])

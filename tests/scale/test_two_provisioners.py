@@ -12,29 +12,19 @@ from provisioner.helpers import come_online, node_client, watching
 from nodefleet.contracts import NodeTopic, Topics
 from nodefleet.contracts.provisioning import PROVISIONER_SERVICE
 from nodefleet.contracts.topics import HA_DISCOVERY_BASE, HOMIE_BASE
-from nodefleet.fleet import Requester
+from nodefleet.fleet import replies_to
 from services.provisioner import discovery
 
 DEVICES = 4
 
 
 async def _register(broker, topics: Topics, count: int) -> list[dict]:
-    async with node_client(broker, *ADMIN) as client:
-        requester = Requester(client, topics, client_id=f"t{uuid.uuid4().hex[:8]}")
-        await requester.start()
-
-        async def feed():
-            async for message in client.messages:
-                requester.feed(message)
-
-        feeder = asyncio.create_task(feed())
-        try:
-            tag = uuid.uuid4().hex[:6]
-            return await asyncio.gather(*(
-                requester.request(PROVISIONER_SERVICE, "register", {"home_id": "home", "device_name": f"Lamp {tag} {i}"})
-                for i in range(count)))
-        finally:
-            feeder.cancel()
+    async with (node_client(broker, *ADMIN) as client,
+                replies_to(client, topics, client_id=f"t{uuid.uuid4().hex[:8]}") as requester):
+        tag = uuid.uuid4().hex[:6]
+        return await asyncio.gather(*(
+            requester.request(PROVISIONER_SERVICE, "register", {"home_id": "home", "device_name": f"Lamp {tag} {i}"})
+            for i in range(count)))
 
 
 async def test_each_registration_and_first_online_handled_once(dynsec_broker, database, topics: Topics):
