@@ -26,9 +26,10 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from .envelope import ErrorEvent, FleetReply, FleetRequest
 from .node_topics import BINARY, JSON, NODE_TOPICS, TEXT, NodeTopicSpec
 from .ota import FRAME_HEADER
-from .payloads import PAYLOAD_VERSION, ErrorEvent, FleetReply, FleetRequest
+from .payloads import PAYLOAD_VERSION
 from .provisioning import HaSensor, HaSwitch
 from .requests import REQUESTS
 from .scheduling import RunEvent

@@ -13,23 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import ota
-from .payloads import (
-    Ack,
-    ClockRequest,
-    Config,
-    Info,
-    LogicCommand,
-    Log,
-    Payload,
-    RestartCommand,
-    Schedule,
-    SleepCommand,
-    State,
-    StopCommand,
-    SwitchCommand,
-    Telemetry,
-    TimeCommand,
-)
+from .commands import ClockRequest, LogicCommand, RestartCommand, SleepCommand, StopCommand, SwitchCommand, TimeCommand
+from .payloads import Ack, Config, Info, Log, Payload, Schedule, State, Telemetry
 from .topics import OFFLINE, ONLINE, SLEEPING, Command, NodeKind, NodeTopic, OtaTopic, node_path
 
 JSON = "application/json"

@@ -7,8 +7,11 @@ half-understood.  Times are Unix epoch seconds (UTC); durations are seconds.
 
 ``status`` is not JSON: it is the plain ``online``/``offline`` string that
 openHAB's availability binding expects (``sleeping`` while a node sleeps by
-plan: its retained state then carries ``sleep_until``).  ``set/switch`` also accepts plain
-``ON``/``OFF``/``TOGGLE`` (see :func:`parse_switch`).
+plan: its retained state then carries ``sleep_until``).
+
+Here: the shared field types, what nodes report, and the retained config and
+schedule; the commands to nodes are ``commands.py``, the fleet request/reply
+envelope and error events ``envelope.py``.
 """
 
 from __future__ import annotations
@@ -37,16 +40,7 @@ __all__ = [
     "Telemetry",
     "Log",
     "Ack",
-    "CommandPayload",
-    "COMMAND_TTL",
-    "SwitchCommand",
-    "LogicCommand",
-    "StopCommand",
-    "RestartCommand",
-    "TimeCommand",
-    "SleepCommand",
     "SleepWindow",
-    "ClockRequest",
     "ClockSource",
     "Outputs",
     "Inputs",
@@ -55,10 +49,6 @@ __all__ = [
     "Config",
     "Rule",
     "Schedule",
-    "FleetRequest",
-    "FleetReply",
-    "ErrorEvent",
-    "parse_switch",
     "MAX_PAYLOAD_BYTES",
     "PAYLOAD_VERSION",
     "WEEKDAYS",
@@ -193,92 +183,6 @@ class Ack(Payload):
         return self
 
 
-# -- anyone -> node: commands (never retained) -----------------------------
-
-COMMAND_TTL = 60
-"""Seconds a command with ``sent`` but no ``expires`` stays valid."""
-
-
-class CommandPayload(Payload):
-    """What every command may carry: ``id`` (answered with an ack) and its expiry.
-
-    The broker keeps QoS 1 commands for a node that is briefly offline (its
-    session is persistent), so a command may arrive late. ``sent`` is the
-    sender's clock (epoch seconds); ``expires`` (epoch seconds) is when it
-    stops being valid, else ``sent + COMMAND_TTL``. A node with valid time
-    answers a command that arrives later than that with an ``expired`` ack
-    and does not execute it. A command without either, replayed by the broker
-    after an outage longer than ``COMMAND_TTL`` (or across a reboot), is
-    expired too: its age cannot be told.
-    """
-
-    id: Identifier | None = None
-    sent: Epoch | None = None
-    expires: Epoch | None = None
-
-
-
-class SwitchCommand(CommandPayload):
-    """``home/N/set/switch``: ``{"state": "ON", "for": 600, "id": "..."}``.
-
-    A backup run from the scheduler carries ``run_id`` and ``until`` (a target
-    state with an end time, never a toggle) so a node that already executed
-    the run treats it as a no-op.
-    """
-
-    state: Literal["ON", "OFF", "TOGGLE"]
-    for_: Seconds | None = Field(default=None, alias="for")
-    until: Epoch | None = None
-    run_id: Identifier | None = None
-
-    @model_validator(mode="after")
-    def _run_is_a_target(self) -> SwitchCommand:
-        if self.run_id is not None and self.state == "TOGGLE":
-            raise ValueError("a run must name a target state, never TOGGLE")
-        return self
-
-
-class LogicCommand(CommandPayload):
-    """``home/N/set/logic``: enable or disable NodeLogic (disabled = plain switch)."""
-
-    enabled: bool
-
-
-class StopCommand(CommandPayload):
-    """``home/N/set/stop``: failsafe. Relay off, logic paused until ``resume``."""
-
-    resume: bool = False
-
-
-class RestartCommand(CommandPayload):
-    """``home/N/set/restart``."""
-
-
-class ClockRequest(Payload):
-    """``home/N/clock``: the node has no valid time and asks the scheduler for ``set/time``."""
-
-
-class TimeCommand(CommandPayload):
-    """``home/N/set/time``: backend time, the fallback when NTP is unreachable."""
-
-    ts: Epoch
-
-
-class SleepCommand(CommandPayload):
-    """``home/N/set/sleep``: deep sleep for ``for`` seconds, only while the relay is off; a rule due sooner wakes it."""
-
-    for_: Annotated[int, Field(ge=1, le=7 * 86400)] = Field(alias="for")
-
-
-def parse_switch(raw: bytes | str) -> SwitchCommand:
-    """Accept plain ``ON``/``OFF``/``TOGGLE`` (openHAB, mosquitto_pub) or the JSON form."""
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    plain = text.strip().upper()
-    if plain in ("ON", "OFF", "TOGGLE"):
-        return SwitchCommand(state=plain)
-    return SwitchCommand.model_validate_json(text)
-
-
 # -- provisioner / operator -> node (retained) -----------------------------
 
 
@@ -410,51 +314,3 @@ class Schedule(Payload):
         if len(set(ids)) != len(ids):
             raise ValueError("rule ids repeat")
         return rules
-
-
-# -- fleet: requests, replies, events --------------------------------------
-
-_REPLY_TOPIC = re.compile(r"^[A-Za-z0-9_/-]{1,200}$")
-
-
-class FleetRequest(Payload):
-    """A request on ``fleet/<service>/request/<action>``; answered on ``reply_to``."""
-
-    transaction: Identifier
-    reply_to: str
-    data: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("reply_to")
-    @classmethod
-    def _plain_topic(cls, reply_to: str) -> str:
-        if not _REPLY_TOPIC.fullmatch(reply_to):
-            raise ValueError("reply_to must be a plain topic without wildcards")
-        return reply_to
-
-
-class FleetReply(Payload):
-    """The answer to a FleetRequest: ``{status, data, error, transaction}``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    transaction: Identifier
-    status: Literal["ok", "error"]
-    data: Any = None
-    error: Text | None = None
-
-
-class ErrorEvent(Payload):
-    """``fleet/errors``: something was rejected or failed.
-
-    Services rate-limit these per ``code``; when a window in which some were
-    left out closes, one summary event of that code carries their count in
-    ``suppressed`` (0 on every other event) and quotes the last one.
-    """
-
-    ts: Epoch
-    service: ShortText
-    code: Identifier
-    detail: Text
-    topic: Annotated[str, StringConstraints(max_length=256)] | None = None
-    node: NodeName | None = None
-    suppressed: Annotated[int, Field(ge=0)] = 0

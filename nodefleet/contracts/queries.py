@@ -1,6 +1,6 @@
 """Requests the CLI and apps send to services, and the data that comes back.
 
-A request travels as :class:`~nodefleet.contracts.payloads.FleetRequest` on
+A request travels as :class:`~nodefleet.contracts.envelope.FleetRequest` on
 ``Topics.request(service, action)``; its ``data`` validates against the
 request model below and the reply's ``data`` against the answer model.
 """

@@ -1,6 +1,6 @@
 """The fleet request table: every action each service answers, with its request model and answer type.
 
-A request is a :class:`~nodefleet.contracts.payloads.FleetRequest` on
+A request is a :class:`~nodefleet.contracts.envelope.FleetRequest` on
 ``Topics.request(service, action)``; its ``data`` validates against the
 request model, and the reply's ``data`` is the answer type dumped as JSON.
 Each service's handlers are ``nodefleet.fleet.typed`` functions over exactly
