@@ -21,9 +21,7 @@ KEEP = "keep.json"  # written before a restart between modes: the next boot rest
 
 
 class Core:
-    # The download modes load the commands module for the moment a command acts and let it go (5.7 KB of their
-    # heap); normal mode imports it for good (normal.py).
-    DROP_COMMANDS = False
+    SLEEPS = False  # set/sleep is normal mode's (sleep.py); the download modes do not sleep
 
     def __init__(self, subs, max_in, *, fw, boot_count, cause, errlog, cfg, wifi, mq, power_on=None):
         # subs: [(filter, qos), ...], fixed for the mode's life.
@@ -198,12 +196,13 @@ class Core:
             if payload:
                 self.bad("retained_command", "%s is retained: ignored; clear it with an empty retained message" % kind)
             return
+        # Loaded for the moment a command acts, then let go: 5.7 KB of heap the rest of the time, in every mode
+        # (the trial boot and the LAN upload need it); a command is rare, its load a millisecond here.
         import commands
 
         cid, status, err = commands.run(self, kind[4:], payload, self.link.replaying)
         del commands
-        if self.DROP_COMMANDS:
-            sys.modules.pop("commands", None)
+        sys.modules.pop("commands", None)
         if status == "error":
             self.bad_input += 1
         if cid is not None:

@@ -17,7 +17,6 @@ TRIES = 3  # boots of this mode in a row that were not power cuts (a crash, a wa
 
 class Lean(Core):
     MQ_KEEP = ("max_backoff", "telemetry_max")  # what shed() keeps of mqtt.json
-    DROP_COMMANDS = True
 
     def __init__(self, *, offer, tries, **kw):
         p = kw["mq"]["topic_prefix"]
