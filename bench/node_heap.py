@@ -17,7 +17,10 @@ Then an OTA download (``--no-ota`` skips it): a release of about 1 MiB
 the ota service sends it (``services.ota.stream``: credit, shared stream and
 repairs); the node restarts into its download mode, downloads and verifies
 it.  ``ota_heap_min`` is the least ``heap_min`` the node reported from the
-download mode's first telemetry to ``verified``.
+download mode's first telemetry to ``verified``.  Then the relay goes off: the
+node installs, reboots into the new firmware's trial and confirms it;
+``trial_heap_min`` is that boot's low-water mark, from its first telemetry
+after ``updated``.
 
     python -m bench.node_heap --quick
 
@@ -25,7 +28,8 @@ The last line printed is JSON: heap_size, limit, messages, idle_heap_min,
 storm_heap_min, ratio (storm / idle low-water),
 disconnects, unanswered (pacing commands never acked), restarts, storm_s,
 and ota_size, ota_heap_min, ota_s (offer to verified), ota_bad (frames the
-node refused).  Goal: storm_heap_min and ota_heap_min >= 20,480 bytes, no disconnect.
+node refused), ota_result, trial_heap_min.  Goal: storm_heap_min, ota_heap_min and trial_heap_min
+>= 20,480 bytes, no disconnect.
 """
 
 from __future__ import annotations
