@@ -17,7 +17,10 @@ Then an OTA download (``--no-ota`` skips it): a release of about 1 MiB
 the ota service sends it (``services.ota.stream``: credit, shared stream and
 repairs); the node restarts into its download mode, downloads and verifies
 it.  ``ota_heap_min`` is the least ``heap_min`` the node reported from the
-download mode's first telemetry to ``verified``.
+download mode's first telemetry to ``verified``.  Then the relay goes off: the
+node installs, reboots into the new firmware's trial and confirms it;
+``trial_heap_min`` is that boot's low-water mark, from its first telemetry
+after ``updated``.
 
     python -m bench.node_heap --quick
 
@@ -25,7 +28,8 @@ The last line printed is JSON: heap_size, limit, messages, idle_heap_min,
 storm_heap_min, ratio (storm / idle low-water),
 disconnects, unanswered (pacing commands never acked), restarts, storm_s,
 and ota_size, ota_heap_min, ota_s (offer to verified), ota_bad (frames the
-node refused).  Goal: storm_heap_min and ota_heap_min >= 20,480 bytes, no disconnect.
+node refused), ota_result, trial_heap_min.  Goal: storm_heap_min, ota_heap_min and trial_heap_min
+>= 20,480 bytes, no disconnect.
 """
 
 from __future__ import annotations
@@ -220,6 +224,21 @@ async def _progress(watch: Watcher, mark: int, states: tuple[str, ...], timeout:
     return "timeout"
 
 
+async def _trial_heap(watch: Watcher, mark: int, timeout: float = 10) -> int | None:
+    """The new firmware's low-water mark since its trial boot, from its first telemetry after ``updated`` (normal
+    mode's: with sensors). Its trial, self-test and report are all behind that mark."""
+    done = next(i for i, (_, p) in enumerate(watch.progress[mark:]) if p["state"] == "updated")
+    since = watch.progress[mark + done][0]
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            while True:
+                for t in watch.telemetry[since:]:
+                    if "temperature" in t["readings"] and t["readings"].get("heap_min") is not None:
+                        return t["readings"]["heap_min"]
+                await asyncio.sleep(0.1)
+    return None
+
+
 async def download(watch: Watcher, release: Release, *, timeout: float = 120) -> dict[str, Any]:
     """Offer ``release`` with the relay on, so the node waits after ``verified`` (not idle) and its download mode
     reports telemetry: its low-water heap from its boot to then. Then the relay off: install, trial, ``updated``."""
@@ -256,6 +275,7 @@ async def download(watch: Watcher, release: Release, *, timeout: float = 120) ->
             await watch.roundtrip(command=Command.SWITCH, body={"state": "OFF"})  # idle now: it installs
             figures["ota_result"] = await _progress(watch, mark, ("updated", "rolled_back", "failed"), 60)
             figures["ota_updated_s"] = round(time.monotonic() - started, 1)
+            figures["trial_heap_min"] = await _trial_heap(watch, mark) if figures["ota_result"] == "updated" else None
         return figures
     finally:
         ticker.cancel()

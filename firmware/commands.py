@@ -89,8 +89,13 @@ def _time(app, c):
     app.send("info", app.info(), True, 1, "info")  # its clock source is now the backend
 
 
-_HANDLERS = {"switch": _switch, "logic": _logic, "stop": _stop, "restart": _restart, "time": _time}
-# "sleep": added by normal mode (sleep.py); the download mode does not sleep.
+def _sleep(app, c):
+    import sleep  # loaded by the first set/sleep (or a sleep window in the config)
+
+    return sleep.command(app, c)
+
+
+_HANDLERS = {"switch": _switch, "logic": _logic, "stop": _stop, "restart": _restart, "time": _time, "sleep": _sleep}
 
 
 def decode(what, raw):
@@ -153,6 +158,8 @@ def run(app, what, raw, replayed=False):
         if cmd.get("v", 1) != 1:
             raise BadCommand("unsupported payload version: v must be 1")
         fn = _HANDLERS.get(what)
+        if fn is _sleep and not getattr(app, "SLEEPS", False):
+            fn = None  # the download modes do not sleep
         if fn is None:
             raise BadCommand(_HELP % what)
         late = expired(_deadline(cmd), replayed)

@@ -15,6 +15,8 @@ class Link:
     def __init__(self, *, host, port, client_id, subs, will, on_msg, on_up, on_down, on_refused=None,
                  user=None, password=None, keepalive=60, max_queue=24, max_queue_bytes=1536, max_in=heap.MAX_IN,
                  max_backoff=60, stale_after=60):
+        # stale_after: commands.TTL, the life of a command without sent or expires (not imported: the download
+        # modes load commands only while one acts).
         self.host = host
         self.port = port
         self.client_id = client_id

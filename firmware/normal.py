@@ -4,7 +4,6 @@
 import asyncio
 
 import clock
-import commands
 import hal
 import heap
 import localpage
@@ -16,13 +15,9 @@ MAX_IN = heap.MAX_IN  # config and schedule; the receive buffer (heap.RX) holds 
 ASK_TIME_S = 60  # how often a node without valid time asks for it
 
 
-def _sleep_command(app, c):
-    import sleep  # loaded by the first set/sleep (or a sleep window in the config)
-
-    return sleep.command(app, c)
-
-
 class App(Core):
+    SLEEPS = True  # set/sleep (commands.py hands it to sleep.py)
+
     def __init__(self, *, slot=None, **kw):
         # An OTA update under way across its reboot (otarx.json): its trial and its report (ottrial.Boot).
         ota_st = store.load("otarx.json", None) or {}
@@ -37,7 +32,6 @@ class App(Core):
         self.refused_tag = (store.load("ota_offer.json", None) or {}).get("refused")
         self.ota_boot = None
         self.sleep_cmd = None  # set/sleep: epoch to sleep until
-        commands._HANDLERS["sleep"] = _sleep_command
         if self.cause == "deepsleep":
             import sleep  # loaded only by a node that sleeps (its heap is tight)
 

@@ -16,6 +16,7 @@ import store
 
 RESULT = "ota_lan.json"  # the last upload's failure, for GET /api/ota in normal mode
 WAIT_S = 120  # no upload begun this long after entering the mode: back to normal mode
+SETTLE_S = 10  # the local port opens once the broker's connect burst is out, or after this long without it
 LAN_RX = 512 + 132  # the link's receive buffer while an upload holds the large one: a command (core.CMD_MAX)
 # The upload's frame buffer: the receive buffer app.py reserved while the heap was whole (4 KB in one piece: a
 # heap cut up by the imports may have none). The link gets a small one instead, since this mode then takes only
@@ -223,6 +224,14 @@ def _authorized(app, auth):
 async def serve(rx):
     import hal
 
+    # The broker first: its connect burst (session, subscribe, status, info, state, log) is out before an upload
+    # can begin, so the two never hold the heap at once (2-3 KB: the upload's low point fell to 15.6 KB when they
+    # met). Clients poll the port until it answers; a node without its broker takes the upload SETTLE_S later.
+    link = rx.app.link
+    for _ in range(SETTLE_S * 10):
+        if link.up and not link.queue and not link.inflight:
+            break
+        await asyncio.sleep_ms(100)
     addr = hal.http_addr(False)
     if addr is not None:
         await asyncio.start_server(rx.visit, addr[0], addr[1])

@@ -2,6 +2,7 @@
 # progress, verify, the idle check (the install is otainst.py, the trial boot ottrial.py). Never loaded in normal mode.
 import asyncio
 import random
+import sys
 import time
 from binascii import unhexlify
 
@@ -14,22 +15,13 @@ STALL_MS = 2000  # a want after this long without a frame while units are missin
 PROGRESS_MS = 1000
 
 
-def _now():
-    return time.ticks_ms()
-
-
-def _drop(name):
-    import sys
-
-    sys.modules.pop(name, None)
-
-
-def report(o, state, ts=None, code=None, reason=None):
-    # A Progress payload without a download at hand (a refused offer, a result after the update's reboot).
+def report(o, state, dl=None, ts=None, rate=None, code=None, reason=None):
+    # A Progress payload (nodefleet.contracts.ota.Progress) of the download dl, or of the offer alone (refused,
+    # installing: the download's code has gone by then).
     size = o.get("size") if isinstance(o.get("size"), int) else 0
-    p = {"v": 1, "release": o.get("release"), "state": state, "bytes": size if state in ("updating", "updated") else 0,
-         "size": size, "bad": 0}
-    for k, v in (("ts", ts), ("code", code), ("reason", reason), ("rollout", o.get("rollout"))):
+    p = {"v": 1, "release": o.get("release"), "state": state, "size": size, "bad": dl.bad if dl else 0,
+         "bytes": dl.bytes_done() if dl else size if state in ("updating", "updated") else 0}
+    for k, v in (("ts", ts), ("rate", rate), ("code", code), ("reason", reason), ("rollout", o.get("rollout"))):
         if v is not None:
             p[k] = v
     return p
@@ -47,23 +39,19 @@ class Receiver:
         self.state = None
         self.session = None
         self.since_want = 0
-        self.last_frame = self.last_want = self.last_progress = _now()
+        self.last_frame = self.last_want = self.last_progress = time.ticks_ms()
         self.last_bytes = 0
         self.task = None
 
     # -- publishing ----------------------------------------------------------------
     def progress(self, state, code=None, reason=None, rate=None):
-        ts = clock.now() if clock.valid() else None
-        if self.dl is not None:
-            p = self.dl.progress(state, ts=ts, rate=rate, code=code, reason=reason)
-        else:
-            p = report(self.offer, state, ts, code, reason)
+        p = report(self.offer, state, self.dl, clock.now() if clock.valid() else None, rate, code, reason)
         # QoS 1 through the bounded queue; only the newest progress waits there.
         self.app.send("ota/progress", p, False, 1, "progress")
 
     def want(self):
         self.since_want = 0
-        self.last_want = _now()
+        self.last_want = time.ticks_ms()
         self.app.send("ota/want", self.dl.want(self.session, self.window), False, 0, "want")
 
     # -- the offer -------------------------------------------------------------------
@@ -87,7 +75,7 @@ class Receiver:
 
         err = ota.check_offer(o, self.node_name, key, self.app.fw, info["format"], info["capacity"])
         del ota
-        _drop("ota")
+        sys.modules.pop("ota", None)
         if err is None and not isinstance(o.get("stream"), str):
             err = ("bad_offer", "the offer names no stream")
         if err is None and 20 + o.get("block_size", 4096) > heap.FRAME_MAX:
@@ -141,7 +129,7 @@ class Receiver:
         if self.state != "downloading":
             return None
         r = self.dl.handle(payload)
-        self.last_frame = _now()
+        self.last_frame = time.ticks_ms()
         self.since_want += 1
         if r == "bad":
             print("ota: frame refused (%d bad)" % self.dl.bad)
@@ -164,7 +152,7 @@ class Receiver:
         try:
             while self.state in ("downloading", "downloaded", "verified"):
                 await asyncio.sleep_ms(250)
-                now = _now()
+                now = time.ticks_ms()
                 if self.state == "downloading":
                     if self.app.link.up and time.ticks_diff(now, max(self.last_frame, self.last_want)) >= STALL_MS:
                         self.want()
@@ -219,7 +207,7 @@ class Receiver:
         # The download's code and data go before the install's come in (the download's files stay until the
         # slot is selected, so a power cut before that resumes a verified download).
         self.dl = None
-        _drop("otastore")
+        sys.modules.pop("otastore", None)
         heap.sample()
         import otainst  # the install and what follows its reboot: loaded only now
 

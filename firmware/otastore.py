@@ -127,16 +127,6 @@ class Download:
         return {"v": 1, "release": self.release, "session": session, "got": self.got, "window": window,
                 "have": b2a_base64(bytes(self.have), newline=False).decode()}
 
-    def progress(self, state, ts=None, rate=None, code=None, reason=None):
-        # A Progress payload of this download (nodefleet.contracts.ota.Progress).
-        p = {"v": 1, "release": self.release, "state": state, "bytes": self.bytes_done(), "size": self.size,
-             "bad": self.bad}
-        for k, v in (("ts", ts), ("rate", rate), ("code", code), ("reason", reason),
-                     ("rollout", self.offer.get("rollout"))):
-            if v is not None:
-                p[k] = v
-        return p
-
     # -- frames --------------------------------------------------------------
     def handle(self, frame):
         # "ok" written, "dup" already had it, "early" block before its table chunk, "foreign", "bad" refused.

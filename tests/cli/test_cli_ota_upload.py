@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import struct
 
-import pytest
-
 from nodefleet.contracts.ota import device_key
 from nodefleet.ota_release import UPLOAD_MAGIC, encode_upload, write
 from tests.node.conftest import watching
@@ -23,9 +21,6 @@ def _node(tmp_path, mosquitto, topics):
     return make(tmp_path, mosquitto.url, topics, ota_key=device_key(MASTER, NODE).hex(), ota_lan_read_s=2)
 
 
-@pytest.mark.xfail(strict=False, reason="known flaky under load: about one run in two the node, provisioned with a "
-                   "real config, does not reach `updated` after a LAN upload within 90 s (its LAN download mode has "
-                   "13-15 KB of heap at 110K); the node-level LAN tests (tests/node/test_ota_lan.py) pass")
 async def test_upload_a_release_through_the_ota_service(tmp_path, mosquitto, database, topics):
     rel = release()
     nfr = tmp_path / "nodefleet-1.4.0.nfr"

@@ -11,13 +11,11 @@ import hal  # noqa: E402
 import logic  # noqa: E402
 import node  # noqa: E402
 import settings  # noqa: E402
-import sleep  # noqa: E402
 import store  # noqa: E402
-
-commands._HANDLERS["sleep"] = sleep.command  # as normal mode registers it
 
 
 class App:
+    SLEEPS = True  # set/sleep taken, as in normal mode
     restarted = False
 
     def __init__(self):

@@ -75,6 +75,7 @@ elif mode == "download":
     # Feed the frames of args[0] (u32 length + frame, repeated) to a Download of ./offer.json;
     # after args[1] frames (if >= 0) report and wait to be killed: a power cut at that point.
     gc.collect()  # as the receiver will: the modules load in large pieces, collect the garbage between first
+    import otarx  # its progress payload, as the receiver sends it
     import otastore
 
     stop, save_every = int(args[1]), int(args[2])
@@ -116,7 +117,7 @@ elif mode == "download":
          "results": results, "bad": d.bad, "got": d.got, "missing": [u for u in range(d.units) if not d.has(u)][:20], "bytes": d.bytes_done(),
          "base": base, "alloc_max": alloc_max, "verify_alloc": verify_alloc,
          "heap": gc.mem_alloc() + gc.mem_free(), "want": d.want("s1", 8),
-         "progress": d.progress("verified" if verified else "downloading", rate=1000.5), "us_per_frame": busy // max(handled, 1)})
+         "progress": otarx.report(offer, "verified" if verified else "downloading", d, rate=1000.5), "us_per_frame": busy // max(handled, 1)})
 
 elif mode == "unpack":
     import otaunpack

@@ -18,11 +18,12 @@ from .http import poll, request
 from .ota_service import node_key
 from .test_ota_receiver import NODE, make, online, release, state_of, states
 
-LAN_FLOOR = 10 * 1024
-"""What the download mode keeps free while it takes an upload. Below the firmware's 20 KB goal (test_heap.py): the
-upload's module (about 6 KB of bytecode) comes on top of the download mode's; docs/ota.md says so."""
-TRIAL_FLOOR = 8 * 1024
-"""selftest.MIN_FREE: a trial with less rolls back."""
+LAN_FLOOR = 15 * 1024
+"""What the download mode keeps free while it takes an upload, its MQTT session up: 16.5-16.8 KB measured. Below
+the firmware's 20 KB goal (test_heap.py): the upload's module (7.6 KB loaded) comes on top of the download mode's;
+docs/ota.md says so."""
+GOAL = 20 * 1024
+"""test_heap.GOAL: the trial boot after a LAN upload keeps it as after an MQTT download."""
 
 
 def upload_file(version: str = "1.4.0", *, node: str = NODE, key: bytes | None = None, force: bool = False) -> bytes:
@@ -66,9 +67,9 @@ async def test_upload_over_the_lan_updates_the_node(tmp_path, broker, topics):
             await asyncio.sleep(0.5)  # `updated` acknowledged: then the update's state file goes
             assert node.read("ota_offer.json") is None and node.read("otarx.json") is None
             # The trial's self-test passed with room to spare: the new firmware's low-water mark since its boot
-            # (its trial and otainst included, as after an MQTT update), well above the self-test's floor.
+            # (its trial included, as after an MQTT update): the 20 KB goal, far above the self-test's 8 KB floor.
             tele = (await watch.wait("telemetry", since=watch.mark(), timeout=10))["readings"]
-            assert tele["heap_min"] >= TRIAL_FLOOR + 4096, tele
+            assert tele["heap_min"] >= GOAL, tele
             # Only now the page (its 7 KB come in with a visit): what the upload left there.
             done = (await request(port, "GET", "/api/ota"))[1]
             assert done["mode"] == "normal" and done["fw"] == "1.4.0" and done["ota"] == "updated", done
