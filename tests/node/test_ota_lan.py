@@ -10,6 +10,7 @@ import base64
 import struct
 
 import pytest
+from conftest import wait_for
 
 from nodefleet.ota_release import encode_upload
 
@@ -64,8 +65,9 @@ async def test_upload_over_the_lan_updates_the_node(tmp_path, broker, topics):
             assert seen[-3:] == ["verified", "updating", "updated"], seen  # only the newest progress waits to go out
             slots = node.read("slots.json")
             assert slots["active"] == 1 and not slots["trial"]
-            await asyncio.sleep(0.5)  # `updated` acknowledged: then the update's state file goes
-            assert node.read("ota_offer.json") is None and node.read("otarx.json") is None
+            # `updated` acknowledged by the broker: then the update's state file goes.
+            await wait_for(lambda: node.read("otarx.json") is None, timeout=5)
+            assert node.read("ota_offer.json") is None
             # The trial's self-test passed with room to spare: the new firmware's low-water mark since its boot
             # (its trial included, as after an MQTT update): the 20 KB goal, far above the self-test's 8 KB floor.
             tele = (await watch.wait("telemetry", since=watch.mark(), timeout=10))["readings"]

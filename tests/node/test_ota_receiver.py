@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import wait_for
+
 from nodefleet.contracts import Topics
 from nodefleet.contracts.ota import Progress
 from nodefleet.ota_release import Release, build, read
@@ -114,7 +116,9 @@ async def test_one_node_updates_end_to_end(tmp_path, broker, topics):
             assert node.read("app1/image.json") == {"version": "1.4.0", "sha256": rel.manifest.sha256}
             for f in rel.manifest.files:
                 assert (node.flash_dir / "app1" / f.path).read_bytes() == rel.file(f.path)
-            assert node.read("otarx.json") is None and node.read("ota.json") is None
+            # The update's state files go once the broker acknowledged `updated`, a moment after the watcher saw it.
+            await wait_for(lambda: node.read("otarx.json") is None, timeout=5)
+            assert node.read("ota.json") is None
             print(f"release of {rel.manifest.size} bytes ({rel.units()} frames) on {type(broker).__name__}: "
                   f"downloaded and verified in {downloaded:.2f} s, updated (reboot, trial, self-test) "
                   f"after {took:.2f} s")
