@@ -9,8 +9,9 @@ import time
 import hal
 
 IDLE_S = 30  # after this long without a visit the page's modules are let go
+MAX_VISITS = 2  # served at once (the portal, with no MQTT session to keep, allows httpd.MAX_OPEN): each costs 2 KB
 _BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n" \
-        b"the node is short of memory right now: try again in a minute\n"
+        b"the node is short of memory or serving other visitors right now: try again in a minute\n"
 _TRIAL = "HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n" \
          "{\"mode\": \"normal\", \"ota\": \"trial\", \"fw\": \"%s\", \"error\": \"the new firmware is on " \
          "trial: the page is back once it has confirmed itself, in a few seconds\"}"
@@ -41,6 +42,16 @@ async def serve(app):
 
     async def visit(r, w):
         global _visiting, _last
+        if _visiting >= MAX_VISITS:
+            # A crowd (30 idle connections ran the heap out): refused at once, nothing read, nothing loaded.
+            try:
+                w.write(_BUSY)
+                await w.drain()
+            except OSError:
+                pass
+            w.close()
+            await w.wait_closed()
+            return
         _visiting += 1
         try:
             b = app.ota_boot

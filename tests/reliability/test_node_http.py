@@ -8,6 +8,7 @@ its heap bounded.  What the firmware does not do yet is marked xfail (strict) wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -90,28 +91,37 @@ async def test_malformed_and_stalled_requests_are_answered_in_bounded_time(node,
           f" live heap peak {board['heap_live_peak']} B")
 
 
-@pytest.mark.xfail(strict=True, reason="firmware/httpd.py reads a header line without a length limit: a 40 KB line "
-                   "runs the 110K heap out (MemoryError) and the node restarts; fix asked of the firmware's owner")
 async def test_a_huge_header_line_leaves_the_node_unharmed(node, watch):
-    status, _ = await _send(node.http_port, b"GET / HTTP/1.0\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n")
-    assert status in (400, 431, None)
-    await _unharmed(node, watch)
+    # The head is read in pieces up to 2 KB (httpd.MAX_HEAD): a 40 KB line is refused, not held (it ran the heap out).
+    status, took = await _send(node.http_port, b"GET / HTTP/1.0\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n")
+    assert status in (431, None) and took < 2.0, (status, took)  # None: the 431 went out, the unread rest reset it
+    board = await _unharmed(node, watch, HEAP_CEILING)
+    print(f"node http: 40 KB header line answered {status} in {took:.2f} s; live heap peak {board['heap_live_peak']} B")
 
 
-@pytest.mark.xfail(strict=True, reason="firmware/httpd.py has no limit on connections at once: 30 idle ones run the "
-                   "110K heap out and the node restarts; fix asked of the firmware's owner")
 async def test_a_crowd_of_idle_connections_leaves_the_node_unharmed(node, watch):
+    # Two visits at once (localpage.MAX_VISITS); the rest get a 503 at once. 30 idle ones used to run the heap out.
     crowd = [await asyncio.open_connection("127.0.0.1", node.http_port) for _ in range(30)]
     try:
-        await asyncio.sleep(1.0)
-        await _unharmed(node, watch)
+        refused = 0
+        for reader, _ in crowd:
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                refused += (await asyncio.wait_for(reader.read(12), 2.0)).startswith(b"HTTP/1.0 503")
+        assert refused >= 25, refused
+        board = await _unharmed(node, watch, HEAP_CEILING)
+        print(f"node http: 30 idle connections, {refused} refused with 503; live heap peak {board['heap_live_peak']} B")
     finally:
         for _, writer in crowd:
             writer.close()
+    # The two it kept were closed by the head's 5 s deadline; a visitor is served again.
+    await asyncio.sleep(5.5)
+    status, state = await request(node.http_port, "GET", "/api/state")
+    assert status == 200 and state["relay"] == "OFF"
 
 
-@pytest.mark.xfail(strict=True, reason="one GET /api/state on the local web server takes the live heap peak to about "
-                   "96 KB of 110 KB (14 KB spare, the goal is 20 KB); fix asked of the firmware's owner")
+@pytest.mark.xfail(strict=True, reason="one GET /api/state takes the live heap peak to about 94 KB of 110 KB (16 KB "
+                   "spare, the goal is 20 KB): the node's own live peak is 85 KB before any visit, and the page's "
+                   "server and routes (httpd, web) hold 9.5 KB while loaded")
 async def test_the_local_api_leaves_20_kb_of_heap_spare(node, watch):
     status, state = await request(node.http_port, "GET", "/api/state")
     assert status == 200
