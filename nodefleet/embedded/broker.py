@@ -90,7 +90,8 @@ class EmbeddedBroker:
 
         With ``retained_file`` the retained messages survive a restart (written every
         ``save_interval`` seconds when they changed, and on stop). With ``sessions_file`` the persistent
-        sessions and their unacknowledged QoS 1 messages survive a clean restart (nodefleet.embedded.persist).
+        sessions and their unacknowledged QoS 1 messages survive a restart (nodefleet.embedded.persist): all of
+        them a clean one, and a kill -9 what the last ``save_interval``'s write held.
         With ``ws_port`` it also
         speaks MQTT over WebSockets there (for apps and browsers), with the same logins and ACL.
         """
@@ -103,6 +104,7 @@ class EmbeddedBroker:
         self._save_interval = save_interval
         self._saved_changes = 0
         self._saver: asyncio.Task[None] | None = None
+        self._sessions_saved = (0, 0)  # sessions, pending messages: the last save's
         self._broker: NodefleetBroker | None = None
         # Dynamic security (the provisioner's $CONTROL/dynamic-security/v1): (admin username, password).
         self._dynsec_admin = dynsec_admin
@@ -160,7 +162,7 @@ class EmbeddedBroker:
                 raise BrokerPortInUse(self.host, self.port) from exc
             raise EmbeddedBrokerError(f"the embedded MQTT broker did not start on {self.host}:{self.port}: {exc}") from exc
         self._broker = broker
-        if self._retained_file is not None:
+        if self._retained_file is not None or self._sessions_file is not None:
             self._saver = asyncio.create_task(self._save_every_interval())
         log.info("embedded_broker_started", url=self.url, ws_url=self.ws_url, users=len(self.access.usernames()),
                  allow_anonymous=self.access.allow_anonymous, retained=len(retained), sessions=len(sessions))
@@ -175,17 +177,14 @@ class EmbeddedBroker:
         broker, self._broker = self._broker, None
         if broker is None:
             return
-        if self._sessions_file is not None:
-            await persist.quiesce(broker)
-            sessions = persist.snapshot(broker)
-            try:
-                await asyncio.to_thread(self._sessions_file.save, sessions)
-                log.info("sessions_saved", sessions=len(sessions), pending=sum(len(s.pending) for s in sessions))
-            except OSError as exc:
-                log.error("sessions_save_failed", path=str(self._sessions_file.path), error=str(exc))
-        if self._saver is not None:
+        if self._saver is not None:  # no interval's save may come after the last one
             self._saver.cancel()
             await asyncio.gather(self._saver, return_exceptions=True)
+        if self._sessions_file is not None:
+            await persist.quiesce(broker)
+            if await self._save_sessions(broker):
+                log.info("sessions_saved", sessions=self._sessions_saved[0], pending=self._sessions_saved[1])
+        if self._retained_file is not None:
             await self._save(broker)  # before shutdown, which forgets the retained messages
         if self.dynsec is not None and self.dynsec.state_file is not None:
             self._dynsec_saver.cancel()
@@ -216,8 +215,25 @@ class EmbeddedBroker:
     async def _save_every_interval(self) -> None:
         while True:
             await asyncio.sleep(self._save_interval)
-            if self._broker is not None and self._broker.retained_changes != self._saved_changes:
+            if self._broker is None:
+                continue
+            if self._retained_file is not None and self._broker.retained_changes != self._saved_changes:
                 await self._save(self._broker)
+            if self._sessions_file is not None:
+                # Also while running, as Mosquitto's autosave: a kill -9 loses at most this interval's messages
+                # (and may deliver again what was acknowledged since: at least once).
+                await self._save_sessions(self._broker)
+
+    async def _save_sessions(self, broker: NodefleetBroker) -> bool:
+        assert self._sessions_file is not None
+        sessions = persist.snapshot(broker)
+        try:
+            await asyncio.to_thread(self._sessions_file.save, sessions)
+        except OSError as exc:
+            log.error("sessions_save_failed", path=str(self._sessions_file.path), error=str(exc))
+            return False
+        self._sessions_saved = (len(sessions), sum(len(s.pending) for s in sessions))
+        return True
 
     async def _save(self, broker: NodefleetBroker) -> None:
         assert self._retained_file is not None

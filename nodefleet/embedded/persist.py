@@ -8,8 +8,9 @@ message it already acknowledged reach the session queues.  Then it writes, for e
 (in flight, then queued) to a JSON file, atomically as the retained file.  At start they are restored
 before the listeners open: a client that comes back with its client id finds its subscriptions and gets
 what it missed (a message whose PUBACK was still on its way comes again: at least once, as MQTT allows).
-A kill -9 loses what was pending: the file is written only on a clean stop (Mosquitto saves every
-``autosave_interval``).
+The file is also written every ``save_interval`` while the broker runs (as Mosquitto's
+``autosave_interval``), so a kill -9 loses at most the messages of the last interval, and may deliver
+again what was acknowledged since the last write (at least once).
 """
 
 from __future__ import annotations
@@ -101,8 +102,8 @@ def snapshot(broker: Any) -> list[StoredSession]:
         if session.clean_session:
             continue
         pending = [StoredMessage(m.topic, bytes(m.data), QOS_1) for m in session.inflight_out.values() if m.qos]
-        while not session.retained_messages.empty():
-            message = session.retained_messages.get_nowait()
+        # Read, not taken: the broker keeps running after an interval's save. (asyncio.Queue has no public view.)
+        for message in list(session.retained_messages._queue):
             if message.qos:
                 pending.append(StoredMessage(message.topic, bytes(message.data), QOS_1))
         stored.append(StoredSession(client_id, session.username, subscriptions.get(client_id, []), pending))
