@@ -188,7 +188,8 @@ async def serve(settings: ProvisionerSettings, *, ready: asyncio.Event | None = 
     if settings.default_home:
         tz.zone(settings.default_tz)
         await service.registry.store.ensure_home(settings.default_home, settings.default_tz)
-    edge = HttpEdge(service.registry, service.errors, host=settings.http_host, port=settings.http_port) \
+    edge = HttpEdge(service.registry, service.errors, host=settings.http_host, port=settings.http_port,
+                    register_limit=(settings.register_limit, settings.register_window)) \
         if settings.http_port >= 0 else None
     try:
         if edge is not None:

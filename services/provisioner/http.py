@@ -5,13 +5,18 @@
 
 JSON bodies (whatever Content-Type they declare), one request per connection,
 bounded sizes and times; bad input gets a 4xx with ``{"error": "..."}``; a
-wrong method on a known path is 405 with an ``Allow`` header.
+wrong method on a known path is 405 with an ``Allow`` header. Registrations
+are limited per client address (a token bucket, ``register_limit`` in
+``register_window`` seconds): a flood gets 429 with ``Retry-After``, counted,
+and one error event per address and window.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
+import time
 from typing import Any
 
 from pydantic import ValidationError
@@ -24,6 +29,7 @@ from nodefleet.contracts.provisioning import (
 from nodefleet.errors import RequestError, StartupError
 from nodefleet.fleet import ErrorReporter
 from nodefleet.logging import get_logger
+from nodefleet.ratelimit import RateLimits
 
 from .credentials import CredentialError
 from .registry import Registry
@@ -40,7 +46,8 @@ REGISTER = HTTP_REGISTER_PATH
 STATUS = HTTP_STATUS_PATH
 _REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             408: "Request Timeout", 409: "Conflict", 411: "Length Required", 413: "Payload Too Large",
-            415: "Unsupported Media Type", 431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
+            415: "Unsupported Media Type", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+            500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 class HttpEdgeError(StartupError):
@@ -50,10 +57,11 @@ class HttpEdgeError(StartupError):
 class HttpError(RequestError):
     """Answer the HTTP request with ``status`` and ``{"error": message}``."""
 
-    def __init__(self, status: int, message: str, *, allow: str | None = None) -> None:
+    def __init__(self, status: int, message: str, *, allow: str | None = None, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.allow = allow
+        self.retry_after = retry_after
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -63,11 +71,15 @@ def _first_error(exc: ValidationError) -> str:
 
 
 class HttpEdge:
-    def __init__(self, registry: Registry, errors: ErrorReporter, *, host: str, port: int) -> None:
+    def __init__(self, registry: Registry, errors: ErrorReporter, *, host: str, port: int,
+                 register_limit: tuple[int, float] = (0, 60.0)) -> None:
+        """``register_limit``: (registrations, window in seconds) per client address; 0 registrations: no limit."""
         self.registry = registry
         self.errors = errors
         self.host = host
         self.port = port
+        self.limits = RateLimits(*register_limit) if register_limit[0] else None
+        self.throttled = 0
         self._server: asyncio.Server | None = None
         self._open = 0
 
@@ -95,11 +107,16 @@ class HttpEdge:
                     raise HttpError(503, "too many requests at once; retry in a few seconds")
                 async with asyncio.timeout(READ_TIMEOUT):
                     method, path, body = await self._read(reader)
+                if method == "POST" and path in (REGISTER, REGISTER.rstrip("/")):
+                    self._throttle(writer.get_extra_info("peername"))
                 status, answer = await self._route(method, path, body)
             except HttpError as exc:
                 status, answer = exc.status, {"error": str(exc)}
                 allow = f"Allow: {exc.allow}\r\n" if exc.allow else ""
-                self.errors.report("http_bad_request", f"{exc.status}: {exc}")
+                if exc.retry_after is not None:
+                    allow += f"Retry-After: {exc.retry_after}\r\n"
+                if exc.status != 429:  # reported by _throttle under its own code
+                    self.errors.report("http_bad_request", f"{exc.status}: {exc}")
             except TimeoutError:
                 status, answer = 408, {"error": f"request not complete within {READ_TIMEOUT:g} s"}
                 self.errors.report("http_bad_request", f"408: {answer['error']}")
@@ -114,6 +131,25 @@ class HttpEdge:
         finally:
             self._open -= 1
             writer.close()
+
+    def _throttle(self, peer: Any) -> None:
+        """Refuse a registration over the client address's limit (HttpError 429)."""
+        if self.limits is None:
+            return
+        address = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        now = time.monotonic()
+        if self.limits.allow(address, now):
+            return
+        self.throttled += 1
+        wait = max(1, math.ceil(1.0 / self.limits.rate))
+        # Each one counted; the error events of a flood are bounded per window by the reporter, the log here.
+        self.errors.report("registrations_throttled", f"{address} asked for more than {int(self.limits.capacity)} "
+                           f"registrations in {self.limits.window:g} s: the excess got 429")
+        if self.limits.first_in_window(address, now):
+            log.warning("registrations_throttled", address=address, limit=int(self.limits.capacity),
+                        window_s=self.limits.window)
+        raise HttpError(429, f"too many registrations from {address}: at most {int(self.limits.capacity)} in "
+                             f"{self.limits.window:g} s; retry in {wait} s", retry_after=wait)
 
     async def _read(self, reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
         try:

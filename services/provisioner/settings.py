@@ -29,6 +29,10 @@ class ProvisionerSettings(CommonSettings):
                           ge=-1, le=65535)
     default_home: str | None = _own("home", "Home created at start if missing (empty: none)", "default_home")
     default_tz: str = _own("UTC", "IANA time zone of the default home", "default_tz")
+    register_limit: int = _own(
+        120, "Registrations one client address may ask for in register_window seconds at the HTTP edge; the "
+        "excess gets 429 with Retry-After (0: no limit)", "register_limit", ge=0)
+    register_window: float = _own(60.0, "The window (s) of register_limit", "register_window", gt=0)
     pending_ttl: float = _own(3600.0, "Seconds a registration may stay pending before it expires", "pending_ttl", gt=0)
     expiry_interval: float = _own(30.0, "Seconds between expiry runs", "expiry_interval", gt=0)
     max_devices_per_home: int = _own(10_000, "Most active devices in one home", "max_devices_per_home", ge=1)

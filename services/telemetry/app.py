@@ -16,6 +16,7 @@ from nodefleet.contracts import NodeTopic
 from nodefleet.contracts.queries import TELEMETRY_SERVICE
 from nodefleet.fleet import ErrorReporter
 from nodefleet.logging import get_logger
+from nodefleet.ratelimit import RateLimits
 from nodefleet.wire import BrokerAddress, ingest_subscriber
 
 from . import schema
@@ -23,7 +24,6 @@ from .control import ControlPlane
 from .db import TRANSIENT, create_pool, retry_forever
 from .decode import Decoder
 from .ingest import Ingest
-from .limits import NodeLimits
 from .queries import Queries
 from .settings import TelemetrySettings
 from .writer import BatchWriter
@@ -99,7 +99,7 @@ async def serve(settings: TelemetrySettings, *, ready: asyncio.Event | None = No
         ack_wait=settings.ack_wait,
     )
     writer = BatchWriter(settings.database_url, dedup_window=settings.dedup_window, max_delay=settings.db_retry_max)
-    limits = NodeLimits(settings.node_limit, settings.node_limit_window) if settings.node_limit else None
+    limits = RateLimits(settings.node_limit, settings.node_limit_window) if settings.node_limit else None
     decoder = Decoder(settings.topics, retention_days=settings.retention_days, max_clock_ahead=settings.max_clock_ahead,
                       limits=limits)
     ingest = Ingest(subscriber, decoder, writer, errors, batch_size=settings.batch_size, flush_interval=settings.flush_interval)

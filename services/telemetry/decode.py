@@ -32,9 +32,8 @@ from nodefleet.contracts import (
 )
 from nodefleet.contracts.payloads import MAX_PAYLOAD_BYTES
 from nodefleet.contracts.scheduling import RunEvent
+from nodefleet.ratelimit import RateLimits
 from nodefleet.wire import Inbound
-
-from .limits import NodeLimits
 
 DAY = 86_400
 
@@ -99,7 +98,7 @@ class Decoder:
     """Decodes the node topics under ``topics.root``; caches parsed topics."""
 
     def __init__(self, topics: Topics, *, retention_days: int, max_clock_ahead: float,
-                 limits: NodeLimits | None = None) -> None:
+                 limits: RateLimits | None = None) -> None:
         self.topics = topics
         self.limits = limits
         self.retention = retention_days * DAY

@@ -62,7 +62,8 @@ CASES = [
 
 
 async def test_garbage_gets_a_clear_4xx_is_counted_and_reported(logged_mosquitto, database, topics: Topics):
-    async with running(logged_mosquitto, database, topics) as service, \
+    # 500 POSTs from one address in seconds: without the registration limit, which has its own test below.
+    async with running(logged_mosquitto, database, topics, register_limit=0) as service, \
             watching(logged_mosquitto, topics.errors()) as errors:
         port = service.http_port
         before = rss_kib()
@@ -130,3 +131,28 @@ async def test_requests_that_never_finish_and_a_crowd_are_bounded(logged_mosquit
         assert service.errors.counts["http_bad_request"] == len(stalled) + crowd
         status, reg = await http(port, "POST", REGISTER, GOOD)
         assert status == 201 and reg["mqtt_config"]["node_name"]
+
+
+async def _register_from(source: str, port: int) -> tuple[int, bytes]:
+    """One registration sent from the loopback address ``source``; (status, head)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    try:
+        writer.write(post(json.dumps(GOOD).encode()))
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    return _status(answer), answer.split(b"\r\n\r\n")[0]
+
+
+async def test_a_registration_flood_is_slowed_per_address_and_reported(logged_mosquitto, database, topics: Topics):
+    async with running(logged_mosquitto, database, topics, register_limit=5, register_window=60.0) as service, \
+            watching(logged_mosquitto, topics.errors()) as errors:
+        port = service.http_port
+        flood = [await _register_from("127.0.0.1", port) for _ in range(25)]
+        assert [status for status, _ in flood] == [201] * 5 + [429] * 20
+        assert b"Retry-After: 12" in flood[-1][1]  # one registration comes back every 60/5 s
+        assert service.errors.counts["registrations_throttled"] == 20
+        event = json.loads(await errors.wait(topics.errors(), lambda p: b"registrations_throttled" in p))
+        assert event["service"] == "provisioner" and "127.0.0.1" in event["detail"]
+        # Another address has its own bucket: the flooder costs it nothing.
+        assert (await _register_from("127.0.0.2", port))[0] == 201

@@ -11,15 +11,15 @@ import asyncpg
 from conftest import wait_for
 
 from nodefleet.contracts import Topics
+from nodefleet.ratelimit import RateLimits
 from nodefleet.wire import Inbound
 from services.telemetry.decode import Decoder
-from services.telemetry.limits import NodeLimits
 
 from .helpers import collecting_errors, make_settings, start, stop
 
 
 def test_a_bucket_takes_its_capacity_then_its_rate():
-    limits = NodeLimits(100, 60.0)
+    limits = RateLimits(100, 60.0)
     assert all(limits.allow("a", 1000.0) for _ in range(100))
     assert not limits.allow("a", 1000.0)
     assert limits.allow("b", 1000.0)  # every node has its own bucket
@@ -34,7 +34,7 @@ def _telemetry(topics: Topics, node: str, seq: int, ts: float | None, received: 
 
 
 def test_a_flood_is_cut_and_reported_once_but_a_replayed_backlog_is_not(topics: Topics):
-    decoder = Decoder(topics, retention_days=30, max_clock_ahead=86_400, limits=NodeLimits(100, 60.0))
+    decoder = Decoder(topics, retention_days=30, max_clock_ahead=86_400, limits=RateLimits(100, 60.0))
     now = time.time()
     # 300 messages sent within the same second: 100 pass, 200 are dropped, and only the first drop is reported.
     flood = decoder.decode([_telemetry(topics, "flood", seq, now, now) for seq in range(300)], now=now)

@@ -1,19 +1,18 @@
-"""Per-node rate limits of ingest: a token bucket for each node (seed 003: 100 messages in 60 s).
+"""Rate limits per key: a token bucket for each (a node's name at telemetry ingest, a client's address at the
+provisioner's HTTP edge).
 
-A node that publishes too fast (a firmware bug, or someone with its login) has its excess dropped: counted,
-reported once per node and window, never stored, and its flood costs the other nodes nothing but the bucket
-check. Telemetry is timed by the device's ``ts`` where it has one, so the backlog a persistent session replays
-after an outage of the service (sent at the node's own pace, arriving at once) is not cut; a sender that lies
-about its clock is bounded by the retention and clock-ahead checks only. Other kinds are timed on arrival. A
-node's status is never limited: the broker sends it too (the last will).
+A key that goes too fast (a firmware bug, someone with a node's login, a script flooding registrations) has its
+excess refused: counted, reported once per key and window by the caller, and its flood costs the others nothing
+but the bucket check. The caller says what time a message is at: telemetry ingest times telemetry by the
+device's ``ts`` (services/telemetry/decode.py), so a backlog replayed after an outage is not cut.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-MAX_NODES = 100_000
-"""Buckets kept; past it they start afresh (full), so a stream of invented names cannot grow memory."""
+MAX_KEYS = 100_000
+"""Buckets kept; past it they start afresh (full), so a stream of invented keys cannot grow memory."""
 
 
 @dataclass(slots=True)
@@ -24,8 +23,8 @@ class _Bucket:
     noted_at: float = float("-inf")
 
 
-class NodeLimits:
-    """``allow(node, now)``: whether a message of ``node`` received at ``now`` is within its limit."""
+class RateLimits:
+    """``allow(key, now)``: whether a message (or request) of ``key`` at ``now`` is within its limit."""
 
     def __init__(self, messages: int, window: float) -> None:
         self.capacity = float(messages)
@@ -37,7 +36,7 @@ class NodeLimits:
     def allow(self, node: str, now: float) -> bool:
         bucket = self._buckets.get(node)
         if bucket is None:
-            if len(self._buckets) >= MAX_NODES:
+            if len(self._buckets) >= MAX_KEYS:
                 self._buckets.clear()
             bucket = self._buckets[node] = _Bucket(self.capacity, now)
         bucket.tokens = min(self.capacity, bucket.tokens + (now - bucket.at) * self.rate)
