@@ -15,14 +15,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
+import broker_security
 import pytest
+from broker_thread import BrokerThread
 
 from nodefleet.contracts import Topics
 from nodefleet.embedded.mosquitto import Mosquitto, free_port
 from nodefleet.embedded.postgres import EmbeddedPostgres
-
-import broker_security
-from broker_thread import BrokerThread
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +71,19 @@ def postgres() -> Iterator[EmbeddedPostgres]:
         settings={"fsync": "off", "full_page_writes": "off"},
     )
     server.start()
+    yield server
+    server.stop("immediate")
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL of the test's own, with a database ``nodefleet``: stopping it (an outage) disturbs no other test."""
+    server = EmbeddedPostgres(
+        Path(tempfile.mkdtemp(prefix="nodefleet-pg-outage-")) / "data", port=free_port(),
+        password=secrets.token_urlsafe(16), settings={"fsync": "off", "full_page_writes": "off"},
+    )
+    server.start()
+    server.create_database("nodefleet")
     yield server
     server.stop("immediate")
 

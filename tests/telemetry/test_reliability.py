@@ -7,18 +7,12 @@ configured by environment variables only, as in a container.
 from __future__ import annotations
 
 import asyncio
-import secrets
-import tempfile
 import uuid
-from pathlib import Path
 
 import asyncpg
-import pytest
 from conftest import wait_for
 
 from nodefleet.contracts import Topics
-from nodefleet.embedded.mosquitto import free_port
-from nodefleet.embedded.postgres import EmbeddedPostgres
 
 from .helpers import make_settings, start, stop
 from .process import Load, ServiceProcess
@@ -83,21 +77,8 @@ async def test_kill_9_mid_stream_loses_and_duplicates_nothing(mosquitto, databas
     assert count == len(keys), f"{count - len(keys)} rows are duplicates"
 
 
-@pytest.fixture
-def private_postgres():
-    """A PostgreSQL of its own, so stopping it disturbs no other test."""
-    server = EmbeddedPostgres(
-        Path(tempfile.mkdtemp(prefix="nodefleet-pg-outage-")) / "data", port=free_port(), password=secrets.token_urlsafe(16),
-        settings={"fsync": "off", "full_page_writes": "off"},
-    )
-    server.start()
-    server.create_database("telemetry")
-    yield server
-    server.stop("immediate")
-
-
 async def test_database_down_at_start_then_an_outage_under_load_loses_nothing(mosquitto, private_postgres, topics: Topics):
-    database = private_postgres.dsn("telemetry")
+    database = private_postgres.dsn("nodefleet")
     service = ServiceProcess(_env(mosquitto.url, database, topics, NODEFLEET_TELEMETRY_BUFFER_LIMIT="5000"))
     await asyncio.to_thread(private_postgres.stop, "fast")
     service.start()
