@@ -15,6 +15,18 @@ from nodefleet.embedded.mosquitto import free_port
 from nodefleet.wire import BrokerAddress, Client
 
 
+async def _sequence_back(address: BrokerAddress, client_id: str, count: int) -> list[int]:
+    """The ``seq`` of the first ``count`` messages the persistent session ``client_id`` gets on its return."""
+    got: list[int] = []
+    async with Client(address, client_id=client_id, clean_session=False) as keeper:
+        async with asyncio.timeout(10):
+            async for message in keeper.messages:
+                got.append(json.loads(message.payload)["seq"])
+                if len(got) == count:
+                    break
+    return got
+
+
 async def test_a_persistent_session_and_its_queue_survive_a_restart(tmp_path: Path, root: str):
     sessions = tmp_path / "sessions.json"
     broker = BrokerThread(sessions_file=sessions).start()
@@ -31,15 +43,8 @@ async def test_a_persistent_session_and_its_queue_survive_a_restart(tmp_path: Pa
         assert [len(s["pending"]) for s in document["sessions"] if s["client_id"] == client_id] == [50]
         broker = BrokerThread(port=port, sessions_file=sessions).start()
         assert not sessions.exists()  # taken: a crash after this start must not replay them
-        got: list[int] = []
         # Back with the same client id and no new SUBSCRIBE: the session, its filter and its queue are there.
-        async with Client(address, client_id=client_id, clean_session=False) as keeper:
-            async with asyncio.timeout(10):
-                async for message in keeper.messages:
-                    got.append(json.loads(message.payload)["seq"])
-                    if len(got) == 50:
-                        break
-        assert got == list(range(50))
+        assert await _sequence_back(address, client_id, 50) == list(range(50))
         broker.stop()
         broker = BrokerThread(port=port, sessions_file=sessions).start()
         async with Client(address, client_id=client_id, clean_session=False) as keeper:
@@ -97,14 +102,7 @@ async def test_a_kill_9_loses_at_most_the_last_save_interval(tmp_path: Path, roo
         document = json.loads(sessions.read_text())
         assert [len(s["pending"]) for s in document["sessions"] if s["client_id"] == client_id] == [50]
         process = await start()
-        got: list[int] = []
-        async with Client(address, client_id=client_id, clean_session=False) as keeper:
-            async with asyncio.timeout(10):
-                async for message in keeper.messages:
-                    got.append(json.loads(message.payload)["seq"])
-                    if len(got) == 50:
-                        break
-        assert got == list(range(50))
+        assert await _sequence_back(address, client_id, 50) == list(range(50))
     finally:
         if process.returncode is None:
             process.kill()
