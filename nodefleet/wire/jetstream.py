@@ -24,7 +24,12 @@ idempotently, as it already does.
 QoS 0 publishes never enter ``$MQTT_msgs`` (MQTT's own "at most once"), so
 they are taken from the plain subjects with a NATS queue group of the same
 name, which also splits them; the copies of QoS 1 publishes on those
-subjects (header ``Nmqtt-Pub`` not ``0``) are left to the stream.
+subjects (header ``Nmqtt-Pub`` not ``0``) are left to the stream.  A queue
+subscription is interest, not storage: a QoS 0 publish reaches us only once
+the server it enters knows of it.  Our own server knows when ``subscribed``
+is set (the SUB is flushed); the other servers learn it over the routes a
+moment later, and what they take before is dropped, as MQTT allows for
+QoS 0 (tests/scale/test_nats_qos0.py waits for a probe through every server).
 """
 
 from __future__ import annotations
@@ -167,6 +172,9 @@ class JetStreamSubscriber(Batches):
             for topic_filter in self.filters:
                 await nc.subscribe(subject_of(topic_filter), queue=self.consumer, cb=self._core,
                                    pending_msgs_limit=self.buffer_limit)
+            # SUB is only queued by the library: until our server has it, QoS 0 publishes are not ours
+            # (at most once), so "subscribed" waits for the round trip, bounded like the connect.
+            await nc.flush(timeout=self.connect_timeout)
             log.info("nats_subscribed", servers=nc.connected_url.netloc if nc.connected_url else "?",
                      consumer=self.consumer, filters=len(self.filters))
             self.subscribed.set()
@@ -256,4 +264,7 @@ class JetStreamSubscriber(Batches):
             await asyncio.wait_for(nc.flush(), timeout)
         except (NatsError, TimeoutError):
             pass  # unacknowledged ones come again after ack_wait
-        await nc.close()
+        try:
+            await asyncio.wait_for(nc.close(), timeout)  # a dead server must not hold a shutdown
+        except (NatsError, TimeoutError):
+            pass
