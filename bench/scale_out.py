@@ -41,6 +41,7 @@ from nodefleet.embedded.postgres import EmbeddedPostgres
 from .telemetry_ingest import Service, _say, phase_figures, run_load, wait_rows
 
 TICKS = os.sysconf("SC_CLK_TCK")
+IDLE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,18 @@ def cpu_seconds(pids: list[int | None]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
     return total / TICKS
+
+
+def wakeups(pids: list[int | None]) -> int:
+    """Context switches (voluntary and not) of the running processes among ``pids``: how often they slept."""
+    total = 0
+    for pid in pids:
+        try:
+            lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        except (OSError, TypeError):
+            continue
+        total += sum(int(line.split()[1]) for line in lines if "ctxt_switches:" in line)
+    return total
 
 
 @dataclass
@@ -97,13 +110,20 @@ def run_phase(phase: Phase, database: str, work: Path, *, seq_base: int, rounds:
         for service in services:
             service.wait_ready()
         pids = [s.process.pid for s in services]
-        cpu_before, broker_before = cpu_seconds(pids), cpu_seconds(phase.broker_pids)
+        # What the instances cost doing nothing (keepalives, heartbeats, the batch loop's wake-ups).
+        idle_before = cpu_seconds(pids)
+        time.sleep(IDLE_S)
+        idle = (cpu_seconds(pids) - idle_before) / IDLE_S
+        cpu_before, broker_before, began = cpu_seconds(pids), cpu_seconds(phase.broker_pids), time.monotonic()
+        woke_before = wakeups(pids)
         total = nodes // publishers * publishers * rounds
         _say(f"{phase.name}: {phase.instances} instance(s), {total} messages from {publishers} publishers")
         load = run_load(phase.endpoints, topics, publishers=publishers, nodes=nodes, rounds=rounds,
                         seq_base=seq_base)
         asyncio.run(wait_rows(database, seq_from=seq_base, expected=total, stall=10.0))
         cpu = cpu_seconds(pids) - cpu_before
+        measured_s = time.monotonic() - began
+        woke = wakeups(pids) - woke_before
         broker_cpu = cpu_seconds(phase.broker_pids) - broker_before
     finally:
         for service in services:
@@ -116,6 +136,8 @@ def run_phase(phase: Phase, database: str, work: Path, *, seq_base: int, rounds:
         "duplicated": figures["duplicated"], "publish_rate": round(load["rate"]), "backlog": figures["backlog"],
         "cpu_s": round(cpu, 2), "cpu_s_per_1k": round(cpu / persisted * 1000, 4) if persisted else None,
         "broker_cpu_s": round(broker_cpu, 2), "p99_ms": round(figures["p99_ms"], 1),
+        "measured_s": round(measured_s, 2), "idle_cpu_s": round(idle * measured_s, 2),
+        "wakeups_per_1k": round(woke / persisted * 1000, 1) if persisted else None,
     }
     _say(f"  {result}")
     return result
@@ -129,7 +151,7 @@ def main() -> None:
     parser.add_argument("--phase", action="append", choices=["one", "two", "nats"],
                         help="run only these phases (repeatable; the summary line then lacks the others)")
     args = parser.parse_args()
-    rounds = 300 if args.quick else 1000  # messages per node: 90,000 or 300,000 a phase
+    rounds = 500 if args.quick else 1500  # messages per node: 150,000 or 450,000 a phase
 
     work = Path(tempfile.mkdtemp(prefix="nodefleet-bench-"))
     broker = Mosquitto()
