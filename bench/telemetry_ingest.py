@@ -54,16 +54,20 @@ def _nodes(publisher: int, per_publisher: int) -> list[str]:
     return [f"bench-{publisher}-{i}" for i in range(per_publisher)]
 
 
-def run_load(broker: Mosquitto, topics: Topics, *, publishers: int, nodes: int, rounds: int, seq_base: int,
+def run_load(broker: Mosquitto | list, topics: Topics, *, publishers: int, nodes: int, rounds: int, seq_base: int,
              rate: float | None = None) -> dict:
-    """Run the publisher processes to completion; their combined acknowledged rate."""
+    """Run the publisher processes to completion; their combined acknowledged rate.
+
+    ``broker`` is anything with ``host`` and ``port``, or a list of them (the servers of a cluster):
+    publisher ``p`` then publishes to the ``p``-th, in turn."""
+    brokers = broker if isinstance(broker, list) else [broker]
     results = SPAWN.Queue()
     start_at = time.time() + 1.0  # let every process import before the common start
     per_rate = rate / publishers if rate else None
     procs = [
-        SPAWN.Process(target=run_publisher, args=(broker.host, broker.port, topics.root, topics.fleet,
+        SPAWN.Process(target=run_publisher, args=(target.host, target.port, topics.root, topics.fleet,
                                                   _nodes(p, nodes // publishers), rounds, seq_base, per_rate, start_at, results))
-        for p in range(publishers)
+        for p, target in ((p, brokers[p % len(brokers)]) for p in range(publishers))
     ]
     for proc in procs:
         proc.start()

@@ -33,7 +33,7 @@ class CommonSettings(BaseSettings):
     engine_url: str | None = Field(
         default=None,
         description="A NATS cluster as nats://host:port[,host:port...]: services that ingest node traffic "
-        "(telemetry) read it through a JetStream durable consumer there, while every MQTT client still "
+        "(telemetry) read it through JetStream durable consumers there, while every MQTT client still "
         "uses mqtt_url (the MQTT port of one of its servers). Unset: everything goes through the MQTT broker",
         pattern=r"^nats://[^/]+$",
     )

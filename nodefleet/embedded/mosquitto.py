@@ -51,6 +51,11 @@ class Mosquitto:
         return f"mqtt://{self.host}:{self.port}"
 
     @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs (benchmarks read its CPU time)."""
+        return self._process.pid if self._process is not None and self._process.poll() is None else None
+
+    @property
     def log_file(self) -> Path:
         return self._dir / "mosquitto.log"
 

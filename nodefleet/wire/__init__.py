@@ -12,7 +12,7 @@
 ``subscriber``                :class:`AckingSubscriber`: acknowledges QoS 1 only after commit;
                               :class:`Batches`, the shape every ingest subscriber has
 ``jetstream``                 :class:`~nodefleet.wire.jetstream.JetStreamSubscriber`: the same from a
-                              NATS cluster, through a JetStream durable consumer (nats-py)
+                              NATS cluster, through JetStream durable consumers (nats-py)
 ``engine``                    :func:`ingest_subscriber`: one of the two, as ``NODEFLEET_ENGINE_URL`` says
 ``publisher``                 :class:`Publisher`: a burst of publishes in one write
 ============================  ==========================================================

@@ -29,7 +29,7 @@ def ingest_subscriber(
 
     On MQTT a group becomes ``$share/<group>/`` subscriptions of a persistent session named
     ``client_id``; on NATS (``engine_url`` ``nats://...``) the group (else the client id) names
-    the durable consumer the instances share.
+    the durable consumers (one per filter) the instances share.
     """
     if engine_url:
         from .jetstream import JetStreamSubscriber  # nats-py only where the cluster engine is used

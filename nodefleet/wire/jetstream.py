@@ -1,16 +1,17 @@
-"""Ingest from a NATS cluster: the node traffic its MQTT layer stored, through one JetStream durable consumer.
+"""Ingest from a NATS cluster: the node traffic its MQTT layer stored, through JetStream durable consumers.
 
 Nodes and the CLI speak MQTT 3.1.1 to any server of the cluster.  The MQTT
 layer stores every QoS 1 PUBLISH in its stream ``$MQTT_msgs`` (subject
 ``$MQTT.msgs.<topic as a subject>``, replicated on ``mqtt.stream_replicas``
 servers) before it sends the PUBACK, so what a node saw acknowledged is on a
 majority of servers.  :class:`JetStreamSubscriber` reads that stream through
-a durable pull consumer named after the ingest group: every instance of the
-group fetches from the same consumer, so the cluster splits the messages
+durable pull consumers named after the ingest group, one per filter
+(:func:`durable_name`): every instance of the group fetches from the same
+consumers, so the cluster splits the messages
 between them (MQTT ``$share`` is not split across NATS servers,
 nats-server#6859), and the consumer keeps what arrives while no instance
 runs.  The stream's retention is *interest*: a message is kept until every
-consumer acknowledged it, and one published before the consumer first
+consumer it matches acknowledged it, and one published before the consumer first
 existed is not kept.
 
 As with :class:`~nodefleet.wire.subscriber.AckingSubscriber` nothing is
@@ -24,19 +25,25 @@ idempotently, as it already does.
 QoS 0 publishes never enter ``$MQTT_msgs`` (MQTT's own "at most once"), so
 they are taken from the plain subjects with a NATS queue group of the same
 name, which also splits them; the copies of QoS 1 publishes on those
-subjects (header ``Nmqtt-Pub`` not ``0``) are left to the stream.
+subjects (header ``Nmqtt-Pub`` not ``0``) are left to the stream.  A queue
+subscription is interest, not storage: a QoS 0 publish reaches us only once
+the server it enters knows of it.  Our own server knows when ``subscribed``
+is set (the SUB is flushed); the other servers learn it over the routes a
+moment later, and what they take before is dropped, as MQTT allows for
+QoS 0 (tests/scale/test_nats_qos0.py waits for a probe through every server).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
 from urllib.parse import urlsplit
 
 import nats
 from nats.errors import ConnectionClosedError, NoServersError
 from nats.errors import Error as NatsError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
@@ -52,6 +59,7 @@ log = get_logger(__name__)
 MQTT_STREAM = "$MQTT_msgs"
 MQTT_PREFIX = "$MQTT.msgs."
 MQTT_QOS_HEADER = "Nmqtt-Pub"
+STATUS_HEADER = "Status"
 _ACK = b"+ACK"
 
 
@@ -66,6 +74,15 @@ def topic_of(subject: str) -> str:
     return subject.replace("//", "\0").replace(".", "/").replace("\0", ".")
 
 
+def durable_name(group: str, topic_filter: str) -> str:
+    """The durable consumer of one filter for one group: ``<group>-<hash of the filter>``.
+
+    One consumer per filter, not one with every filter: a consumer with several filter
+    subjects cost the cluster about three times the CPU per message (bench.scale_out).
+    """
+    return f"{group}-{hashlib.sha1(topic_filter.encode()).hexdigest()[:10]}"
+
+
 def servers_of(url: str) -> list[str]:
     """``nats://host:port[,host:port...]`` -> one ``nats://host:port`` per server."""
     parts = urlsplit(url)
@@ -75,7 +92,7 @@ def servers_of(url: str) -> list[str]:
 
 
 class JetStreamSubscriber(Batches):
-    """Fetches the node traffic of ``filters`` (MQTT filters) for the durable consumer ``consumer``."""
+    """Fetches the node traffic of ``filters`` (MQTT filters) for the ingest group ``consumer``."""
 
     def __init__(
         self,
@@ -84,7 +101,7 @@ class JetStreamSubscriber(Batches):
         consumer: str,
         filters: list[str],
         buffer_limit: int = 20_000,
-        fetch_size: int = 1000,
+        fetch_size: int = 2000,
         ack_wait: float = 30.0,
         connect_timeout: float = 5.0,
         max_backoff: float = 10.0,
@@ -153,37 +170,42 @@ class JetStreamSubscriber(Batches):
         self._nc = nc
         try:
             js = nc.jetstream()
-            config = ConsumerConfig(
-                durable_name=self.consumer, filter_subjects=[MQTT_PREFIX + subject_of(f) for f in self.filters],
-                ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=self.ack_wait,
-                max_ack_pending=max(self.buffer_limit * 2, 10_000), max_deliver=-1,
-            )
-            try:
-                await js.add_consumer(MQTT_STREAM, config)
-                pull = await js.pull_subscribe_bind(durable=self.consumer, stream=MQTT_STREAM)
-            except NotFoundError as exc:
-                # The MQTT layer makes its stream at its first MQTT client; until then there is nothing to read.
-                raise BrokerUnavailable(f"no {MQTT_STREAM} stream yet (no MQTT client has connected)") from exc
+            for topic_filter in self.filters:
+                config = ConsumerConfig(
+                    durable_name=durable_name(self.consumer, topic_filter),
+                    filter_subject=MQTT_PREFIX + subject_of(topic_filter),
+                    ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=self.ack_wait,
+                    max_ack_pending=max(self.buffer_limit * 2, 10_000), max_deliver=-1,
+                )
+                try:
+                    await js.add_consumer(MQTT_STREAM, config)
+                except NotFoundError as exc:
+                    # The MQTT layer makes its stream at its first MQTT client; until then there is nothing to read.
+                    raise BrokerUnavailable(f"no {MQTT_STREAM} stream yet (no MQTT client has connected)") from exc
             for topic_filter in self.filters:
                 await nc.subscribe(subject_of(topic_filter), queue=self.consumer, cb=self._core,
                                    pending_msgs_limit=self.buffer_limit)
+            # SUB is only queued by the library: until our server has it, QoS 0 publishes are not ours
+            # (at most once), so "subscribed" waits for the round trip, bounded like the connect.
+            await nc.flush(timeout=self.connect_timeout)
             log.info("nats_subscribed", servers=nc.connected_url.netloc if nc.connected_url else "?",
                      consumer=self.consumer, filters=len(self.filters))
             self.subscribed.set()
             self.reconnect.up()
             if self._acks:
                 self._ack_ready.set()  # acknowledgements of messages fetched on the connection before
-            await self._serve(nc, pull)
+            await self._serve(nc)
         except (ConnectionClosedError, NatsError) as exc:
             raise ConnectionLost(f"the NATS connection ended: {exc or type(exc).__name__}") from exc
         except asyncio.CancelledError:
             await self.disconnect()
             raise
 
-    async def _serve(self, nc: nats.NATS, pull: nats.js.JetStreamContext.PullSubscription) -> None:
+    async def _serve(self, nc: nats.NATS) -> None:
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._fetch(pull))
+                for topic_filter in self.filters:
+                    group.create_task(self._fetch(nc, durable_name(self.consumer, topic_filter)))
                 group.create_task(self._send_acks(nc))
                 group.create_task(self._watch())
         except* (ConnectionClosedError, NatsError, ConnectionLost) as failures:
@@ -193,27 +215,54 @@ class JetStreamSubscriber(Batches):
         await self._lost
         raise ConnectionLost("the NATS connection closed")
 
-    async def _fetch(self, pull: nats.js.JetStreamContext.PullSubscription) -> None:
-        buffer = self._buffer
+    async def _fetch(self, nc: nats.NATS, durable: str) -> None:
+        """Pull requests of our own to ``durable``, answered into an inbox subscription of its own.
+
+        nats-py's ``PullSubscription.fetch`` waits for each message with its own timeout (a
+        ``wait_for`` per message): that alone cost more CPU than decoding and storing the
+        message (bench.scale_out).  A request asks only for what the buffer has room for
+        (each filter's loop may add one ``fetch_size`` beyond it), so memory stays bounded.
+        """
+        wanted = 0
+        answered = asyncio.Event()
         prefix = len(MQTT_PREFIX)
+
+        async def pulled(message: nats.aio.msg.Msg) -> None:
+            nonlocal wanted
+            headers = message.headers
+            if headers and STATUS_HEADER in headers:
+                answered.set()  # 404/408/409: this request is over
+                return
+            self._next_id += 1
+            self._replies[self._next_id] = message.reply
+            self._buffer.append(Inbound(topic_of(message.subject[prefix:]), message.data, time.time(),
+                                        self._next_id, 0))
+            self._data.set()
+            wanted -= 1
+            if wanted <= 0:
+                answered.set()
+
+        inbox = nc.new_inbox()
+        await nc.subscribe(inbox, cb=pulled, pending_msgs_limit=self.buffer_limit + self.fetch_size)
+        subject = f"$JS.API.CONSUMER.MSG.NEXT.{MQTT_STREAM}.{durable}"
+        expires = 1.0
         while True:
-            room = self.buffer_limit - len(buffer)
+            room = self.buffer_limit - len(self._buffer)
             if room <= 0:
                 self._room.clear()
                 self.pauses += 1
                 await self._room.wait()
                 continue
+            wanted = min(self.fetch_size, room)
+            answered.clear()
+            await nc.publish(subject, json.dumps({"batch": wanted, "expires": int(expires * 1e9)}).encode(),
+                             reply=inbox)
+            # The server ends a request when it is filled or with a status (408 at `expires`);
+            # a bound in case that status is lost with a connection.
             try:
-                messages = await pull.fetch(min(self.fetch_size, room), timeout=1.0)
-            except NatsTimeout:
+                await asyncio.wait_for(answered.wait(), expires + self.connect_timeout)
+            except TimeoutError:
                 continue
-            now = time.time()
-            for m in messages:
-                self._next_id += 1
-                self._replies[self._next_id] = m.reply
-                buffer.append(Inbound(topic_of(m.subject[prefix:]), m.data, now, self._next_id, 0))
-            if messages:
-                self._data.set()
 
     async def _core(self, message: nats.aio.msg.Msg) -> None:
         headers = message.headers
@@ -256,4 +305,7 @@ class JetStreamSubscriber(Batches):
             await asyncio.wait_for(nc.flush(), timeout)
         except (NatsError, TimeoutError):
             pass  # unacknowledged ones come again after ack_wait
-        await nc.close()
+        try:
+            await asyncio.wait_for(nc.close(), timeout)  # a dead server must not hold a shutdown
+        except (NatsError, TimeoutError):
+            pass

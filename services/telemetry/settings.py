@@ -15,8 +15,8 @@ class TelemetrySettings(CommonSettings):
         pattern=r"^[A-Za-z0-9_-]{1,64}$",
     )
     shared_group: str | None = _own(
-        None, "Split the load between instances: $share/<group>/ subscriptions on one MQTT broker, the durable consumer "
-        "<group> on a NATS cluster",
+        None, "Split the load between instances: $share/<group>/ subscriptions on one MQTT broker, the durable consumers "
+        "<group>-<filter hash> on a NATS cluster",
         "shared_group",
     )
     ack_wait: float = _own(

@@ -64,18 +64,21 @@ async def _stored_all(database: str, acked: set[tuple[str, int]], timeout: float
         await conn.close()
 
 
-async def _all_acknowledged(cluster: NatsCluster, consumer: str, timeout: float = 15.0) -> None:
-    """The durable consumer has nothing pending and nothing unacknowledged: every commit was acknowledged."""
+async def _all_acknowledged(cluster: NatsCluster, group: str, timeout: float = 15.0) -> None:
+    """The group's durable consumers (one per filter) have nothing pending and nothing unacknowledged:
+    every commit was acknowledged."""
     nc = await nats.connect(servers_of(cluster.url))
     try:
         js = nc.jetstream()
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            info = await js.consumer_info(MQTT_STREAM, consumer)
-            if info.num_pending == 0 and info.num_ack_pending == 0:
+            infos = [i for i in await js.consumers_info(MQTT_STREAM) if i.name.startswith(f"{group}-")]
+            assert infos, f"no durable consumer of group {group}"
+            waiting = {i.name: (i.num_pending, i.num_ack_pending) for i in infos if i.num_pending or i.num_ack_pending}
+            if not waiting:
                 return
             if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"consumer {consumer}: {info.num_pending} pending, {info.num_ack_pending} unacked")
+                raise AssertionError(f"group {group}: (pending, unacked) {waiting}")
             await asyncio.sleep(0.5)
     finally:
         await nc.close()
