@@ -182,6 +182,7 @@ class JetStreamSubscriber(Batches):
                 except NotFoundError as exc:
                     # The MQTT layer makes its stream at its first MQTT client; until then there is nothing to read.
                     raise BrokerUnavailable(f"no {MQTT_STREAM} stream yet (no MQTT client has connected)") from exc
+            await self._drop_single_consumer(js)
             for topic_filter in self.filters:
                 await nc.subscribe(subject_of(topic_filter), queue=self.consumer, cb=self._core,
                                    pending_msgs_limit=self.buffer_limit)
@@ -200,6 +201,20 @@ class JetStreamSubscriber(Batches):
         except asyncio.CancelledError:
             await self.disconnect()
             raise
+
+    async def _drop_single_consumer(self, js) -> None:
+        """Delete the durable named exactly like the group, the one consumer for all filters of earlier releases.
+
+        Nothing reads it once the group has a consumer per filter, yet the stream's interest retention
+        keeps every message it matches until it acknowledges them: left alone, it would hold all node
+        traffic on disk for ever.  The per-filter names (``<group>-<hash>``) never equal the group.
+        """
+        try:
+            await js.delete_consumer(MQTT_STREAM, self.consumer)
+        except NotFoundError:
+            return
+        log.warning("nats_old_consumer_deleted", consumer=self.consumer, stream=MQTT_STREAM,
+                    reason="replaced by one durable consumer per filter; it held the stream's messages")
 
     async def _serve(self, nc: nats.NATS) -> None:
         try:
