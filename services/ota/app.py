@@ -29,6 +29,7 @@ from nodefleet.wire import BrokerAddress, Client, Message, NotSent, Publisher, R
 
 from .directory import Directory
 from .engine import Engine
+from .leader import Leadership
 from .pump import Pump
 from .requests import handlers
 from .settings import OtaSettings
@@ -197,10 +198,25 @@ async def open_store(settings: OtaSettings) -> OtaStore:
 
 
 async def serve(settings: OtaSettings, *, ready: asyncio.Event | None = None) -> None:
-    """Run the ota service until cancelled."""
+    """Run the ota service until cancelled: active while it holds the leadership lock, standby before (leader.py)."""
     log.info("ota_starting", broker=BrokerAddress.parse(settings.mqtt_url).url, instance=settings.instance,
              master_key=settings.ota_master is not None)
     if settings.ota_master is None:
         log.warning("ota_no_master_key", hint="set NODEFLEET_OTA_MASTER_KEY (the provisioner's): without it no "
                     "rollout can start")
-    await OtaService(settings, await open_store(settings)).serve(ready=ready)
+    leadership = Leadership(settings.database_url, instance=settings.instance, poll=settings.leader_poll,
+                            retry_max=settings.db_retry_max)
+    try:
+        while True:
+            await leadership.acquire()
+            log.info("ota_active", instance=settings.instance)
+            service = OtaService(settings, await open_store(settings))
+            async with asyncio.TaskGroup() as group:
+                serving = group.create_task(service.serve(ready=ready))
+                lost = group.create_task(leadership.held())
+                await asyncio.wait({serving, lost}, return_when=asyncio.FIRST_COMPLETED)
+                # Lost the lock: step down (a new service reads the tables back once it holds it again).
+                serving.cancel()
+                lost.cancel()
+    finally:
+        await leadership.release()

@@ -6,10 +6,12 @@ import asyncio
 import os
 import signal
 import sys
+import uuid
 from pathlib import Path
 
 from conftest import wait_for
 from nodefleet.errors import RequestError
+from nodefleet.wire import BrokerAddress, Client
 
 from .conftest import MASTER, fleet, operator, release_file
 from .test_service import b64, rollout_state
@@ -17,9 +19,10 @@ from .test_service import b64, rollout_state
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def _service(mosquitto, topics, database: str, log: Path) -> asyncio.subprocess.Process:
+async def _service(mosquitto, topics, database: str, log: Path, instance: str = "ota-k") -> asyncio.subprocess.Process:
     env = {**os.environ, "NODEFLEET_MQTT_URL": mosquitto.url, "NODEFLEET_DATABASE_URL": database,
-           "NODEFLEET_TOPIC_ROOT": topics.root, "NODEFLEET_FLEET_ROOT": topics.fleet, "NODEFLEET_INSTANCE": "ota-k",
+           "NODEFLEET_TOPIC_ROOT": topics.root, "NODEFLEET_FLEET_ROOT": topics.fleet, "NODEFLEET_INSTANCE": instance,
+           "NODEFLEET_OTA_LEADER_POLL": "0.3",
            "NODEFLEET_OTA_MASTER_KEY": MASTER.hex(), "NODEFLEET_OTA_GATHER": "0.3",
            "NODEFLEET_OTA_TICK_INTERVAL": "0.2", "NODEFLEET_LOG_FORMAT": "json"}
     return await asyncio.create_subprocess_exec(sys.executable, "-m", "services.ota", cwd=ROOT, env=env,
@@ -73,3 +76,57 @@ async def _answers(op) -> bool:
     return True
 
 
+
+
+async def test_two_instances_one_active_the_standby_takes_over_a_kill_9(mosquitto, database, topics, release_140,
+                                                                         tmp_path):
+    """Two ota instances: one answers and streams; SIGKILL it mid-rollout and the other finishes the rollout."""
+    names = [f"f{i}" for i in range(4)]
+    logs = {name: tmp_path / f"{name}.log" for name in ("ota-a", "ota-b")}
+    services = {"ota-a": await _service(mosquitto, topics, database, logs["ota-a"], "ota-a")}
+    try:
+        async with operator(mosquitto.url, topics) as op, fleet(mosquitto.url, topics, names, delay=0.1) as peers, \
+                Client(BrokerAddress.parse(mosquitto.url), client_id=f"tap-{uuid.uuid4().hex[:6]}") as tap:
+            await wait_for(lambda: _answers(op), timeout=20)
+            services["ota-b"] = await _service(mosquitto, topics, database, logs["ota-b"], "ota-b")
+            await wait_for(lambda: "ota_standby" in logs["ota-b"].read_text(), timeout=20)
+
+            # Every request is answered once: count the answers on the operator's reply topic.
+            await tap.subscribe(op.requester.reply_topic, qos=1)
+            answers = _Counter(tap)
+            counting = asyncio.create_task(answers.run())
+            for _ in range(5):
+                await op("releases")
+            await op("release", {"file": b64(release_file(release_140))})
+            await op("rollout_start", {"release": "1.4.0", "all": True, "canary": 0, "id": "rf"})
+            await asyncio.sleep(0.5)
+            assert answers.count == 7, f"{answers.count} answers to 7 requests"
+            counting.cancel()
+
+            units = len(release_140.manifest.blocks)
+            await wait_for(lambda: any(p.download and len(p.download.blocks) > units // 3 for p in peers.values()),
+                           timeout=30)
+            services["ota-a"].send_signal(signal.SIGKILL)
+            await asyncio.wait_for(services["ota-a"].wait(), 10)
+            killed = asyncio.get_running_loop().time()
+            await wait_for(lambda: _answers(op), timeout=20)
+            took_over = asyncio.get_running_loop().time() - killed
+            view = await rollout_state(op, "rf", "done", "halted", timeout=60)
+            assert view["state"] == "done" and view["counts"] == {"updated": 4}, view
+            assert all(p.image == release_140.image for p in peers.values())
+            assert all(peers[n].offers == 1 for n in names)
+            assert "ota_active" in logs["ota-b"].read_text()
+            print(f"standby answering {took_over:.2f} s after the kill")
+            assert took_over < 10
+    finally:
+        for process in services.values():
+            await _stop(process)
+
+
+class _Counter:
+    def __init__(self, client: Client) -> None:
+        self.client, self.count = client, 0
+
+    async def run(self) -> None:
+        async for _ in self.client.messages:
+            self.count += 1
