@@ -77,7 +77,8 @@ class Scheduler:
         self.store = store
         self.errors = ErrorReporter(SCHEDULER_SERVICE, self.topics)
         self.planner = Planner(store=store, grace=settings.grace, lease=settings.lease, send=self.send_backups,
-                               publish=self.publish_events, wake_grace=settings.wake_grace)
+                               publish=self.publish_events, wake_grace=settings.wake_grace,
+                               ahead=settings.claim_ahead)
         self.address = BrokerAddress.parse(settings.mqtt_url)
         # Backups and run events go out on a connection of their own (nodefleet.wire.Publisher).
         self.publisher = Publisher(self.address, client_id=f"nodefleet-sched-pub-{settings.instance}"[:64],

@@ -38,6 +38,8 @@ class NodeView:
     missed: dict[str, Run] = field(default_factory=dict)
     generation: int = 0
     planned: set[str] = field(default_factory=set)
+    reserved: set[str] = field(default_factory=set)
+    """Run ids whose backup this instance claimed ahead of the due second (``Planner`` with ``ahead``)."""
 
     @property
     def rules(self) -> list[dict[str, Any]]:

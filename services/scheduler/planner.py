@@ -39,7 +39,7 @@ from .store import TRANSIENT, Event, Store
 
 log = get_logger(__name__)
 
-CHECK, RESUME, TAKEOVER = "check", "resume", "takeover"
+CHECK, RESUME, TAKEOVER, RESERVE = "check", "resume", "takeover", "reserve"
 CLAIM_CHUNK = 1000  # claims per database round trip; sending one chunk overlaps the next claims
 CLAIMS_IN_FLIGHT = 2  # chunks the database works on at once (the pool has 4 connections)
 
@@ -70,8 +70,9 @@ class Counts:
 class Planner:
     def __init__(self, *, store: Store, grace: float, lease: float, send: SendBackups, publish: Publish,
                  clock: Callable[[], float] = time.time, on_idle: Callable[[float | None], None] | None = None,
-                 wake_grace: float = 60.0) -> None:
+                 wake_grace: float = 60.0, ahead: float = 0.0) -> None:
         self.store = store
+        self.ahead = ahead
         self.grace = grace
         self.wake_grace = wake_grace
         self.lease = lease
@@ -105,6 +106,10 @@ class Planner:
         if current is not None:
             self._push(view, current, max(now, current.start + self.grace))
         self._plan_after(view, int(now))
+        stale = view.reserved - view.planned  # reserved for a run the new schedule no longer has
+        if stale:
+            view.reserved -= stale
+            self._background(self._withdraw([(view.name, run_id) for run_id in stale]))
 
     def _plan_after(self, view: NodeView, ts: int) -> None:
         nxt = next_start(view.rules, view.tz, ts)
@@ -116,6 +121,8 @@ class Planner:
             if run.run_id in view.planned:
                 return
             view.planned.add(run.run_id)
+            if self.ahead and at - self.ahead > self.clock():
+                self._enqueue(Due(at - self.ahead, view.name, view.generation, run, RESERVE))
         self._enqueue(Due(at, view.name, view.generation, run, what))
 
     def _enqueue(self, due: Due) -> None:
@@ -174,6 +181,9 @@ class Planner:
         now = self.clock()
         done: dict[str, list[Event]] = {"run": [], "miss": [], "skipped": []}
         to_claim: list[Event] = []
+        reserved: list[Event] = []  # claimed ahead: only the publish is left
+        to_reserve: list[tuple[Event, float]] = []
+        to_withdraw: list[tuple[str, str]] = []
         takeovers: list[Due] = []
         to_plan: list[tuple[NodeView, int]] = []  # the runs after these, planned once the backups are out
         for due in batch:
@@ -184,6 +194,11 @@ class Planner:
                 if not view.saw(due.run.run_id) and now < due.run.end:
                     takeovers.append(due)  # another instance claimed it: was it sent?
                 continue
+            if due.what == RESERVE:
+                # Likely to need the backup (as things stand now): claim it before its second comes.
+                if due.run.run_id not in view.reserved and self.classify(view, due.run, now, resumed=False)[0] == "claim":
+                    to_reserve.append(((view.name, due.run, None), due.at + self.ahead))
+                continue
             if due.what == CHECK:
                 view.planned.discard(due.run.run_id)
                 to_plan.append((view, due.run.start))
@@ -192,13 +207,25 @@ class Planner:
                 view.missed[due.run.run_id] = due.run  # resumed if the node comes back inside the window
             else:
                 view.missed.pop(due.run.run_id, None)
+            if due.run.run_id in view.reserved:
+                view.reserved.discard(due.run.run_id)
+                if kind == "claim":
+                    reserved.append((view.name, due.run, detail))
+                    continue
+                to_withdraw.append((view.name, due.run.run_id))  # not needed after all: no one may send it
             if kind == "claim":
                 to_claim.append((view.name, due.run, detail))
             elif kind:
                 done[kind].append((view.name, due.run, detail))
-        if to_claim:
+        if to_claim or reserved:
             began = self.clock()
-            written, claim_wait = await self._claim_and_queue(to_claim)
+            written: list[tuple[list[Event], Acked]] = []
+            if reserved:
+                acked = await self._send(reserved)
+                if acked is not None:
+                    written.append((reserved, acked))
+            more, claim_wait = await self._claim_and_queue(to_claim) if to_claim else ([], 0.0)
+            written += more
             for won, acked in written:  # after the whole batch is out: marking it sent must not slow its claims
                 self._confirm_later(won, acked, began)
             log.debug("backups", sent=sum(len(won) for won, _ in written), late_ms=round((began - batch[0].at) * 1000, 1),
@@ -209,6 +236,10 @@ class Planner:
                 await asyncio.sleep(0)  # planning 10,000 runs takes ~150 ms: let the commands' writes and acks through
         for due in takeovers:
             await self._take_over(due)
+        if to_withdraw:
+            await self._withdraw(to_withdraw)
+        if to_reserve:
+            await self._reserve(to_reserve)
         for kind, events in done.items():
             recorded = await self.store.record(kind, events)
             setattr(self.counts, _COUNTER[kind], getattr(self.counts, _COUNTER[kind]) + len(recorded))
@@ -244,6 +275,36 @@ class Planner:
             await asyncio.gather(*claims, return_exceptions=True)
         return written, waited
 
+    async def _reserve(self, to_reserve: list[tuple[Event, float]]) -> None:
+        """Claim backups ahead of their second, in chunks; what fails is claimed at the second as before."""
+        for i in range(0, len(to_reserve), CLAIM_CHUNK):
+            chunk = to_reserve[i:i + CLAIM_CHUNK]
+            try:
+                # Stamped with the chunk's earliest due time: the lease of a dead instance's reservation counts from it.
+                won = await self.store.reserve([event for event, _ in chunk], min(due for _, due in chunk))
+            except (StorageUnavailable, *TRANSIENT) as exc:
+                log.warning("reservation_failed", error=str(exc) or type(exc).__name__, count=len(chunk))
+                return
+            for node, run, _ in won:
+                view = self.nodes.get(node)
+                if view is not None:
+                    view.reserved.add(run.run_id)
+            if i + CLAIM_CHUNK < len(to_reserve):
+                await asyncio.sleep(0)  # let the writes and acknowledgements of backups due now through
+        log.debug("reserved", asked=len(to_reserve))
+
+    async def _withdraw(self, claims: list[tuple[str, str]]) -> None:
+        try:
+            await self.store.withdraw(claims)
+        except (StorageUnavailable, *TRANSIENT) as exc:
+            # Left in the table: no instance sends it (a takeover follows only a lost claim at the due second).
+            log.warning("withdrawal_failed", error=str(exc) or type(exc).__name__, count=len(claims))
+
+    def _background(self, coroutine: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._confirming.add(task)
+        task.add_done_callback(self._confirming.discard)
+
     def classify(self, view: NodeView, run: Run, now: float, *, resumed: bool) -> tuple[str | None, str | None]:
         """What to do about ``run`` now: ``run``, ``skipped``, ``miss``, ``claim`` or None (nothing)."""
         if view.saw(run.run_id):
@@ -272,9 +333,7 @@ class Planner:
 
     def _confirm_later(self, sent: list[Event], acked: Acked, written: float) -> None:
         """Mark backups sent once the broker acknowledged them, in the background: the next due second does not wait."""
-        task = asyncio.create_task(self._confirm(sent, acked, written))
-        self._confirming.add(task)
-        task.add_done_callback(self._confirming.discard)
+        self._background(self._confirm(sent, acked, written))
 
     def _not_sent(self, won: list[Event], exc: BaseException) -> None:
         # Our claims stay unsent, so after the lease we (or another instance) take them over and send again;

@@ -16,6 +16,10 @@ class SchedulerSettings(CommonSettings):
         5.0, "Seconds after which another instance takes over a claimed backup that was never sent", "lease",
         gt=0, le=600,
     )
+    claim_ahead: float = _own(
+        2.0, "Seconds before a backup's due time its claim is made, so that at the second only the publish is left "
+        "(0: claim at the second)", "claim_ahead", ge=0, le=60,
+    )
     wake_grace: float = _own(
         60.0, "Seconds after its planned wake a sleeping node has to come back before it is flagged as overslept",
         "wake_grace", ge=0, le=3600,

@@ -4,7 +4,9 @@ schedule changes it applied.
 A backup is claimed by inserting its ``backup`` event: (node, run_id, kind) is
 the primary key, so of two instances only one insert wins.  ``sent`` stays NULL
 until the command went out; a claim left unsent longer than the lease (its
-instance died) is taken over by another instance.
+instance died) is taken over by another instance.  A claim made ahead of its
+due second (``reserve``) carries the due time as its ``ts``, so the lease
+counts from then.
 """
 
 from __future__ import annotations
@@ -119,17 +121,35 @@ class Store:
             await migrations.migrate(conn, steps, table="scheduler_migrations", lock=_LOCK)
 
     # -- events and claims -------------------------------------------------
-    async def record(self, kind: str, events: Sequence[Event]) -> list[Event]:
+    async def record(self, kind: str, events: Sequence[Event], *, ts: float | None = None) -> list[Event]:
         """Insert events of one kind; the ones this call inserted (the others were recorded already)."""
         if not events:
             return []
-        rows = await self.pool.fetch(_CLAIM, kind, time.time(), self.instance, *_columns(events))
+        rows = await self.pool.fetch(_CLAIM, kind, time.time() if ts is None else ts, self.instance, *_columns(events))
         won = {(row["node"], row["run_id"]) for row in rows}
         return [e for e in events if (e[0], e[1].run_id) in won]
 
     async def claim(self, events: Sequence[Event]) -> list[Event]:
         """Claim backups; the ones this instance won (and must send)."""
         return await self.record("backup", events)
+
+    async def reserve(self, events: Sequence[Event], due: float) -> list[Event]:
+        """Claim backups ahead of their due time; the ones this instance won.
+
+        The claim is stamped with ``due``, not now: another instance takes it over (``take_over``) only once
+        the lease has passed after the due time, so a reservation is no one else's to send before then.
+        """
+        return await self.record("backup", events, ts=due)
+
+    async def withdraw(self, claims: Sequence[tuple[str, str]]) -> int:
+        """Delete this instance's unsent claims of (node, run_id): reserved, then not needed after all."""
+        if not claims:
+            return 0
+        result = await self.pool.execute(
+            """DELETE FROM scheduler_events e USING unnest($1::text[], $2::text[]) AS u(n, r)
+               WHERE e.node = u.n AND e.run_id = u.r AND e.kind = 'backup' AND e.sent IS NULL AND e.instance = $3""",
+            [n for n, _ in claims], [r for _, r in claims], self.instance)
+        return int(result.split()[-1])
 
     async def take_over(self, node: str, run_id: str, lease: float) -> bool:
         """Take an unsent claim older than ``lease`` seconds (its instance died); True if it is ours now."""
