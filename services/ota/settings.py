@@ -46,5 +46,5 @@ class OtaSettings(CommonSettings):
     db_retry_max: float = _own(10.0, "Longest pause (s) between database connection attempts", "db_retry_max", gt=0)
     leader_poll: float = _own(
         1.0, "Seconds between a standby instance's tries to become the active one, and the active one's checks "
-        "that it still is (services/ota/leader.py)", "leader_poll", gt=0, le=60,
+        "that it still is (see leader.py)", "leader_poll", gt=0, le=60,
     )
