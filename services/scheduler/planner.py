@@ -236,8 +236,6 @@ class Planner:
                 await asyncio.sleep(0)  # planning 10,000 runs takes ~150 ms: let the commands' writes and acks through
         for due in takeovers:
             await self._take_over(due)
-        if to_withdraw:
-            await self._withdraw(to_withdraw)
         if to_reserve:
             await self._reserve(to_reserve)
         for kind, events in done.items():
@@ -245,6 +243,9 @@ class Planner:
             setattr(self.counts, _COUNTER[kind], getattr(self.counts, _COUNTER[kind]) + len(recorded))
             if recorded:
                 await self.publish(kind, recorded)
+        if to_withdraw:
+            # After the runs are recorded: another instance's claim of one now finds its ``run`` and is refused.
+            await self._withdraw(to_withdraw)
 
     async def _claim_and_queue(self, to_claim: list[Event]) -> tuple[list[tuple[list[Event], Acked]], float]:
         """Claim in chunks, a few in flight; a chunk's won backups go to the publisher as soon as its claim returns.
