@@ -165,6 +165,8 @@ class Stream:
         if not any(m.credit > 0 for m in active):
             return None
         picked = self._pick(active)
+        if picked is None and self._expire_handled(active):
+            picked = self._pick(active)
         if picked is None:
             return None
         unit, lacking = picked
@@ -177,6 +179,26 @@ class Stream:
         lacking[0].charge(unit)
         self.frames_repaired += 1
         return Send(unit, lacking[0].node)
+
+    def _expire_handled(self, active: list[Member]) -> bool:
+        """With credit left and nothing to send: a unit a member has handled by count (``got`` reached its turn)
+        and still lacks was lost or refused, so it is due again now rather than half a window later.
+
+        Without this a node that refused a run of frames (every block behind a bad table chunk) would get
+        only the few units past the half window per want, and wait out its stall timer (2 s) for each next
+        want. The cost: a frame that is in fact still on its way (the node's count ran ahead of ours by what
+        reached it before its first want) may go twice, and only while the stream would otherwise be idle."""
+        expired = False
+        for member in active:
+            if member.credit <= 0:
+                continue
+            handled = [unit for unit, turn in member.in_flight.items() if turn <= member.got]
+            for unit in handled:
+                del member.in_flight[unit]
+            expired = expired or bool(handled)
+        if expired:
+            self._shared_left = True
+        return expired
 
     def _pick(self, active: list[Member]) -> tuple[int, list[Member]] | None:
         """Table chunks first, then the shared stream from its cursor, then repairs; with who lacks the unit.

@@ -161,6 +161,42 @@ def test_a_stalled_member_is_granted_its_window_again():
     assert stream.next(now=2.5) is None  # one window, no more
 
 
+def test_frames_refused_behind_a_bad_table_chunk_go_again_without_waiting_for_a_stall():
+    # A small image (the whole of it fits in one window): the table chunk arrives bad, so the node refuses
+    # every block that follows it. They are due again at its next want, not a few per 2 s stall want.
+    blocks = 17
+    stream = Stream("1.4.0", table=TABLE, blocks=blocks)
+    node = Node("n1", window=32)
+    units = TABLE + blocks
+    node_want = node.want
+
+    def want() -> Want:
+        w = node_want()
+        return w.model_copy(update={"have": bitmap(node.have, units)})
+
+    stream.want(node.name, want(), now=0.0)
+    log, stalls, bad_once = [], 0, True
+    while len(node.have) < units:
+        assert len(log) < 10 * units, log
+        send = stream.next(now=0.0)
+        if send is None:
+            stalls += 1  # only the node's 2 s stall timer would move it on
+            stream.want(node.name, want(), now=0.0)
+            continue
+        log.append(send.unit)
+        if send.unit == 0 and bad_once:
+            bad_once = False  # refused: counted in got, not kept
+            node.got += 1
+            node.since_want += 1
+            wants = node.since_want >= node.window // 2
+        else:
+            wants = node.frame(send.unit) or len(node.have) == units
+        if wants:
+            stream.want(node.name, want(), now=0.0)
+    assert stalls == 0, (stalls, log)
+    assert sorted(log) == sorted(list(range(units)) * 2)  # every unit twice: refused once, then kept
+
+
 def test_an_idle_stream_gathers_its_first_members_before_sending():
     stream = Stream("1.4.0", table=TABLE, blocks=BLOCKS, gather=1.0)
     a, b = Node("a"), Node("b")

@@ -24,11 +24,18 @@ class FailoverLoad:
         self.sent = 0
         self.reconnects = 0
         self.server = 0
+        self._bodies: dict[tuple[str, int], bytes] = {}
 
-    def body(self, seq: int) -> bytes:
-        # One message in ten has no device time: the received-time dedup path is exercised too.
-        ts = None if seq % 10 == 9 else time.time()
-        return json.dumps({"v": 1, "seq": seq, "ts": ts, "readings": {"temperature": 21.5, "rssi": -60}}).encode()
+    def body(self, node: str, seq: int) -> bytes:
+        """The message's bytes, made once: a resend after a failover carries the same device time, as a node's does
+        (a new time would make it a new reading, not a repeat)."""
+        key = (node, seq)
+        if key not in self._bodies:
+            # One message in ten has no device time: the received-time dedup path is exercised too.
+            ts = None if seq % 10 == 9 else time.time()
+            self._bodies[key] = json.dumps({"v": 1, "seq": seq, "ts": ts,
+                                            "readings": {"temperature": 21.5, "rssi": -60}}).encode()
+        return self._bodies[key]
 
     async def run(self, rounds: int, *, rate: float, deadline: float = 60.0) -> None:
         todo = [(node, seq) for seq in range(rounds) for node in self.nodes]
@@ -43,7 +50,7 @@ class FailoverLoad:
                     while todo:
                         chunk, rest = todo[:self.chunk], todo[self.chunk:]
                         async with asyncio.timeout(10):
-                            await asyncio.gather(*(mqtt.publish(self.topics.telemetry(n), self.body(s), qos=1)
+                            await asyncio.gather(*(mqtt.publish(self.topics.telemetry(n), self.body(n, s), qos=1)
                                                    for n, s in chunk))
                         self.acked.update(chunk)
                         self.sent += len(chunk)
