@@ -1,4 +1,4 @@
-"""The telemetry service as a child process (``python -m services.telemetry``), and a QoS 1 load."""
+"""A service as a child process (``python -m services.<name>``, telemetry unless told), and a QoS 1 load."""
 
 from __future__ import annotations
 
@@ -21,13 +21,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class ServiceProcess:
-    """Runs the service alone from environment variables, as a container would."""
+    """Runs the service alone from environment variables, as a container would; ready once it logs ``<name>_ready``."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], *, name: str = "telemetry") -> None:
+        self.name = name
         # No per-node limit unless a test sets one: its load generator sends hundreds a second per node.
         self.env = {**os.environ, "NODEFLEET_TELEMETRY_NODE_LIMIT": "0", **env, "NODEFLEET_LOG_FORMAT": "json",
                     "PYTHONPATH": str(ROOT)}
-        self.log_path = Path(tempfile.mkdtemp(prefix="nodefleet-telemetry-")) / "service.log"
+        self.log_path = Path(tempfile.mkdtemp(prefix=f"nodefleet-{name}-")) / "service.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
 
@@ -35,7 +36,7 @@ class ServiceProcess:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "services.telemetry"], env=self.env, cwd=ROOT,
+                [sys.executable, "-m", f"services.{self.name}"], env=self.env, cwd=ROOT,
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL,
             )
 
@@ -51,7 +52,7 @@ class ServiceProcess:
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        while "telemetry_ready" not in self.events():
+        while f"{self.name}_ready" not in self.events():
             if self.process is None or self.process.poll() is not None:
                 raise AssertionError(f"service exited: {self.log_path.read_text()[-3000:]}")
             if time.monotonic() > deadline:
