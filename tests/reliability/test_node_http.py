@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import time
 
-import pytest
 from node.http import request
 
 
@@ -119,10 +118,12 @@ async def test_a_crowd_of_idle_connections_leaves_the_node_unharmed(node, watch)
     assert status == 200 and state["relay"] == "OFF"
 
 
-@pytest.mark.xfail(strict=True, reason="one GET /api/state takes the live heap peak to about 94 KB of 110 KB (16 KB "
-                   "spare, the goal is 20 KB): the node's own live peak is 85 KB before any visit, and the page's "
-                   "server and routes (httpd, web) hold 9.5 KB while loaded")
 async def test_the_local_api_leaves_20_kb_of_heap_spare(node, watch):
+    # The page's modules (httpd, web) are let go once no visit is under way (localpage.py): held for 30 s after a
+    # visit they took the live peak from 85 KB to about 94 KB.
+    await asyncio.sleep(1.2)  # the heap sampler looks once a second
+    before = (await node.ctl())["heap_live_peak"]
     status, state = await request(node.http_port, "GET", "/api/state")
-    assert status == 200
-    await _unharmed(node, watch)
+    assert status == 200 and state["relay"] in ("ON", "OFF"), state
+    board = await _unharmed(node, watch)
+    print(f"node http: GET /api/state, live heap peak {before} B before, {board['heap_live_peak']} B after")
