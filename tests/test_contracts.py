@@ -232,3 +232,15 @@ def test_the_firmware_takes_exactly_the_config_fields_of_the_contract():
     fields = next(ast.literal_eval(node.value) for node in tree.body
                   if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "FIELDS")
     assert list(fields) == list(Config.model_fields)
+
+
+@pytest.mark.parametrize("number", ["Infinity", "-Infinity", "NaN"])
+def test_json_without_infinity_or_nan(number):
+    # Python's json reads these, JSON has none: a dump would make them null, so they are refused on the way in.
+    with pytest.raises(ValidationError, match="finite"):
+        c.Telemetry.model_validate_json(f'{{"v": 1, "seq": 1, "readings": {{"temperature": {number}}}}}')
+    with pytest.raises(ValidationError, match="Infinity or NaN"):
+        c.FleetReply.model_validate(json.loads(f'{{"v": 1, "transaction": "t1", "status": "ok", "data": [{number}]}}'))
+    with pytest.raises(ValidationError, match="Infinity or NaN"):
+        c.FleetRequest.model_validate(json.loads(
+            f'{{"v": 1, "transaction": "t1", "reply_to": "r/1", "data": {{"x": {{"y": {number}}}}}}}'))

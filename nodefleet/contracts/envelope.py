@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints, field_validator
 
-from .payloads import Epoch, Identifier, NodeName, Payload, ShortText, Text
+from .payloads import Epoch, Identifier, JsonData, NodeName, Payload, ShortText, Text
 
 __all__ = ["ErrorEvent", "FleetReply", "FleetRequest"]
 
@@ -20,7 +20,7 @@ class FleetRequest(Payload):
 
     transaction: Identifier
     reply_to: str
-    data: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, JsonData] = Field(default_factory=dict)
 
     @field_validator("reply_to")
     @classmethod
@@ -37,7 +37,7 @@ class FleetReply(Payload):
 
     transaction: Identifier
     status: Literal["ok", "error"]
-    data: Any = None
+    data: JsonData = None
     error: Text | None = None
 
 

@@ -16,10 +16,12 @@ envelope and error events ``envelope.py``.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -35,6 +37,7 @@ from .topics import NODE_NAME_PATTERN
 
 __all__ = [
     "Payload",
+    "JsonData",
     "Info",
     "State",
     "Telemetry",
@@ -76,10 +79,27 @@ Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
-class Part(BaseModel):
-    """Base of nested parts of a payload: strict and immutable."""
+def _finite_json(value: Any) -> Any:
+    """JSON has no Infinity or NaN (Python's json reads them, a dump would turn them into null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PydanticCustomError("finite_number", "JSON has no Infinity or NaN: give a finite number")
+    if isinstance(value, dict):
+        for item in value.values():
+            _finite_json(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _finite_json(item)
+    return value
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+JsonData = Annotated[Any, AfterValidator(_finite_json)]
+"""Any JSON value (an answer's ``data``), checked to be one JSON can carry."""
+
+
+class Part(BaseModel):
+    """Base of nested parts of a payload: strict and immutable; floats finite (JSON has no Infinity or NaN)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 class Payload(Part):
