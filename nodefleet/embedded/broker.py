@@ -28,6 +28,7 @@ from nodefleet.embedded.dynsec import DynamicSecurity, DynsecBroker, admin_acces
 from nodefleet.embedded.persist import SessionFile
 from nodefleet.errors import StartupError
 from nodefleet.logging import get_logger
+from nodefleet.tls import TlsFiles
 
 __all__ = ["BrokerPortInUse", "EmbeddedBroker", "EmbeddedBrokerError", "TopicAccess"]
 
@@ -85,6 +86,8 @@ class EmbeddedBroker:
         dynsec_admin: tuple[str, str] | None = None,
         dynsec_file: Path | None = None,
         sessions_file: Path | None = None,
+        tls_port: int | None = None,
+        tls_files: TlsFiles | None = None,
     ) -> None:
         """``users`` maps username to password; ``acl`` limits some of them (the rest get every topic).
 
@@ -94,10 +97,16 @@ class EmbeddedBroker:
         them a clean one, and a kill -9 what the last ``save_interval``'s write held.
         With ``ws_port`` it also
         speaks MQTT over WebSockets there (for apps and browsers), with the same logins and ACL.
+        With ``tls_port`` and ``tls_files`` (nodefleet.tls) it also speaks MQTT over TLS there, with the same
+        logins and ACL.
         """
         self.host = host
         self.port = port
         self.ws_port = ws_port
+        if (tls_port is None) != (tls_files is None):
+            raise EmbeddedBrokerError("a TLS listener needs both its port and its certificate files")
+        self.tls_port = tls_port
+        self.tls_files = tls_files
         self.access = AccessList(users=users, acl=acl, allow_anonymous=allow_anonymous)
         self._retained_file = RetainedFile(retained_file) if retained_file is not None else None
         self._sessions_file = SessionFile(sessions_file) if sessions_file is not None else None
@@ -124,6 +133,13 @@ class EmbeddedBroker:
         return None if self.ws_port is None else f"ws://{_bind_address(self.host, self.ws_port)}/"
 
     @property
+    def tls_url(self) -> str | None:
+        """``mqtts://host:port?ca=...`` of the TLS listener, None without one."""
+        if self.tls_port is None or self.tls_files is None:
+            return None
+        return f"mqtts://{_bind_address(self.host, self.tls_port)}?ca={self.tls_files.ca}"
+
+    @property
     def running(self) -> bool:
         return self._broker is not None
 
@@ -134,12 +150,18 @@ class EmbeddedBroker:
             raise BrokerPortInUse(self.host, self.port)
         if self.ws_port is not None and not _port_is_free(self.host, self.ws_port):
             raise BrokerPortInUse(self.host, self.ws_port, "--ws-port")
+        if self.tls_port is not None and not _port_is_free(self.host, self.tls_port):
+            raise BrokerPortInUse(self.host, self.tls_port, "--tls-port")
         # amqtt logs every connection at INFO and benign races (a late PUBACK) as warnings; our events say what matters.
         logging.getLogger("amqtt").setLevel(logging.ERROR)
         listeners = {"default": {"type": "tcp", "bind": _bind_address(self.host, self.port)}}
         if self.ws_port is not None:
             # amqtt hands WebSocket connections to the same session code: our authentication and ACL apply.
             listeners["ws"] = {"type": "ws", "bind": _bind_address(self.host, self.ws_port)}
+        if self.tls_port is not None and self.tls_files is not None:
+            # The same session code behind a TLS handshake: our authentication and ACL apply here too.
+            listeners["tls"] = {"type": "tcp", "bind": _bind_address(self.host, self.tls_port), "ssl": True,
+                                "certfile": str(self.tls_files.cert), "keyfile": str(self.tls_files.key)}
         config = {
             "listeners": listeners,
             "plugins": {},  # access control is ours; no $SYS or entry-point plugins
@@ -164,7 +186,7 @@ class EmbeddedBroker:
         self._broker = broker
         if self._retained_file is not None or self._sessions_file is not None:
             self._saver = asyncio.create_task(self._save_every_interval())
-        log.info("embedded_broker_started", url=self.url, ws_url=self.ws_url, users=len(self.access.usernames()),
+        log.info("embedded_broker_started", url=self.url, ws_url=self.ws_url, tls_url=self.tls_url, users=len(self.access.usernames()),
                  allow_anonymous=self.access.allow_anonymous, retained=len(retained), sessions=len(sessions))
 
     @staticmethod

@@ -17,7 +17,7 @@ from types import TracebackType
 import aiomqtt
 
 from ..errors import BrokerRefused, BrokerUnavailable, ConnectionLost, WireError
-from .address import BrokerAddress
+from .address import BrokerAddress, unreachable
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +113,7 @@ class Client:
             max_queued_outgoing_messages=max_queued_outgoing,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)] if nodelay else None,
             max_inflight_messages=max_inflight,
+            tls_context=address.ssl_context(),
         )
         if pending_calls is not None:
             self._client.pending_calls_threshold = pending_calls
@@ -126,8 +127,10 @@ class Client:
             if isinstance(code, int) and code:
                 raise BrokerRefused.connack(code) from exc
             raise BrokerUnavailable(f"cannot connect to the broker at {self.address.url}: {exc}") from exc
-        except (aiomqtt.MqttError, OSError) as exc:
-            raise BrokerUnavailable(f"cannot reach the broker at {self.address.url}: {exc}") from exc
+        except OSError as exc:
+            raise BrokerUnavailable(unreachable(self.address, exc)) from exc
+        except aiomqtt.MqttError as exc:
+            raise BrokerUnavailable(unreachable(self.address, exc.__cause__ or exc)) from exc
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

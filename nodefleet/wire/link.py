@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from ..errors import BrokerRefused, BrokerUnavailable, ConnectionLost
 from . import packets
-from .address import BrokerAddress
+from .address import BrokerAddress, unreachable
 
 L = TypeVar("L", bound="Link")
 
@@ -112,11 +112,14 @@ async def open_link(
     """
     loop = asyncio.get_running_loop()
     try:
-        _, link = await asyncio.wait_for(loop.create_connection(factory, address.host, address.port), timeout)
+        context = address.ssl_context()
+        _, link = await asyncio.wait_for(loop.create_connection(
+            factory, address.host, address.port, ssl=context,
+            server_hostname=address.host if context is not None else None), timeout)
     except TimeoutError as exc:
         raise BrokerUnavailable(f"no connection to the broker at {address.url} within {timeout:g} s") from exc
     except OSError as exc:
-        raise BrokerUnavailable(f"cannot reach the broker at {address.url}: {exc.strerror or exc}") from exc
+        raise BrokerUnavailable(unreachable(address, exc)) from exc
     try:
         link.write(packets.connect(client_id, clean_session=clean_session, keepalive=keepalive,
                                    username=address.username, password=address.password))
