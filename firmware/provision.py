@@ -66,7 +66,30 @@ def check_mqtt(b):
         v = _text(b, k, 1, 64, False)
         if v:
             m[k] = v
-    return m
+    ca = _text(b, "ca", 16, 1400, False)  # the broker's authority, base64 DER: TLS to the broker
+    der = None
+    if ca:
+        import binascii
+
+        try:
+            der = binascii.a2b_base64(ca)
+        except ValueError:
+            raise ValueError("ca must be the broker's certificate authority as base64 DER")
+        if der[0] != 0x30:
+            raise ValueError("ca must be the broker's certificate authority as base64 DER (not PEM)")
+        m["tls"] = True
+    return m, der
+
+
+def save_mqtt(b):
+    m, der = check_mqtt(b)
+    if der is None:
+        store.remove(store.CA_FILE)
+    else:
+        with open(store.CA_FILE + ".tmp", "wb") as f:
+            f.write(der)
+        store.replace(store.CA_FILE + ".tmp", store.CA_FILE)
+    store.save("mqtt.json", m)
 
 
 # Known paths and their methods: another method is 405, an unknown path 404.
@@ -109,7 +132,7 @@ class Portal:
                 if path == "/api/wifi":
                     store.save("wifi.json", check_wifi(body))
                 else:
-                    store.save("mqtt.json", check_mqtt(body))
+                    save_mqtt(body)
             except ValueError as exc:
                 return 400, {"error": str(exc)}
             return 200, {"ok": True}

@@ -20,6 +20,7 @@ so on a secured broker each logs in as its own user, limited to its prefix.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ctypes
 import hashlib
@@ -52,6 +53,8 @@ RESTART_EXIT = 75
 SLEEP_EXIT = 76
 """The board's deep sleep (firmware/hal/sim.py): started again after the ``ms`` of ``simrtc.json``."""
 SIM_RTC = "simrtc.json"
+CA_FILE = "ca.der"
+"""The broker's authority on the node's flash (firmware/store.py)."""
 HEAP = "110K"
 DEMO_PREFIX = "demo"
 DEMO_FLASH = "demo-nodes"
@@ -200,6 +203,15 @@ class SimNode:
             mqtt["telemetry_max"] = telemetry_max
         if ota_key is not None:
             mqtt["ota_key"] = ota_key
+        if address.tls:
+            if address.ca is None:
+                raise ValueError(f"{broker}: a node over TLS needs the broker's authority (?ca=/path/ca.pem)")
+            from .tls import ca_der_base64  # as the provisioning API takes it: DER
+
+            (self.flash_dir / CA_FILE).write_bytes(base64.b64decode(ca_der_base64(address.ca)))
+            mqtt["tls"] = True
+        else:
+            (self.flash_dir / CA_FILE).unlink(missing_ok=True)
         self.write("mqtt.json", mqtt)
 
     # -- process -------------------------------------------------------------

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import shutil
 import stat
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -115,18 +113,5 @@ async def test_the_embedded_broker_speaks_tls_and_a_wrong_authority_is_refused(t
 async def test_mosquitto_speaks_tls_and_a_wrong_authority_is_refused(tmp_path):
     files = ensure_authority(tmp_path / "data", ONLY_NAME)
     wrong = ensure_authority(tmp_path / "other", ONLY_NAME)
-    tls_port = free_port()
-    with Mosquitto(extra_config=mosquitto_tls(tls_port, files)):
-        await _check_listener(tls_port, files, wrong)
-
-
-def mosquitto_tls(port: int, files: TlsFiles, host: str = "127.0.0.1") -> str:
-    """A TLS listener for a test's Mosquitto, as deploy/mosquitto/mosquitto.conf has one. Started as root, Mosquitto
-    reads its files as the mosquitto user: they go to a directory of their own it can read (a test's keys only)."""
-    readable = Path(tempfile.mkdtemp(prefix="nodefleet-mosquitto-tls-"))
-    readable.chmod(0o755)
-    for path in (files.ca, files.cert, files.key):
-        shutil.copyfile(path, readable / path.name)
-        (readable / path.name).chmod(0o644)
-    return (f"listener {port} {host}\ncafile {readable / files.ca.name}\ncertfile {readable / files.cert.name}\n"
-            f"keyfile {readable / files.key.name}\n")
+    with Mosquitto(tls=files) as broker:
+        await _check_listener(broker.tls_port, files, wrong)

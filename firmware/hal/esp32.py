@@ -164,8 +164,9 @@ def http_addr(provisioning):
     return ("0.0.0.0", 80)
 
 
-async def open_connection(host, port):
-    return await asyncio.open_connection(host, port)
+async def open_connection(host, port, tls=None):
+    # tls: an ssl.SSLContext (the broker's name is checked against its certificate) or None
+    return await asyncio.open_connection(host, port, ssl=tls)
 
 
 def start():

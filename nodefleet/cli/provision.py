@@ -123,6 +123,8 @@ async def provision_flow(flow: Flow, *, name: str, home: str, ssid: str, wifi_pa
     }
     if mqtt_config.get("ota_key"):  # absent when the backend has no OTA master key
         mqtt["ota_key"] = mqtt_config["ota_key"]
+    if mqtt_config.get("broker_ca"):  # the backend hands its broker's authority: the node speaks TLS to it
+        mqtt["ca"] = mqtt_config["broker_ca"]
     await flow.device("mqtt", "POST", "/api/mqtt", mqtt)
     step("restart")
     await flow.device("restart", "POST", "/api/restart")

@@ -15,6 +15,7 @@ from ..contracts.provisioning import HTTP_REGISTER_PATH, HTTP_STATUS_PATH
 from ..embedded.postgres import SYSTEM_USER
 from ..paths import DATA_DIR_VARIABLE, default_data_dir
 from ..settings import CommonSettings
+from ..tls import DEFAULT_TLS_PORT
 from ..sim import run_demo
 from ..up.errors import StartupError
 from ..up.logins import without_password
@@ -29,6 +30,7 @@ WIDE_OPEN_HOSTS = ("0.0.0.0", "::")
 HTTP_PORT_VARIABLE = "NODEFLEET_PROVISIONER_HTTP_PORT"
 WS_PORT_VARIABLE = "NODEFLEET_MQTT_WS_PORT"
 DEFAULT_WS_PORT = 8083  # as compose.yaml's Mosquitto
+TLS_PORT_VARIABLE = "NODEFLEET_MQTT_TLS_PORT"
 HTTP_HOST_VARIABLE = "NODEFLEET_PROVISIONER_HTTP_HOST"
 
 
@@ -61,6 +63,10 @@ def print_banner(info: RuntimeInfo) -> None:
         ws = info.ws_url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//127.0.0.1:")
         lines.append(f"  websocket  {ws}  (MQTT over WebSockets for apps and browsers: the same access as "
                      f"the MQTT port)")
+    if info.tls_url is not None:
+        tls = info.tls_url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//127.0.0.1:")
+        nodes = "nodes registered now get it" if info.node_tls else "--node-tls hands it to nodes"
+        lines.append(f"  tls        {tls}  (MQTT over TLS, the same access; {nodes})")
     lines.append(f"  services   {services}")
     if info.extras:
         lines.append(f"  also       {', '.join(info.extras)}")
@@ -96,7 +102,12 @@ def connection_lines(info: RuntimeInfo) -> list[str]:
     mosquitto = f"mosquitto_sub -h {host} -p {address.port}{login} -t '{topic_root}/#' -v"
     openhab = (f'Bridge mqtt:broker:nodefleet "nodefleet" [ host="{host}", port={address.port}, '
                f"secure=false{openhab_login} ]")
-    return [f"  mqtt       {mosquitto}   (mosquitto_pub: same -h -p -u -P)", f"  openHAB    {openhab}"]
+    lines = [f"  mqtt       {mosquitto}   (mosquitto_pub: same -h -p -u -P)", f"  openHAB    {openhab}"]
+    if info.tls_url is not None:
+        tls = BrokerAddress.parse(info.tls_url)
+        lines.insert(1, f"  mqtts      mosquitto_sub -h {host} -p {tls.port} --cafile {shlex.quote(str(tls.ca))}{login} "
+                        f"-t '{topic_root}/#' -v")
+    return lines
 
 
 def _options(function: Any) -> Any:
@@ -119,6 +130,15 @@ def _options(function: Any) -> Any:
                      envvar=WS_PORT_VARIABLE, show_envvar=True,
                      help="Port of the embedded broker's MQTT over WebSockets (apps, browsers; same logins and "
                           "topic rules), on --mqtt-host; 0 picks a free one, -1 turns it off"),
+        click.option("--tls-port", type=click.IntRange(-1, 65535), default=DEFAULT_TLS_PORT, show_default=True,
+                     envvar=TLS_PORT_VARIABLE, show_envvar=True,
+                     help="Port of the embedded broker's MQTT over TLS (same logins and topic rules), on "
+                          "--mqtt-host, with a certificate authority made in <data dir>/tls on first start; "
+                          "0 picks a free one, -1 turns it off"),
+        click.option("--node-tls", is_flag=True,
+                     help="Nodes registered from now on connect over TLS: they are handed the TLS port and the "
+                          "authority, and check the broker's certificate. Nodes on your network reach the broker "
+                          "by NODEFLEET_PROVISIONER_BROKER_HOST (its name or address goes into the certificate)"),
         click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      help=f"Where the embedded PostgreSQL, the retained messages and the broker logins are kept  "
                           f"[default: ${DATA_DIR_VARIABLE} or {default_data_dir()}]"),
@@ -146,7 +166,7 @@ def _options(function: Any) -> Any:
 @main.command()
 @_options
 def up(*, mqtt_port: int, mqtt_host: str, db_port: int, pg_system_user: str, http_port: int, ws_port: int,
-       data_dir: Path | None, broker: str | None, database: str | None, log_format: str, log_level: str,
+       tls_port: int, node_tls: bool, data_dir: Path | None, broker: str | None, database: str | None, log_format: str, log_level: str,
        insecure: bool, demo: int) -> None:
     """Run everything in one process: MQTT broker, PostgreSQL and every service.
 
@@ -166,6 +186,7 @@ def up(*, mqtt_port: int, mqtt_host: str, db_port: int, pg_system_user: str, htt
       nodefleet up --mqtt-port 1884 --db-port 15433 --http-port 8081 --ws-port 8084   # beside another one
       nodefleet up --broker mqtt://provisioner:PASSWORD@127.0.0.1:1883   # your own Mosquitto
       nodefleet up --database postgresql://me@db.local:5432/nodefleet
+      nodefleet up --node-tls                          # nodes registered from now on use MQTT over TLS
       nodefleet up --insecure --demo 3                 # open broker, for experiments
     """
     if insecure and broker:
@@ -181,6 +202,8 @@ def up(*, mqtt_port: int, mqtt_host: str, db_port: int, pg_system_user: str, htt
         postgres_system_user=pg_system_user,
         http_port=http_port,
         ws_port=ws_port,
+        tls_port=tls_port,
+        node_tls=node_tls,
         http_host=os.environ.get(HTTP_HOST_VARIABLE) or None,
         broker_url=broker,
         database_url=database,

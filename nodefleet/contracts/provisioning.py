@@ -76,6 +76,10 @@ class MqttConfig(BaseModel):
     ota_key: Hex64 | None = None
     """The node's OTA key, ``device_key(master, node_name)`` as 64 hex digits: it checks the tag of every
     update offered to it (docs/ota.md).  None when the provisioner has no master key (OTA off)."""
+    broker_ca: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/=]{16,1400}$")] | None = None
+    """The broker's certificate authority, base64 DER (what MicroPython's ``ssl`` reads; up to about 1 KB, an
+    ECDSA authority is 0.4 KB): the node connects over TLS and checks the broker's certificate and name against
+    it.  None: plain MQTT."""
 
 
 class Registration(BaseModel):

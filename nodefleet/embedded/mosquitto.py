@@ -19,6 +19,7 @@ from pathlib import Path
 
 from nodefleet.errors import StartupError
 from nodefleet.processes import stop_process
+from nodefleet.tls import TlsFiles
 
 INFLIGHT = 10_000
 QUEUED = 1_000_000
@@ -35,7 +36,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class Mosquitto:
-    def __init__(self, *, port: int | None = None, host: str = "127.0.0.1", extra_config: str = "") -> None:
+    def __init__(self, *, port: int | None = None, host: str = "127.0.0.1", extra_config: str = "",
+                 tls: TlsFiles | None = None, tls_port: int | None = None) -> None:
+        """``tls``: also a TLS listener (on ``tls_port``, a free one by default) with these files."""
         binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
         if binary is None:
             raise MosquittoError("mosquitto is not installed: apt-get install -y mosquitto")
@@ -43,12 +46,32 @@ class Mosquitto:
         self.host = host
         self.port = port or free_port(host)
         self.extra_config = extra_config
+        self.tls = tls
+        self.tls_port = (tls_port or free_port(host)) if tls is not None else None
         self._dir = Path(tempfile.mkdtemp(prefix="nodefleet-mosquitto-"))
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def tls_url(self) -> str | None:
+        """``mqtts://host:port?ca=...`` of the TLS listener, None without one."""
+        return None if self.tls is None else f"mqtts://{self.host}:{self.tls_port}?ca={self.tls.ca}"
+
+    def _tls_config(self) -> str:
+        if self.tls is None:
+            return ""
+        # Started as root, Mosquitto reads its files as the mosquitto user: copies in its own directory, readable.
+        self._dir.chmod(0o755)
+        names = []
+        for path in (self.tls.ca, self.tls.cert, self.tls.key):
+            copy = self._dir / f"tls-{path.name}"
+            shutil.copyfile(path, copy)
+            copy.chmod(0o644)
+            names.append(copy)
+        return f"listener {self.tls_port} {self.host}\ncafile {names[0]}\ncertfile {names[1]}\nkeyfile {names[2]}\n"
 
     @property
     def pid(self) -> int | None:
@@ -72,6 +95,7 @@ class Mosquitto:
             "log_dest stderr\n"
             "log_type error\nlog_type warning\n"
             + self.extra_config
+            + self._tls_config()
         )
 
     def start(self, timeout: float = 10.0) -> None:

@@ -15,6 +15,7 @@ from ..embedded.broker import BrokerPortInUse, EmbeddedBroker
 from ..embedded.postgres import port_is_free
 from ..logging import get_logger
 from ..paths import CredentialsFileError
+from ..tls import TlsFiles, broker_hosts, ensure_authority
 from .errors import EXIT_USAGE, StartupError
 from .logins import BrokerAccess
 from .options import RuntimeOptions
@@ -23,6 +24,7 @@ from .ports import optional_port
 log = get_logger(__name__)
 
 PROBE_TIMEOUT = 5.0
+NODE_BROKER_HOST_VARIABLE = "NODEFLEET_PROVISIONER_BROKER_HOST"
 
 
 async def probe_broker(url: str) -> None:
@@ -41,6 +43,13 @@ async def probe_broker(url: str) -> None:
                            f"to run the embedded one") from exc
 
 
+def tls_port(host: str, port: int) -> int | None:
+    """The embedded broker's MQTT-over-TLS port (see ``optional_port``)."""
+    return optional_port(host, port, taken=(
+        f"TLS port {port} on {host} (MQTT over TLS) is already taken (another `nodefleet up`, or another "
+        f"broker?): choose another with --tls-port (0 picks a free one, -1 turns it off)"))
+
+
 def ws_port(host: str, port: int) -> int | None:
     """The embedded broker's MQTT-over-WebSockets port (see ``optional_port``)."""
     return optional_port(host, port, taken=(
@@ -54,7 +63,10 @@ class Broker:
         self.access = BrokerAccess(embedded=options.embedded_broker)
         self._broker: EmbeddedBroker | None = None
         self._ws_port: int | None = None
+        self._tls_port: int | None = None
         self.ws_url: str | None = None
+        self.tls_url: str | None = None
+        self.tls_files: TlsFiles | None = None
 
     def check_port(self) -> None:
         """Refuse to start anything if the embedded broker's port (or its WebSocket port) is taken."""
@@ -68,6 +80,12 @@ class Broker:
             )
         if self.options.embedded_broker:
             self._ws_port = ws_port(host, self.options.ws_port)
+            self._tls_port = tls_port(host, self.options.tls_port)
+        if self.options.node_tls and (not self.options.embedded_broker or self.options.tls_port < 0):
+            raise StartupError("--node-tls hands nodes the embedded broker's TLS port: it needs that port "
+                               "(--tls-port, not -1) and no --broker (for your own broker set "
+                               "NODEFLEET_PROVISIONER_BROKER_CA and NODEFLEET_PROVISIONER_BROKER_PORT)",
+                               exit_code=EXIT_USAGE)
 
     async def start(self, services: list[str]) -> str:
         """The broker URL (without a login); the embedded broker is started with a login for each of ``services``."""
@@ -84,10 +102,16 @@ class Broker:
                 self.access = BrokerAccess.open(options.data_dir)
         except (CredentialsFileError, OSError) as exc:
             raise StartupError(f"cannot keep the broker credentials in {options.data_dir}: {exc}") from exc
+        if self._tls_port is not None:
+            # The names nodes are given (the provisioner's broker host, when set) go into the certificate.
+            given = [h for h in [os.environ.get(NODE_BROKER_HOST_VARIABLE, "").strip()] if h]
+            self.tls_files = await asyncio.to_thread(ensure_authority, options.data_dir,
+                                                     broker_hosts(options.mqtt_host, given))
         try:
             # Hashing the users' passwords is slow on purpose: off the event loop.
             broker = await asyncio.to_thread(
                 EmbeddedBroker, host=options.mqtt_host, port=options.mqtt_port, ws_port=self._ws_port,
+                tls_port=self._tls_port, tls_files=self.tls_files,
                 retained_file=options.data_dir / "retained.json",
                 sessions_file=options.data_dir / "sessions.json",
                 **self.access.broker_options(options.data_dir),
@@ -99,8 +123,16 @@ class Broker:
             raise StartupError(f"the embedded MQTT broker did not start: {exc}; or use --broker mqtt://host:port") from exc
         self._broker = broker
         self.ws_url = broker.ws_url
-        log.info("broker_started", url=broker.url, ws_url=broker.ws_url, secured=options.secure)
+        self.tls_url = broker.tls_url
+        log.info("broker_started", url=broker.url, ws_url=broker.ws_url, tls_url=broker.tls_url,
+                 secured=options.secure)
         return broker.url
+
+    def node_settings(self) -> dict[str, object]:
+        """The provisioner's settings that hand nodes the TLS port and the authority (with ``node_tls``)."""
+        if not self.options.node_tls or self._tls_port is None or self.tls_files is None:
+            return {}
+        return {"broker_port": self._tls_port, "broker_ca": self.tls_files.ca}
 
     async def stop(self) -> None:
         broker, self._broker = self._broker, None

@@ -30,6 +30,10 @@ class RuntimeOptions:
     http_host: str | None = None
     # MQTT over WebSockets on the embedded broker (apps, browsers): -1 off, 0 a free port (the CLI's default: 8083).
     ws_port: int = -1
+    # MQTT over TLS on the embedded broker, with the authority made in <data dir>/tls: -1 off, 0 a free port
+    # (the CLI's default: 8883). node_tls: registrations hand nodes this port and the authority.
+    tls_port: int = -1
+    node_tls: bool = False
     broker_url: str | None = None
     database_url: str | None = None
     log_format: LogFormat = "auto"
@@ -68,6 +72,9 @@ class RuntimeInfo:
     http_url: str | None = None
     # The embedded broker's MQTT over WebSockets (None: off, or an external broker).
     ws_url: str | None = None
+    # The embedded broker's MQTT over TLS, ``mqtts://host:port?ca=<data dir>/tls/ca.pem`` (None: off).
+    tls_url: str | None = None
+    node_tls: bool = False
 
     @property
     def secured(self) -> bool:

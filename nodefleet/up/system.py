@@ -96,7 +96,8 @@ class Runtime:
                 **self.options.service_overrides,
             }
             units = [_unit(spec, {**overrides, **access.service_settings(spec.name, broker_url),
-                                  **(edge if spec.name == "provisioner" else {})}) for spec in specs]
+                                  **({**edge, **self.broker.node_settings()} if spec.name == "provisioner" else {})})
+                     for spec in specs]
             units += [make(access.login(OPERATOR, broker_url), database_url) for make in self._extras]
             for unit in units:
                 await self._start_unit(unit)
@@ -117,6 +118,8 @@ class Runtime:
             operator_url=access.login(OPERATOR, broker_url) if access.credentials else None,
             http_url=f"http://{edge['http_host']}:{edge['http_port']}" if edge.get("http_port", -1) >= 0 else None,
             ws_url=self.broker.ws_url,
+            tls_url=self.broker.tls_url,
+            node_tls=bool(self.broker.node_settings()),
         )
         log.info("up_ready", broker=without_password(info.broker_url), database=without_password(info.database_url),
                  data_dir=str(info.data_dir), services=info.services, extras=info.extras,

@@ -19,12 +19,14 @@ from nodefleet.contracts.provisioning import PROVISIONER_SERVICE
 from nodefleet.fleet import ErrorReporter, answer, presence
 from nodefleet.logging import get_logger
 from nodefleet.pg_errors import TRANSIENT
+from nodefleet.tls import ca_der_base64
 from nodefleet.wire import BrokerAddress, Client, Message, Reconnect, Will, WireError
 
 from . import store, tz
 from .credentials import CredentialError, Credentials, DynamicSecurity, NoCredentials
 from .homie import HomieBridge, set_filter
 from .http import HttpEdge
+from .registration import NodeBroker
 from .registry import Registry
 from .requests import handlers
 from .settings import ProvisionerSettings
@@ -58,8 +60,10 @@ class Service:
         self.reconnect = Reconnect(self.address, event="mqtt_connection_lost")
         self.registry = Registry(
             store=store.Store(pool), credentials=credentials, topics=self.topics, publish=self._publish,
-            errors=self.errors, broker_host=settings.broker_host or self.address.host,
-            broker_port=settings.broker_port or self.address.port, pending_ttl=settings.pending_ttl,
+            errors=self.errors, broker=NodeBroker(
+                host=settings.broker_host or self.address.host, port=settings.broker_port or self.address.port,
+                ca=ca_der_base64(settings.broker_ca) if settings.broker_ca is not None else None),
+            pending_ttl=settings.pending_ttl,
             max_devices_per_home=settings.max_devices_per_home, ota_master=settings.ota_master,
         )
         self.handlers = handlers(self.registry)

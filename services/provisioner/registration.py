@@ -10,6 +10,7 @@ import hashlib
 import re
 import secrets
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -45,16 +46,25 @@ def credential_hash(password: str) -> str:
     return f"sha256${salt}${hashlib.sha256((salt + password).encode()).hexdigest()}"
 
 
+@dataclass(frozen=True, slots=True)
+class NodeBroker:
+    """Where a registration tells its node the broker is."""
+
+    host: str
+    port: int
+    ca: str | None = None
+    """The broker's authority as the node takes it (base64 DER, nodefleet.tls.ca_der_base64): TLS; None: plain."""
+
+
 class Registrations:
-    def __init__(self, *, store: Store, credentials: Credentials, topics: Topics, removal: Removal, broker_host: str,
-                 broker_port: int, pending_ttl: float, max_devices_per_home: int, ota_master: bytes | None = None
+    def __init__(self, *, store: Store, credentials: Credentials, topics: Topics, removal: Removal,
+                 broker: NodeBroker, pending_ttl: float, max_devices_per_home: int, ota_master: bytes | None = None
                  ) -> None:
         self.store = store
         self.credentials = credentials
         self.topics = topics
         self.removal = removal
-        self.broker_host = broker_host
-        self.broker_port = broker_port
+        self.broker = broker
         self.pending_ttl = pending_ttl
         self.max_devices_per_home = max_devices_per_home
         self.ota_master = ota_master
@@ -105,9 +115,9 @@ class Registrations:
         log.info("registered", node=node, home=request.home_id, provisioning_id=provisioning_id)
         return Registration(
             provisioning_id=provisioning_id, expires_at=expires,
-            mqtt_config=MqttConfig(broker_host=self.broker_host, broker_port=self.broker_port,
+            mqtt_config=MqttConfig(broker_host=self.broker.host, broker_port=self.broker.port,
                                    topic_prefix=self.topics.prefix(node), node_name=node, username=node,
-                                   password=password, ota_key=self.ota_key(node)),
+                                   password=password, ota_key=self.ota_key(node), broker_ca=self.broker.ca),
         )
 
     async def status(self, provisioning_id: str) -> ProvisioningStatus:

@@ -25,14 +25,14 @@ from .credentials import Credentials
 from .first_online import FirstOnline
 from .memory import NodeMemory
 from .publish import Publish
-from .registration import Registrations
+from .registration import NodeBroker, Registrations
 from .removal import Removal
 from .store import Store
 
 
 class Registry:
     def __init__(self, *, store: Store, credentials: Credentials, topics: Topics, publish: Publish,
-                 errors: ErrorReporter, broker_host: str, broker_port: int, pending_ttl: float,
+                 errors: ErrorReporter, broker: NodeBroker, pending_ttl: float,
                  max_devices_per_home: int, ota_master: bytes | None = None) -> None:
         self.store = store
         self.credentials = credentials
@@ -41,7 +41,7 @@ class Registry:
         self.removal = Removal(store=store, credentials=credentials, topics=topics, publish=publish,
                                memory=self.memory, announcer=self.announcer)
         self.registrations = Registrations(store=store, credentials=credentials, topics=topics, removal=self.removal,
-                                           broker_host=broker_host, broker_port=broker_port, pending_ttl=pending_ttl,
+                                           broker=broker, pending_ttl=pending_ttl,
                                            max_devices_per_home=max_devices_per_home, ota_master=ota_master)
         self.first_online = FirstOnline(store=store, topics=topics, publish=publish, errors=errors,
                                         memory=self.memory, announcer=self.announcer, removal=self.removal)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from nodefleet.settings import CommonSettings, service_fields
@@ -24,6 +25,10 @@ class ProvisionerSettings(CommonSettings):
     broker_host: str | None = _own(None, "Broker host handed to nodes (default: the host of mqtt_url)", "broker_host")
     broker_port: int | None = _own(None, "Broker port handed to nodes (default: the port of mqtt_url)", "broker_port",
                                    ge=1, le=65535)
+    broker_ca: Path | None = _own(
+        None, "The broker's certificate authority (PEM; nodefleet up makes <data dir>/tls/ca.pem): handed to nodes, "
+        "which then connect over TLS to broker_host:broker_port and check the broker's certificate against it; set "
+        "broker_port to the broker's TLS port (8883)", "broker_ca")
     http_host: str = _own("127.0.0.1", "Address of the HTTP edge (register, status)", "http_host")
     http_port: int = _own(8080, "Port of the HTTP edge; 0 picks a free one, -1 turns the edge off", "http_port",
                           ge=-1, le=65535)

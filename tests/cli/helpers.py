@@ -33,6 +33,7 @@ def cli_env(topics: Topics | None = None, *, data_dir: Path | None = None, **ext
     # `nodefleet up` in a test takes a free port for the provisioner's HTTP edge, never the shared 8080.
     env["NODEFLEET_PROVISIONER_HTTP_PORT"] = "0"
     env["NODEFLEET_MQTT_WS_PORT"] = "0"  # and for MQTT over WebSockets, never the shared 8083
+    env["NODEFLEET_MQTT_TLS_PORT"] = "0"  # and for MQTT over TLS, never the shared 8883
     if topics is not None:
         env["NODEFLEET_TOPIC_ROOT"] = topics.root
         env["NODEFLEET_FLEET_ROOT"] = topics.fleet
@@ -176,7 +177,7 @@ class UpProcess:
         self.ready_after = time.monotonic() - self.launched
         banner = {}
         for line in self.stdout.splitlines():
-            match = re.match(r"\s+(broker|database|data|http|websocket|services)\s+(\S.*)$", line)
+            match = re.match(r"\s+(broker|database|data|http|websocket|tls|mqtts|services)\s+(\S.*)$", line)
             if match:
                 banner[match.group(1)] = match.group(2)
         return banner

@@ -57,9 +57,9 @@ async def mqtt_round_trip(broker_url: str, topic: str) -> bytes:
 
 
 async def test_up_starts_stops_cleanly_and_keeps_data(launch_up, data_dir: Path, topics: Topics) -> None:
-    mqtt_port, db_port, http_port, ws_port = free_port(), free_port(), free_port(), free_port()
+    mqtt_port, db_port, http_port, ws_port, tls_port = (free_port() for _ in range(5))
     ports = ("--mqtt-port", str(mqtt_port), "--db-port", str(db_port), "--http-port", str(http_port),
-             "--ws-port", str(ws_port), "--log-format", "json")
+             "--ws-port", str(ws_port), "--tls-port", str(tls_port), "--log-format", "json")
     up = launch_up(*ports, data_dir=data_dir, env=up_env(topics))
     banner = await up.wait_ready()
     print(f"nodefleet up ready after {up.ready_after:.2f} s (fresh data directory, from launch)")
@@ -76,6 +76,14 @@ async def test_up_starts_stops_cleanly_and_keeps_data(launch_up, data_dir: Path,
     assert f":{db_port}/nodefleet" in banner["database"] and banner["data"] == str(data_dir)
     assert banner["services"] == SERVICES and banner["services"].startswith("telemetry")
     assert await mqtt_round_trip(operator_url(data_dir, mqtt_port), f"{topics.root}/probe") == b"round trip"
+    # MQTT over TLS, with the authority made on this first start (the operator's login, the same access).
+    ca = data_dir / "tls" / "ca.pem"
+    assert banner["tls"].startswith(f"mqtts://127.0.0.1:{tls_port}?ca={ca}  "), banner["tls"]
+    over_tls = operator_url(data_dir, mqtt_port).replace("mqtt://", "mqtts://").replace(f":{mqtt_port}",
+                                                                                      f":{tls_port}?ca={ca}")
+    assert await mqtt_round_trip(over_tls, f"{topics.root}/probe") == b"round trip"
+    assert (data_dir / "tls" / "ca.key").stat().st_mode & 0o777 == 0o600
+    first_ca = ca.read_bytes()
     # The database takes only its password (kept beside the broker logins, readable by this user alone).
     with pytest.raises(asyncpg.InvalidPasswordError):
         await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{db_port}/nodefleet")
@@ -108,6 +116,7 @@ async def test_up_starts_stops_cleanly_and_keeps_data(launch_up, data_dir: Path,
     connection = await asyncpg.connect(dsn)
     assert await connection.fetchval("SELECT note FROM kept") == "written in the first run"
     await connection.close()
+    assert ca.read_bytes() == first_ca  # the same authority: nodes provisioned before still trust the broker
     await wait_for(lambda: _demo_nodes_online(broker_url, topics, data_dir), timeout=20, interval=0.3)
     children = children_of(again.pid)
     assert len(children) >= 2
@@ -184,14 +193,14 @@ async def test_up_with_external_broker_end_to_end(launch_up, data_dir: Path, top
         assert await up.stop(signal.SIGTERM) == 0, up.stderr[-3000:]
 
 
-@pytest.mark.parametrize("taken", ["--mqtt-port", "--db-port", "--http-port", "--ws-port"])
+@pytest.mark.parametrize("taken", ["--mqtt-port", "--db-port", "--http-port", "--ws-port", "--tls-port"])
 async def test_a_taken_port_is_named_and_nothing_starts(taken: str, data_dir: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         busy = holder.getsockname()[1]
         ports = {"--mqtt-port": str(free_port()), "--db-port": str(free_port()), "--http-port": str(free_port()),
-                 "--ws-port": str(free_port()), taken: str(busy)}
+                 "--ws-port": str(free_port()), "--tls-port": str(free_port()), taken: str(busy)}
         result = await nodefleet("up", *[item for pair in ports.items() for item in pair], "--data-dir", str(data_dir),
                                  env=cli_env())
     assert result.code == 2, result.stderr
