@@ -20,6 +20,7 @@ class Link:
         self.host = host
         self.port = port
         self.ca = ca  # a file of the broker's certificate authority (DER): MQTT over TLS; None: plain TCP
+        self._ctx = None  # its TLS context, made at the first connect and kept
         self.client_id = client_id
         self.subs = subs  # [(filter, qos), ...], subscribed at every connect
         self.will = will
@@ -109,9 +110,15 @@ class Link:
         return self._pid
 
     def _tls(self):
-        # Made for each connect and let go with it: the context holds the authority (about 3 KB of heap).
+        # Made once and kept for every connect: the context holds the parsed authority (about 3 KB in one piece),
+        # which a heap cut up by hours of traffic may no longer have; made again at each connect, a few refused
+        # connects in a row left no room for it (MemoryError at every retry after a broker outage).
+        if self._ctx is not None:
+            return self._ctx
+        import gc
         import ssl
 
+        gc.collect()
         try:
             with open(self.ca, "rb") as f:
                 der = f.read()
@@ -121,6 +128,7 @@ class Link:
         except (OSError, ValueError) as exc:
             raise MQTTError("TLS: the broker's certificate authority (%s) is unreadable: %s; provision the node "
                             "again" % (self.ca, str(exc).strip() or type(exc).__name__))
+        self._ctx = ctx
         return ctx
 
     async def _session(self):
@@ -133,13 +141,12 @@ class Link:
             try:
                 present = await asyncio.wait_for(
                     proto.connect(self.client_id, self.keepalive, self.user, self.password, self.will, False), 5)
-            except (OSError, ValueError) as exc:
+            except ValueError as exc:
                 if tls is None:
                     raise
                 # The handshake runs at the first write: mbedTLS says why the broker was not trusted.
                 raise MQTTError("TLS with %s:%d failed: %s" % (self.host, self.port,
                                                                 str(exc).strip() or type(exc).__name__))
-            tls = None
             self.replaying = present and (self._down_at is None or
                                           time.ticks_diff(time.ticks_ms(), self._down_at) > self.stale_after * 1000)
             self._err = None
@@ -165,7 +172,7 @@ class Link:
                 pass
 
     async def _writer(self, proto):
-        last_tx = time.ticks_ms()
+        last_tx = last_ping = time.ticks_ms()
         ping_ms = self.keepalive * 250
         while True:
             self._ev.clear()
@@ -201,9 +208,12 @@ class Link:
             now = time.ticks_ms()
             if time.ticks_diff(now, self._last_rx) > self.keepalive * 1500:
                 raise MQTTError("keepalive timeout: no answer from broker")
-            if time.ticks_diff(now, last_tx) >= ping_ms:
+            # A ping when nothing went out for a while, and also when nothing came in: QoS 0 traffic alone (frequent
+            # telemetry) keeps the broker content but gets no answer, and this side would time out on silence.
+            if time.ticks_diff(now, last_tx) >= ping_ms or (time.ticks_diff(now, self._last_rx) >= 2 * ping_ms and
+                                                            time.ticks_diff(now, last_ping) >= ping_ms):
                 await proto.ping()
-                last_tx = now
+                last_tx = last_ping = now
             if not self.queue or len(self.inflight) >= WINDOW:
                 try:
                     await asyncio.wait_for_ms(self._ev.wait(), 250)

@@ -105,6 +105,8 @@ class Proto:
         got = 0
         while got < len(mv):
             n = await self.r.readinto(mv[got:])
+            if n is None:
+                continue  # over TLS: a record without application data (a session ticket); wait for the next
             if not n:
                 raise MQTTError("connection closed")
             got += n

@@ -213,3 +213,29 @@ def client_context(ca: Path | None) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(ca) if ca is not None else None)
     except (OSError, ssl.SSLError) as exc:
         raise TlsError(f"cannot use the certificate authority {ca}: {exc}") from exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m nodefleet.tls DATA_DIR --host NAME ...``: what compose's ``tls-init`` runs before Mosquitto."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m nodefleet.tls",
+        description="Make (or keep) the certificate authority and the broker's certificate in DATA_DIR/tls, as "
+                    "`nodefleet up` does on its first start. Run again with another --host to add a name.")
+    parser.add_argument("data_dir", type=Path, help="where the tls directory is kept (a volume in compose)")
+    parser.add_argument("--host", action="append", default=[], metavar="NAME",
+                        help="a name or address nodes and clients reach the broker by (repeatable; loopback and "
+                             "this machine's name are always in)")
+    args = parser.parse_args(argv)
+    try:
+        files = ensure_authority(args.data_dir, broker_hosts("0.0.0.0", args.host))
+    except TlsError as exc:
+        print(f"Error: {exc}")
+        return 1
+    print(f"authority {files.ca}\nbroker    {files.cert} ({', '.join(broker_hosts('0.0.0.0', args.host))})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,6 +14,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import tomllib
@@ -29,7 +30,8 @@ from nodefleet.embedded import mosquitto
 from nodefleet.embedded.dynsec import MOSQUITTO_PLUGIN
 from nodefleet.embedded.mosquitto import free_port
 from nodefleet.processes import stop_process
-from nodefleet.wire import BrokerAddress, BrokerRefused, Client
+from nodefleet.tls import ensure_authority
+from nodefleet.wire import BrokerAddress, BrokerRefused, BrokerUnavailable, Client
 from services.provisioner.credentials import DynamicSecurity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -302,6 +304,37 @@ async def test_init_script_secures_a_real_mosquitto(init_folder: Path) -> None:
         assert broker.log.read_text().count("created") == log_before.count("created")
         assert not await _refused(node)
         assert await _refused(broker.url("porch-a1b2c3", "wrong"))
+    finally:
+        broker.stop()
+
+
+@pytest.mark.timeout(90)
+async def test_init_script_adds_a_tls_listener_when_tls_init_made_the_files(init_folder: Path, tmp_path: Path) -> None:
+    # As compose's tls-init makes them: root's, in a 0700 directory the mosquitto user cannot read.
+    made = subprocess.run([sys.executable, "-m", "nodefleet.tls", str(tmp_path / "volume"), "--host", "mosquitto"],
+                          capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
+    assert made.returncode == 0, made.stdout + made.stderr
+    files = tmp_path / "volume" / "tls"
+    wrong = ensure_authority(tmp_path / "other", ["127.0.0.1"])
+    broker = InitScriptBroker(init_folder, admin_password="admin-pw", logins={"operator": "op-pw"})
+    tls_port = free_port()
+    broker.env.update({"NODEFLEET_MQTT_TLS_DIR": str(files), "NODEFLEET_MQTT_TLS_PORT": str(tls_port)})
+    try:
+        broker.start()
+        assert f"MQTT over TLS on 127.0.0.1:{tls_port}" in broker.log.read_text()
+        deadline = time.monotonic() + 10  # the plain listener is up; the TLS one follows once its files are read
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", tls_port), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, broker.log.read_text()
+                await asyncio.sleep(0.05)
+        operator = f"mqtts://operator:op-pw@127.0.0.1:{tls_port}?ca={files / 'ca.pem'}"
+        assert await _received(operator, "deploytest/#", operator, ["deploytest/tls"]) == {"deploytest/tls"}
+        assert await _refused(f"mqtts://operator:wrong@127.0.0.1:{tls_port}?ca={files / 'ca.pem'}")
+        with pytest.raises(BrokerUnavailable, match="not trusted"):
+            await _refused(f"mqtts://operator:op-pw@127.0.0.1:{tls_port}?ca={wrong.ca}")
     finally:
         broker.stop()
 

@@ -115,3 +115,31 @@ async def test_mosquitto_speaks_tls_and_a_wrong_authority_is_refused(tmp_path):
     wrong = ensure_authority(tmp_path / "other", ONLY_NAME)
     with Mosquitto(tls=files) as broker:
         await _check_listener(broker.tls_port, files, wrong)
+
+
+async def test_the_burst_publisher_speaks_tls(tmp_path):
+    # The scheduler's and ota service's publish-only connection (nodefleet.wire.publisher) over TLS as well.
+    files = ensure_authority(tmp_path / "data", HOSTS)
+    broker = EmbeddedBroker(port=free_port(), tls_port=free_port(), tls_files=files)
+    await broker.start()
+    publisher = wire.Publisher(wire.BrokerAddress.parse(broker.tls_url), client_id=f"tx-{uuid.uuid4().hex[:8]}")
+    task = asyncio.create_task(publisher.run())
+    try:
+        topic = f"tls-{uuid.uuid4().hex[:8]}"
+        sent = [(f"{topic}/{i}", f"m{i}".encode()) for i in range(200)]
+        async with wire.Client(wire.BrokerAddress.parse(broker.url), client_id=f"rx-{uuid.uuid4().hex[:8]}") as rx:
+            await rx.subscribe(f"{topic}/#", qos=1)
+            await asyncio.wait_for(publisher.connected.wait(), 10)
+            acked = publisher.publish(sent, qos=1)
+            got = []
+            async with asyncio.timeout(10):
+                async for message in rx.messages:
+                    got.append((str(message.topic), bytes(message.payload)))
+                    if len(got) == len(sent):
+                        break
+            assert sorted(got) == sorted(sent)
+            await asyncio.wait_for(acked, 5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await broker.stop()

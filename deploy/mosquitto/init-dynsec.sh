@@ -13,6 +13,9 @@
 #   NODEFLEET_MQTT_PORT, NODEFLEET_MQTT_WS_PORT, NODEFLEET_MQTT_LISTEN_HOST
 #                                   where the MQTT and WebSocket listeners of mosquitto.conf listen
 #                                   (default: as the file says, 1883 and 8083 on 0.0.0.0)
+#   NODEFLEET_MQTT_TLS_DIR, NODEFLEET_MQTT_TLS_PORT
+#                                   where tls-init's ca.pem, broker.pem and broker.key are (default
+#                                   /nodefleet-tls/tls) and the TLS listener's port (8883); no files, no TLS
 # Paths, for running it outside the image: NODEFLEET_DYNSEC_FILE, NODEFLEET_MOSQUITTO_CONF,
 # NODEFLEET_DYNSEC_PLUGIN, NODEFLEET_DYNSEC_INIT_PORT (a loopback port used only while initialising).
 set -eu
@@ -127,8 +130,33 @@ listeners() {
     conf=$moved
 }
 
+# MQTT over TLS once compose's tls-init has made the files (python -m nodefleet.tls): a listener is added to
+# a copy of the configuration. Mosquitto started as root reads its files as the user mosquitto, so they are
+# copied beside the dynamic-security file and given to that user.
+tls_listener() {
+    dir=${NODEFLEET_MQTT_TLS_DIR:-/nodefleet-tls/tls}
+    if [ ! -f "$dir/ca.pem" ] || [ ! -f "$dir/broker.pem" ] || [ ! -f "$dir/broker.key" ]; then
+        say "no TLS files in $dir: MQTT over TLS is off"
+        return
+    fi
+    tls_port=${NODEFLEET_MQTT_TLS_PORT:-8883}
+    host=${NODEFLEET_MQTT_LISTEN_HOST:-0.0.0.0}
+    copy="$(dirname "$file")/tls"
+    mkdir -p "$copy"
+    cp "$dir/ca.pem" "$dir/broker.pem" "$dir/broker.key" "$copy/"
+    own "$copy"
+    with_tls=$(mktemp "${TMPDIR:-/tmp}/mosquitto.XXXXXX")
+    cat "$conf" > "$with_tls"
+    printf '\n# MQTT over TLS (added by init-dynsec.sh from %s)\nlistener %s %s\ncafile %s/ca.pem\ncertfile %s/broker.pem\nkeyfile %s/broker.key\n' \
+        "$dir" "$tls_port" "$host" "$copy" "$copy" "$copy" >> "$with_tls"
+    chmod 644 "$with_tls"
+    conf=$with_tls
+    say "MQTT over TLS on $host:$tls_port"
+}
+
 if [ ! -f "$file" ]; then
     initialise
 fi
 listeners
+tls_listener
 exec mosquitto -c "$conf"

@@ -15,8 +15,8 @@ from ..contracts.provisioning import HTTP_REGISTER_PATH, HTTP_STATUS_PATH
 from ..embedded.postgres import SYSTEM_USER
 from ..paths import DATA_DIR_VARIABLE, default_data_dir
 from ..settings import CommonSettings
-from ..tls import DEFAULT_TLS_PORT
 from ..sim import run_demo
+from ..tls import DEFAULT_TLS_PORT
 from ..up.errors import StartupError
 from ..up.logins import without_password
 from ..up.options import DEFAULT_DB_PORT, DEFAULT_HTTP_PORT, DEFAULT_MQTT_PORT, RuntimeInfo, RuntimeOptions

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+from pydantic import field_validator
 
 from nodefleet.settings import CommonSettings, service_fields
 
@@ -43,3 +45,9 @@ class ProvisionerSettings(CommonSettings):
     max_devices_per_home: int = _own(10_000, "Most active devices in one home", "max_devices_per_home", ge=1)
     dynsec_timeout: float = _own(5.0, "Seconds to wait for the broker's dynamic-security answer", "dynsec_timeout", gt=0)
     db_retry_max: float = _own(10.0, "Longest pause (s) between database reconnection attempts", "db_retry_max", gt=0)
+
+    @field_validator("broker_ca", mode="before")
+    @classmethod
+    def _empty_ca_is_plain(cls, value: Any) -> Any:
+        # compose.yaml passes ${NODEFLEET_NODE_TLS_CA:-}: empty means nodes get plain MQTT.
+        return None if isinstance(value, str) and not value.strip() else value

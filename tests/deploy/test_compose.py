@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ import asyncpg
 import pytest
 from ws_probe import check_websocket_security
 
+from nodefleet import wire
 from nodefleet.contracts import Telemetry, Topics
 from nodefleet.contracts.provisioning import HTTP_STATUS_PATH
 from nodefleet.contracts.topics import Command
@@ -85,10 +87,13 @@ def images(docker_engine: Engine) -> dict[str, str]:
 
 
 def _env(images: dict[str, str]) -> dict[str, str]:
-    ports = {name: str(free_port()) for name in ("MQTT", "MQTT_WS", "MQTT_INIT", "HTTP", "POSTGRES")}
+    ports = {name: str(free_port()) for name in ("MQTT", "MQTT_WS", "MQTT_TLS", "MQTT_INIT", "HTTP", "POSTGRES")}
     return {
         **images,
         **{f"NODEFLEET_{name}_PORT": port for name, port in ports.items()},
+        # Nodes registered get MQTT over TLS, checking Mosquitto's certificate against tls-init's authority.
+        "NODEFLEET_NODE_TLS_CA": "/nodefleet-tls/tls/ca.pem",
+        "NODEFLEET_NODE_BROKER_PORT": ports["MQTT_TLS"],
         "NODEFLEET_LISTEN_HOST": "127.0.0.1",
         "NODEFLEET_PUBLIC_HOST": "127.0.0.1",
         "NODEFLEET_TZ": "UTC",
@@ -131,7 +136,7 @@ async def _mqtt(port: int, user: str, password: str, client_id: str):
 
 def _assert_loopback_only(compose: Compose) -> None:
     """Every container is on the host's network and has no address of its own."""
-    for service in SERVICES:
+    for service in (*SERVICES, "tls-init"):
         attrs = compose.container(service).attrs
         networks = attrs["NetworkSettings"]["Networks"]
         assert attrs["HostConfig"]["NetworkMode"] == "host" and set(networks) == {"host"}, (service, networks)
@@ -182,8 +187,15 @@ async def test_compose_deployment_lives_through_kill_and_restart(docker_engine: 
         assert done.returncode == 0 and "is online" in done.stdout, done.stdout + done.stderr + node.output()
         login = node.read("mqtt.json")
         name = login["node_name"]
-        assert (login["broker"], login["port"]) == ("127.0.0.1", mqtt_port)
-        phase("provisioned through the HTTP edge")
+        tls_port = int(env["NODEFLEET_MQTT_TLS_PORT"])
+        assert (login["broker"], login["port"], login.get("tls")) == ("127.0.0.1", tls_port, True), login
+        # The node came online over TLS with the authority it was handed: the operator uses the same one.
+        ca_pem = tmp_path / "ca.pem"
+        ca_pem.write_text(ssl.DER_cert_to_PEM_cert((node.flash_dir / "ca.der").read_bytes()))
+        async with wire.Client(wire.BrokerAddress.parse(f"mqtts://operator:{operator}@127.0.0.1:{tls_port}?ca={ca_pem}"),
+                               client_id=f"{project}-tls"):
+            pass
+        phase("provisioned through the HTTP edge, the node over TLS")
         # The provisioner's config (through Mosquitto, retained) sets a fast telemetry period for what follows.
         done = await asyncio.to_thread(_nodefleet, "device", "config", name, "--set", "telemetry_period=1",
                                        "--broker", broker)

@@ -15,12 +15,16 @@ def _published(service: dict) -> set[tuple[str, int]]:
 
 def test_default_ports_are_todays(tmp_path: Path) -> None:
     services = compose_config(tmp_path)["services"]
-    assert _published(services["mosquitto"]) == {("1883", 1883), ("8083", 8083)}
+    assert _published(services["mosquitto"]) == {("1883", 1883), ("8083", 8083), ("8883", 8883)}
     assert _published(services["provisioner"]) == {("8080", 8080)}
     assert "ports" not in services["postgres"]  # reached by the services only
     env = services["mosquitto"]["environment"]
     assert (env["NODEFLEET_MQTT_PORT"], env["NODEFLEET_MQTT_WS_PORT"], env["NODEFLEET_MQTT_LISTEN_HOST"]) == (
         "1883", "8083", "0.0.0.0")
+    assert env["NODEFLEET_MQTT_TLS_PORT"] == "8883" and env["NODEFLEET_MQTT_TLS_DIR"] == "/nodefleet-tls/tls"
+    # The authority is made before Mosquitto starts; nodes get plain MQTT until .env asks for TLS.
+    assert services["mosquitto"]["depends_on"]["tls-init"]["condition"] == "service_completed_successfully"
+    assert services["provisioner"]["environment"]["NODEFLEET_PROVISIONER_BROKER_CA"] == ""
     assert services["postgres"]["image"] == "postgres:16"
     telemetry = services["telemetry"]["environment"]
     assert telemetry["NODEFLEET_MQTT_URL"].endswith("@mosquitto:1883")
@@ -50,3 +54,11 @@ def test_every_service_gets_the_ota_master_key_and_none_means_ota_off(tmp_path: 
     without = compose_config(tmp_path, extra_env="NODEFLEET_OTA_MASTER_KEY=\n")["services"]["provisioner"]
     assert without["environment"]["NODEFLEET_OTA_MASTER_KEY"] == ""
     assert CommonSettings(ota_master_key="").ota_master is None
+
+
+def test_node_tls_is_two_variables(tmp_path: Path) -> None:
+    env = "NODEFLEET_NODE_TLS_CA=/nodefleet-tls/tls/ca.pem\nNODEFLEET_NODE_BROKER_PORT=8883\n"
+    provisioner = compose_config(tmp_path, extra_env=env)["services"]["provisioner"]
+    assert provisioner["environment"]["NODEFLEET_PROVISIONER_BROKER_CA"] == "/nodefleet-tls/tls/ca.pem"
+    assert provisioner["environment"]["NODEFLEET_PROVISIONER_BROKER_PORT"] == "8883"
+    assert any(v["source"] == "tls" and v["target"] == "/nodefleet-tls" for v in provisioner["volumes"])

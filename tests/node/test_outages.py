@@ -101,3 +101,15 @@ async def test_power_cuts_during_flash_writes_never_corrupt_the_files(node, watc
     ack = await watch.command("switch", {"state": "ON"})
     assert ack["status"] == "ok"
     assert node.read("boot.json")["count"] == 4
+
+
+async def test_frequent_qos0_telemetry_does_not_starve_the_keepalive(node, watch):
+    # Telemetry every second (QoS 0, no answer) at keepalive 5 s: the node still pings when it has heard nothing,
+    # so its own silence check (1.5 x keepalive) never ends a healthy session. Before the fix: a reconnect every 7.5 s.
+    await watch.wait("status", lambda s: s == "online", timeout=SLOW)
+    mark = watch.mark()
+    await asyncio.sleep(11)
+    assert len(watch.found("telemetry", since=mark)) >= 5  # the QoS 0 stream went on
+    lost = [e for e in (node.read("errlog.json") or {}).get("items", []) if e["code"] == "mqtt_lost"]
+    assert lost == [], lost
+    assert watch.found("status", since=mark) == []  # no offline / online in between

@@ -122,3 +122,26 @@ async def test_the_provisioning_api_takes_the_authority(make_node, tmp_path):
     assert status == 400 and "DER" in body["error"], body
     status, body = await request(node.http_port, "POST", "/api/mqtt", base)  # plain again: the authority goes
     assert status == 200 and not (node.flash_dir / "ca.der").exists() and "tls" not in node.read("mqtt.json")
+
+
+async def test_a_node_over_tls_comes_back_after_the_broker_restarts(make_node, topics, tmp_path):
+    files = ensure_authority(tmp_path / "data", ["127.0.0.1"])
+    broker = Mosquitto(tls=files)
+    broker.start()
+    try:
+        node = make_node("node-back", provisioned=False)
+        node.provision(broker=broker.tls_url, topic_prefix=topics.prefix("node-back"), keepalive=5, max_backoff=1)
+        async with watching(broker, topics, node.name) as watch:
+            await node.start()
+            await watch.wait("status", lambda s: s == "online", timeout=SLOW)
+        broker.stop()
+        await asyncio.sleep(9)  # the node sees the connection go and retries against a closed port (backoff grows)
+        broker.start()
+        async with watching(broker, topics, node.name) as watch:
+            # Back: its status again (retained, or seen as it comes), then a command over the new session.
+            await watch.wait("status", lambda s: s == "online", timeout=SLOW)
+            ack = await watch.command("switch", {"state": "ON"}, timeout=20)
+            assert ack["status"] == "ok", node.output()
+        assert node.running and "Traceback" not in node.output(), node.output()
+    finally:
+        broker.stop()
