@@ -57,6 +57,10 @@ async def _main(slot):
         await provision.run(FW, ["switch", "temperature", "humidity", "schedule"])
     else:
         heap.reserve()  # while the heap is still whole, before the mode's modules
+        if mq.get("tls"):
+            import brokertls  # MQTT over TLS, in place of hal.open_connection: a plain node loads none of it
+
+            brokertls.install()
         # Running an OTA slot: its version is the release's (from the image), not this file's.
         fw = slot["image"]["version"] if slot and slot.get("image") else FW
         kw = {"fw": fw, "boot_count": count, "cause": cause, "errlog": log, "cfg": cfg, "wifi": wifi, "mq": mq}

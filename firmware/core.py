@@ -62,8 +62,7 @@ class Core:
             user=mq.get("username"), password=mq.get("password"), keepalive=mq.get("keepalive", 30), subs=subs,
             will=(self.prefix + "/status", b"offline", True, 1), on_msg=self.on_msg, on_up=self.on_up,
             on_down=self.on_down, on_refused=self.on_refused, max_in=max_in, max_backoff=mq.get("max_backoff", 30),
-            max_queue=mq.get("max_queue", 24), max_queue_bytes=mq.get("max_queue_bytes", 1536),
-            ca=store.CA_FILE if mq.get("tls") else None)
+            max_queue=mq.get("max_queue", 24), max_queue_bytes=mq.get("max_queue_bytes", 1536))
 
     # -- publishing --------------------------------------------------------
     def topic(self, kind):

@@ -14,13 +14,11 @@ ENTRY = 96  # what a queued message costs on the heap beside its payload (list, 
 class Link:
     def __init__(self, *, host, port, client_id, subs, will, on_msg, on_up, on_down, on_refused=None,
                  user=None, password=None, keepalive=60, max_queue=24, max_queue_bytes=1536, max_in=heap.MAX_IN,
-                 max_backoff=60, stale_after=60, ca=None):
+                 max_backoff=60, stale_after=60):
         # stale_after: commands.TTL, the life of a command without sent or expires (not imported: the download
         # modes load commands only while one acts).
         self.host = host
         self.port = port
-        self.ca = ca  # a file of the broker's certificate authority (DER): MQTT over TLS; None: plain TCP
-        self._ctx = None  # its TLS context, made at the first connect and kept
         self.client_id = client_id
         self.subs = subs  # [(filter, qos), ...], subscribed at every connect
         self.will = will
@@ -94,7 +92,7 @@ class Link:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # whatever ended the session, the answer is to reconnect
-                reason = str(exc) or type(exc).__name__
+                reason = str(exc).strip() or type(exc).__name__
             was_up = self.up
             if was_up:
                 backoff = 1
@@ -109,44 +107,15 @@ class Link:
         self._pid = self._pid % 65535 + 1
         return self._pid
 
-    def _tls(self):
-        # Made once and kept for every connect: the context holds the parsed authority (about 3 KB in one piece),
-        # which a heap cut up by hours of traffic may no longer have; made again at each connect, a few refused
-        # connects in a row left no room for it (MemoryError at every retry after a broker outage).
-        if self._ctx is not None:
-            return self._ctx
-        import gc
-        import ssl
-
-        gc.collect()
-        try:
-            with open(self.ca, "rb") as f:
-                der = f.read()
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.verify_mode = ssl.CERT_REQUIRED
-            ctx.load_verify_locations(cadata=der)
-        except (OSError, ValueError) as exc:
-            raise MQTTError("TLS: the broker's certificate authority (%s) is unreadable: %s; provision the node "
-                            "again" % (self.ca, str(exc).strip() or type(exc).__name__))
-        self._ctx = ctx
-        return ctx
-
     async def _session(self):
-        tls = self._tls() if self.ca else None
-        reader, writer = await asyncio.wait_for(hal.open_connection(self.host, self.port, tls), 5)
+        reader, writer = await asyncio.wait_for(hal.open_connection(self.host, self.port), 5)
         proto = Proto(reader, writer, self.buf)
         task = None
         try:
             # A persistent session: the broker keeps QoS 1 commands for the node through a short outage.
-            try:
-                present = await asyncio.wait_for(
-                    proto.connect(self.client_id, self.keepalive, self.user, self.password, self.will, False), 5)
-            except ValueError as exc:
-                if tls is None:
-                    raise
-                # The handshake runs at the first write: mbedTLS says why the broker was not trusted.
-                raise MQTTError("TLS with %s:%d failed: %s" % (self.host, self.port,
-                                                                str(exc).strip() or type(exc).__name__))
+            # (Over TLS the handshake runs at this first write: a broker not trusted is mbedTLS's ValueError.)
+            present = await asyncio.wait_for(
+                proto.connect(self.client_id, self.keepalive, self.user, self.password, self.will, False), 5)
             self.replaying = present and (self._down_at is None or
                                           time.ticks_diff(time.ticks_ms(), self._down_at) > self.stale_after * 1000)
             self._err = None

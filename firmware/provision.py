@@ -7,6 +7,8 @@ import httpd
 import led
 import store
 
+CA_FILE = "ca.der"  # the broker's certificate authority (DER): MQTT over TLS (brokertls.py reads it)
+
 _PAGE = """<!doctype html><meta name=viewport content="width=device-width"><title>nodefleet setup</title>
 <h1>nodefleet node %s</h1><p>%s</p>
 <form id=w><h2>WiFi</h2><input name=ssid placeholder=SSID> <input name=password type=password placeholder=password></form>
@@ -84,11 +86,11 @@ def check_mqtt(b):
 def save_mqtt(b):
     m, der = check_mqtt(b)
     if der is None:
-        store.remove(store.CA_FILE)
+        store.remove(CA_FILE)
     else:
-        with open(store.CA_FILE + ".tmp", "wb") as f:
+        with open(CA_FILE + ".tmp", "wb") as f:
             f.write(der)
-        store.replace(store.CA_FILE + ".tmp", store.CA_FILE)
+        store.replace(CA_FILE + ".tmp", CA_FILE)
     store.save("mqtt.json", m)
 
 

@@ -2,8 +2,6 @@
 import json
 import os
 
-CA_FILE = "ca.der"  # the broker's certificate authority (DER) from the provisioning API: MQTT over TLS
-
 
 def load(name, default=None):
     try:

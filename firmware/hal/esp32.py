@@ -164,9 +164,8 @@ def http_addr(provisioning):
     return ("0.0.0.0", 80)
 
 
-async def open_connection(host, port, tls=None):
-    # tls: an ssl.SSLContext (the broker's name is checked against its certificate) or None
-    return await asyncio.open_connection(host, port, ssl=tls)
+async def open_connection(host, port):
+    return await asyncio.open_connection(host, port)
 
 
 def start():

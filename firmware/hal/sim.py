@@ -133,10 +133,10 @@ def http_addr(provisioning):
     return ("127.0.0.1", int(port)) if port else None
 
 
-async def open_connection(host, port, tls=None):
+async def open_connection(host, port):
     if not wifi_ok():
         raise OSError("wifi down")
-    return await asyncio.open_connection(host, port, ssl=tls)
+    return await asyncio.open_connection(host, port)
 
 
 def mark_healthy():
