@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from wire.test_publisher import batch_round_trip
 
 from nodefleet import wire
 from nodefleet.embedded.broker import EmbeddedBroker
@@ -122,24 +123,7 @@ async def test_the_burst_publisher_speaks_tls(tmp_path):
     files = ensure_authority(tmp_path / "data", HOSTS)
     broker = EmbeddedBroker(port=free_port(), tls_port=free_port(), tls_files=files)
     await broker.start()
-    publisher = wire.Publisher(wire.BrokerAddress.parse(broker.tls_url), client_id=f"tx-{uuid.uuid4().hex[:8]}")
-    task = asyncio.create_task(publisher.run())
     try:
-        topic = f"tls-{uuid.uuid4().hex[:8]}"
-        sent = [(f"{topic}/{i}", f"m{i}".encode()) for i in range(200)]
-        async with wire.Client(wire.BrokerAddress.parse(broker.url), client_id=f"rx-{uuid.uuid4().hex[:8]}") as rx:
-            await rx.subscribe(f"{topic}/#", qos=1)
-            await asyncio.wait_for(publisher.connected.wait(), 10)
-            acked = publisher.publish(sent, qos=1)
-            got = []
-            async with asyncio.timeout(10):
-                async for message in rx.messages:
-                    got.append((str(message.topic), bytes(message.payload)))
-                    if len(got) == len(sent):
-                        break
-            assert sorted(got) == sorted(sent)
-            await asyncio.wait_for(acked, 5)
+        await batch_round_trip(wire.BrokerAddress.parse(broker.tls_url), wire.BrokerAddress.parse(broker.url), 300)
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
         await broker.stop()
