@@ -54,6 +54,7 @@ or does not derive from :class:`NodefleetError`::
     │   ├── MosquittoError           (embedded.mosquitto) Mosquitto is missing or did not start
     │   ├── NatsError                (embedded.nats) nats-server is missing or did not start
     │   ├── HttpEdgeError            (provisioner) the HTTP edge cannot listen
+    │   ├── TlsError                 (nodefleet.tls) the TLS authority and certificates cannot be made or used
     │   └── SimError                 (nodefleet.sim) a simulated node cannot run
     └── CliError                     (cli.errors; a click exception) shown as "Error: ...", exit 1
         └── StepError                (cli.provision) a provisioning step failed

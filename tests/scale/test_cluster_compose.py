@@ -20,7 +20,7 @@ from deploy.engine import ROOT, compose_config
 from nodefleet.embedded.nats import nats_server_binary
 from nodefleet.wire.jetstream import servers_of
 
-DEFAULT = {"mosquitto", "postgres", "telemetry", "provisioner", "scheduler", "ota"}
+DEFAULT = {"tls-init", "mosquitto", "postgres", "telemetry", "provisioner", "scheduler", "ota"}
 NATS = ("nats-1", "nats-2", "nats-3")
 TELEMETRY = ("telemetry-cluster-1", "telemetry-cluster-2")
 
