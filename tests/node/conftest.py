@@ -222,7 +222,7 @@ async def node(make_node, watch: Watch) -> AsyncIterator[SimNode]:
     n = make_node()
     await n.start()
     try:
-        await watch.wait("state", timeout=15)
+        await watch.wait("state", timeout=SLOW)  # under libfaketime on a loaded machine 15 s was once too short
     except TimeoutError:
         raise AssertionError(f"node did not come online; its output:\n{n.output()}") from None
     yield n
