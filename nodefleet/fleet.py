@@ -17,19 +17,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from . import pg_errors
 from .contracts import OFFLINE, ONLINE, ErrorEvent, FleetReply, FleetRequest, Topics
 from .errors import RequestError, StorageUnavailable, WireError
 from .logging import get_logger
 from .wire import Client, Message
-
-DATABASE_DOWN: tuple[type[BaseException], ...] = (
-    StorageUnavailable, ConnectionRefusedError, asyncpg.InterfaceError, asyncpg.InternalClientError,
-    asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError, asyncpg.CannotConnectNowError)
-"""What a request handler raises when its PostgreSQL is away (not OSError or TimeoutError at large: a broker
-or dynamic-security timeout is not the database's)."""
 
 log = get_logger(__name__)
 
@@ -159,7 +153,7 @@ async def answer(client: Client, payload: bytes, handlers: Mapping[str, Handler]
     except (ValidationError, LookupError, ValueError) as exc:
         errors.report("bad_request", f"{action}: {exc}")
         reply = FleetReply(transaction=request.transaction, status="error", error=str(exc)[:1024])
-    except DATABASE_DOWN as exc:
+    except (StorageUnavailable, *pg_errors.UNREACHABLE) as exc:
         # Not the request's fault and not a bug: the asker is told to try again, not shown an internal error.
         errors.report("database_unavailable", f"{action}: {exc}")
         reply = FleetReply(transaction=request.transaction, status="error",

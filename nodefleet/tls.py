@@ -228,12 +228,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="a name or address nodes and clients reach the broker by (repeatable; loopback and "
                              "this machine's name are always in)")
     args = parser.parse_args(argv)
+    hosts = broker_hosts("0.0.0.0", args.host)
     try:
-        files = ensure_authority(args.data_dir, broker_hosts("0.0.0.0", args.host))
+        files = ensure_authority(args.data_dir, hosts)
     except TlsError as exc:
         print(f"Error: {exc}")
         return 1
-    print(f"authority {files.ca}\nbroker    {files.cert} ({', '.join(broker_hosts('0.0.0.0', args.host))})")
+    print(f"authority {files.ca}\nbroker    {files.cert} ({', '.join(hosts)})")
     return 0
 
 

@@ -104,9 +104,9 @@ class Broker:
             raise StartupError(f"cannot keep the broker credentials in {options.data_dir}: {exc}") from exc
         if self._tls_port is not None:
             # The names nodes are given (the provisioner's broker host, when set) go into the certificate.
-            given = [h for h in [os.environ.get(NODE_BROKER_HOST_VARIABLE, "").strip()] if h]
+            given = os.environ.get(NODE_BROKER_HOST_VARIABLE, "").strip()
             self.tls_files = await asyncio.to_thread(ensure_authority, options.data_dir,
-                                                     broker_hosts(options.mqtt_host, given))
+                                                     broker_hosts(options.mqtt_host, [given] if given else []))
         try:
             # Hashing the users' passwords is slow on purpose: off the event loop.
             broker = await asyncio.to_thread(
