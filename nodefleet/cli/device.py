@@ -1,4 +1,4 @@
-"""``nodefleet device ...``: the provisioner's registry from the command line (list, config, remove, home)."""
+"""``nodefleet device ...``: the provisioner's registry from the command line (list, config, remove, home, home-login)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 @main.group()
 def device() -> None:
-    """Registered devices: list them, change their config, remove them, define homes."""
+    """Registered devices: list them, change their config, remove them, define homes and their operator logins."""
 
 
 COLUMNS = (
@@ -131,3 +131,31 @@ def home(settings: CommonSettings, timeout: float, home_id: str, tz: str) -> Non
     """Create HOME_ID (or change its time zone); devices register into a home."""
     run(provisioner_request(settings, "home", {"home_id": home_id, "tz": tz}, timeout=timeout))
     click.echo(f"home {home_id}: time zone {tz}")
+
+
+@device.command("home-login")
+@fleet_options
+@provisioner_timeout
+@click.argument("home_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as one JSON object (for scripts)")
+def home_login(settings: CommonSettings, timeout: float, home_id: str, as_json: bool) -> None:
+    """Make HOME_ID's operator login: a broker login for openHAB, Home Assistant or any MQTT client that reaches
+    only this home's nodes (their topics, commands and schedules; none of another home, no fleet request).
+
+    Running it again gives a new password (the old one stops working) and rebuilds what the login reaches from
+    the registry.  Nodes that register into the home later, or are removed, are added or taken away by the
+    provisioner.  The password is shown only here.
+    """
+    answer = run(provisioner_request(settings, "home_login", {"home_id": home_id}, timeout=timeout))
+    if as_json:
+        click.echo(json.dumps(answer))
+        return
+    nodes = answer["nodes"]
+    click.echo(f"home {home_id}: operator login {answer['username']}")
+    click.echo(f"password: {answer['password']}  (shown only now; run this again for a new one)")
+    click.echo(f"reaches {len(nodes)} node(s) now{': ' + ', '.join(nodes) if nodes else ''}, and those registered "
+               f"into the home later")
+    if nodes:
+        topics = settings.topics
+        click.echo(f"for each node, e.g. {nodes[0]}: read {', '.join(topics.operator_subscribe(nodes[0]))}; "
+                   f"send {', '.join(topics.operator_publish(nodes[0]))}")

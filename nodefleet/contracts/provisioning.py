@@ -125,6 +125,27 @@ class Home(BaseModel):
     tz: ZoneName
 
 
+class HomeLoginRequest(Request):
+    """Make the operator login of a home, or give it a new password (the old one stops working)."""
+
+    home_id: HomeId
+
+
+class HomeLogin(BaseModel):
+    """The answer to ``provisioner/home_login``: a broker login that reaches only this home's nodes.
+
+    It reads every topic of those nodes (and their Homie and Home Assistant discovery topics), sends them
+    commands and schedules, and nothing else: no fleet request, no other home.  Nodes that join or leave the
+    home later are added or taken away by the provisioner.  The password is shown only here.
+    """
+
+    home_id: HomeId
+    username: str
+    password: str
+    nodes: list[NodeName]
+    """The home's nodes (not revoked) the login reaches now."""
+
+
 class NodeRequest(Request):
     node: NodeName
 

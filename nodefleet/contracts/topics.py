@@ -232,6 +232,17 @@ class Topics:
                                                    NodeTopic.CLOCK)]
         return [*own, self.ota(node, OtaTopic.WANT), self.ota(node, OtaTopic.PROGRESS)]
 
+    def operator_publish(self, node: str) -> list[str]:
+        """What a home's operator login may publish for one of its nodes: commands and the schedule (retained,
+        as every client sets it), and Homie's settable property.  Never its config or OTA (the services')."""
+        prefix = self.prefix(node)
+        return [f"{prefix}/set/#", f"{prefix}/schedule", f"{HOMIE_BASE}/{validate_node_name(node)}/+/+/set"]
+
+    def operator_subscribe(self, node: str) -> list[str]:
+        """What a home's operator login may subscribe to for one of its nodes: all of its topics, its Homie
+        device and its Home Assistant discovery entries (``homeassistant/<component>/<node>/...``)."""
+        return [f"{self.prefix(node)}/#", Topics.homie_device(node), f"{HA_DISCOVERY_BASE}/+/{validate_node_name(node)}/#"]
+
     def parse(self, topic: str) -> ParsedTopic:
         """Split a node topic into node and kind; raise TopicError if it does not parse."""
         parts = topic.split("/")

@@ -158,7 +158,10 @@ class DynamicSecurity:
             await self._sync(self._users_of(rolename))
         elif name == "addRoleACL":
             role = self._role(command)
-            role.acls.append(self._check_acl(command))
+            acl = self._check_acl(command)
+            if any((a["acltype"], a["topic"]) == (acl["acltype"], acl["topic"]) for a in role.acls):
+                raise CommandError("ACL with this topic already exists")  # as Mosquitto answers
+            role.acls.append(acl)
             await self._sync(self._users_of(_text(command, "rolename")))
         elif name == "removeRoleACL":
             role = self._role(command)

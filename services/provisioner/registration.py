@@ -1,11 +1,13 @@
 """Registering a device (its row, then its broker credentials), its provisioning status, homes and the device list.
 
-A registration writes its row, then the broker's credentials, and takes the
-row back if the broker refuses.
+A registration writes its row, then the broker's credentials (the node's own,
+then its home's operator login's rights), and takes the row back if the broker
+refuses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import secrets
@@ -28,7 +30,8 @@ from nodefleet.contracts.provisioning import (
 from nodefleet.logging import get_logger
 
 from . import tz
-from .credentials import Credentials
+from .credentials import CredentialError, Credentials
+from .home_logins import HomeLogins
 from .removal import Removal
 from .store import Conflict, Store
 
@@ -58,9 +61,10 @@ class NodeBroker:
 
 class Registrations:
     def __init__(self, *, store: Store, credentials: Credentials, topics: Topics, removal: Removal,
-                 broker: NodeBroker, pending_ttl: float, max_devices_per_home: int, ota_master: bytes | None = None
-                 ) -> None:
+                 broker: NodeBroker, pending_ttl: float, max_devices_per_home: int, home_logins: HomeLogins,
+                 ota_master: bytes | None = None) -> None:
         self.store = store
+        self.home_logins = home_logins
         self.credentials = credentials
         self.topics = topics
         self.removal = removal
@@ -105,10 +109,17 @@ class Registrations:
             await self.store.insert_device(**row)
         # The row first (it claims the name and chip id), then the broker: no database connection is held while
         # the broker works.  If the broker refuses, the row goes too; if this process dies in between, the
-        # pending row expires like any unclaimed registration.
+        # pending row expires like any unclaimed registration.  The home's operator login, if it has one, is
+        # given the node last; if that fails, the node's own login goes too.
         try:
             await self.credentials.add(node, password, publish=self.topics.node_outbox(node),
                                        subscribe=self.topics.node_inbox(node))
+            try:
+                await self.home_logins.joined(node, request.home_id)
+            except Exception:
+                with contextlib.suppress(CredentialError):
+                    await self.credentials.remove(node)
+                raise
         except Exception:
             await self.store.discard_pending(node)
             raise

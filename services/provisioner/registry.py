@@ -4,6 +4,7 @@
 - ``first_online.py``: a node's first online (provisioned or refused), reconnects, un-provisioning
 - ``configs.py``: config changes, and the versions nodes applied or refused (and waiting for them)
 - ``removal.py``: removal and the expiry of unclaimed registrations
+- ``home_logins.py``: a home's operator login, kept reaching exactly the home's nodes
 - ``announcer.py``: the discovery queue, published behind the configs of nodes coming online
 - ``memory.py``: availability, info and applied versions seen, and one lock per node
 - ``requests.py``: the fleet requests, handed to these parts
@@ -23,6 +24,7 @@ from .announcer import Announcer
 from .configs import Configs
 from .credentials import Credentials
 from .first_online import FirstOnline
+from .home_logins import HomeLogins
 from .memory import NodeMemory
 from .publish import Publish
 from .registration import NodeBroker, Registrations
@@ -38,11 +40,13 @@ class Registry:
         self.credentials = credentials
         self.memory = NodeMemory()
         self.announcer = Announcer(publish)
+        self.home_logins = HomeLogins(store=store, credentials=credentials, topics=topics)
         self.removal = Removal(store=store, credentials=credentials, topics=topics, publish=publish,
-                               memory=self.memory, announcer=self.announcer)
+                               memory=self.memory, announcer=self.announcer, home_logins=self.home_logins)
         self.registrations = Registrations(store=store, credentials=credentials, topics=topics, removal=self.removal,
                                            broker=broker, pending_ttl=pending_ttl,
-                                           max_devices_per_home=max_devices_per_home, ota_master=ota_master)
+                                           max_devices_per_home=max_devices_per_home, home_logins=self.home_logins,
+                                           ota_master=ota_master)
         self.first_online = FirstOnline(store=store, topics=topics, publish=publish, errors=errors,
                                         memory=self.memory, announcer=self.announcer, removal=self.removal)
         self.configs = Configs(store=store, topics=topics, publish=publish, errors=errors, memory=self.memory)

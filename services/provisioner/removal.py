@@ -14,6 +14,7 @@ from nodefleet.logging import get_logger
 from . import discovery
 from .announcer import Announcer
 from .credentials import Credentials
+from .home_logins import HomeLogins
 from .memory import NodeMemory
 from .publish import Publish
 from .store import Conflict, NotFound, Store
@@ -23,8 +24,9 @@ log = get_logger(__name__)
 
 class Removal:
     def __init__(self, *, store: Store, credentials: Credentials, topics: Topics, publish: Publish,
-                 memory: NodeMemory, announcer: Announcer) -> None:
+                 memory: NodeMemory, announcer: Announcer, home_logins: HomeLogins) -> None:
         self.store = store
+        self.home_logins = home_logins
         self.credentials = credentials
         self.topics = topics
         self.publish = publish
@@ -38,6 +40,7 @@ class Removal:
                 raise Conflict(f"{node} is already revoked")
             await self.store.revoke(conn, node)
             await self.credentials.remove(node)
+            await self.home_logins.left(conn, node, row["home_id"])
             await self.announcer.idle()
         # Discovery first, acknowledged by the broker, then the rest: an entity still alive in Home Assistant
         # would otherwise render the emptied state ("'value_json' is undefined").

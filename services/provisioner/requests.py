@@ -8,6 +8,8 @@ from nodefleet.contracts.provisioning import (
     ConfigRequest,
     DeviceRow,
     Home,
+    HomeLogin,
+    HomeLoginRequest,
     HomeRequest,
     ListRequest,
     NodeRequest,
@@ -39,6 +41,10 @@ def handlers(registry: Registry) -> dict[str, TypedHandler]:
         return Home(home_id=request.home_id, tz=request.tz)
 
     @typed
+    async def home_login(request: HomeLoginRequest) -> HomeLogin:
+        return await registry.home_logins.issue(request.home_id)
+
+    @typed
     async def config(request: ConfigRequest) -> ConfigChange:
         config = await registry.configs.change_config(request)
         applied, rejected = (await registry.configs.wait_applied(request.node, config.version, request.wait)
@@ -55,5 +61,5 @@ def handlers(registry: Registry) -> dict[str, TypedHandler]:
     async def list_(request: ListRequest) -> list[DeviceRow]:
         return await registry.registrations.list(request)
 
-    return {"register": register, "status": status, "home": home, "config": config, "remove": remove,
-            "list": list_}
+    return {"register": register, "status": status, "home": home, "home_login": home_login, "config": config,
+            "remove": remove, "list": list_}

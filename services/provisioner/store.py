@@ -96,6 +96,25 @@ class Store:
             raise NotFound(f"unknown home {home_id!r}: create it first (`nodefleet device home {home_id} --tz Zone`)")
         return tz
 
+    async def lock_home_login(self, conn: asyncpg.Connection, home_id: str) -> str | None:
+        """The home's operator login (None: it has none), its row held until commit: whoever changes who the
+        login reaches (a login made, a node joining or leaving) takes turns, across instances too.  NO KEY: a
+        device inserted into the home meanwhile (its foreign key takes a key-share lock) does not wait."""
+        row = await conn.fetchrow(
+            "SELECT login_username FROM provisioner_homes WHERE home_id = $1 FOR NO KEY UPDATE", home_id)
+        if row is None:
+            raise NotFound(f"unknown home {home_id!r}: create it first (`nodefleet device home {home_id} --tz Zone`)")
+        return row["login_username"]
+
+    async def set_home_login(self, conn: asyncpg.Connection, home_id: str, username: str) -> None:
+        await conn.execute("UPDATE provisioner_homes SET login_username = $2 WHERE home_id = $1", home_id, username)
+
+    async def home_nodes(self, conn: asyncpg.Connection, home_id: str) -> list[str]:
+        """The home's nodes that are not revoked (pending ones too: they may come online any time)."""
+        rows = await conn.fetch("SELECT node FROM provisioner_devices WHERE home_id = $1 AND status <> 'revoked'"
+                                " ORDER BY node", home_id)
+        return [row["node"] for row in rows]
+
     # -- devices -------------------------------------------------------------
     async def insert_device(self, *, node: str, home_id: str, device_name: str, provisioning_id: str,
                             chip_id: str | None, expires: datetime, username: str, credential_hash: str,

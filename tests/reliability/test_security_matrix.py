@@ -3,7 +3,8 @@ nothing but its own topics.
 
 Each forbidden publish and subscription is refused (SUBACK 128; the publish dropped), the victim and every
 other watcher see nothing, and each attempt shows in the broker's log (Mosquitto) or its counters (embedded).
-Wrong passwords, unknown users and anonymous clients are refused at CONNECT.
+Wrong passwords, unknown users and anonymous clients are refused at CONNECT.  A home's operator login reaches
+its home's nodes and nothing else.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from provisioner.conftest import ADMIN, running
 from provisioner.helpers import node_client, watching
 
 from nodefleet import wire
-from nodefleet.contracts import Command, OtaTopic, Topics
+from nodefleet.contracts import Command, NodeTopic, OtaTopic, Topics
 from nodefleet.contracts.provisioning import PROVISIONER_SERVICE, RegisterRequest
 
 MARK = b"intruder"
@@ -123,3 +124,104 @@ async def test_wrong_passwords_unknown_users_and_anonymous_clients_are_refused(g
         assert after["connect_refused"] - before["connect_refused"] == len(logins), (before, after)
         async with node_client(guarded_broker, node.username, node.password) as client:
             await client.publish(topics.state(node.node_name), b"{}", qos=1)
+
+
+async def _inbox_of(broker, topics: Topics, config) -> tuple[wire.Client, list[tuple[str, bytes]]]:
+    """A node's own session subscribed to its inbox, and what reaches it."""
+    client = node_client(broker, config.username, config.password)
+    await client.__aenter__()
+    for topic_filter in topics.node_inbox(config.node_name):
+        await client.subscribe(topic_filter, qos=1)
+    seen: list[tuple[str, bytes]] = []
+
+    async def collect() -> None:
+        async for message in client.messages:
+            seen.append((str(message.topic), message.payload))
+
+    client.collector = asyncio.create_task(collect())  # type: ignore[attr-defined]
+    return client, seen
+
+
+async def test_a_home_login_reaches_only_the_nodes_of_its_home(guarded_broker, database, topics: Topics):
+    """The operator login of one home, on both brokers: it reads and commands that home's nodes (one registered
+    before the login was made, one after), nothing of the other home and nothing of the fleet; a removed node
+    drops out of its reach, and a new login takes the old password's place."""
+    async with running(guarded_broker, database, topics) as service:
+        registry = service.registry
+        for home in ("flat-a", "flat-b"):
+            await registry.registrations.put_home(home, "UTC")
+        register = registry.registrations.register
+        early = (await register(RegisterRequest(home_id="flat-a", device_name="Purifier"))).mqtt_config
+        other = (await register(RegisterRequest(home_id="flat-b", device_name="Heater"))).mqtt_config
+        login = await registry.home_logins.issue("flat-a")
+        late = (await register(RegisterRequest(home_id="flat-a", device_name="Lamp"))).mqtt_config
+        assert login.username == "home.flat-a" and login.nodes == [early.node_name]
+        a1, a2, b1 = early.node_name, late.node_name, other.node_name
+
+        allowed_subscriptions = [f for n in (a1, a2) for f in topics.operator_subscribe(n)] + [
+            topics.state(a1), Topics.homie(a2, "relay", "power")]
+        forbidden_subscriptions = ["#", f"{topics.root}/#", topics.all_nodes(NodeTopic.STATE), topics.prefix(b1) + "/#",
+                                   topics.state(b1), Topics.homie_device(b1), f"{topics.fleet}/#", "$CONTROL/#",
+                                   Topics.dynsec_response(), "homeassistant/#"]
+        allowed = [topics.set(a1, Command.SWITCH), topics.schedule(a1), topics.set(a2, Command.SWITCH)]
+        forbidden = [topics.set(b1, Command.SWITCH), topics.schedule(b1), topics.config(b1), topics.config(a1),
+                     topics.state(a1), topics.ota(a1, OtaTopic.OFFER), topics.ota(a1, OtaTopic.DATA),
+                     topics.ota_stream("1.0.0"), topics.request(PROVISIONER_SERVICE, "register"),
+                     topics.request(PROVISIONER_SERVICE, "home_login"), topics.errors(), Topics.homie(b1, "relay",
+                                                                                                       "power", "set")]
+        before = denials(guarded_broker)
+        node_a1, seen_a1 = await _inbox_of(guarded_broker, topics, early)
+        node_a2, seen_a2 = await _inbox_of(guarded_broker, topics, late)
+        node_b1, seen_b1 = await _inbox_of(guarded_broker, topics, other)
+        try:
+            async with watching(guarded_broker, "#") as watcher, \
+                    node_client(guarded_broker, login.username, login.password) as operator:
+                for topic_filter in allowed_subscriptions:
+                    assert await operator.subscribe(topic_filter, qos=1) == [1], topic_filter
+                for topic_filter in forbidden_subscriptions:
+                    assert await operator.subscribe(topic_filter, qos=1) == [128], topic_filter
+                for topic in allowed + forbidden:
+                    await operator.publish(topic, MARK, qos=1)
+                # It reads what its node says (its subscription above), and the node got its commands.
+                async with node_client(guarded_broker, early.username, early.password) as speaker:
+                    await speaker.publish(topics.state(a1), b'{"relay": true}', qos=1)
+                async with asyncio.timeout(10):
+                    async for message in operator.messages:
+                        if str(message.topic) == topics.state(a1) and message.payload == b'{"relay": true}':
+                            break
+                await watcher.wait(topics.set(a2, Command.SWITCH), lambda p: p == MARK)
+                await asyncio.sleep(0.5)
+            assert sorted(t for t, p in seen_a1 if p == MARK) == sorted([topics.set(a1, Command.SWITCH),
+                                                                         topics.schedule(a1)])
+            assert [t for t, p in seen_a2 if p == MARK] == [topics.set(a2, Command.SWITCH)]
+            assert seen_b1 == []
+            leaked = sorted({t for t, p, _ in watcher.messages if p == MARK} - set(allowed))
+            assert leaked == [], leaked
+        finally:
+            for client in (node_a1, node_a2, node_b1):
+                client.collector.cancel()  # type: ignore[attr-defined]
+                await client.__aexit__(None, None, None)
+        after = denials(guarded_broker)
+        assert after["publish_denied"] - before["publish_denied"] >= len(forbidden), (before, after)
+        if "subscribe_denied" in after:
+            assert after["subscribe_denied"] - before["subscribe_denied"] == len(forbidden_subscriptions)
+
+        # A removed node leaves the login's reach; the other node of the home stays in it.
+        await registry.removal.remove(a1)
+        async with node_client(guarded_broker, login.username, login.password) as operator:
+            assert await operator.subscribe(topics.prefix(a1) + "/#", qos=1) == [128]
+            assert await operator.subscribe(topics.prefix(a2) + "/#", qos=1) == [1]
+
+        # Made again: a new password, the old one refused; what it reaches rebuilt from the registry.
+        renewed = await registry.home_logins.issue("flat-a")
+        assert renewed.nodes == [a2] and renewed.password != login.password
+        with pytest.raises(wire.BrokerRefused):
+            async with node_client(guarded_broker, login.username, login.password):
+                pass
+        async with node_client(guarded_broker, renewed.username, renewed.password) as operator:
+            assert await operator.subscribe(topics.prefix(a2) + "/#", qos=1) == [1]
+            assert await operator.subscribe(topics.prefix(a1) + "/#", qos=1) == [128]
+        # The other home has no login until one is made.
+        with pytest.raises(wire.BrokerRefused):
+            async with node_client(guarded_broker, "home.flat-b", renewed.password):
+                pass
