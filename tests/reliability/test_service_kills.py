@@ -223,7 +223,7 @@ async def test_scheduler_killed_with_runs_due_before_during_and_after(guarded_br
             # Killed about 4 s into the runs (1 s grace): some backed up, the rest due while it is down or after.
             await asyncio.sleep(max(0.0, base + 1 + 4 - time.time()))
             service.kill()
-            killed_at = time.monotonic()
+            killed_at, killed_wall = time.monotonic(), time.time()
             sent_before = len(backed_up())
             changes_before = len(changes.accepted)
             await asyncio.sleep(1.0)
@@ -253,14 +253,18 @@ async def test_scheduler_killed_with_runs_due_before_during_and_after(guarded_br
                                 " AND kind = 'backup' GROUP BY node, run_id", sleepers)
     finally:
         await db.close()
+    # At least once, by design: a command out just as the kill came, before it was marked sent, is sent again
+    # after the lease under the same run id, which the node drops (tests/node/test_logic.py).
     doubled = {node: ids for node, ids in sends.items() if len(ids) > 1}
     print(f"scheduler kill -9: {len(sleepers)} runs due over 10 s, {sent_before} backed up before the kill, "
-          f"back {back:.2f} s after it; sends per run {sorted({len(ids) for ids in sends.values()})}; "
+          f"back {back:.2f} s after it; {len(doubled)} sent again after the restart (out as the kill came); "
           f"{len(changes.accepted)} schedule changes answered ({changes_before} before the kill), "
           f"{len(unanswered)} unanswered by the kill and retried")
     assert 0 < sent_before < len(sleepers), "the kill must fall among the runs"
     assert all(len(set(ids)) == 1 for ids in sends.values()), sends  # one run each, none lost
-    assert doubled == {}, doubled
+    # Sent twice only if its send (at due + 1 s grace) fell in the moment before the kill.
+    assert all(len(ids) == 2 and killed_wall - 2 <= starts[node] + 1 <= killed_wall for node, ids in doubled.items()), \
+        (doubled, {node: starts[node] + 1 - killed_wall for node in doubled})
     assert sorted((r["node"], r["n"]) for r in claims) == sorted((node, 1) for node in sleepers)
     assert changes.failed == {}, changes.failed
     assert all("no answer from the scheduler service" in why for _, _, why in unanswered.values()), unanswered
