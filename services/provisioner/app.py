@@ -139,6 +139,9 @@ class Service:
         except TopicError as exc:
             self.errors.report("bad_topic", str(exc), topic=topic)
             return
+        if parsed.what == NodeTopic.INFO:  # retained or live tells a node online from before (first_online.py)
+            self._spawn(self.registry.first_online.on_info(parsed.node, payload, retained=message.retain))
+            return
         handler = self.node_topics.get(parsed.what)
         if handler is not None:
             self._spawn(handler(parsed.node, payload))

@@ -35,6 +35,8 @@ class FirstOnline:
         self.memory = memory
         self.announcer = announcer
         self.removal = removal
+        self.online_before: set[str] = set()
+        """Nodes whose info came retained: online since before this instance subscribed (it may have been down)."""
 
     async def on_status(self, node: str, payload: bytes) -> None:
         if not payload:
@@ -49,9 +51,13 @@ class FirstOnline:
             return  # a node sends its info right after: one look at the registry then (bursts of first onlines)
         await self._maybe_provisioned(node, availability_changed=True)
 
-    async def on_info(self, node: str, payload: bytes) -> None:
+    async def on_info(self, node: str, payload: bytes, *, retained: bool = False) -> None:
         if not payload:
             return
+        if retained:
+            self.online_before.add(node)
+        else:
+            self.online_before.discard(node)
         try:
             self.memory.info[node] = Info.model_validate_json(payload)
         except ValidationError as exc:
@@ -71,6 +77,7 @@ class FirstOnline:
 
     async def _check_first_online(self, node: str, *, availability_changed: bool) -> None:
         async with self.memory.lock(node):
+            first_look = node not in self.memory.settled  # the first online this instance sees of it
             online = self.memory.online.get(node, False)
             info = self.memory.info.get(node)
             if online and info is not None and node not in self.memory.settled:
@@ -103,6 +110,13 @@ class FirstOnline:
             if row["status"] == "provisioned":
                 self.memory.settled.add(node)
                 await self.store.touch(node)
+                applied = max(row["config_applied"] or 0, self.memory.applied.get(node, 0))
+                if first_look and node in self.online_before and applied < row["config_version"]:
+                    # Online from before this instance started and not known to run its config: the same
+                    # retained config again (a copy the node has is a no-op there). An instance killed between
+                    # the provisioning UPDATE and the config's publish (or a config change's) left it without.
+                    # A node coming online now is provisioned by whichever instance's UPDATE wins, not here.
+                    await self._publish_config(node, row)
                 if not availability_changed:  # its first info of a connection
                     await self.publish(*discovery.homie_state(node, ONLINE), True)
 
@@ -126,12 +140,15 @@ class FirstOnline:
     async def _provisioned(self, node: str, row: Any, info: Info) -> None:
         """Just provisioned: its retained config now, its discovery behind the configs of a burst."""
         self.memory.settled.add(node)
-        await self.publish(self.topics.config(node), Config.model_validate(row["config"]).model_dump_json(
-            by_alias=True), True)
+        await self._publish_config(node, row)
         self.announcer.put(discovery.messages(self.topics, node, device_name=row["device_name"],
                                                       caps=list(info.caps), fw=info.fw)
                                    + [discovery.homie_state(node, ONLINE)])
         log.info("provisioned", node=node, chip_id=info.chip_id)
+
+    async def _publish_config(self, node: str, row: Any) -> None:
+        await self.publish(self.topics.config(node), Config.model_validate(row["config"]).model_dump_json(
+            by_alias=True), True)
 
     def capabilities(self, node: str) -> tuple[str, ...] | None:
         """What a node provisioned here declared it has (its discovery); None for nodes that are not ours."""

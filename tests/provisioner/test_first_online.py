@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import pytest
 
 from nodefleet.contracts import Config, Topics
@@ -17,6 +18,7 @@ from nodefleet.contracts.topics import Command
 from services.provisioner import discovery
 from services.provisioner.store import Conflict, RegistryError
 
+from .conftest import running
 from .helpers import come_online, node_client, watching
 
 
@@ -130,3 +132,31 @@ async def test_a_chip_still_bound_to_another_device_is_refused_until_that_one_is
             async with asyncio.timeout(10):
                 while not (await service.registry.registrations.status(new.provisioning_id)).is_provisioned:
                     await asyncio.sleep(0.05)
+
+
+async def test_a_node_provisioned_but_never_sent_its_config_gets_it_from_the_next_instance(dynsec_broker, database,
+                                                                                           topics):
+    """The provisioner killed between the first online's UPDATE and the config's publish (the window
+    tests/reliability/test_service_kills.py falls in now and then): the next instance, seeing the node online from
+    before it started, sends the config; a node that reported running its config is not sent it again."""
+    async with running(dynsec_broker, database, topics) as first:
+        regs = [await first.registry.registrations.register(RegisterRequest(home_id="home", device_name=f"Lamp {i}"))
+                for i in range(2)]
+    lost, settled = (reg.mqtt_config for reg in regs)
+    db = await asyncpg.connect(database)
+    try:  # what the killed instance's UPDATE left: provisioned, its config never published
+        await db.execute("UPDATE provisioner_devices SET status = 'provisioned', chip_id = 'chip-' || node,"
+                         " config_applied = CASE WHEN node = $2 THEN config_version END WHERE node = ANY($1)",
+                         [lost.node_name, settled.node_name], settled.node_name)
+    finally:
+        await db.close()
+    for cfg in (lost, settled):
+        async with node_client(dynsec_broker, cfg.username, cfg.password) as client:
+            await come_online(client, topics, cfg.node_name, f"chip-{cfg.node_name}")
+    async with watching(dynsec_broker, topics.config(lost.node_name), topics.config(settled.node_name)) as watcher:
+        async with running(dynsec_broker, database, topics):
+            config = Config.model_validate_json(await watcher.wait(topics.config(lost.node_name)))
+            await asyncio.sleep(1.0)
+    assert config.version == 1
+    assert len(watcher.payloads(topics.config(lost.node_name))) == 1
+    assert watcher.payloads(topics.config(settled.node_name)) == []  # it runs version 1: nothing to send

@@ -121,13 +121,14 @@ async def test_provisioner_killed_under_registrations_and_first_onlines(guarded_
                 await load.one(name)
             listed = await requests.request(PROVISIONER_SERVICE, "list", {}, timeout=10)
             by_node = {row["node"]: row for row in listed}
-            # Every node came online once: one retained config each, the first online handled once.
+            # Every node came online once and has its retained config.
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 if all(configs.payloads(topics.config(m["node_name"])) for m in nodes):
                     break
                 await asyncio.sleep(0.1)
             config_counts = [len(configs.payloads(topics.config(m["node_name"]))) for m in nodes]
+            config_copies = [set(configs.payloads(topics.config(m["node_name"]))) for m in nodes]
         events = service.events()
     finally:
         service.stop()
@@ -143,7 +144,11 @@ async def test_provisioner_killed_under_registrations_and_first_onlines(guarded_
     for name, answer in load.accepted.items():  # the answer given is the device kept
         assert by_node[answer["mqtt_config"]["node_name"]]["device_name"] == name
     assert all(by_node[m["node_name"]]["status"] == "provisioned" for m in nodes)
-    assert config_counts == [1] * len(nodes), config_counts
+    # Each node has its config: sent by whoever provisioned it, and once more by the restarted instance's first
+    # look at a node not known to run it (these stand-ins never report a config in their state, as nodes do);
+    # so also the node whose config the kill caught between the provisioning UPDATE and the publish.
+    assert all(1 <= n <= 2 for n in config_counts), config_counts
+    assert all(len(copies) == 1 for copies in config_copies), "two different configs for one node"
     assert while_down > 0, "the kill must fall among the first onlines"
     assert "Traceback" not in service.log_path.read_text()
     assert "provisioner_ready" in events
