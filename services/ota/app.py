@@ -37,6 +37,7 @@ from .store import OtaStore
 
 log = get_logger(__name__)
 
+ANSWER_GRACE = 2.0  # seconds the requests under way get to answer when a term ends
 PROGRESS_QUEUE = 10_000  # progress waiting for the worker; beyond it, progress is dropped and counted
 
 
@@ -106,16 +107,27 @@ class OtaService:
                         self.on_node_message(message)
 
     async def serve(self, *, ready: asyncio.Event | None = None) -> None:
-        """Read the open rollouts back, connect, and run until cancelled; closes the store at the end."""
+        """Read the open rollouts back, connect, and run until cancelled or until a change could not be written
+        (then it returns: the caller starts a new term from the tables); closes the store at the end."""
         try:
-            await self.engine.load()
+            try:
+                await self.engine.load()
+            except StorageUnavailable as exc:
+                log.warning("database_unavailable", doing="load", error=str(exc))
+                return
             async with asyncio.TaskGroup() as group:
-                group.create_task(self.run())
+                running = group.create_task(self.run())
                 await self.connected.wait()
                 await self.publisher.connected.wait()
                 log.info("ota_ready", rollouts=len(self.engine.rollouts))
                 if ready is not None:
                     ready.set()
+                await self.engine.stale.wait()
+                log.warning("ota_tables_behind", reason="a rollout's change could not be written (PostgreSQL "
+                            "away): starting again from the tables; the nodes' next reports fill in the rest")
+                if self._tasks:  # answers on their way (what they say was written, or says it was not)
+                    await asyncio.wait(set(self._tasks), timeout=ANSWER_GRACE)
+                running.cancel()
         finally:
             stats = self.pump.stats
             log.info("ota_stopped", shared_frames=stats.shared_frames, repair_frames=stats.repair_frames)
@@ -210,13 +222,20 @@ async def serve(settings: OtaSettings, *, ready: asyncio.Event | None = None) ->
         while True:
             await leadership.acquire()
             log.info("ota_active", instance=settings.instance)
-            service = OtaService(settings, await open_store(settings))
-            async with asyncio.TaskGroup() as group:
-                serving = group.create_task(service.serve(ready=ready))
-                lost = group.create_task(leadership.held())
-                await asyncio.wait({serving, lost}, return_when=asyncio.FIRST_COMPLETED)
-                # Lost the lock: step down (a new service reads the tables back once it holds it again).
-                serving.cancel()
-                lost.cancel()
+            terms = Backoff(most=settings.db_retry_max)  # a term that ended at once: wait longer for the next
+            while True:  # terms under the same lock: a new one when the tables fell behind (serve returned)
+                terms.attempt()
+                service = OtaService(settings, await open_store(settings))
+                async with asyncio.TaskGroup() as group:
+                    serving = group.create_task(service.serve(ready=ready))
+                    lost = group.create_task(leadership.held())
+                    await asyncio.wait({serving, lost}, return_when=asyncio.FIRST_COMPLETED)
+                    serving.cancel()
+                    lost.cancel()
+                if lost.done() and not lost.cancelled():
+                    break  # lost the lock: step down (a new service reads the tables back once it holds it again)
+                await terms.wait()
+                if not await leadership.check():
+                    break  # the outage took the lock's session too: compete for it again, no term without it
     finally:
         await leadership.release()

@@ -4,8 +4,15 @@ No MQTT here: the app hands in ``publish`` (retained offers and withdrawals on
 the session) and reads frames out of :attr:`Engine.streams`; wants, progress,
 ticks and the operator's requests come in as models.  Every change of a
 rollout is written to the store before its offers go out, and a withdrawal
-goes out before it is written, so a service killed in between leaves at most
-an offer that :meth:`Engine.reconcile` publishes again at the next start.
+goes out before it is written (but an updated node's after), so a service
+killed in between leaves at most an offer that :meth:`Engine.reconcile`
+publishes again at the next start.
+
+A change that could not be written (PostgreSQL away) has already moved the
+rollout here: :attr:`Engine.stale` is set, and the app starts a new term from
+the tables, as after a restart.  What the tables then miss comes back from the
+nodes: the standing offers are published again, and a node that already runs
+the offered release answers ``updated`` (docs/ota.md, "PostgreSQL away").
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from nodefleet.contracts.ota import (
     table_chunks,
 )
 from nodefleet.contracts.topics import OtaTopic, Topics
-from nodefleet.errors import InputError, WireError
+from nodefleet.errors import InputError, StorageUnavailable, WireError
 from nodefleet.fleet import ErrorReporter
 from nodefleet.logging import get_logger
 from nodefleet.ota_release import Release, decode
@@ -96,6 +103,8 @@ class Engine:
         self.offline: dict[str, float] = {}
         """Node -> when (monotonic) its status said offline: a stream's gather does not wait for it."""
         self.lock = asyncio.Lock()
+        self.stale = asyncio.Event()
+        """Set when a change made here could not be written: these rollouts are ahead of the tables."""
 
     # -- start ----------------------------------------------------------------
     async def load(self) -> None:
@@ -304,11 +313,22 @@ class Engine:
 
     # -- carrying out ---------------------------------------------------------
     async def _apply(self, rollout: Rollout, actions: Actions, now: float) -> None:
+        # A withdrawal goes out before it is written (a pause must not leave an offer standing), except an
+        # updated node's: that one after, or a service stopped in between would have lost the node's word
+        # and the offer that makes the node say it again.
+        heard = [node for node in actions.withdraw if rollout.targets[node].state == "updated"]
         for node in actions.withdraw:
             self._leave(rollout.release, node)
-            await self._send(self.topics.ota(node, OtaTopic.OFFER), b"", node)
+            if node not in heard:
+                await self._send(self.topics.ota(node, OtaTopic.OFFER), b"", node)
         if actions.transitions or actions.offer or actions.withdraw or actions.state:
-            await self.store.record(rollout, actions, now=now)
+            try:
+                await self.store.record(rollout, actions, now=now)
+            except StorageUnavailable:
+                self.stale.set()
+                raise
+        for node in heard:
+            await self._send(self.topics.ota(node, OtaTopic.OFFER), b"", node)
         # Together, so the stage's nodes ask at about the same moment and share the stream from its start.
         await asyncio.gather(*(self._offer(rollout, node) for node in actions.offer))
         if actions.state:

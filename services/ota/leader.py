@@ -73,18 +73,24 @@ class Leadership:
 
     async def held(self) -> None:
         """Return once the lock may be lost: its connection failed a check (then it is closed)."""
-        assert self._conn is not None, "acquire first"
-        conn = self._conn
         while True:
             await asyncio.sleep(self.poll)
-            try:
-                await conn.fetchval("SELECT 1", timeout=max(self.poll * 2, 1.0))
-            except pg_errors.TRANSIENT as exc:
-                log.warning("ota_leadership_lost", instance=self.instance, error=str(exc) or type(exc).__name__,
-                            reason="the lock's PostgreSQL session failed; another instance may be active")
-                self._conn = None
-                await _close(conn)
+            if not await self.check():
                 return
+
+    async def check(self) -> bool:
+        """Whether the lock's connection still answers; if not, it is closed and the lock counts as lost."""
+        assert self._conn is not None, "acquire first"
+        conn = self._conn
+        try:
+            await conn.fetchval("SELECT 1", timeout=max(self.poll * 2, 1.0))
+        except pg_errors.TRANSIENT as exc:
+            log.warning("ota_leadership_lost", instance=self.instance, error=str(exc) or type(exc).__name__,
+                        reason="the lock's PostgreSQL session failed; another instance may be active")
+            self._conn = None
+            await _close(conn)
+            return False
+        return True
 
     async def release(self) -> None:
         conn, self._conn = self._conn, None

@@ -15,7 +15,9 @@ fails, or when, after ``min_sample`` nodes finished, the failed share
 ``max_failures``. Pause stops offering (offers not yet taken up are
 withdrawn, downloads under way go on); resume offers again (resuming a halted
 rollout accepts the failures so far); abort withdraws every offer that can
-still be withdrawn.
+still be withdrawn. A node's offer is withdrawn once its ``updated`` is in:
+a node that sees an offer of the release it runs says ``updated`` again, so
+a report the service missed (down, or its PostgreSQL away) comes back.
 """
 
 from __future__ import annotations
@@ -185,6 +187,11 @@ class Rollout:
         if state != target.state or code != target.code:
             target.state, target.code, target.reason, target.since = state, code, reason, now
             actions.transitions.append(Transition(node, state, code, reason))
+        if state == "updated" and target.offered:
+            # Heard: withdrawn. A standing offer of the release a node runs is how the node learns that its
+            # ``updated`` was missed (it says it again), so it stands only until that word is in.
+            target.offered = False
+            actions.withdraw.append(node)
         return actions.merge(self._evaluate(now))
 
     def tick(self, now: float) -> Actions:

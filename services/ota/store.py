@@ -8,8 +8,10 @@ events are append-only and answer ``nodefleet ota history NODE``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
 
@@ -97,34 +99,51 @@ class OtaStore:
     @classmethod
     async def open(cls, dsn: str) -> OtaStore:
         try:
-            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+            # No floor of idle connections: after an outage asyncpg would keep restoring it in the background,
+            # logging a traceback at every try; a connection is made when one is needed.
+            pool = await asyncpg.create_pool(dsn, min_size=0, max_size=4)
         except pg_errors.TRANSIENT as exc:
             raise StorageUnavailable(f"PostgreSQL is not reachable: {exc}") from exc
         store = cls(pool)
-        async with pool.acquire() as conn:
-            steps = [Migration(n + 1, f"ota_{n + 1}", sql) for n, sql in enumerate(MIGRATIONS)]
-            await migrations.migrate(conn, steps, table="ota_schema_migrations", lock=_LOCK)
+        try:
+            async with store._connection() as conn:
+                steps = [Migration(n + 1, f"ota_{n + 1}", sql) for n, sql in enumerate(MIGRATIONS)]
+                await migrations.migrate(conn, steps, table="ota_schema_migrations", lock=_LOCK)
+        except StorageUnavailable:
+            pool.terminate()  # the server went away: nothing to close gracefully
+            raise
         return store
 
     async def close(self) -> None:
         await self.pool.close()
 
+    @contextlib.asynccontextmanager
+    async def _connection(self, *, transaction: bool = False) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection (in a transaction if asked); PostgreSQL away is StorageUnavailable, so the service's
+        workers and requests see one error for it (fleet.answer says "database unavailable, try again")."""
+        try:
+            async with self.pool.acquire() as conn:
+                if transaction:
+                    async with conn.transaction():
+                        yield conn
+                else:
+                    yield conn
+        except pg_errors.TRANSIENT as exc:
+            raise StorageUnavailable(f"PostgreSQL is not reachable: {exc or type(exc).__name__}") from exc
+
     # -- releases -------------------------------------------------------------
     async def add_release(self, release: Release, *, now: float) -> bool:
         """Keep a release; False if this very release is already kept (a retry), ReleaseConflict if another is."""
         m = release.manifest
-        try:
-            async with self.pool.acquire() as conn:
-                inserted = await conn.fetchval(
-                    "INSERT INTO ota_releases (version, sha256, format, size, block_size, manifest, image, created)"
-                    " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8) ON CONFLICT DO NOTHING RETURNING true",
-                    m.version, m.sha256, m.format, m.size, m.block_size, m.model_dump_json(), release.image, now)
-                if inserted:
-                    return True
-                kept = await conn.fetchrow("SELECT version, sha256 FROM ota_releases WHERE version = $1 OR sha256 = $2",
-                                           m.version, m.sha256)
-        except pg_errors.TRANSIENT as exc:
-            raise StorageUnavailable(f"PostgreSQL is not reachable: {exc}") from exc
+        async with self._connection() as conn:
+            inserted = await conn.fetchval(
+                "INSERT INTO ota_releases (version, sha256, format, size, block_size, manifest, image, created)"
+                " VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8) ON CONFLICT DO NOTHING RETURNING true",
+                m.version, m.sha256, m.format, m.size, m.block_size, m.model_dump_json(), release.image, now)
+            if inserted:
+                return True
+            kept = await conn.fetchrow("SELECT version, sha256 FROM ota_releases WHERE version = $1 OR sha256 = $2",
+                                       m.version, m.sha256)
         if kept is not None and (kept["version"], kept["sha256"]) == (m.version, m.sha256):
             return False
         if kept is not None and kept["version"] == m.version:
@@ -133,7 +152,7 @@ class OtaStore:
         raise ReleaseConflict(f"this image is already kept as release {kept['version'] if kept else '?'}")
 
     async def release(self, version: str) -> Release:
-        async with self.pool.acquire() as conn:
+        async with self._connection() as conn:
             row = await conn.fetchrow("SELECT manifest, image FROM ota_releases WHERE version = $1", version)
         if row is None:
             raise UnknownRelease(f"no release {version} is kept: hand it over first (nodefleet ota release FILE)")
@@ -144,7 +163,7 @@ class OtaStore:
         return Release(manifest=manifest, image=image)
 
     async def releases(self) -> list[dict[str, Any]]:
-        async with self.pool.acquire() as conn:
+        async with self._connection() as conn:
             rows = await conn.fetch("SELECT version, sha256, format, size, block_size, created FROM ota_releases"
                                     " ORDER BY created")
         return [dict(row) for row in rows]
@@ -152,7 +171,7 @@ class OtaStore:
     # -- rollouts -------------------------------------------------------------
     async def save_rollout(self, rollout: Rollout, *, now: float) -> None:
         """Write the rollout and all its targets (at its start, and after an operator's change)."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._connection(transaction=True) as conn:
             await conn.execute(
                 "INSERT INTO ota_rollouts"
                 " (id, release, policy, stages, state, stage, reason, accepted, created, updated)"
@@ -171,7 +190,7 @@ class OtaStore:
     async def record(self, rollout: Rollout, actions: Actions, *, now: float) -> None:
         """A step's transitions, the targets it touched and the rollout's own state, in one transaction."""
         touched = {t.node for t in actions.transitions} | set(actions.offer) | set(actions.withdraw)
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._connection(transaction=True) as conn:
             await conn.executemany(
                 "INSERT INTO ota_events (rollout, node, state, code, reason, ts) VALUES ($1, $2, $3, $4, $5, $6)",
                 [(rollout.id, t.node, t.state, t.code, t.reason, now) for t in actions.transitions]
@@ -189,14 +208,14 @@ class OtaStore:
     async def event(self, *, node: str | None, state: str, rollout: str | None = None, code: str | None = None,
                     reason: str | None = None, now: float) -> None:
         """A transition outside a rollout's step (a node's progress with no rollout, a rollout's own state)."""
-        async with self.pool.acquire() as conn:
+        async with self._connection() as conn:
             await conn.execute(
                 "INSERT INTO ota_events (rollout, node, state, code, reason, ts) VALUES ($1, $2, $3, $4, $5, $6)",
                 rollout, node, state, code, reason, now)
 
     async def open_rollouts(self) -> list[Rollout]:
         """Every rollout not finished, as it was last written (what a restarted service carries on with)."""
-        async with self.pool.acquire() as conn:
+        async with self._connection() as conn:
             rows = await conn.fetch("SELECT * FROM ota_rollouts WHERE state = ANY($1::text[]) ORDER BY created",
                                     list(OPEN))
             targets = await conn.fetch("SELECT * FROM ota_targets WHERE rollout = ANY($1::text[])",
@@ -205,7 +224,7 @@ class OtaStore:
 
     async def rollout(self, id: str) -> Rollout | None:
         """One rollout, open or finished, as it was last written; None if there is none of that id."""
-        async with self.pool.acquire() as conn:
+        async with self._connection() as conn:
             rows = await conn.fetch("SELECT * FROM ota_rollouts WHERE id = $1", id)
             targets = await conn.fetch("SELECT * FROM ota_targets WHERE rollout = $1", id)
         found = self._rollouts(rows, targets)
@@ -224,7 +243,7 @@ class OtaStore:
                 for row in rows]
 
     async def history(self, node: str, *, limit: int = 100) -> list[dict[str, Any]]:
-        async with self.pool.acquire() as conn:
+        async with self._connection() as conn:
             rows = await conn.fetch("SELECT rollout, state, code, reason, ts FROM ota_events WHERE node = $1"
                                     " ORDER BY ts DESC, id DESC LIMIT $2", node, limit)
         return [dict(row) for row in rows]

@@ -105,8 +105,17 @@ async def test_one_node_updates_end_to_end(tmp_path, broker, topics):
                 done = await state_of(watch, "updated", timeout=40)
                 took = loop.time() - t0
                 info = await watch.wait("info", lambda i: i["fw"] == "1.4.0", since=mark, timeout=10)
+                # The offer again (a service that missed the word, or restarted): the node says it again, and
+                # nothing else happens (no download mode, no restart).
+                await asyncio.sleep(0.5)
+                again = watch.mark()
+                await svc.publish_offer(NODE)
+                repeat = await state_of(watch, "updated", since=again, timeout=10)
+                await asyncio.sleep(1.0)
             assert states(watch) == ["downloading", "downloaded", "verified", "updating", "updated"], states(watch)
             assert done["release"] == "1.4.0" and done["bytes"] == done["size"] == rel.manifest.size
+            assert repeat["release"] == "1.4.0" and repeat["bytes"] == repeat["size"] == rel.manifest.size
+            assert states(watch, since=again) == ["updated"]
             # Into the download mode, then into the new firmware.
             assert node.restarts == 2 and info["boot_reason"] == "soft"
             # Every unit went once (loopback loses nothing), none twice beyond the stall timer's resend.

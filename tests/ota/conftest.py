@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from nodefleet.contracts.ota import OTA_SERVICE, device_key
+from nodefleet.errors import RequestError
 from nodefleet.fleet import Requester, replies_to
 from nodefleet.ota_release import Release, build, encode
 from nodefleet.sim import FIRMWARE_DIR
@@ -20,6 +24,7 @@ from services.ota.settings import OtaSettings
 from .peer import Peer, ProvisionerStub
 
 MASTER = bytes(range(32))
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -100,3 +105,30 @@ async def fleet(url: str, topics, names: list[str], *, homes: dict[str, str] | N
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+
+
+async def service_process(broker_url: str, topics, database: str, log: Path,
+                          instance: str = "ota-k") -> asyncio.subprocess.Process:
+    """``python -m services.ota`` as its own process (as in a container), its JSON log appended to ``log``."""
+    env = {**os.environ, "NODEFLEET_MQTT_URL": broker_url, "NODEFLEET_DATABASE_URL": database,
+           "NODEFLEET_TOPIC_ROOT": topics.root, "NODEFLEET_FLEET_ROOT": topics.fleet, "NODEFLEET_INSTANCE": instance,
+           "NODEFLEET_OTA_LEADER_POLL": "0.3",
+           "NODEFLEET_OTA_MASTER_KEY": MASTER.hex(), "NODEFLEET_OTA_GATHER": "0.3",
+           "NODEFLEET_OTA_TICK_INTERVAL": "0.2", "NODEFLEET_LOG_FORMAT": "json"}
+    return await asyncio.create_subprocess_exec(sys.executable, "-m", "services.ota", cwd=ROOT, env=env,
+                                                stdout=asyncio.subprocess.DEVNULL, stderr=log.open("a"))
+
+
+async def stop_process(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.kill()
+        await asyncio.wait_for(process.wait(), 10)
+
+
+async def answers(op: Operator) -> bool:
+    """Whether an active ota service answers a request now."""
+    try:
+        await op("releases", timeout=1.0)
+    except RequestError:
+        return False
+    return True

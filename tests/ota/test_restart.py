@@ -3,45 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 import uuid
-from pathlib import Path
 
 from conftest import wait_for
-from nodefleet.errors import RequestError
 from nodefleet.wire import BrokerAddress, Client
 
-from .conftest import MASTER, fleet, operator, release_file
+from .conftest import answers, fleet, operator, release_file, service_process, stop_process
 from .test_service import b64, rollout_state
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-async def _service(mosquitto, topics, database: str, log: Path, instance: str = "ota-k") -> asyncio.subprocess.Process:
-    env = {**os.environ, "NODEFLEET_MQTT_URL": mosquitto.url, "NODEFLEET_DATABASE_URL": database,
-           "NODEFLEET_TOPIC_ROOT": topics.root, "NODEFLEET_FLEET_ROOT": topics.fleet, "NODEFLEET_INSTANCE": instance,
-           "NODEFLEET_OTA_LEADER_POLL": "0.3",
-           "NODEFLEET_OTA_MASTER_KEY": MASTER.hex(), "NODEFLEET_OTA_GATHER": "0.3",
-           "NODEFLEET_OTA_TICK_INTERVAL": "0.2", "NODEFLEET_LOG_FORMAT": "json"}
-    return await asyncio.create_subprocess_exec(sys.executable, "-m", "services.ota", cwd=ROOT, env=env,
-                                                stdout=asyncio.subprocess.DEVNULL, stderr=log.open("a"))
-
-
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        process.kill()
-        await asyncio.wait_for(process.wait(), 10)
-
 
 async def test_killed_mid_rollout_and_started_again_it_carries_on(mosquitto, database, topics, release_140, tmp_path):
     names = [f"k{i}" for i in range(6)]
     log = tmp_path / "ota.log"
-    service = await _service(mosquitto, topics, database, log)
+    service = await service_process(mosquitto.url, topics, database, log)
     try:
         async with operator(mosquitto.url, topics) as op, fleet(mosquitto.url, topics, names, delay=0.1) as peers:
-            await wait_for(lambda: _answers(op), timeout=20)
+            await wait_for(lambda: answers(op), timeout=20)
             await op("release", {"file": b64(release_file(release_140))})
             await op("rollout_start", {"release": "1.4.0", "all": True, "canary": 0, "id": "rk"})
             # Half way through the downloads: kill -9.
@@ -54,8 +31,8 @@ async def test_killed_mid_rollout_and_started_again_it_carries_on(mosquitto, dat
             halfway = {n: len(p.download.blocks) for n, p in peers.items() if p.download}
             await asyncio.sleep(1.0)
 
-            service = await _service(mosquitto, topics, database, log)
-            await wait_for(lambda: _answers(op), timeout=20)
+            service = await service_process(mosquitto.url, topics, database, log)
+            await wait_for(lambda: answers(op), timeout=20)
             view = await rollout_state(op, "rk", "done", "halted", timeout=60)
             assert view["state"] == "done" and view["counts"] == {"updated": 6}, view
             assert all(p.image == release_140.image for p in peers.values())
@@ -65,17 +42,7 @@ async def test_killed_mid_rollout_and_started_again_it_carries_on(mosquitto, dat
             history = [e["state"] for e in reversed(await op("history", {"node": "k0"}))]
             assert history == ["queued", "downloading", "downloaded", "verified", "updating", "updated"]
     finally:
-        await _stop(service)
-
-
-async def _answers(op) -> bool:
-    try:
-        await op("releases", timeout=1.0)
-    except RequestError:
-        return False
-    return True
-
-
+        await stop_process(service)
 
 
 async def test_two_instances_one_active_the_standby_takes_over_a_kill_9(mosquitto, database, topics, release_140,
@@ -83,24 +50,24 @@ async def test_two_instances_one_active_the_standby_takes_over_a_kill_9(mosquitt
     """Two ota instances: one answers and streams; SIGKILL it mid-rollout and the other finishes the rollout."""
     names = [f"f{i}" for i in range(4)]
     logs = {name: tmp_path / f"{name}.log" for name in ("ota-a", "ota-b")}
-    services = {"ota-a": await _service(mosquitto, topics, database, logs["ota-a"], "ota-a")}
+    services = {"ota-a": await service_process(mosquitto.url, topics, database, logs["ota-a"], "ota-a")}
     try:
         async with operator(mosquitto.url, topics) as op, fleet(mosquitto.url, topics, names, delay=0.1) as peers, \
                 Client(BrokerAddress.parse(mosquitto.url), client_id=f"tap-{uuid.uuid4().hex[:6]}") as tap:
-            await wait_for(lambda: _answers(op), timeout=20)
-            services["ota-b"] = await _service(mosquitto, topics, database, logs["ota-b"], "ota-b")
+            await wait_for(lambda: answers(op), timeout=20)
+            services["ota-b"] = await service_process(mosquitto.url, topics, database, logs["ota-b"], "ota-b")
             await wait_for(lambda: "ota_standby" in logs["ota-b"].read_text(), timeout=20)
 
             # Every request is answered once: count the answers on the operator's reply topic.
             await tap.subscribe(op.requester.reply_topic, qos=1)
-            answers = _Counter(tap)
-            counting = asyncio.create_task(answers.run())
+            replies = _Counter(tap)
+            counting = asyncio.create_task(replies.run())
             for _ in range(5):
                 await op("releases")
             await op("release", {"file": b64(release_file(release_140))})
             await op("rollout_start", {"release": "1.4.0", "all": True, "canary": 0, "id": "rf"})
             await asyncio.sleep(0.5)
-            assert answers.count == 7, f"{answers.count} answers to 7 requests"
+            assert replies.count == 7, f"{replies.count} answers to 7 requests"
             counting.cancel()
 
             units = len(release_140.manifest.blocks)
@@ -109,7 +76,7 @@ async def test_two_instances_one_active_the_standby_takes_over_a_kill_9(mosquitt
             services["ota-a"].send_signal(signal.SIGKILL)
             await asyncio.wait_for(services["ota-a"].wait(), 10)
             killed = asyncio.get_running_loop().time()
-            await wait_for(lambda: _answers(op), timeout=20)
+            await wait_for(lambda: answers(op), timeout=20)
             took_over = asyncio.get_running_loop().time() - killed
             view = await rollout_state(op, "rf", "done", "halted", timeout=60)
             assert view["state"] == "done" and view["counts"] == {"updated": 4}, view
@@ -120,7 +87,7 @@ async def test_two_instances_one_active_the_standby_takes_over_a_kill_9(mosquitt
             assert took_over < 10
     finally:
         for process in services.values():
-            await _stop(process)
+            await stop_process(process)
 
 
 class _Counter:
