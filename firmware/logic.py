@@ -2,11 +2,6 @@
 import clock
 import rules
 
-DAYS = rules.DAYS
-check_rule = rules.check_rule
-check_schedule = rules.check_schedule
-_ident = rules.ident
-
 
 def window(rule_list, local_ts):
     """The open window at a local time without tz: (rule id, run id, action, seconds left) or None."""

@@ -7,7 +7,6 @@ import clock
 import hal
 import heap
 import localpage
-import logic
 import store
 from core import Core
 
@@ -103,6 +102,7 @@ class App(Core):
         merged = settings.merged(c) if not err else None
         del settings
         sys.modules.pop("settings", None)
+        sys.modules.pop("rulecheck", None)  # a sleep window's check (sleep.check_window)
         if err:
             v = c.get("version") if isinstance(c, dict) else None
             self.bad("bad_config", "config version %s rejected: %s" % (v, err))
@@ -124,7 +124,14 @@ class App(Core):
         s = self.json_of("schedule", payload) if payload else None
         if s is None and payload:
             return
-        err = s is not None and logic.check_schedule(s, heap.RX)  # parsed: its buffer is free to lend
+        err = None
+        if s is not None:  # the checks are loaded for this and let go after (rulecheck.py)
+            import rulecheck
+            import sys
+
+            err = rulecheck.check_schedule(s, heap.RX)  # parsed: its buffer is free to lend
+            del rulecheck
+            sys.modules.pop("rulecheck", None)
         if err:
             self.bad("bad_schedule", err)
             return

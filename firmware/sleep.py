@@ -35,10 +35,10 @@ def check_window(sl):
     e = sl.get("early", EARLY)
     if not (isinstance(e, int) and not isinstance(e, bool) and 0 <= e <= 600):
         return "sleep.early must be 0-600 seconds"
-    import rules  # the window is checked as a rule is
+    import rulecheck  # the window is checked as a rule is (settings.check_config lets it go after)
 
-    err = rules.check_rule({"id": "sleep", "at": sl.get("at"), "duration": sl.get("duration"),
-                            "days": sl.get("days", rules.DAYS)})
+    err = rulecheck.check_rule({"id": "sleep", "at": sl.get("at"), "duration": sl.get("duration"),
+                                "days": sl.get("days", rulecheck.DAYS)})
     return err.replace("rule sleep: ", "sleep.") if err else None
 
 

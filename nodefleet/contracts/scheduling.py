@@ -12,7 +12,7 @@ for ``nodefleet schedule history``.  The scheduler's own event table is its
 claim store, not a history anyone reads.
 
 :func:`validate_schedule` is the one verdict on a schedule for all CPython code
-(the CLI, the scheduler): the node's own rule engine first (``firmware/rules.py``,
+(the CLI, the scheduler): the node's own checks first (``firmware/rulecheck.py``,
 the same file the node runs, with the node's wording), then the model.
 """
 
@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError
 
-from firmware import rules as engine
+from firmware import rulecheck
 
 from ..errors import InputError
 
@@ -47,7 +47,7 @@ def validate_schedule(raw: Any) -> Schedule:
     overlaps); the model follows, so nothing it refuses passes either
     (tests/scheduler/test_schedule_verdicts.py runs both sides on the same cases).
     """
-    reason = engine.check_schedule(raw)
+    reason = rulecheck.check_schedule(raw)
     if reason:
         raise BadSchedule(reason)
     try:

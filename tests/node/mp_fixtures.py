@@ -8,8 +8,8 @@ sys.path.insert(0, firmware)
 
 import commands  # noqa: E402
 import hal  # noqa: E402
-import logic  # noqa: E402
 import node  # noqa: E402
+import rulecheck  # noqa: E402
 import settings  # noqa: E402
 import store  # noqa: E402
 
@@ -58,7 +58,7 @@ for name in sorted(os.listdir(fixtures)):
         elif stem == "config":
             err = settings.check_config(obj)
         elif stem == "schedule":
-            err = logic.check_schedule(obj)
+            err = rulecheck.check_schedule(obj)
         elif not isinstance(obj, dict) or obj.get("v") != 1:
             err = "not a v1 object"
     except Exception as exc:

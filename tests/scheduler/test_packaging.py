@@ -1,5 +1,5 @@
-"""A wheel carries the node firmware: its rule engine (firmware/rules.py, one file) to the contracts and the scheduler, the
-whole of it to the simulated nodes."""
+"""A wheel carries the node firmware: its rule engine and checks (firmware/rules.py, firmware/rulecheck.py) to the
+contracts and the scheduler, the whole of it to the simulated nodes."""
 
 from __future__ import annotations
 
@@ -34,16 +34,16 @@ def test_runs_from_the_wheel_without_the_source_tree(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         archive.extractall(tmp_path / "site")  # a pure wheel installs as its files
-    assert "firmware/rules.py" in names
+    assert {"firmware/rules.py", "firmware/rulecheck.py"} <= set(names)
     # The whole node firmware rides along: `nodefleet sim` and `up --demo` run it from the wheel.
     assert {"firmware/main.py", "firmware/normal.py", "firmware/hal/sim.py", "firmware/hal/esp32.py"} <= set(names)
     site = tmp_path / "site"
     probe = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
         "from pathlib import Path;"
-        "import firmware.rules, nodefleet.contracts.scheduling as contract;"
+        "import firmware.rules, firmware.rulecheck, nodefleet.contracts.scheduling as contract;"
         "from services.scheduler import rulebook;"
-        "assert all(Path(m.__file__).is_relative_to(sys.argv[1]) for m in (firmware.rules, contract, rulebook));"
+        "assert all(Path(m.__file__).is_relative_to(sys.argv[1]) for m in (firmware.rules, firmware.rulecheck, contract, rulebook));"
         "contract.validate_schedule({'v': 1, 'version': 1, 'rules': [{'id': 'water', 'at': '06:00', 'duration': 1800}]});"
         "from nodefleet import sim; assert sim.FIRMWARE_DIR.is_relative_to(sys.argv[1]);"
         "assert (sim.deployed() / 'normal.mpy').is_file();"
