@@ -18,7 +18,7 @@ def _only(cmd, keys):
 
 
 def _ident(value):
-    # rules.ident's check, here so that a command does not load the rule engine (the download mode runs none).
+    # rulecheck.ident's check, here so that a command does not load the schedule checks (about 4 KB).
     if not isinstance(value, str) or not 0 < len(value) <= 64:
         return False
     for c in value:

@@ -9,11 +9,10 @@ right provisioning afterwards still brings the node online.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from node.http import poll, request
 
-from .test_node_http import RESET, _send
+from .test_node_http import RESET, _send, idle_crowd
 
 WIFI = {"ssid": "simnet", "password": "simpass"}
 
@@ -62,16 +61,8 @@ async def test_the_portal_answers_hostile_clients_and_still_provisions(make_node
                                    _send(port, post("/api/wifi", b"{", length=100)))
     assert all(status == 400 and took < 8.0 for status, took in stalled), stalled
     # A crowd of idle connections: httpd.MAX_OPEN (4) kept, the rest refused with a 503 at once.
-    crowd = [await asyncio.open_connection("127.0.0.1", port) for _ in range(30)]
-    try:
-        refused = 0
-        for reader, _ in crowd:
-            with contextlib.suppress(TimeoutError, ConnectionError):
-                refused += (await asyncio.wait_for(reader.read(12), 2.0)).startswith(b"HTTP/1.0 503")
+    async with idle_crowd(port) as refused:
         assert refused >= 25, refused
-    finally:
-        for _, writer in crowd:
-            writer.close()
     # The ones it kept are closed by the head's 5 s deadline; then it serves again, nothing refused was stored.
     info = await poll(port, "/api/info", lambda i: i.get("mode") == "provisioning", timeout=15)
     assert not info["wifi_stored"] and not info["mqtt_stored"], info
