@@ -19,6 +19,12 @@ from .conftest import answers, fleet, operator, release_file, service_process, s
 from .test_service import b64, rollout_state
 
 pytestmark = pytest.mark.timeout(180)
+OUTAGE = 20.0
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
 
 
 async def asked(op, action: str, data: dict, *, timeout: float = 30.0):
@@ -51,7 +57,9 @@ async def test_updated_while_the_database_is_down_is_not_lost(broker, private_po
                 return view["counts"] == {"updating": len(names)}
             await wait_for(installing, timeout=60, interval=0.2)
 
+            rss = [_rss_kb(service.pid)]
             await asyncio.to_thread(private_postgres.stop, "fast")
+            stopped = asyncio.get_running_loop().time()
             try:
                 with pytest.raises(RequestError) as refused:
                     await op("history", {"node": names[0]}, timeout=5)
@@ -59,8 +67,10 @@ async def test_updated_while_the_database_is_down_is_not_lost(broker, private_po
                 assert "internal error" not in str(refused.value), refused.value
                 trial.set()  # every node now says ``updated``: written nowhere, or heard by no one
                 await wait_for(lambda: all(p.state == "updated" for p in peers.values()), timeout=10)
-                await asyncio.sleep(2.0)
-                assert service.returncode is None, "the ota service exited while its PostgreSQL was down"
+                while asyncio.get_running_loop().time() < stopped + OUTAGE:  # down for 20 s, its RSS sampled
+                    assert service.returncode is None, "the ota service exited while its PostgreSQL was down"
+                    rss.append(_rss_kb(service.pid))
+                    await asyncio.sleep(1.0)
             finally:
                 await asyncio.to_thread(private_postgres.start)
 
@@ -72,6 +82,10 @@ async def test_updated_while_the_database_is_down_is_not_lost(broker, private_po
             view = await wait_for(ended, timeout=60, interval=0.2)
             assert view["state"] == "done" and view["counts"] == {"updated": len(names)}, view
             assert service.returncode is None
+            rss.append(_rss_kb(service.pid))
+            print(f"ota, PostgreSQL down {OUTAGE:g} s: RSS {rss[0]} kB before, at most {max(rss)} kB, "
+                  f"{rss[-1]} kB after; rollout {view['reason']}")
+            assert max(rss) < rss[0] + 20_000, rss  # bounded: reconnect attempts, not a growing backlog
             for name, peer in peers.items():
                 assert peer.offers == 1, (name, peer.offers)  # nobody was sent back to the start
                 assert peer.states.count("updated") >= 2, (name, peer.states)  # said again when offered again
