@@ -187,9 +187,10 @@ class Rollout:
         if state != target.state or code != target.code:
             target.state, target.code, target.reason, target.since = state, code, reason, now
             actions.transitions.append(Transition(node, state, code, reason))
-        if state == "updated" and target.offered:
+        if state == "updated":
             # Heard: withdrawn. A standing offer of the release a node runs is how the node learns that its
-            # ``updated`` was missed (it says it again), so it stands only until that word is in.
+            # ``updated`` was missed (it says it again), so it stands only until that word is in. Withdrawn
+            # again at a repeat: a service stopped between writing the word and withdrawing left it standing.
             target.offered = False
             actions.withdraw.append(node)
         return actions.merge(self._evaluate(now))
