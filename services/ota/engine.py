@@ -288,6 +288,11 @@ class Engine:
 
     async def on_progress(self, node: str, progress: Progress) -> None:
         rollout = self.target_of(node)
+        if rollout is None and progress.state == "updated":
+            # No open rollout has it, so no offer may stand for it: one left by a stop after its rollout's last
+            # write (the node says ``updated`` at every connect while it stands) goes now.
+            await self._send(self.topics.ota(node, OtaTopic.OFFER), b"", node)
+            return
         if rollout is None:
             raise InputError(f"progress from {node}, which is not a target of an open rollout")
         if progress.release != rollout.release:

@@ -281,3 +281,28 @@ async def test_targets_by_home(mosquitto, database, topics, release_140):
         assert sorted(t["node"] for t in view["targets"]) == ["h1", "h2"]
         with pytest.raises(RequestError, match="already in rollout rh"):
             await op("rollout_start", {"release": "1.4.0", "nodes": ["h2"]})
+
+
+async def test_an_offer_left_standing_after_its_rollout_goes_at_the_nodes_updated(broker, database, topics):
+    """A stop between a rollout's last write and a withdrawal leaves an offer no open rollout has; the node says
+    ``updated`` at every connect while it stands (firmware/normal.py): the service withdraws it, no error."""
+    async with running(settings_for(broker.url, database, topics)) as service, \
+            Client(BrokerAddress.parse(broker.url), client_id=f"left-{uuid.uuid4().hex[:6]}") as client:
+        offer_topic = topics.ota("left1", OtaTopic.OFFER)
+        await client.publish(offer_topic, b'{"release": "1.4.0"}', qos=1, retain=True)
+        await client.subscribe(offer_topic, qos=1)
+        seen: list[bytes] = []
+
+        async def collect() -> None:
+            async for message in client.messages:
+                seen.append(message.payload)
+
+        collecting = asyncio.create_task(collect())
+        try:
+            await wait_for(lambda: seen == [b'{"release": "1.4.0"}'], timeout=5)
+            await client.publish(topics.ota("left1", OtaTopic.PROGRESS),
+                                 json.dumps({"release": "1.4.0", "state": "updated"}), qos=1)
+            await wait_for(lambda: seen[-1:] == [b""], timeout=10)
+        finally:
+            collecting.cancel()
+        assert "rejected_progress" not in service.errors.counts
