@@ -264,7 +264,8 @@ async def test_scheduler_killed_with_runs_due_before_during_and_after(guarded_br
     print(f"scheduler kill -9: {len(sleepers)} runs due over 10 s, {sent_before} backed up before the kill, "
           f"back {back:.2f} s after it; {len(doubled)} sent again after the restart (out as the kill came); "
           f"{len(changes.accepted)} schedule changes answered ({changes_before} before the kill), "
-          f"{len(unanswered)} unanswered by the kill and retried")
+          f"{len(unanswered)} unanswered by the kill and retried; "
+          f"{events.count('backup_taken_over')} claims of the killed instance taken over after the lease")
     assert 0 < sent_before < len(sleepers), "the kill must fall among the runs"
     assert all(len(set(ids)) == 1 for ids in sends.values()), sends  # one run each, none lost
     # Sent twice only if its send (at due + 1 s grace) fell in the moment before the kill.
@@ -280,5 +281,8 @@ async def test_scheduler_killed_with_runs_due_before_during_and_after(guarded_br
     kept = {rule["id"] for node in edited for rule in final[node]["rules"]}
     answered = {rule["id"] for schedule in changes.accepted.values() for rule in schedule["rules"]}
     assert answered <= kept
+    # The runs due in the 2 s after the kill were claimed ahead (claim_ahead) by the killed instance: the restarted
+    # one lost those claims and took them over after the lease (all sent: above).
+    assert events.count("backup_taken_over") > 0, "no reservation of the killed instance was taken over"
     assert "Traceback" not in service.log_path.read_text()
     assert events.count("scheduler_ready") == 1
