@@ -262,7 +262,14 @@ def main() -> None:
             return {"published": published, "side": side_counts, "drain_s": round(time.monotonic() - drain_started, 1),
                     "telemetry": figures}
 
-        result = asyncio.run(run())
+        try:
+            result = asyncio.run(run())
+        except BaseException:
+            # Said before the work directory goes: why the broker or a service dropped the load.
+            for log_path in [broker.log_file, *sorted(work.glob("*.log"))]:
+                if log_path.exists():
+                    _say(f"--- {log_path.name}, its end:\n{log_path.read_text(errors='replace')[-3000:]}")
+            raise
     finally:
         for service in (telemetry, scheduler):
             if service is not None:

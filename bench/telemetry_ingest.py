@@ -24,6 +24,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import queue
 import secrets
 import shutil
 import subprocess
@@ -71,7 +72,18 @@ def run_load(broker: Mosquitto | list, topics: Topics, *, publishers: int, nodes
     ]
     for proc in procs:
         proc.start()
-    got = [results.get(timeout=600) for _ in procs]
+    # As long as the paced load takes, and 10 minutes more (a fixed 600 s cut every soak past ten minutes short).
+    deadline = start_at + (rounds * nodes / rate if rate else 0.0) + 600
+    got: list[dict] = []
+    while len(got) < len(procs):
+        try:
+            got.append(results.get(timeout=2))
+        except queue.Empty:
+            failed = [proc.exitcode for proc in procs if proc.exitcode not in (None, 0)]
+            if failed:
+                raise RuntimeError(f"a load publisher exited with {failed[0]}: the broker dropped it") from None
+            if time.time() > deadline:
+                raise RuntimeError("the load publishers did not finish in time") from None
     for proc in procs:
         proc.join(10)
     acked = sum(r["acked"] for r in got)
