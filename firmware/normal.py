@@ -62,14 +62,16 @@ class App(Core):
         o = self.offer_of(payload)
         if o is None:
             return
-        trial = self.ota_boot is not None and self.ota_boot.state == "trial"
-        if o["release"] == self.fw and not trial:
+        if self.ota_boot is not None and self.ota_boot.state == "trial":
+            return  # a new firmware on trial takes no offer before it has confirmed itself
+        if o["release"] == self.fw:
             # Runs it already, confirmed: the ota service missed the report (it withdraws the offer once it has it).
             n = o.get("size", 0)
             self.send("ota/progress", {"v": 1, "release": self.fw, "state": "updated", "bytes": n, "size": n,
                                        "rollout": o.get("rollout")}, False, 1, "progress")
-        if o["release"] == self.fw or o["sha256"] == self.refused_sha or o["tag"] == self.refused_tag or trial:
-            return  # (a new firmware on trial takes no offer before it has confirmed itself)
+            return
+        if o["sha256"] == self.refused_sha or o["tag"] == self.refused_tag:
+            return
         # Into the download mode: the offer and the node state on flash, the relay kept through the restart.
         store.save("ota_offer.json", {"offer": o})
         print("ota: offer of %s: restarting into the download mode" % o["release"])

@@ -72,7 +72,7 @@ class Service:
         # The node topics the provisioner follows (subscribed at their senders' QoS) and what it does with each.
         self.node_topics: dict[NodeKind, Callable[[str, bytes], Awaitable[object]]] = {
             NodeTopic.STATUS: self.registry.first_online.on_status,
-            NodeTopic.INFO: self.registry.first_online.on_info,
+            NodeTopic.INFO: self.registry.first_online.on_info,  # called with the retain flag too (_dispatch)
             NodeTopic.STATE: self._on_state,
             # A node refusing a config says so in its log: a waiting `device config` gets the reason.
             NodeTopic.LOG: self.registry.on_log,

@@ -36,7 +36,8 @@ class FirstOnline:
         self.announcer = announcer
         self.removal = removal
         self.online_before: set[str] = set()
-        """Nodes whose info came retained: online since before this instance subscribed (it may have been down)."""
+        """Nodes whose info came retained and were not looked at yet: online since before this instance subscribed
+        (it may have been down)."""
 
     async def on_status(self, node: str, payload: bytes) -> None:
         if not payload:
@@ -78,6 +79,8 @@ class FirstOnline:
     async def _check_first_online(self, node: str, *, availability_changed: bool) -> None:
         async with self.memory.lock(node):
             first_look = node not in self.memory.settled  # the first online this instance sees of it
+            online_before = node in self.online_before
+            self.online_before.discard(node)  # wanted for this look only: the set stays small
             online = self.memory.online.get(node, False)
             info = self.memory.info.get(node)
             if online and info is not None and node not in self.memory.settled:
@@ -111,7 +114,7 @@ class FirstOnline:
                 self.memory.settled.add(node)
                 await self.store.touch(node)
                 applied = max(row["config_applied"] or 0, self.memory.applied.get(node, 0))
-                if first_look and node in self.online_before and applied < row["config_version"]:
+                if first_look and online_before and applied < row["config_version"]:
                     # Online from before this instance started and not known to run its config: the same
                     # retained config again (a copy the node has is a no-op there). An instance killed between
                     # the provisioning UPDATE and the config's publish (or a config change's) left it without.
